@@ -1,0 +1,106 @@
+"""Instance keys: one per instance and env, created on first need, never on a command line.
+
+The owner keeps the key in its state dir (0700) as a 0600 file. With a group grant the owner
+also publishes it in the site's shared dir as a 0640 file of that group; members read it there.
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import secrets
+from pathlib import Path
+
+from siteboot.errors import KeyAccessError, SitebootError
+from siteboot.fsutil import atomic_write, ensure_private_dir
+from siteboot.plan import RPC_USERNAME, InstancePlan, Plan
+
+# A hash no key can have: marks configs rendered without the real key (previews).
+PLACEHOLDER_HASH = "{SHA}" + "0" * 40
+
+
+def password_hash(key: str) -> str:
+    """supervisord's ``{SHA}`` password form: the key itself never lands in a config."""
+    return "{SHA}" + hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def _read(path: Path) -> str:
+    key = path.read_text(encoding="utf-8").strip()
+    if not key:
+        raise KeyAccessError(f"key file {path} is empty", "remove it and run `siteboot up`")
+    return key
+
+
+def ensure_key(inst: InstancePlan) -> str:
+    """The owner's key for ``inst``, created (0600, atomically) on first need."""
+    ensure_private_dir(inst.state_dir)
+    ensure_private_dir(inst.key_path.parent)
+    if inst.key_path.exists():
+        if inst.key_path.stat().st_mode & 0o077:
+            os.chmod(inst.key_path, 0o600)
+        key = _read(inst.key_path)
+    else:
+        key = secrets.token_urlsafe(32)
+        atomic_write(inst.key_path, key + "\n", mode=0o600)
+    if inst.group and inst.shared_key_path:
+        publish_key(inst, key)
+    return key
+
+
+def publish_key(inst: InstancePlan, key: str) -> None:
+    """Write the key where members of the instance's group can read it (0640, that group)."""
+    assert inst.group
+    assert inst.shared_key_path
+    try:
+        gid = grp.getgrnam(inst.group).gr_gid
+    except KeyError:
+        raise KeyAccessError(f"instance {inst.name} grants group '{inst.group}', "
+                             "which does not exist on this host") from None
+    if gid not in os.getgroups() and gid != os.getegid() and os.geteuid() != 0:
+        raise KeyAccessError(f"cannot publish the key of {inst.name} to group {inst.group}: "
+                             f"{inst.user} is not a member of it")
+    path = inst.shared_key_path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if path.exists() and _read(path) == key and path.stat().st_gid == gid:
+            return
+        atomic_write(path, key + "\n", mode=0o640, gid=gid)
+    except PermissionError as exc:
+        raise SitebootError(f"cannot publish the key of {inst.name} in {path.parent}: "
+                            f"{exc.strerror}", "check shared_dir in the site file") from None
+
+
+def read_key(plan: Plan, inst: InstancePlan) -> str:
+    """The key the invoking user may use for ``inst``: its own, or one granted to its group."""
+    if plan.owns(inst):
+        if not inst.key_path.exists():
+            raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
+                                 "run `siteboot up` to create it and start the instance")
+        return _read(inst.key_path)
+    if not inst.group or not inst.shared_key_path:
+        raise KeyAccessError(f"instance {inst.name} belongs to {inst.user} and grants no group: "
+                             "not yours and no grant",
+                             f"run as {inst.user}, or add group = \"...\" to [instances.{inst.name}]")
+    try:
+        return _read(inst.shared_key_path)
+    except FileNotFoundError:
+        raise KeyAccessError(f"{inst.user} has not published the key of {inst.name} "
+                             f"({inst.shared_key_path} missing)",
+                             f"run `siteboot up --instance {inst.name}` as {inst.user}") from None
+    except PermissionError:
+        raise KeyAccessError(f"cannot read {inst.shared_key_path}: {plan.invoker} is not in "
+                             f"group {inst.group}, so no grant",
+                             f"ask for membership of {inst.group}, or run as {inst.user}") from None
+
+
+def write_client_conf(plan: Plan, inst: InstancePlan, key: str) -> Path:
+    """A 0600 supervisorctl config for ``inst``, so the key never appears on a command line."""
+    url = inst.unix_url if plan.owns(inst) else inst.http_url
+    path = plan.client_conf_path(inst)
+    ensure_private_dir(path.parent)
+    text = (f"; written by siteboot for {inst.identifier}; holds the key, keep it 0600\n"
+            f"[supervisorctl]\nserverurl = {url}\nusername = {RPC_USERNAME}\n"
+            f"password = {key.replace('%', '%%')}\nprompt = {inst.identifier}\n")
+    atomic_write(path, text, mode=0o600)
+    return path

@@ -1,0 +1,227 @@
+"""One env of a site, resolved: every path, port, placeholder and owner in one place.
+
+Everything downstream (render, keys, instances, rpc) takes a ``Plan`` and never re-reads TOML
+or re-derives a path.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from siteboot.errors import UsageError
+from siteboot.site import Program, Site
+
+# AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
+MAX_SOCKET_PATH = 107
+RPC_USERNAME = "siteboot"
+
+
+def current_user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (containers)
+        return str(os.geteuid())
+
+
+def expand_home(path: str, user: str) -> Path:
+    """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
+    if path == "~" or path.startswith("~/"):
+        expanded = os.path.expanduser("~" + user + path[1:])
+        if expanded.startswith("~") and user == current_user():
+            expanded = os.path.expanduser(path)
+        return Path(expanded)
+    return Path(os.path.expanduser(path))
+
+
+@dataclass(frozen=True)
+class ProgramPlan:
+    name: str
+    command: str
+    directory: str | None
+    environment: dict[str, str]
+    port: int | None
+    venv: Path | None
+    options: dict[str, Any]
+    log_dir: Path
+
+    @property
+    def numprocs(self) -> int:
+        return int(self.options["numprocs"])
+
+    @property
+    def autostart(self) -> bool:
+        return bool(self.options["autostart"])
+
+    def process_names(self) -> list[str]:
+        """The names supervisord gives this program's processes."""
+        if self.numprocs == 1:
+            return [self.name]
+        return [f"{self.name}_{n:02d}" for n in range(self.numprocs)]
+
+    def log_path(self, process: str, stream: str = "stdout") -> Path:
+        return self.log_dir / f"{process}.{'out' if stream == 'stdout' else 'err'}.log"
+
+
+@dataclass(frozen=True)
+class InstancePlan:
+    name: str
+    user: str
+    port: int
+    group: str | None
+    runtime_parent: Path | None  # the shared parent siteboot may create sticky, or None
+    runtime_dir: Path
+    state_dir: Path  # the owner's
+    shared_key_path: Path | None
+    identifier: str
+    group_name: str
+    programs: list[ProgramPlan]
+
+    @property
+    def conf_path(self) -> Path:
+        return self.runtime_dir / f"supervisord-{self.name}.conf"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.runtime_dir / "supervisor.sock"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.runtime_dir / "supervisord.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.runtime_dir / "supervisord.log"
+
+    @property
+    def launch_log(self) -> Path:
+        """stdout/stderr of the launching supervisord, before it daemonizes."""
+        return self.runtime_dir / "supervisord.launch.log"
+
+    @property
+    def childlogdir(self) -> Path:
+        return self.runtime_dir / "logs"
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "keys" / f"{self.name}.key"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def program(self, name: str) -> ProgramPlan | None:
+        return next((p for p in self.programs if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class Plan:
+    site: Site
+    env: str
+    invoker: str
+    invoker_state_dir: Path
+    instances: dict[str, InstancePlan]
+
+    def instance(self, name: str) -> InstancePlan:
+        if name not in self.instances:
+            raise UsageError(f"site {self.site.name} has no instance '{name}'",
+                             f"instances: {', '.join(self.instances)}")
+        return self.instances[name]
+
+    def select(self, name: str | None) -> list[InstancePlan]:
+        return [self.instance(name)] if name else list(self.instances.values())
+
+    def owns(self, inst: InstancePlan) -> bool:
+        return inst.user == self.invoker
+
+    def client_conf_path(self, inst: InstancePlan) -> Path:
+        return self.invoker_state_dir / f"supervisorctl-{inst.name}.conf"
+
+    def lock_path(self, inst: InstancePlan) -> Path:
+        return self.invoker_state_dir / "locks" / f"{inst.name}.lock"
+
+    def venv_path(self, name: str, user: str | None = None) -> Path:
+        base = _fill(self.site.venv_dir, site=self.site.name, env=self.env,
+                     user=user or self.invoker)
+        return expand_home(base, user or self.invoker) / name
+
+
+def _fill(template: str, **values: str) -> str:
+    return template.format_map(values)
+
+
+def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
+    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user)."""
+    if env not in site.envs:
+        raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
+    invoker = invoker or current_user()
+    common = {"site": site.name, "env": env}
+    plan_instances: dict[str, InstancePlan] = {}
+    for inst in site.instances.values():
+        user = inst.user or invoker
+        values = {**common, "user": user, "instance": inst.name}
+        runtime = _fill(site.runtime_dir, **values)
+        if "{instance}" in site.runtime_dir:
+            parent, runtime_dir = None, expand_home(runtime, user)
+        else:
+            parent = expand_home(runtime, user)
+            runtime_dir = parent / inst.name
+        state_dir = expand_home(_fill(site.state_dir, **values), user)
+        shared = (expand_home(_fill(site.shared_dir, **values), user) / "keys" / f"{inst.name}.key"
+                  if site.shared_dir and inst.group else None)
+        plan_instances[inst.name] = InstancePlan(
+            name=inst.name, user=user, port=inst.port[env], group=inst.group,
+            runtime_parent=parent, runtime_dir=runtime_dir, state_dir=state_dir,
+            shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
+            group_name=f"{site.name}-{env}", programs=[],
+        )
+    plan = Plan(site, env, invoker,
+                expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances)
+    for program in site.programs.values():
+        inst_plan = plan_instances[program.instance]
+        inst_plan.programs.append(_program_plan(plan, inst_plan, program))
+    return plan
+
+
+def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPlan:
+    port = program.port[plan.env] if program.port else None
+    venv = plan.venv_path(program.venv, inst.user) if program.venv else None
+    values: dict[str, Any] = {
+        "port": port, "env": plan.env, "site": plan.site.name, "instance": inst.name,
+        "runtime_dir": inst.runtime_dir, "state_dir": inst.state_dir, "venv": venv,
+        "python": sys.executable,
+    }
+    quoted = {k: shlex.quote(str(v)) for k, v in values.items() if v is not None}
+    plain = {k: str(v) for k, v in values.items() if v is not None}
+    options = dict(program.options)
+    directory = options.pop("directory")
+    return ProgramPlan(
+        name=program.name,
+        command=_expand(program.command, quoted),
+        directory=_expand(directory, plain) if directory else None,
+        environment={k: _expand(v, plain) for k, v in program.environment.items()},
+        port=port, venv=venv, options=options, log_dir=inst.childlogdir,
+    )
+
+
+def _expand(text: str, values: Mapping[str, str]) -> str:
+    # Validation (site.py) has already checked that every placeholder is known and defined.
+    return text.format_map(values)
+
+
+def socket_path_problem(inst: InstancePlan) -> str | None:
+    length = len(os.fsencode(str(inst.socket_path)))
+    if length > MAX_SOCKET_PATH:
+        return (f"socket path {inst.socket_path} is {length} bytes; unix sockets allow "
+                f"{MAX_SOCKET_PATH}: choose a shorter runtime_dir")
+    return None

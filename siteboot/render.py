@@ -1,0 +1,214 @@
+"""supervisord configs from Jinja2 templates, written atomically.
+
+Values reach supervisord through two parsers that can silently change them: its INI reader
+(``%`` interpolation, `` ;``/`` #`` inline comments, no multi-line values) and its
+``environment=`` reader (a non-POSIX shlex that strips quote characters from both ends of each
+value). ``representable`` finds every value that would not survive, so it is refused with the
+program and key named, instead of being rendered changed.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from siteboot import __version__
+from siteboot.errors import RenderError
+from siteboot.fsutil import atomic_write
+from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, ProgramPlan
+from siteboot.resources import template_dirs
+from siteboot.site import PROGRAM_KEYS
+
+CONFIG_TEMPLATE = "supervisord.conf.j2"
+_INLINE_COMMENT = re.compile(r"\s[;#]")
+
+
+def percentescape(value: Any) -> str:
+    """Double ``%`` so supervisord's interpolation (``%(ENV_X)s``, ``%(here)s``) leaves it alone."""
+    return str(value).replace("%", "%%")
+
+
+def shellquote(value: Any) -> str:
+    return shlex.quote(str(value))
+
+
+def envquote(value: str) -> str:
+    """Quote one ``environment=`` value so supervisord's shlex returns it unchanged."""
+    quote = "'" if '"' in value else '"'
+    return quote + percentescape(value) + quote
+
+
+def ini_problem(value: str) -> str | None:
+    if "\n" in value or "\r" in value:
+        return "contains a line break, which an INI value cannot hold"
+    if "\x00" in value:
+        return "contains a NUL byte"
+    if _INLINE_COMMENT.search(value):
+        return ("contains whitespace followed by ';' or '#', which supervisord reads as the "
+                "start of a comment")
+    return None
+
+
+def env_problem(value: str) -> str | None:
+    problem = ini_problem(value)
+    if problem:
+        return problem
+    if '"' in value and "'" in value:
+        return ("holds both quote kinds (' and \"); supervisord's environment= syntax cannot carry "
+                "that")
+    if value and (value[0] in "'\"" or value[-1] in "'\""):
+        return ("starts or ends with a quote character, which supervisord's environment= parser "
+                "strips")
+    return None
+
+
+def representable(programs: list[ProgramPlan]) -> list[str]:
+    """Every value of ``programs`` that supervisord would not read back unchanged."""
+    problems = []
+    for program in programs:
+        fields: list[tuple[str, str, str | None]] = [
+            ("command", program.command, ini_problem(program.command))]
+        if program.directory:
+            fields.append(("directory", program.directory, ini_problem(program.directory)))
+        for name, value in program.environment.items():
+            fields.append((f"environment.{name}", value, env_problem(value)))
+        for key, value, problem in fields:
+            if problem:
+                problems.append(f"[programs.{program.name}] {key} = {value!r}: {problem}")
+    return problems
+
+
+@dataclass(frozen=True)
+class Rendered:
+    instance: str
+    path: Path
+    preview: bool
+
+
+def _environment(plan_dirs: list[Path]) -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader([str(d) for d in plan_dirs]),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["percentescape"] = percentescape
+    env.filters["shellquote"] = shellquote
+    env.filters["envquote"] = envquote
+    return env
+
+
+def generic_options(program: ProgramPlan) -> list[tuple[str, Any]]:
+    """(supervisord option, value) for every declared key that maps straight onto one."""
+    rows = []
+    for key in PROGRAM_KEYS:
+        if key.supervisor:
+            value = program.options[key.name]
+            rows.append((key.supervisor, str(value).lower() if isinstance(value, bool) else value))
+    return rows
+
+
+def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool,
+                    root: Path | None) -> str:
+    """The supervisord config text of ``inst``; ``password`` is a ``{SHA}`` hash."""
+    import jinja2
+
+    problems = representable(inst.programs)
+    if problems:
+        raise RenderError(
+            f"{plan.site.path}: {len(problems)} value(s) cannot be written into a supervisord "
+            "config unchanged:\n" + "\n".join(f"  {p}" for p in problems),
+            "change the value, or pass it through a file the program reads")
+    try:
+        template = _environment(template_dirs(root)).get_template(CONFIG_TEMPLATE)
+        return str(template.render(
+            version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
+            username=RPC_USERNAME, password=password, generic_options=generic_options,
+        ))
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",
+                          "check the site's templates/ override against the shipped one") from None
+    except jinja2.TemplateError as exc:
+        raise RenderError(f"template {CONFIG_TEMPLATE}: {exc}") from None
+
+
+def write_config(path: Path, text: str) -> None:
+    atomic_write(path, text, mode=0o600)
+
+
+def template_context_names() -> dict[str, str]:
+    """What a site's own template may use (documented in the README)."""
+    return {
+        "site": "the Site model (name, envs, instances, programs)",
+        "env": "the env being rendered",
+        "inst": "the InstancePlan: paths, port, identifier, group_name, programs",
+        "preview": "true when the password is a placeholder",
+        "username": "the RPC user name",
+        "password": "the {SHA} hash of the instance key (or the placeholder)",
+    }
+
+
+def prepare_runtime_dir(inst: InstancePlan) -> None:
+    """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
+    from siteboot.errors import UsageError
+    from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
+    from siteboot.plan import socket_path_problem
+
+    problem = socket_path_problem(inst)
+    if problem:
+        raise UsageError(f"instance {inst.name}: {problem}")
+    if inst.runtime_parent is not None:
+        ensure_shared_parent(inst.runtime_parent)
+    ensure_private_dir(inst.runtime_dir)
+    ensure_private_dir(inst.childlogdir)
+
+
+def render_owned(plan: Plan, inst: InstancePlan, root: Path | None) -> Rendered:
+    """Render ``inst`` with its real key into its runtime dir (what ``up`` starts from)."""
+    from siteboot.keys import ensure_key, password_hash
+
+    prepare_runtime_dir(inst)
+    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
+    write_config(inst.conf_path, text)
+    return Rendered(inst.name, inst.conf_path, preview=False)
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    rendered: list[Rendered]
+    skipped: list[tuple[str, str]]  # (instance, why)
+
+
+def render_configs(plan: Plan, root: Path | None, out: Path | None = None,
+                   instance: str | None = None) -> RenderResult:
+    """Render the env's configs: into ``out`` as previews, or in place for the invoker's own."""
+    from siteboot.keys import PLACEHOLDER_HASH
+
+    rendered: list[Rendered] = []
+    skipped: list[tuple[str, str]] = []
+    selected = plan.select(instance)
+    if out is not None:
+        texts = [(inst, render_instance(plan, inst, PLACEHOLDER_HASH, True, root))
+                 for inst in selected]
+        out.mkdir(parents=True, exist_ok=True)
+        for inst, text in texts:
+            path = out / inst.conf_path.name
+            write_config(path, text)
+            rendered.append(Rendered(inst.name, path, preview=True))
+        return RenderResult(rendered, skipped)
+    for inst in selected:
+        if plan.owns(inst):
+            rendered.append(render_owned(plan, inst, root))
+        else:
+            # Validate it anyway, so a bad value is found before its owner deploys.
+            render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
+            skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
+                                       "or preview it with --out DIR"))
+    return RenderResult(rendered, skipped)

@@ -1,0 +1,60 @@
+"""Shared fixtures: site files in tmp dirs, supervisor's own parser."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+MINIMAL_SITE = """
+[site]
+name = "t"
+
+[instances.main]
+port = { dev = 40001, staging = 40002, prod = 40003 }
+
+[programs.web]
+instance = "main"
+command = "python3 -m http.server {port}"
+port = { dev = 41001, staging = 41002, prod = 41003 }
+"""
+
+
+@pytest.fixture
+def write_site(tmp_path: Path) -> Callable[..., Path]:
+    """Write a site file (dedented) and return its path."""
+
+    def write(text: str = MINIMAL_SITE, name: str = "t") -> Path:
+        folder = tmp_path / "sites"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.toml"
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    return write
+
+
+def supervisor_parse(path: Path) -> Any:
+    """Parse a rendered config with supervisor's own options classes.
+
+    Directory existence checks are switched off: a preview names runtime dirs that do not
+    exist on the test machine, and the grammar is what is under test.
+    """
+    from supervisor import datatypes, options
+
+    saved = (datatypes.existing_dirpath, datatypes.existing_directory,
+             options.existing_dirpath, options.existing_directory)
+    datatypes.existing_dirpath = options.existing_dirpath = lambda v: v
+    datatypes.existing_directory = options.existing_directory = lambda v: v
+    try:
+        opts = options.ServerOptions()
+        opts.configfile = str(path)
+        opts.process_config(do_usage=False)
+        return opts
+    finally:
+        (datatypes.existing_dirpath, datatypes.existing_directory,
+         options.existing_dirpath, options.existing_directory) = saved
