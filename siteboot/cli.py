@@ -85,10 +85,19 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
 
-def table(headers: Sequence[str], rows: list[Sequence[Any]]) -> str:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+          colors: dict[int, Callable[[str], str | None]] | None = None) -> str:
+    """Aligned columns; ``colors`` maps a column to a function choosing each cell's colour."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines = []
+    for n, row in enumerate(cells):
+        padded = []
+        for i, (cell, width) in enumerate(zip(row, widths)):
+            text = cell.ljust(width)
+            color = colors[i](cell) if colors and i in colors and n > 0 else None
+            padded.append(styled(text, fg=color) if color else text)
+        lines.append("  ".join(padded).rstrip())
     return "\n".join(lines)
 
 
@@ -190,6 +199,222 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
         echo(f"wrote {item.path}{note}")
     for name, why in result.skipped:
         echo(f"skipped {name}: {why}")
+
+
+def _print_outcomes(outcomes: list[Any]) -> None:
+    for o in outcomes:
+        color = {"started": "green", "stopped": "green", "skipped": "yellow"}.get(o.action)
+        detail = f": {o.detail}" if o.detail else ""
+        echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
+        for note in o.notes:
+            echo(f"  {note}")
+
+
+def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
+    return [{"instance": o.instance, "action": o.action, "detail": o.detail, "pid": o.pid,
+             "notes": o.notes} for o in outcomes]
+
+
+@cli.command()
+@site_options
+@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@click.option("--foreground", is_flag=True,
+              help="Run supervisord in the foreground (batch jobs, systemd, containers); "
+              "needs --instance.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each supervisord to answer.")
+@json_option
+def up(site: str, env: str, root: str | None, instance: str | None, foreground: bool,
+       timeout: float, as_json: bool) -> None:
+    """Start the supervisord of every instance you own (others: run as their owner)."""
+    from siteboot import instances
+
+    ctx = Ctx(site, env, root)
+    plan = ctx.plan()
+    if foreground:
+        argv = instances.foreground_argv(plan, ctx.root, instance)
+        sys.stdout.flush()
+        os.execv(argv[0], argv)
+    outcomes = instances.up(plan, ctx.root, instance, timeout)
+    if as_json:
+        print_json(_outcomes_json(outcomes))
+    else:
+        _print_outcomes(outcomes)
+
+
+@cli.command()
+@site_options
+@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@click.option("--purge", is_flag=True, help="Also delete the runtime dir with its logs.")
+@json_option
+def down(site: str, env: str, root: str | None, instance: str | None, purge: bool,
+         as_json: bool) -> None:
+    """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays."""
+    from siteboot import instances
+
+    outcomes = instances.down(Ctx(site, env, root).plan(), instance, purge)
+    if as_json:
+        print_json(_outcomes_json(outcomes))
+    else:
+        _print_outcomes(outcomes)
+
+
+def _print_status(report: Any) -> None:
+    colors = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow"}
+    for inst in report.instances:
+        head = f"{inst.name} ({inst.user}) {inst.state}"
+        head += f", pid {inst.pid}" if inst.pid else ""
+        echo(styled(head, bold=True) + f"  {inst.url}")
+        if inst.error:
+            echo(styled(f"  {inst.error}", fg="red"))
+        rows = []
+        for p in inst.programs:
+            detail = f"uptime {p.uptime_s}s" if p.uptime_s is not None else (p.spawnerr or (
+                f"exit {p.exitstatus}" if p.exitstatus is not None else ""))
+            rows.append(["  " + p.name, p.state, p.pid or "", detail])
+        if rows:
+            echo(table(["  program", "state", "pid", ""], rows,
+                       {1: lambda state: colors.get(state, "red")}))
+
+
+@cli.command()
+@site_options
+@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@json_option
+def status(site: str, env: str, root: str | None, instance: str | None, as_json: bool) -> None:
+    """Every instance and program of the env.
+
+    \b
+    Exit codes (monitoring plugins): 0 all that should run are RUNNING; 1 some are
+    STARTING/BACKOFF; 2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown.
+    """
+    from siteboot.control import status as get_status
+    from siteboot.errors import STATUS_UNKNOWN
+
+    try:
+        report = get_status(Ctx(site, env, root).plan(), instance)
+    except SitebootError as exc:
+        exc.exit_code = STATUS_UNKNOWN
+        raise
+    if as_json:
+        print_json(report.as_json())
+    else:
+        _print_status(report)
+    sys.exit(report.exit_code)
+
+
+def _control(action: str, site: str, env: str, root: str | None, names: Sequence[str],
+             as_json: bool) -> None:
+    from siteboot.control import control
+
+    results = control(Ctx(site, env, root).plan(), action, list(names))
+    if as_json:
+        print_json([{"instance": r.instance, "process": r.process, "ok": r.ok,
+                     "message": r.message} for r in results])
+    else:
+        for r in results:
+            echo(f"{r.instance}:{r.process}: " + styled(r.message, fg="green" if r.ok else "red"))
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_FAILED)
+
+
+_NAMES_HELP = "NAME is a program, instance:program, instance:* or all."
+
+
+@cli.command(epilog=_NAMES_HELP)
+@site_options
+@click.argument("names", nargs=-1, required=True)
+@json_option
+def start(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
+    """Start programs and wait until they count as started."""
+    _control("start", site, env, root, names, as_json)
+
+
+@cli.command(epilog=_NAMES_HELP)
+@site_options
+@click.argument("names", nargs=-1, required=True)
+@json_option
+def stop(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
+    """Stop programs."""
+    _control("stop", site, env, root, names, as_json)
+
+
+@cli.command(epilog=_NAMES_HELP)
+@site_options
+@click.argument("names", nargs=-1, required=True)
+@json_option
+def restart(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
+    """Stop, then start programs."""
+    _control("restart", site, env, root, names, as_json)
+
+
+@cli.command(name="tail")
+@site_options
+@click.argument("name")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
+@click.option("--stderr", is_flag=True, help="The stderr log instead of stdout.")
+@click.option("--bytes", "nbytes", type=int, default=4096, show_default=True,
+              help="How much of the end to print first.")
+def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, stderr: bool,
+             nbytes: int) -> None:
+    """Print the end of a program's log (NAME or instance:NAME)."""
+    from siteboot.control import tail
+
+    def write(text: str) -> None:
+        if text:
+            click.echo(text, nl=False)
+
+    tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@site_options
+@click.option("--instance", "-i", metavar="NAME", required=True, help="The instance.")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str]) -> None:
+    """Run the real supervisorctl against one instance: siteboot ctl -i NAME -- ARGS...
+
+    The key reaches supervisorctl through a 0600 client config, never the command line.
+    """
+    from siteboot.control import ctl as run_ctl
+
+    sys.exit(run_ctl(Ctx(site, env, root).plan(), instance, list(args)))
+
+
+@cli.command()
+@site_options
+@click.option("--wheelhouse", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              envvar="SITEBOOT_WHEELHOUSE",
+              help="Install from these wheels only (offline nodes).")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each supervisord to answer.")
+@json_option
+def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout: float,
+         as_json: bool) -> None:
+    """Bootstrap, build venvs, render, start your instances, print status. Safe to re-run.
+
+    From a checkout with bare python3: python3 -m siteboot init --env dev
+    """
+    from siteboot import instances
+    from siteboot.control import status as get_status
+    from siteboot.venvs import ensure_venvs
+
+    ctx = Ctx(site, env, root)
+    plan = ctx.plan()
+    venvs = ensure_venvs(plan, wheelhouse)
+    outcomes = instances.up(plan, ctx.root, None, timeout)
+    report = get_status(plan)
+    if as_json:
+        print_json({"venvs": [{"name": v.name, "path": str(v.path), "action": v.action}
+                              for v in venvs],
+                    "instances": _outcomes_json(outcomes), "status": report.as_json()})
+    else:
+        for v in venvs:
+            echo(f"venv {v.name}: {v.action} ({v.path})")
+        _print_outcomes(outcomes)
+        echo()
+        _print_status(report)
+    sys.exit(report.exit_code)
 
 
 def main() -> None:

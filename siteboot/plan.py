@@ -33,10 +33,9 @@ def current_user() -> str:
 def expand_home(path: str, user: str) -> Path:
     """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
     if path == "~" or path.startswith("~/"):
-        expanded = os.path.expanduser("~" + user + path[1:])
-        if expanded.startswith("~") and user == current_user():
-            expanded = os.path.expanduser(path)
-        return Path(expanded)
+        if user == current_user():  # honours $HOME, as every tool does
+            return Path(os.path.expanduser(path))
+        return Path(os.path.expanduser("~" + user + path[1:]))
     return Path(os.path.expanduser(path))
 
 

@@ -18,12 +18,14 @@ from typing import Any
 from siteboot import __version__
 from siteboot.errors import RenderError
 from siteboot.fsutil import atomic_write
-from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, ProgramPlan
+from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, ProgramPlan, socket_path_problem
 from siteboot.resources import template_dirs
 from siteboot.site import PROGRAM_KEYS
 
 CONFIG_TEMPLATE = "supervisord.conf.j2"
 _INLINE_COMMENT = re.compile(r"\s[;#]")
+# The template writes ``key = value``: a value starting with ';' or '#' follows a space too.
+_LEADING_COMMENT = re.compile(r"^[;#]")
 
 
 def percentescape(value: Any) -> str:
@@ -49,6 +51,17 @@ def ini_problem(value: str) -> str | None:
     if _INLINE_COMMENT.search(value):
         return ("contains whitespace followed by ';' or '#', which supervisord reads as the "
                 "start of a comment")
+    if _LEADING_COMMENT.match(value):
+        return "starts with ';' or '#', which supervisord reads as the start of a comment"
+    return None
+
+
+def path_problem(value: str) -> str | None:
+    problem = ini_problem(value)
+    if problem:
+        return problem
+    if value != value.strip():
+        return "starts or ends with whitespace, which supervisord's INI reader strips"
     return None
 
 
@@ -72,7 +85,7 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
         fields: list[tuple[str, str, str | None]] = [
             ("command", program.command, ini_problem(program.command))]
         if program.directory:
-            fields.append(("directory", program.directory, ini_problem(program.directory)))
+            fields.append(("directory", program.directory, path_problem(program.directory)))
         for name, value in program.environment.items():
             fields.append((f"environment.{name}", value, env_problem(value)))
         for key, value, problem in fields:
@@ -120,7 +133,13 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
     """The supervisord config text of ``inst``; ``password`` is a ``{SHA}`` hash."""
     import jinja2
 
+    socket_problem = socket_path_problem(inst)
+    if socket_problem:
+        raise RenderError(f"{plan.site.path}: instance {inst.name}: {socket_problem}")
     problems = representable(inst.programs)
+    runtime_problem = ini_problem(str(inst.runtime_dir))
+    if runtime_problem:
+        problems.insert(0, f"[site] runtime_dir = {str(inst.runtime_dir)!r}: {runtime_problem}")
     if problems:
         raise RenderError(
             f"{plan.site.path}: {len(problems)} value(s) cannot be written into a supervisord "
@@ -172,8 +191,10 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
 
 def render_owned(plan: Plan, inst: InstancePlan, root: Path | None) -> Rendered:
     """Render ``inst`` with its real key into its runtime dir (what ``up`` starts from)."""
-    from siteboot.keys import ensure_key, password_hash
+    from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
 
+    # A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
+    render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
     prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
     write_config(inst.conf_path, text)
@@ -203,12 +224,14 @@ def render_configs(plan: Plan, root: Path | None, out: Path | None = None,
             write_config(path, text)
             rendered.append(Rendered(inst.name, path, preview=True))
         return RenderResult(rendered, skipped)
+    # Validate every instance first (also the ones of other users, so a bad value is found
+    # before their owner deploys): a refusal leaves nothing written.
+    for inst in selected:
+        render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
     for inst in selected:
         if plan.owns(inst):
             rendered.append(render_owned(plan, inst, root))
         else:
-            # Validate it anyway, so a bad value is found before its owner deploys.
-            render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
             skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
                                        "or preview it with --out DIR"))
     return RenderResult(rendered, skipped)

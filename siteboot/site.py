@@ -23,6 +23,7 @@ PLACEHOLDERS = ("port", "env", "site", "instance", "runtime_dir", "state_dir", "
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
+_BYTE_SIZE_RE = re.compile(r"[0-9]+(KB|MB|GB)?", re.IGNORECASE)  # supervisord's byte_size
 
 
 @dataclass(frozen=True)
@@ -202,10 +203,16 @@ def read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         message = str(exc)
         match = re.search(r"\(at line (\d+), column (\d+)\)", message)
-        if match:
-            reason = message[: match.start()].strip()
-            where = f"{path}:{match.group(1)}:{match.group(2)}"
-            raise SiteFileError(str(path), [f"line {match.group(1)}, column {match.group(2)}: "
+        found = match or re.search(r"\(at end of document\)", message)
+        if found:
+            if match:
+                line, column = match.group(1), match.group(2)
+            else:  # tomllib names no position here: the end is the last line's end
+                lines = text.split("\n")
+                line, column = str(len(lines)), str(len(lines[-1]) + 1)
+            reason = message[: found.start()].strip()
+            where = f"{path}:{line}:{column}"
+            raise SiteFileError(str(path), [f"line {line}, column {column}: "
                                             f"TOML syntax error: {reason} ({where})"]) from None
         raise SiteFileError(str(path), [f"TOML syntax error: {message}"]) from None
 
@@ -458,6 +465,10 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
     if program.port and program.options["numprocs"] > 1:
         v.error(table, "numprocs", "a program with a port cannot have numprocs > 1 "
                 "(the copies would share the port)")
+    maxbytes = program.options.get("log_maxbytes")
+    if isinstance(maxbytes, str) and not _BYTE_SIZE_RE.fullmatch(maxbytes):
+        v.error(table, "log_maxbytes", f"'log_maxbytes' must be a size like \"10MB\" "
+                f"(a number, optionally with KB, MB or GB), not {maxbytes!r}")
     texts = {"command": program.command, "directory": program.options.get("directory") or ""}
     texts.update({f"environment.{k}": val for k, val in program.environment.items()})
     for key, text in texts.items():

@@ -1,0 +1,337 @@
+"""Starting and stopping supervisord instances: identity, stale state, locks, escalation.
+
+Nothing here signals a process it has not identified as this instance's supervisord (or one
+of its descendants): the owner's uid, ``supervisord`` with this instance's config on its
+command line, and a start time that fits the pidfile.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from siteboot.errors import InstanceError, UsageError
+from siteboot.fsutil import ensure_private_dir
+from siteboot.plan import InstancePlan, Plan
+from siteboot.rpc import SUPERVISOR_RUNNING, Endpoint, RpcError
+
+LOCK_TIMEOUT = 120.0
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Outcome:
+    """What happened to one instance."""
+
+    instance: str
+    action: str  # started, already running, stopped, not running, skipped, ...
+    detail: str = ""
+    pid: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------
+# Locks
+
+
+@contextmanager
+def instance_lock(plan: Plan, inst: InstancePlan, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """One ``up``/``down``/``init`` at a time per instance (fcntl, released on any exit)."""
+    path = plan.lock_path(inst)
+    ensure_private_dir(plan.invoker_state_dir)
+    ensure_private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise InstanceError(f"another siteboot holds the lock of {inst.name} ({path}) "
+                                        f"for over {timeout:.0f} s", "wait for it, or find it with "
+                                        f"`fuser {path}`") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------
+# Identity
+
+
+def _is_supervisord_of(cmdline: list[str], inst: InstancePlan) -> bool:
+    conf = str(inst.conf_path)
+    head = " ".join(cmdline[:4])
+    return "supervisord" in head and conf in cmdline
+
+
+def find_supervisord(inst: InstancePlan) -> Any | None:
+    """This instance's running supervisord as a psutil.Process, found by identity, or None.
+
+    The pidfile is tried first; a stale one (dead pid, or a live process that is not this
+    instance's supervisord) is ignored here and removed by ``clear_stale``. Then the process
+    table, for a supervisord whose runtime files were wiped while it kept running.
+    """
+    import psutil
+
+    uid = os.geteuid()
+    pid = read_pidfile(inst)
+    if pid:
+        try:
+            proc = psutil.Process(pid)
+            if (proc.uids().real == uid and _is_supervisord_of(proc.cmdline(), inst)
+                    and proc.create_time() <= inst.pidfile.stat().st_mtime + 2):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            pass
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            if proc.info["uids"] and proc.info["uids"].real == uid and proc.info["cmdline"] \
+                    and _is_supervisord_of(proc.info["cmdline"], inst):
+                return proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return None
+
+
+def read_pidfile(inst: InstancePlan) -> int | None:
+    try:
+        return int(inst.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
+    """Remove a pidfile and socket that no live supervisord of this instance stands behind."""
+    notes = []
+    pid = read_pidfile(inst)
+    if inst.pidfile.exists() and (running is None or running.pid != pid):
+        what = f"pid {pid} is not running" if pid and not _pid_alive(pid) else \
+            f"pid {pid} is not this instance's supervisord"
+        inst.pidfile.unlink()
+        notes.append(f"removed stale pidfile {inst.pidfile} ({what}; it was left alone)")
+    if running is None and inst.socket_path.exists():
+        inst.socket_path.unlink()
+        notes.append(f"removed stale socket {inst.socket_path} (no listener)")
+    return notes
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ------------------------------------------------------------------------------------------
+# Endpoints
+
+
+def own_endpoint(inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
+    from siteboot.keys import ensure_key
+
+    return Endpoint(inst.unix_url, ensure_key(inst), timeout)
+
+
+def endpoint_for(plan: Plan, inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
+    """The owner talks over the unix socket; a granted member over 127.0.0.1."""
+    from siteboot.keys import read_key
+
+    key = read_key(plan, inst)
+    return Endpoint(inst.unix_url if plan.owns(inst) else inst.http_url, key, timeout)
+
+
+def answers(endpoint: Endpoint) -> bool:
+    try:
+        state = endpoint.call("supervisor.getState")
+    except RpcError:
+        return False
+    return bool(state.get("statecode") == SUPERVISOR_RUNNING)
+
+
+# ------------------------------------------------------------------------------------------
+# up
+
+
+def _not_owned(plan: Plan, inst: InstancePlan) -> Outcome:
+    return Outcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}")
+
+
+def up(plan: Plan, root: Path | None, instance: str | None = None,
+       timeout: float = START_TIMEOUT) -> list[Outcome]:
+    """Start every instance the invoker owns; the others are reported as skipped."""
+    outcomes = []
+    for inst in plan.select(instance):
+        if not plan.owns(inst):
+            outcomes.append(_not_owned(plan, inst))
+            continue
+        with instance_lock(plan, inst):
+            outcomes.append(_up_one(plan, inst, root, timeout))
+    return outcomes
+
+
+def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> Outcome:
+    from siteboot.render import render_owned
+
+    rendered = render_owned(plan, inst, root)  # runtime dir, key, config: all idempotent
+    endpoint = own_endpoint(inst)
+    running = find_supervisord(inst)
+    if running is not None and answers(endpoint):
+        return Outcome(inst.name, "already running", "nothing to do", running.pid)
+    notes = []
+    if running is not None:
+        # Ours by identity, but unreachable (its socket was wiped): replace it.
+        notes.append(f"supervisord pid {running.pid} had lost its socket; stopped it")
+        terminate_tree(running)
+        running = None
+    notes += clear_stale(inst, running)
+    pid = launch(inst, rendered.path, timeout, endpoint)
+    return Outcome(inst.name, "started", f"pid {pid}, {inst.unix_url}", pid, notes)
+
+
+def supervisord_command(conf: Path, foreground: bool = False) -> list[str]:
+    cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
+    return cmd + (["-n"] if foreground else [])
+
+
+def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -> int:
+    """Start supervisord daemonized and wait until its RPC answers RUNNING."""
+    with open(inst.launch_log, "wb") as log:
+        result = subprocess.run(
+            supervisord_command(conf), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, cwd=str(inst.runtime_dir), start_new_session=True,
+            timeout=timeout, check=False,
+        )
+    if result.returncode != 0:
+        raise InstanceError(
+            f"supervisord for {inst.name} exited with {result.returncode} before daemonizing:\n"
+            + _indent(_tail(inst.launch_log) or "(no output)"),
+            f"config: {conf}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if answers(endpoint):
+            pid = read_pidfile(inst)
+            return pid or 0
+        time.sleep(0.05)
+    raise InstanceError(
+        f"supervisord for {inst.name} did not answer at {inst.unix_url} within {timeout:.0f} s; "
+        f"last lines of {inst.logfile}:\n" + _indent(_tail(inst.logfile) or "(empty)"),
+        "check the log, then `siteboot down` and `siteboot up`")
+
+
+def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list[str]:
+    """Prepare ``instance`` and return the supervisord command to exec in the foreground."""
+    from siteboot.render import render_owned
+
+    if not instance:
+        raise UsageError("--foreground needs --instance: one supervisord per process")
+    inst = plan.instance(instance)
+    if not plan.owns(inst):
+        raise UsageError(f"instance {inst.name} is owned by {inst.user}: run as {inst.user}")
+    with instance_lock(plan, inst):
+        rendered = render_owned(plan, inst, root)
+        running = find_supervisord(inst)
+        if running is not None:
+            raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
+                                "stop it with `siteboot down` first")
+        clear_stale(inst, None)
+    return supervisord_command(rendered.path, foreground=True)
+
+
+# ------------------------------------------------------------------------------------------
+# down
+
+
+def down(plan: Plan, instance: str | None = None, purge: bool = False,
+         timeout: float | None = None) -> list[Outcome]:
+    outcomes = []
+    for inst in plan.select(instance):
+        if not plan.owns(inst):
+            outcomes.append(_not_owned(plan, inst))
+            continue
+        with instance_lock(plan, inst):
+            outcomes.append(_down_one(inst, purge, timeout))
+    return outcomes
+
+
+def _stop_wait(inst: InstancePlan) -> float:
+    waits = [int(p.options["stopwaitsecs"]) for p in inst.programs]
+    return float(max(waits, default=10)) + 10.0
+
+
+def _down_one(inst: InstancePlan, purge: bool, timeout: float | None) -> Outcome:
+    import psutil
+
+    running = find_supervisord(inst)
+    outcome = Outcome(inst.name, "not running")
+    if running is not None:
+        descendants = running.children(recursive=True)
+        try:
+            own_endpoint(inst).call("supervisor.shutdown")
+            how = "shut down over RPC"
+        except RpcError as exc:
+            how = f"RPC unavailable ({exc.reason})"
+        _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
+        if alive:
+            how += "; escalated"
+        terminate_tree(running, extra=descendants)
+        outcome = Outcome(inst.name, "stopped", how, running.pid)
+    outcome.notes += clear_stale(inst, None)
+    if purge and inst.runtime_dir.exists():
+        import shutil
+
+        shutil.rmtree(inst.runtime_dir)
+        outcome.notes.append(f"purged {inst.runtime_dir}")
+    return outcome
+
+
+def terminate_tree(proc: Any, extra: list[Any] | None = None, grace: float = 5.0,
+                   kill: Callable[[Any, int], None] = lambda p, s: p.send_signal(s)) -> None:
+    """SIGTERM ``proc`` and its descendants, wait, then SIGKILL whatever is left."""
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        procs = []
+    seen = {p.pid for p in procs}
+    procs += [p for p in (extra or []) if p.pid not in seen]
+    alive = [p for p in procs if p.is_running()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in alive:
+            try:
+                kill(p, sig)
+            except (psutil.NoSuchProcess, ProcessLookupError):
+                pass
+        _, alive = psutil.wait_procs(alive, timeout=grace)
+        if not alive:
+            return
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _indent(text: str) -> str:
+    return "\n".join(f"    {line}" for line in text.splitlines())
+
+

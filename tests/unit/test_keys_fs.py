@@ -1,0 +1,174 @@
+"""Keys and the directories siteboot owns: modes, owners, and refusing what is not ours."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from siteboot.errors import EXIT_USAGE, OwnershipError, SitebootError
+from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, owner_name
+from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
+from siteboot.plan import Plan, make_plan
+from siteboot.render import prepare_runtime_dir, render_configs
+from siteboot.site import load_site
+from tests.conftest import supervisor_parse
+
+NOBODY = 65534
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short path under /tmp: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def own_plan(write_site, short_dir: Path, runtime: str | None = None) -> Plan:
+    runtime = runtime or f"{short_dir}/rt-{{env}}"
+    path = write_site(f"""
+        [site]
+        name = "t"
+        runtime_dir = "{runtime}"
+        state_dir = "{short_dir}/st/{{site}}-{{env}}"
+
+        [instances.main]
+        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
+
+        [programs.web]
+        instance = "main"
+        command = "python3 -m http.server {{port}}"
+        port = {{ dev = 41001, staging = 41002, prod = 41003 }}
+        """)
+    return make_plan(load_site(path), "dev")
+
+
+def test_password_hash_is_supervisord_sha():
+    assert password_hash("s3cret") == "{SHA}" + hashlib.sha1(b"s3cret").hexdigest()
+    assert "s3cret" not in password_hash("s3cret")
+    assert password_hash("a") != password_hash("b")
+    assert len(PLACEHOLDER_HASH) == len(password_hash("x"))
+
+
+def test_key_is_created_once_0600_in_a_0700_state_dir(write_site, short_dir):
+    inst = own_plan(write_site, short_dir).instances["main"]
+    key = ensure_key(inst)
+    assert len(key) >= 32
+    assert mode(inst.state_dir) == 0o700
+    assert mode(inst.key_path.parent) == 0o700
+    assert mode(inst.key_path) == 0o600
+    assert inst.key_path.stat().st_uid == os.geteuid()
+    assert ensure_key(inst) == key  # stable
+    os.chmod(inst.key_path, 0o644)
+    assert ensure_key(inst) == key
+    assert mode(inst.key_path) == 0o600  # tightened
+    assert not [p for p in inst.key_path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_render_in_place(write_site, short_dir):
+    plan = own_plan(write_site, short_dir)
+    inst = plan.instances["main"]
+    result = render_configs(plan, None)
+    (item,) = result.rendered
+    assert result.skipped == []
+    assert not item.preview
+    assert item.path == inst.conf_path
+    assert inst.runtime_parent == short_dir / "rt-dev"
+    assert mode(inst.runtime_parent) == 0o1777
+    assert mode(inst.runtime_dir) == 0o700
+    assert inst.runtime_dir.stat().st_uid == os.geteuid()
+    assert mode(inst.childlogdir) == 0o700
+    assert mode(inst.conf_path) == 0o600
+    key = inst.key_path.read_text().strip()
+    text = inst.conf_path.read_text()
+    assert key not in text
+    assert PLACEHOLDER_HASH not in text
+    assert "PREVIEW" not in text
+    opts = supervisor_parse(inst.conf_path)
+    for server in opts.configroot.supervisord.server_configs:
+        assert server["password"] == password_hash(key)
+    # a second render keeps the key
+    render_configs(plan, None)
+    assert inst.key_path.read_text().strip() == key
+
+
+def test_runtime_dir_of_another_user_is_refused(write_site, short_dir):
+    plan = own_plan(write_site, short_dir)
+    inst = plan.instances["main"]
+    assert inst.runtime_parent is not None
+    ensure_shared_parent(inst.runtime_parent)
+    inst.runtime_dir.mkdir()
+    os.chown(inst.runtime_dir, NOBODY, NOBODY)
+    with pytest.raises(OwnershipError) as info:
+        render_configs(plan, None)
+    message = str(info.value)
+    assert str(inst.runtime_dir) in message
+    assert f"owned by {owner_name(NOBODY)}" in message
+    assert "refusing" in message
+    assert not inst.conf_path.exists()
+    assert inst.runtime_dir.stat().st_uid == NOBODY  # left alone
+
+
+def test_too_long_socket_path_creates_nothing(write_site, short_dir):
+    plan = own_plan(write_site, short_dir, runtime=f"{short_dir}/{'x' * 110}-{{env}}")
+    with pytest.raises(SitebootError) as info:
+        prepare_runtime_dir(plan.instances["main"])
+    assert info.value.exit_code == EXIT_USAGE
+    assert "107" in str(info.value)
+    with pytest.raises(SitebootError):
+        render_configs(plan, None)
+    assert list(short_dir.iterdir()) == []
+
+
+def test_private_dir_is_tightened_and_checked(short_dir):
+    path = short_dir / "a" / "b"
+    ensure_private_dir(path)
+    assert mode(path) == 0o700
+    os.chmod(path, 0o755)
+    ensure_private_dir(path)
+    assert mode(path) == 0o700
+    os.chown(path, NOBODY, NOBODY)
+    with pytest.raises(OwnershipError):
+        ensure_private_dir(path)
+
+
+def test_shared_parent_is_sticky_and_an_existing_one_is_left_alone(short_dir):
+    path = short_dir / "p" / "shared"
+    ensure_shared_parent(path)
+    assert mode(path) == 0o1777
+    other = short_dir / "existing"
+    other.mkdir(mode=0o755)
+    ensure_shared_parent(other)
+    assert mode(other) == 0o755
+
+
+def test_atomic_write_mode_and_no_leftovers(short_dir):
+    path = short_dir / "f"
+    old = os.umask(0)
+    try:
+        atomic_write(path, "one")
+        assert mode(path) == 0o600
+        atomic_write(path, b"two", mode=0o640)
+    finally:
+        os.umask(old)
+    assert path.read_text() == "two"
+    assert mode(path) == 0o640
+    assert [p.name for p in short_dir.iterdir()] == ["f"]
+
+
+def test_owner_name_of_an_unknown_uid():
+    assert owner_name(os.geteuid()) != ""
+    assert owner_name(2**31 - 7) == str(2**31 - 7)
