@@ -396,14 +396,14 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
     from siteboot import instances
-    from siteboot.control import status as get_status
+    from siteboot.control import settle
     from siteboot.venvs import ensure_venvs
 
     ctx = Ctx(site, env, root)
     plan = ctx.plan()
-    venvs = ensure_venvs(plan, wheelhouse)
+    venvs = ensure_venvs(plan, wheelhouse, progress=None if as_json else lambda line: echo(line, err=True))
     outcomes = instances.up(plan, ctx.root, None, timeout)
-    report = get_status(plan)
+    report = settle(plan, timeout)
     if as_json:
         print_json({"venvs": [{"name": v.name, "path": str(v.path), "action": v.action}
                               for v in venvs],

@@ -238,7 +238,9 @@ def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
             if not chosen:
                 owner = next((p for p in inst.programs if prog in p.process_names()), None)
                 if owner is not None:  # one process of a numprocs program
-                    targets.setdefault(inst.name, []).append(prog)
+                    bucket = targets.setdefault(inst.name, [])
+                    if prog not in bucket:
+                        bucket.append(prog)
                     continue
                 raise UsageError(f"instance {inst.name} has no program '{prog}'",
                                  f"programs: {', '.join(p.name for p in inst.programs) or 'none'}")
@@ -326,6 +328,9 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, step: str,
                 outcome[process] = (True, "started")
             elif step == "start" and info["statename"] == "FATAL":
                 outcome[process] = (False, f"FATAL: {info['spawnerr'] or 'exited too quickly'}")
+            elif step == "start" and info["statename"] == "EXITED":
+                # only a process that got to RUNNING can be EXITED (startsecs = 0)
+                outcome[process] = (True, f"started, then exited with status {info['exitstatus']}")
             elif step == "stop" and info["statename"] in _STOPPED:
                 outcome[process] = (True, "stopped")
             elif time.monotonic() > deadline:
@@ -432,3 +437,14 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     conf = write_client_conf(plan, inst, read_key(plan, inst))
     cmd = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args]
     return subprocess.run(cmd, check=False).returncode
+
+
+def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
+           sleep: Callable[[float], None] = time.sleep) -> StatusReport:
+    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed)."""
+    deadline = clock() + timeout
+    while True:
+        report = status(plan)
+        if report.exit_code != STATUS_WARNING or clock() >= deadline:
+            return report
+        sleep(0.2)

@@ -1,0 +1,349 @@
+"""Privilege separation with two real accounts (useradd), as at JAWS: `sbt_jaws` runs the
+services instance, `sbt_jtm` the job runners; `sbt_jaws` is in group `sbt_jtm` and controls the
+jtm instance with the key sbt_jtm publishes in shared_dir. `sbt_other` has no grant.
+"""
+
+from __future__ import annotations
+
+import base64
+import configparser
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import REPO
+from tests.integration.conftest import free_ports, kill_all, processes_under
+
+pytestmark = [pytest.mark.slow, pytest.mark.users]
+
+JAWS, JTM, OTHER = "sbt_jaws", "sbt_jtm", "sbt_other"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def _drop_users() -> None:
+    for user in (JAWS, JTM, OTHER):
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", user], capture_output=True, check=False)
+
+
+@dataclass
+class TwoUsers:
+    base: Path
+    python: Path
+    site: Path
+    ports: dict[str, int]
+
+    def run(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        home = pwd.getpwnam(user).pw_dir
+        cmd = ["runuser", "-u", user, "--", "env", f"HOME={home}", "NO_COLOR=1",
+               f"SITEBOOT_SITE={self.site}",
+               str(self.python), "-c", "from siteboot.cli import main; main()", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=str(self.base),
+                              timeout=120, check=False)
+
+    def as_user(self, user: str, code: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["runuser", "-u", user, "--", str(self.python), "-c", code],
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def status(self, user: str) -> tuple[int, dict]:
+        result = self.run(user, "status", "--json")
+        return result.returncode, json.loads(result.stdout)
+
+    def runtime(self, instance: str) -> Path:
+        return self.run_root / instance
+
+    @property
+    def run_root(self) -> Path:
+        return self.base / "tmp" / "pv-run"
+
+    def key_path(self, user: str, instance: str) -> Path:
+        return Path(pwd.getpwnam(user).pw_dir) / ".local/state/siteboot/pv-dev/keys" / f"{instance}.key"
+
+
+def _install(base: Path) -> Path:
+    """siteboot in a venv every user can run: the system python, a world-readable copy."""
+    src = base / "src"
+    src.mkdir()
+    for folder in ("siteboot", "templates", "sites"):
+        shutil.copytree(REPO / folder, src / folder,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    venv = base / "venv"
+    _sh(SYSTEM_PYTHON, "-m", "venv", str(venv))
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    requirements = [r.strip() for r in config["options"]["install_requires"].splitlines() if r.strip()]
+    _sh(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+        *requirements)
+    site_packages = next((venv / "lib").glob("python3*/site-packages"))
+    (site_packages / "siteboot-src.pth").write_text(f"{src}\n")
+    _sh("chmod", "-R", "a+rX", str(base))
+    return venv / "bin/python"
+
+
+@pytest.fixture(scope="module")
+def two_users() -> Iterator[TwoUsers]:
+    if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip("needs root, useradd and /usr/bin/python3")
+    _drop_users()
+    base = Path(tempfile.mkdtemp(prefix="sbu-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        for user in (JAWS, JTM, OTHER):
+            _sh("useradd", "-m", "-U", "-s", "/bin/sh", user)
+        _sh("usermod", "-aG", JTM, JAWS)
+        python = _install(base)
+        (base / "tmp").mkdir()
+        os.chmod(base / "tmp", 0o1777)  # stands in for /tmp
+        shared = base / "shared"
+        shared.mkdir()
+        os.chmod(shared, 0o1777)  # a project directory both accounts can write
+        svc_port, jtm_port, web_port = free_ports(3)
+        site = base / "pv.toml"
+        site.write_text(textwrap.dedent(f"""
+            [site]
+            name = "pv"
+            envs = ["dev"]
+            runtime_dir = "{base}/tmp/pv-run"
+            shared_dir = "{shared}"
+
+            [instances.svc]
+            user = "{JAWS}"
+            port = {{ dev = {svc_port} }}
+
+            [instances.jtm]
+            user = "{JTM}"
+            port = {{ dev = {jtm_port} }}
+            group = "{JTM}"
+
+            [programs.web]
+            instance = "svc"
+            command = "{{python}} -m siteboot.demo serve --port {{port}}"
+            port = {{ dev = {web_port} }}
+            startsecs = 1
+
+            [programs.runner]
+            instance = "jtm"
+            command = "{{python}} -m siteboot.demo work --interval 1"
+            startsecs = 1
+            """))
+        os.chmod(site, 0o644)
+        yield TwoUsers(base, python, site, {"svc": svc_port, "jtm": jtm_port, "web": web_port})
+    finally:
+        for user in (JAWS, JTM):
+            try:
+                TwoUsers(base, base / "venv/bin/python", base / "pv.toml", {}).run(user, "down")
+            except (KeyError, OSError):
+                pass
+        leftovers = processes_under(base)
+        kill_all(leftovers)
+        _drop_users()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"processes left running: {leftovers}"
+
+
+def _wait_ok(env: TwoUsers, user: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + 20
+    while True:
+        rc, data = env.status(user)
+        if rc == 0 or time.monotonic() > deadline:
+            assert rc == 0, data
+            return data
+        time.sleep(0.3)
+
+
+def test_each_user_starts_its_own_instance_in_either_order(two_users):
+    env = two_users
+    # the workload account comes first; it creates the shared runtime parent
+    result = env.run(JTM, "up")
+    assert result.returncode == 0, result.stderr
+    assert "jtm: started" in result.stdout
+    assert "svc: skipped: owned by sbt_jaws: run as sbt_jaws" in result.stdout
+    assert os.stat(env.run_root).st_mode & 0o7777 == 0o1777
+    result = env.run(JAWS, "up")
+    assert result.returncode == 0, result.stderr
+    assert "svc: started" in result.stdout
+    _wait_ok(env, JAWS)
+
+    for instance, user in (("svc", JAWS), ("jtm", JTM)):
+        info = os.stat(env.runtime(instance))
+        assert pwd.getpwuid(info.st_uid).pw_name == user
+        assert info.st_mode & 0o777 == 0o700
+        supervisord = int((env.runtime(instance) / "supervisord.pid").read_text())
+        proc = psutil.Process(supervisord)
+        assert proc.username() == user
+        assert all(child.username() == user for child in proc.children(recursive=True))
+
+    # and the other order, after both are down
+    assert env.run(JAWS, "down").returncode == 0
+    assert env.run(JTM, "down").returncode == 0
+    shutil.rmtree(env.run_root)
+    assert env.run(JAWS, "up").returncode == 0
+    assert env.run(JTM, "up").returncode == 0
+    _wait_ok(env, JAWS)
+
+
+def test_the_other_user_cannot_reach_the_socket_or_the_key(two_users):
+    env = two_users
+    if env.run(JTM, "up").returncode or env.run(JAWS, "up").returncode:
+        pytest.fail("instances did not start")
+    socket_path = env.runtime("jtm") / "supervisor.sock"
+    probe = env.as_user(JAWS, textwrap.dedent(f"""
+        import socket
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect({str(socket_path)!r})
+        except PermissionError:
+            print("refused")
+        """))
+    assert probe.stdout.strip() == "refused", probe.stderr
+    for reader, owner, instance in ((JAWS, JTM, "jtm"), (JTM, JAWS, "svc"), (OTHER, JTM, "jtm")):
+        read = env.as_user(reader, f"open({str(env.key_path(owner, instance))!r}).read()")
+        assert read.returncode != 0
+        assert "PermissionError" in read.stderr
+    key_file = env.key_path(JTM, "jtm")
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+    assert os.stat(key_file.parent.parent).st_mode & 0o777 == 0o700
+
+
+def _http_status(port: int, key: str | None) -> int:
+    body = (b"<?xml version='1.0'?><methodCall><methodName>supervisor.getState</methodName>"
+            b"<params></params></methodCall>")
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/RPC2", data=body,
+                                     headers={"Content-Type": "text/xml"})
+    if key is not None:
+        token = base64.b64encode(f"siteboot:{key}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def test_http_port_refuses_without_the_key(two_users):
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    key = env.key_path(JTM, "jtm").read_text().strip()
+    assert _http_status(env.ports["jtm"], None) == 401
+    assert _http_status(env.ports["jtm"], "wrong") == 401
+    assert _http_status(env.ports["jtm"], key) == 200
+    # bound to loopback only
+    listeners = [c for c in psutil.net_connections("inet") if c.laddr and
+                 c.laddr.port in (env.ports["jtm"], env.ports["svc"]) and c.status == "LISTEN"]
+    assert listeners
+    assert {c.laddr.ip for c in listeners} == {"127.0.0.1"}
+
+
+def test_group_grant_lets_the_member_control_the_instance(two_users):
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    assert env.run(JAWS, "up").returncode == 0
+    shared_key = env.base / "shared" / "keys" / "jtm.key"
+    info = os.stat(shared_key)
+    assert info.st_mode & 0o777 == 0o640
+    assert grp.getgrgid(info.st_gid).gr_name == JTM
+
+    data = _wait_ok(env, JAWS)
+    jtm = next(i for i in data["instances"] if i["name"] == "jtm")
+    assert jtm["state"] == "running"
+    assert jtm["url"] == f"http://127.0.0.1:{env.ports['jtm']}"
+    pid_before = jtm["programs"][0]["pid"]
+    result = env.run(JAWS, "restart", "jtm:runner")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "jtm:runner: restarted" in result.stdout
+    jtm = next(i for i in env.status(JAWS)[1]["instances"] if i["name"] == "jtm")
+    assert jtm["programs"][0]["pid"] != pid_before
+
+    # the member cannot start or stop the owner's supervisord itself
+    result = env.run(JAWS, "down", "-i", "jtm")
+    assert "owned by sbt_jtm" in result.stdout
+    assert env.status(JTM)[1]["instances"][1]["state"] == "running"
+
+
+def test_no_grant_means_no_control(two_users):
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    assert env.run(JAWS, "up").returncode == 0
+    rc, data = env.status(OTHER)
+    assert rc == 3
+    states = {i["name"]: i for i in data["instances"]}
+    assert states["jtm"]["state"] == "no key"
+    assert "not in group sbt_jtm" in states["jtm"]["error"]
+    assert states["svc"]["state"] == "no key"
+    assert "grants no group" in states["svc"]["error"]
+    # the owner of the services instance grants nothing either
+    rc, data = env.status(JTM)
+    svc = next(i for i in data["instances"] if i["name"] == "svc")
+    assert svc["state"] == "no key"
+    result = env.run(OTHER, "stop", "runner")
+    assert result.returncode == 1
+    assert "not in group" in result.stdout
+
+
+def test_root_never_starts_another_users_instance(two_users):
+    env = two_users
+    for user in (JAWS, JTM):
+        env.run(user, "down")
+    result = subprocess.run(
+        [str(env.python), "-c", "from siteboot.cli import main; main()", "up", "--site",
+         str(env.site)], capture_output=True, text=True, cwd=str(env.base), check=False,
+        env=dict(os.environ, NO_COLOR="1"))
+    assert result.returncode == 0, result.stderr
+    assert "svc: skipped: owned by sbt_jaws" in result.stdout
+    assert "jtm: skipped: owned by sbt_jtm" in result.stdout
+    assert processes_under(env.base) == []
+
+
+def test_a_squatted_instance_dir_is_refused(two_users):
+    env = two_users
+    for user in (JAWS, JTM):
+        env.run(user, "down")
+    shutil.rmtree(env.run_root, ignore_errors=True)
+    squat = env.as_user(OTHER, textwrap.dedent(f"""
+        import os
+        os.mkdir({str(env.run_root)!r}); os.chmod({str(env.run_root)!r}, 0o1777)
+        os.mkdir({str(env.runtime('jtm'))!r}, 0o777)
+        """))
+    assert squat.returncode == 0, squat.stderr
+    result = env.run(JTM, "up")
+    assert result.returncode == 1
+    assert "owned by sbt_other, not sbt_jtm" in result.stderr
+    assert "Traceback" not in result.stderr
+    # the other instance is unaffected
+    assert env.run(JAWS, "up").returncode == 0
+    shutil.rmtree(env.runtime("jtm"))
+    assert env.run(JTM, "up").returncode == 0
+
+
+def test_no_key_on_any_command_line(two_users):
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    assert env.run(JAWS, "up").returncode == 0
+    assert env.run(JAWS, "ctl", "-i", "jtm", "--", "status").returncode == 0
+    keys = [env.key_path(JTM, "jtm").read_text().strip(),
+            env.key_path(JAWS, "svc").read_text().strip()]
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        assert not any(key in text for key in keys), cmdline
