@@ -1,12 +1,157 @@
-"""``python -m siteboot``: stage 0. Only the standard library at module level."""
+"""``python -m siteboot``: stage 0. Only the standard library at module level.
+
+From a checkout (``setup.cfg`` beside the package) on a machine with nothing but python3:
+
+- ``init`` outside the tool venv: build or update the tool venv (siteboot/bootstrap.py), then
+  re-execute ``<venv>/bin/python -m siteboot init ...`` with SITEBOOT_BOOTSTRAPPED=1;
+- any other command outside the tool venv: re-execute into the tool venv when it is current;
+  else run in-process when siteboot's dependencies are importable (a dev env); else say to run
+  ``python3 -m siteboot init`` (exit 2);
+- inside the tool venv, after a re-exec, or installed from a wheel: just run the CLI.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Callable
 
-def run() -> None:
+from siteboot import bootstrap
+from siteboot.errors import EXIT_FAILED, SitebootError, UsageError
+
+BOOTSTRAP = "bootstrap"
+REEXEC = "reexec"
+CLI = "cli"
+MISSING = "missing"
+
+# Options that take a value, so that their value is not mistaken for the command.
+_VALUE_OPTIONS = frozenset({"--site", "-s", "--env", "-e", "--root", bootstrap.WHEELHOUSE_OPTION})
+
+
+def first_command(argv: Sequence[str]) -> str | None:
+    """The first word of argv that is neither an option nor an option's value."""
+    skip = False
+    for index, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg == "--":
+            return argv[index + 1] if index + 1 < len(argv) else None
+        if arg.startswith("-") and arg != "-":
+            skip = arg in _VALUE_OPTIONS
+            continue
+        return arg
+    return None
+
+
+def choose_action(argv: Sequence[str], *, checkout: Path | None, venv: Path | None, prefix: str,
+                  reexeced: bool, venv_ready: Callable[[], bool],
+                  deps_available: Callable[[], bool]) -> str:
+    """What stage 0 does with this command line: BOOTSTRAP, REEXEC, CLI or MISSING.
+
+    ``venv_ready`` (the tool venv exists, its stamp matches, its python runs) and
+    ``deps_available`` (this interpreter has siteboot's dependencies) are only called when needed.
+    """
+    if checkout is None or venv is None:  # installed from a wheel: nothing to bootstrap
+        return CLI
+    if bootstrap.same_path(prefix, venv):  # already in the tool venv
+        return CLI
+    if reexeced:  # exec'd into the venv, yet not in it: never loop
+        return CLI if deps_available() else MISSING
+    if first_command(argv) == "init":
+        return BOOTSTRAP
+    if venv_ready():
+        return REEXEC
+    return CLI if deps_available() else MISSING
+
+
+def _venv_ready(checkout: Path, venv: Path) -> bool:
+    if not (venv / bootstrap.STAMP_NAME).is_file():
+        return False
+    try:
+        return bootstrap.Bootstrapper(checkout, venv, pip_config={}).is_current()
+    except SitebootError:
+        return False
+
+
+def _deps_available(checkout: Path) -> bool:
+    try:
+        requires = bootstrap.read_requirements(checkout / "setup.cfg")
+    except SitebootError:
+        return False
+    return bootstrap.distributions_installed(bootstrap.required_distributions(requires))
+
+
+def missing_message(venv: Path, reexeced: bool) -> str:
+    if reexeced:
+        return (f"re-executed into {bootstrap.venv_python(venv)}, but it does not run in the tool "
+                f"venv (sys.prefix is {sys.prefix}) and siteboot's dependencies are missing; "
+                f"remove {venv} and run `{bootstrap.INIT_COMMAND}`")
+    if (venv / "pyvenv.cfg").is_file() and not (venv / bootstrap.STAMP_NAME).is_file():
+        return (f"siteboot's dependencies are not installed for {sys.executable}, and {venv} is a "
+                f"virtualenv that `{bootstrap.INIT_COMMAND}` did not make; use its python, or set "
+                f"{bootstrap.ENV_VENV} to a new path and run `{bootstrap.INIT_COMMAND}`")
+    if (venv / "pyvenv.cfg").is_file():
+        return (f"the tool venv at {venv} is out of date or broken; run "
+                f"`{bootstrap.INIT_COMMAND}` to update it")
+    return (f"siteboot's dependencies are not installed; run `{bootstrap.INIT_COMMAND}` "
+            f"to build its tool venv at {venv}")
+
+
+def stage0(args: Sequence[str], reexeced: bool) -> None:
+    """Bootstrap or re-execute as ``choose_action`` says; returns when the CLI should run here."""
+    checkout = bootstrap.find_checkout()
+    venv = bootstrap.tool_venv_path(checkout) if checkout is not None else None
+    action = choose_action(
+        args, checkout=checkout, venv=venv, prefix=sys.prefix, reexeced=reexeced,
+        venv_ready=lambda: checkout is not None and venv is not None and _venv_ready(checkout, venv),
+        deps_available=lambda: checkout is not None and _deps_available(checkout))
+    if action == CLI:
+        return
+    assert checkout is not None
+    assert venv is not None
+    if action == MISSING:
+        raise UsageError(missing_message(venv, reexeced))
+    if action == BOOTSTRAP:
+        if sys.version_info < bootstrap.MIN_PYTHON:
+            raise UsageError(f"siteboot needs Python {'.'.join(map(str, bootstrap.MIN_PYTHON))} or "
+                             f"newer; {sys.executable} is {sys.version.split()[0]}")
+        builder = bootstrap.Bootstrapper(checkout, venv, wheelhouse=bootstrap.wheelhouse_from(args))
+        bootstrap.reexec(builder.ensure(), args)
+    else:
+        bootstrap.reexec(bootstrap.venv_python(venv), args)
+
+
+def run_cli(args: Sequence[str]) -> None:
     from siteboot.cli import main
 
+    sys.argv = [sys.argv[0], *args]
     main()
+
+
+def run(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Consumed here, so that processes started from the tool venv do not inherit it.
+    reexeced = os.environ.pop(bootstrap.ENV_BOOTSTRAPPED, "") == "1"
+    debug = bootstrap.debug_enabled(args)
+    try:
+        stage0(args, reexeced)
+    except SitebootError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug in stage 0: keep it short unless asked
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\n"
+              "  rerun with SITEBOOT_DEBUG=1 for the traceback", file=sys.stderr, flush=True)
+        sys.exit(EXIT_FAILED)
+    run_cli(args)
 
 
 if __name__ == "__main__":

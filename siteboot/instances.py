@@ -72,9 +72,11 @@ def instance_lock(plan: Plan, inst: InstancePlan, timeout: float = LOCK_TIMEOUT)
 
 
 def _is_supervisord_of(cmdline: list[str], inst: InstancePlan) -> bool:
-    conf = str(inst.conf_path)
-    head = " ".join(cmdline[:4])
-    return "supervisord" in head and conf in cmdline
+    # The program itself, not any argument: the config's own name contains "supervisord",
+    # so `tail -f .../supervisord-NAME.conf` must not pass.
+    program = any(arg == "supervisor.supervisord" or os.path.basename(arg) == "supervisord"
+                  for arg in cmdline[:4])
+    return program and str(inst.conf_path) in cmdline
 
 
 def find_supervisord(inst: InstancePlan) -> Any | None:

@@ -216,7 +216,12 @@ class Endpoint:
             payload = self._post(request_body(method, args))
         except Exception as exc:
             raise classify(exc, self.url) from None
-        return decode_response(payload)
+        try:
+            return decode_response(payload)
+        except Fault:
+            raise
+        except Exception as exc:  # not XML-RPC: something else answers at this address
+            raise classify(exc, self.url) from None
 
     def multicall(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Several calls in one request; each result is a value or a ``Fault``."""

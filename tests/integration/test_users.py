@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -62,7 +63,7 @@ class TwoUsers:
         return subprocess.run(["runuser", "-u", user, "--", str(self.python), "-c", code],
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def status(self, user: str) -> tuple[int, dict]:
+    def status(self, user: str) -> tuple[int, dict[str, Any]]:
         result = self.run(user, "status", "--json")
         return result.returncode, json.loads(result.stdout)
 
@@ -158,7 +159,7 @@ def two_users() -> Iterator[TwoUsers]:
         assert not leftovers, f"processes left running: {leftovers}"
 
 
-def _wait_ok(env: TwoUsers, user: str) -> dict:
+def _wait_ok(env: TwoUsers, user: str) -> dict[str, Any]:
     import time
 
     deadline = time.monotonic() + 20
@@ -247,10 +248,10 @@ def test_http_port_refuses_without_the_key(two_users):
     assert _http_status(env.ports["jtm"], "wrong") == 401
     assert _http_status(env.ports["jtm"], key) == 200
     # bound to loopback only
-    listeners = [c for c in psutil.net_connections("inet") if c.laddr and
-                 c.laddr.port in (env.ports["jtm"], env.ports["svc"]) and c.status == "LISTEN"]
-    assert listeners
-    assert {c.laddr.ip for c in listeners} == {"127.0.0.1"}
+    bound = {(c.laddr[0], c.laddr[1]) for c in psutil.net_connections("inet")
+             if c.laddr and c.status == "LISTEN"}
+    ours = {(ip, port) for ip, port in bound if port in (env.ports["jtm"], env.ports["svc"])}
+    assert ours == {("127.0.0.1", env.ports["jtm"]), ("127.0.0.1", env.ports["svc"])}
 
 
 def test_group_grant_lets_the_member_control_the_instance(two_users):
