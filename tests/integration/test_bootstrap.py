@@ -1,0 +1,175 @@
+"""Stage 0 for real: a fresh clone, a python without any of siteboot's dependencies, real pip.
+
+Each build installs the dependencies into a new venv (pip's cache keeps that to seconds).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from siteboot import __version__
+from siteboot.bootstrap import STAMP_NAME
+
+REPO = Path(__file__).resolve().parent.parent.parent
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+BOGUS = "siteboot-no-such-package-xyz==9.9"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs /usr/bin/python3 (with venv)"),
+]
+
+
+@pytest.fixture
+def clone(tmp_path: Path) -> Path:
+    """The checkout's sources as a fresh clone has them (no venv, no build artefacts)."""
+    target = tmp_path / "clone"
+    target.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("siteboot", "templates", "sites"):
+        shutil.copytree(REPO / folder, target / folder, ignore=ignore)
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, target / name)
+    return target
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Path:
+    """A python with the standard library only: click, jinja2 & co. cannot be imported."""
+    path = tmp_path / "bare"
+    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import click"], capture_output=True, check=False)
+    assert probe.returncode != 0, "the bare python must not have siteboot's dependencies"
+    return python
+
+
+def environment(venv: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("SITEBOOT_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["SITEBOOT_VENV"] = str(venv)
+    env.update(extra)
+    return env
+
+
+def siteboot(python: Path, clone: Path, env: dict[str, str],
+             *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    started = time.monotonic()
+    result = subprocess.run([str(python), "-m", "siteboot", *args], cwd=clone, env=env,
+                            capture_output=True, text=True, timeout=280, check=False)
+    return result, time.monotonic() - started
+
+
+def venv_text_files(venv: Path) -> dict[Path, str]:
+    files = [venv / "pyvenv.cfg", *sorted((venv / "bin").iterdir())]
+    texts = {}
+    for path in files:
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            if b"\0" not in data:
+                texts[path] = data.decode("utf-8", "replace")
+    return texts
+
+
+def imports(python: Path, module: str) -> bool:
+    return subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
+                          check=False, env=environment(Path("/nonexistent"))).returncode == 0
+
+
+def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp_path: Path) -> None:
+    venv = tmp_path / "tool-venv"
+    env = environment(venv)
+
+    # 1. the first run builds the venv, then re-executes `init --help` inside it
+    first, first_time = siteboot(bare, clone, env, "init", "--help")
+    assert first.returncode == 0, first.stderr
+    assert "Usage:" in first.stdout
+    assert "siteboot: creating tool venv at" in first.stderr
+    python = venv / "bin" / "python"
+    assert imports(python, "supervisor")
+    assert imports(python, "siteboot.bootstrap")  # via siteboot.pth
+    stamp = (venv / STAMP_NAME).read_text()
+    assert str(clone) in stamp
+
+    # 2. the second run has nothing to do: no pip
+    second, second_time = siteboot(bare, clone, env, "init", "--help")
+    assert second.returncode == 0, second.stderr
+    assert "Usage:" in second.stdout
+    assert "up to date" in second.stderr
+    assert "installing" not in second.stderr
+    assert second_time < first_time / 3, (first_time, second_time)
+
+    # 3. other commands re-execute into the venv; the launcher works from anywhere
+    version, _ = siteboot(bare, clone, env, "--version")
+    assert version.returncode == 0, version.stderr
+    assert __version__ in version.stdout
+    launched = subprocess.run([str(venv / "bin" / "siteboot"), "--version"], cwd="/", env=env,
+                              capture_output=True, text=True, check=False)
+    assert launched.returncode == 0, launched.stderr
+    assert __version__ in launched.stdout
+
+    # 4. a changed install_requires rebuilds at <venv>.new and swaps it in, paths rewritten
+    setup_cfg = clone / "setup.cfg"
+    original = setup_cfg.read_text()
+    setup_cfg.write_text(original.replace("    click>=8.0\n", "    click>=8.0.0\n"))
+    upgraded, _ = siteboot(bare, clone, env, "init", "--help")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "out of date (setup.cfg's install_requires changed)" in upgraded.stderr
+    assert not (tmp_path / "tool-venv.new").exists()
+    assert not (tmp_path / "tool-venv.old").exists()
+    leftovers = [p.name for p, text in venv_text_files(venv).items() if "tool-venv.new" in text]
+    assert leftovers == []
+    pip = subprocess.run([str(venv / "bin" / "pip"), "--version"], capture_output=True, text=True,
+                         check=False, env=environment(venv))
+    assert pip.returncode == 0, pip.stderr  # its shebang points at the final path
+    assert "click>=8.0.0" in (venv / STAMP_NAME).read_text()
+
+    # 5. an upgrade that cannot be installed leaves the working venv alone
+    stamp = (venv / STAMP_NAME).read_text()
+    setup_cfg.write_text(original.replace("    psutil>=5.9\n", f"    psutil>=5.9\n    {BOGUS}\n"))
+    empty = tmp_path / "empty-wheelhouse"
+    empty.mkdir()
+    failed, _ = siteboot(bare, clone, env, "init", "--help", "--wheelhouse", str(empty))
+    assert failed.returncode == 1, failed.stderr
+    assert "Traceback" not in failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, failed.stderr
+    assert "pip could not install siteboot's dependencies" in errors[0]
+    assert len(failed.stderr.splitlines()) <= 25, failed.stderr
+    assert f"the previous tool venv at {venv} is unchanged and still works" in failed.stderr
+    assert f"hint: put a wheel for every requirement (and their dependencies) into {empty}" \
+        in failed.stderr
+    assert "Usage:" not in failed.stdout
+    assert not (tmp_path / "tool-venv.new").exists()
+    assert (venv / STAMP_NAME).read_text() == stamp
+    assert imports(python, "supervisor")
+
+    # ... and `status`-like commands now say what to do, in one line
+    stale, _ = siteboot(bare, clone, env, "--version")
+    assert stale.returncode == 2
+    assert stale.stderr.strip().splitlines() == [
+        f"error: the tool venv at {venv} is out of date or broken; "
+        "run `python3 -m siteboot init` to update it"]
+
+
+def test_without_ensurepip_pip_comes_from_a_wheel(clone: Path, bare: Path, tmp_path: Path) -> None:
+    hidden = tmp_path / "hide"
+    (hidden / "ensurepip").mkdir(parents=True)
+    (hidden / "ensurepip" / "__init__.py").write_text('raise ImportError("hidden for test")\n')
+    venv = tmp_path / "tool-venv"
+    result, _ = siteboot(bare, clone, environment(venv, PYTHONPATH=str(hidden)), "init", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    assert "ensurepip is not available (Debian without python3-venv?); installed pip from " \
+        in result.stderr
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"],
+                         capture_output=True, text=True, check=False, env=environment(venv))
+    assert pip.returncode == 0, pip.stderr
+    assert str(venv) in pip.stdout
+    assert imports(venv / "bin" / "python", "click")

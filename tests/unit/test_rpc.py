@@ -1,0 +1,437 @@
+"""The hand-written XML-RPC client: encoding, decoding (checked against the stdlib), failure
+classification, and real HTTP servers on a unix socket and on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import socket
+import socketserver
+import tempfile
+import threading
+import xmlrpc.client
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from siteboot.errors import EXIT_FAILED, InstanceError
+from siteboot.plan import RPC_USERNAME
+from siteboot.rpc import (
+    NO_ACCESS,
+    NOT_ANSWERING,
+    NOT_RUNNING,
+    REFUSED,
+    Endpoint,
+    Fault,
+    HttpStatusError,
+    RpcError,
+    classify,
+    decode_response,
+    encode,
+    escape,
+    request_body,
+)
+
+# Every kind of value supervisord sends or receives.
+VALUES: list[Any] = [
+    "plain",
+    "a < b && c > d",
+    "<tag>&amp;</tag>",
+    "héllo wörld ✓ 日本",
+    " leading and trailing ",
+    "line one\nline two\ttab",
+    "",
+    0,
+    -7,
+    2**31 - 1,
+    True,
+    False,
+    None,
+    1.5,
+    -0.25,
+    1e100,
+    [],
+    {},
+    [1, "two", [3, [4, []]], {"five": 5}],
+    {"name": "web", "pid": 123, "nested": {"list": [True, None, 2.5], "empty": {}}},
+    {"faultCode": 10, "faultString": "BAD_NAME: x"},  # a multicall fault entry is a plain struct
+    [{"name": "web_00", "group": "t-dev", "statename": "RUNNING", "spawnerr": ""}],
+]
+
+
+def response(value: Any) -> bytes:
+    return xmlrpc.client.dumps((value,), methodresponse=True, allow_none=True).encode("utf-8")
+
+
+def raw_response(value_xml: str) -> bytes:
+    return (f"<?xml version='1.0'?><methodResponse><params><param><value>{value_xml}</value>"
+            "</param></params></methodResponse>").encode()
+
+
+# --------------------------------------------------------------------------------------------
+# encode / request_body / decode_response
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_decode_matches_stdlib(value):
+    data = response(value)
+    expected = xmlrpc.client.loads(data)[0][0]
+    assert decode_response(data) == expected
+    assert decode_response(data) == value
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_request_body_is_read_back_by_stdlib(value):
+    params, method = xmlrpc.client.loads(request_body("supervisor.echo", ("first", value)))
+    assert method == "supervisor.echo"
+    assert params == ("first", value)
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_encode_then_decode_round_trips(value):
+    assert decode_response(raw_response(encode(value))) == value
+
+
+def test_request_body_without_params_and_escaped_method():
+    body = request_body("a&b", ())
+    assert body.startswith(b"<?xml")
+    assert xmlrpc.client.loads(body) == ((), "a&b")
+
+
+def test_tuples_encode_as_arrays_and_keys_as_strings():
+    assert decode_response(raw_response(encode(("x", 1)))) == ["x", 1]
+    assert decode_response(raw_response(encode({3: "three"}))) == {"3": "three"}
+
+
+def test_booleans_are_not_ints():
+    assert encode(True) == "<boolean>1</boolean>"
+    assert encode(False) == "<boolean>0</boolean>"
+    assert encode(1) == "<int>1</int>"
+    assert decode_response(raw_response("<boolean>1</boolean>")) is True
+    assert decode_response(raw_response("<boolean>0</boolean>")) is False
+
+
+@pytest.mark.parametrize("value", [b"bytes", object(), {1, 2}])
+def test_encode_refuses_other_types(value):
+    with pytest.raises(TypeError, match="cannot encode"):
+        encode(value)
+
+
+def test_escape():
+    assert escape("<a & b>") == "&lt;a &amp; b&gt;"
+
+
+@pytest.mark.parametrize(("xml", "expected"), [
+    ("untyped &lt;text&gt; &amp; more", "untyped <text> & more"),
+    ("", ""),
+    ("<string/>", ""),
+    ("<string></string>", ""),
+    ("<i4>42</i4>", 42),
+    ("<i8>12345678901</i8>", 12345678901),
+    ("<int> -3 </int>", -3),
+    ("<double>2.5</double>", 2.5),
+    ("<nil/>", None),
+    ("<array><data/></array>", []),
+    ("<array><data></data></array>", []),
+    ("<struct/>", {}),
+    ("<array><data><value>a</value><value><int>1</int></value><value/></data></array>",
+     ["a", 1, ""]),
+    ("<struct><member><name>k</name><value>v</value></member>"
+     "<member><name>e</name><value></value></member></struct>", {"k": "v", "e": ""}),
+    ("\n  <struct>\n <member>\n <name>a</name>\n <value><string> x </string></value>\n"
+     " </member>\n </struct>\n", {"a": " x "}),
+])
+def test_decode_hand_written_values(xml, expected):
+    assert decode_response(raw_response(xml)) == expected
+
+
+def test_decode_non_ascii_bytes():
+    data = response("ünïcode ✓")
+    assert "✓".encode() in data
+    assert decode_response(data) == "ünïcode ✓"
+
+
+@pytest.mark.parametrize(("code", "text"), [
+    (60, "ALREADY_STARTED: t-dev:web"),
+    (10, "BAD_NAME: t-dev:nope"),
+    (70, "NOT_RUNNING: t-dev:web <&>"),
+    (2, ""),
+])
+def test_fault_matches_stdlib(code, text):
+    data = xmlrpc.client.dumps(xmlrpc.client.Fault(code, text)).encode()
+    with pytest.raises(xmlrpc.client.Fault) as stdlib:
+        xmlrpc.client.loads(data)
+    with pytest.raises(Fault) as ours:
+        decode_response(data)
+    assert ours.value.faultCode == stdlib.value.faultCode == code
+    assert ours.value.faultString == stdlib.value.faultString == text
+    assert str(code) in str(ours.value)
+
+
+def test_empty_response_is_an_error():
+    with pytest.raises(ValueError, match="empty"):
+        decode_response(b"<?xml version='1.0'?><methodResponse><params/></methodResponse>")
+
+
+# --------------------------------------------------------------------------------------------
+# classify
+
+
+@pytest.mark.parametrize(("exc", "reason"), [
+    (HttpStatusError(401, "Unauthorized"), REFUSED),
+    (FileNotFoundError(2, "No such file"), NOT_RUNNING),
+    (ConnectionRefusedError(111, "Connection refused"), NOT_RUNNING),
+    (ConnectionResetError(104, "reset"), NOT_RUNNING),
+    (PermissionError(13, "Permission denied"), NO_ACCESS),
+    (socket.timeout("timed out"), NOT_ANSWERING),
+    (TimeoutError("timed out"), NOT_ANSWERING),
+    (HttpStatusError(500, "Internal Server Error"), NOT_ANSWERING),
+    (HttpStatusError(0, "malformed answer ''"), NOT_ANSWERING),
+    (ValueError("not xml"), NOT_ANSWERING),
+])
+def test_classify(exc, reason):
+    url = "unix:///tmp/x/supervisor.sock"
+    err = classify(exc, url)
+    assert isinstance(err, RpcError)
+    assert isinstance(err, InstanceError)
+    assert err.exit_code == EXIT_FAILED
+    assert err.reason == reason
+    assert url in err.message
+
+
+def test_classify_hints():
+    assert "siteboot up" in str(classify(FileNotFoundError(), "u"))
+    assert "401" in str(classify(HttpStatusError(401, "Unauthorized"), "u"))
+    assert "restart" in (classify(HttpStatusError(401, "Unauthorized"), "u").hint or "")
+    assert "owner" in (classify(PermissionError(), "u").hint or "")
+
+
+# --------------------------------------------------------------------------------------------
+# Real servers
+
+
+def auth_header(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{RPC_USERNAME}:{key}".encode()).decode()
+
+
+class FakeSupervisord(BaseHTTPRequestHandler):
+    """One XML-RPC answer per connection, after checking the Basic auth header."""
+
+    server: Any
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append((self.path, dict(self.headers), body))
+        if self.headers.get("Authorization") != auth_header(self.server.key):
+            self.send_response(401, "Unauthorized")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        raw = self.server.raw
+        if raw is not None:
+            status, payload = raw
+        else:
+            params, method = xmlrpc.client.loads(body)
+            try:
+                result = self.server.answer(method, params)
+                payload = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True).encode()
+            except xmlrpc.client.Fault as fault:
+                payload = xmlrpc.client.dumps(fault).encode()
+            status = 200
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base signature
+        pass
+
+
+def answer(method: str, params: tuple[Any, ...]) -> Any:
+    """supervisord's behaviour for the few methods the tests use."""
+    if method == "system.multicall":
+        results = []
+        for call in params[0]:
+            try:
+                results.append(answer(call["methodName"], tuple(call["params"])))
+            except xmlrpc.client.Fault as fault:
+                results.append({"faultCode": fault.faultCode, "faultString": fault.faultString})
+        return results
+    if method == "supervisor.getState":
+        return {"statecode": 1, "statename": "RUNNING"}
+    if method == "supervisor.getPID":
+        return 4242
+    if method == "supervisor.startProcess":
+        if params[0] == "t-dev:web":
+            raise xmlrpc.client.Fault(60, "ALREADY_STARTED: t-dev:web")
+        raise xmlrpc.client.Fault(10, f"BAD_NAME: {params[0]}")
+    if method == "echo":
+        return list(params)
+    raise xmlrpc.client.Fault(1, f"UNKNOWN_METHOD: {method}")
+
+
+class UnixServer(socketserver.UnixStreamServer):
+    pass
+
+
+class TcpServer(socketserver.TCPServer):
+    allow_reuse_address = True
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[Any, str]]]:
+    """Start a fake supervisord on a unix socket path or on 127.0.0.1:0; returns (server, url)."""
+    running: list[tuple[socketserver.BaseServer, threading.Thread]] = []
+
+    def start(where: Path | None, key: str = "s3cret",
+              raw: tuple[int, bytes] | None = None) -> tuple[Any, str]:
+        server: Any
+        if where is None:
+            server = TcpServer(("127.0.0.1", 0), FakeSupervisord)
+            url = f"http://127.0.0.1:{server.server_address[1]}"
+        else:
+            server = UnixServer(str(where), FakeSupervisord)
+            url = f"unix://{where}"
+        server.key, server.raw, server.requests, server.answer = key, raw, [], answer
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                                  daemon=True)
+        thread.start()
+        running.append((server, thread))
+        return server, url
+
+    yield start
+    for server, thread in running:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(params=["unix", "tcp"])
+def transport(request, short_dir) -> Path | None:
+    return short_dir / "s.sock" if request.param == "unix" else None
+
+
+def test_call_sends_basic_auth_and_decodes(serve, transport):
+    server, url = serve(transport)
+    endpoint = Endpoint(url, "s3cret", timeout=5)
+    assert endpoint.call("supervisor.getState") == {"statecode": 1, "statename": "RUNNING"}
+    assert endpoint.call("echo", "<&> ✓", 3, [True, None], {"k": 1.5}) == \
+        ["<&> ✓", 3, [True, None], {"k": 1.5}]
+    path, headers, _ = server.requests[0]
+    assert path == "/RPC2"
+    assert headers["Authorization"] == auth_header("s3cret")
+    assert headers["Content-Type"] == "text/xml"
+
+
+def test_call_raises_faults(serve, transport):
+    _, url = serve(transport)
+    with pytest.raises(Fault) as info:
+        Endpoint(url, "s3cret").call("supervisor.startProcess", "t-dev:web", False)
+    assert info.value.faultCode == 60
+    assert info.value.faultString == "ALREADY_STARTED: t-dev:web"
+
+
+def test_multicall_results_and_faults(serve, transport):
+    _, url = serve(transport)
+    results = Endpoint(url, "s3cret").multicall([
+        ("supervisor.getState", ()),
+        ("supervisor.getPID", ()),
+        ("supervisor.startProcess", ("t-dev:web", False)),
+        ("supervisor.startProcess", ("t-dev:nope", False)),
+        ("echo", ("a", [1])),
+    ])
+    assert results[0] == {"statecode": 1, "statename": "RUNNING"}
+    assert results[1] == 4242
+    assert isinstance(results[2], Fault)
+    assert (results[2].faultCode, results[2].faultString) == (60, "ALREADY_STARTED: t-dev:web")
+    assert isinstance(results[3], Fault)
+    assert results[3].faultCode == 10
+    assert results[4] == ["a", [1]]
+
+
+def test_multicall_of_nothing(serve, short_dir):
+    _, url = serve(short_dir / "s.sock")
+    assert Endpoint(url, "s3cret").multicall([]) == []
+
+
+def test_wrong_key_is_refused(serve, transport):
+    server, url = serve(transport)
+    with pytest.raises(RpcError) as info:
+        Endpoint(url, "wrong").call("supervisor.getState")
+    assert info.value.reason == REFUSED
+    assert "401" in str(info.value)
+    assert server.requests[0][1]["Authorization"] == auth_header("wrong")
+    with pytest.raises(RpcError) as info:
+        Endpoint(url, "wrong").multicall([("supervisor.getState", ())])
+    assert info.value.reason == REFUSED
+
+
+@pytest.mark.parametrize("raw", [
+    (500, b"oops"),
+    (200, b"<html>not xml-rpc</html>"),
+    (200, b"not xml at all"),
+])
+def test_other_answers_are_not_answering(serve, short_dir, raw):
+    _, url = serve(short_dir / "s.sock", raw=raw)
+    with pytest.raises(RpcError) as info:
+        Endpoint(url, "s3cret").call("supervisor.getState")
+    assert info.value.reason == NOT_ANSWERING
+    assert url in str(info.value)
+
+
+def test_nothing_at_the_socket_path(short_dir):
+    with pytest.raises(RpcError) as info:
+        Endpoint(f"unix://{short_dir}/missing.sock", "k").call("supervisor.getState")
+    assert info.value.reason == NOT_RUNNING
+
+
+def test_stale_socket_file_without_listener(short_dir):
+    path = short_dir / "stale.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.close()
+    assert path.exists()
+    with pytest.raises(RpcError) as info:
+        Endpoint(f"unix://{path}", "k").call("supervisor.getState")
+    assert info.value.reason == NOT_RUNNING
+
+
+def test_closed_tcp_port():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    with pytest.raises(RpcError) as info:
+        Endpoint(f"http://127.0.0.1:{port}", "k").call("supervisor.getState")
+    assert info.value.reason == NOT_RUNNING
+
+
+def test_listener_that_never_answers(short_dir):
+    path = short_dir / "mute.sock"
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        mute.bind(str(path))
+        mute.listen(1)  # connections queue up, nobody reads them
+        with pytest.raises(RpcError) as info:
+            Endpoint(f"unix://{path}", "k", timeout=0.2).call("supervisor.getState")
+        assert info.value.reason == NOT_ANSWERING
+    finally:
+        mute.close()
+
+
+def test_socket_path_and_url():
+    assert Endpoint("unix:///tmp/a/supervisor.sock", "k").socket_path == "/tmp/a/supervisor.sock"
+    assert Endpoint("http://127.0.0.1:9001", "k").socket_path is None
