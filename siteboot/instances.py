@@ -190,11 +190,15 @@ def up(plan: Plan, root: Path | None, instance: str | None = None,
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> Outcome:
     from siteboot.render import render_owned
 
+    previous = _read_text(inst.conf_path)
     rendered = render_owned(plan, inst, root)  # runtime dir, key, config: all idempotent
     endpoint = own_endpoint(inst)
     running = find_supervisord(inst)
     if running is not None and answers(endpoint):
-        return Outcome(inst.name, "already running", "nothing to do", running.pid)
+        changes = apply_config(inst, endpoint, previous, _read_text(inst.conf_path))
+        if not changes:
+            return Outcome(inst.name, "already running", "nothing to do", running.pid)
+        return Outcome(inst.name, "updated", "; ".join(changes), running.pid)
     notes = []
     if running is not None:
         # Ours by identity, but unreachable (its socket was wiped): replace it.
@@ -204,6 +208,40 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -
     notes += clear_stale(inst, running)
     pid = launch(inst, rendered.path, timeout, endpoint)
     return Outcome(inst.name, "started", f"pid {pid}, {inst.unix_url}", pid, notes)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _server_part(config: str) -> str:
+    return config.split("\n[program:", 1)[0]
+
+
+def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current: str) -> list[str]:
+    """Bring a running supervisord up to its rewritten config, as ``supervisorctl update`` does.
+
+    Program changes are applied per group (supervisord restarts a changed group's programs);
+    server settings (ports, paths) need a restart of supervisord itself, which is left to the
+    operator rather than done behind their back.
+    """
+    changes: list[str] = []
+    if previous and _server_part(previous) != _server_part(current):
+        changes.append(f"server settings changed: apply with `siteboot down -i {inst.name}` "
+                       f"then `siteboot up -i {inst.name}`")
+    slow = Endpoint(endpoint.url, endpoint.key, timeout=_stop_wait(inst) + 30)
+    added, changed, removed = slow.call("supervisor.reloadConfig")[0]
+    for group in removed + changed:
+        slow.call("supervisor.stopProcessGroup", group, True)
+        slow.call("supervisor.removeProcessGroup", group)
+    for group in changed + added:
+        slow.call("supervisor.addProcessGroup", group)
+    changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
+                                                   for g in changed] + [f"added {g}" for g in added]
+    return changes
 
 
 def supervisord_command(conf: Path, foreground: bool = False) -> list[str]:

@@ -327,3 +327,26 @@ def test_python_dash_m_entry_point(site_factory):
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "supervisord-alpha" in result.stdout
+
+
+def test_up_applies_an_edited_site_to_running_instances(site_factory):
+    site = site_factory()
+    site.run("up", check=True)
+    site.wait_status(0)
+    site.path.write_text(site.path.read_text() + """
+[programs.api]
+instance = "alpha"
+command = "{python} -m siteboot.demo serve --port {port}"
+port = { dev = %d }
+startsecs = 1
+""" % site.ports["spare"])
+    result = site.run("up", check=True)
+    assert "alpha: updated: reloaded it-dev (its programs restarted)" in result.stdout
+    assert "beta: already running" in result.stdout
+    data = site.wait_status(0)
+    assert [p["name"] for p in data["instances"][0]["programs"]] == ["api", "web"]
+    # a changed supervisord port is reported, not applied behind the operator's back
+    site.path.write_text(site.path.read_text().replace(
+        f"dev = {site.ports['beta']}", f"dev = {site.ports['beta'] + 1}"))
+    result = site.run("up", "-i", "beta", check=True)
+    assert "server settings changed" in result.stdout
