@@ -337,9 +337,9 @@ def test_up_applies_an_edited_site_to_running_instances(site_factory):
 [programs.api]
 instance = "alpha"
 command = "{python} -m siteboot.demo serve --port {port}"
-port = { dev = %d }
+port = { dev = SPARE }
 startsecs = 1
-""" % site.ports["spare"])
+""".replace("SPARE", str(site.ports["spare"])))
     result = site.run("up", check=True)
     assert "alpha: updated: reloaded it-dev (its programs restarted)" in result.stdout
     assert "beta: already running" in result.stdout

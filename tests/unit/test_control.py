@@ -1,0 +1,766 @@
+"""status / start / stop / restart / tail against a scripted fake supervisord (no processes)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from siteboot import control
+from siteboot.control import (
+    NO_KEY,
+    RUNNING,
+    InstanceStatus,
+    ProgramStatus,
+    StatusReport,
+    resolve_targets,
+    worst,
+)
+from siteboot.errors import (
+    STATUS_CRITICAL,
+    STATUS_OK,
+    STATUS_UNKNOWN,
+    STATUS_WARNING,
+    KeyAccessError,
+    UsageError,
+)
+from siteboot.plan import Plan, make_plan
+from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
+from siteboot.site import load_site
+
+GROUP = "t-dev"
+
+SITE = """
+[site]
+name = "t"
+envs = ["dev"]
+runtime_dir = "{base}/run"
+state_dir = "{base}/state"
+
+[instances.alpha]
+port = {{ dev = 40001 }}
+
+[instances.beta]
+port = {{ dev = 40002 }}
+
+[instances.gamma]
+user = "someone-else"
+port = {{ dev = 40003 }}
+
+[programs.web]
+instance = "alpha"
+command = "python3 -m http.server {{port}}"
+port = {{ dev = 41001 }}
+startsecs = 1
+
+[programs.idle]
+instance = "alpha"
+command = "sleep 100"
+autostart = false
+
+[programs.worker]
+instance = "beta"
+command = "sleep 100"
+numprocs = 2
+stopwaitsecs = 5
+
+[programs.web2]
+instance = "gamma"
+command = "sleep 100"
+"""
+
+
+@pytest.fixture
+def plan() -> Iterator[Plan]:
+    base = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
+    try:
+        path = base / "t.toml"
+        path.write_text(textwrap.dedent(SITE.format(base=base)))
+        yield make_plan(load_site(path), "dev")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+STATE_CODES = {"STOPPED": 0, "STARTING": 10, "RUNNING": 20, "BACKOFF": 30, "STOPPING": 40,
+               "EXITED": 100, "FATAL": 200, "UNKNOWN": 1000}
+
+
+def info(name: str, statename: str, pid: int = 0, start: int = 0, now: int = 1000,
+         exitstatus: int = 0, spawnerr: str = "", group: str = GROUP) -> dict[str, Any]:
+    """A process info struct as supervisord's getProcessInfo/getAllProcessInfo return it."""
+    return {"name": name, "group": group, "description": "", "start": start, "stop": 0,
+            "now": now, "state": STATE_CODES[statename], "statename": statename,
+            "spawnerr": spawnerr, "exitstatus": exitstatus, "logfile": "",
+            "stdout_logfile": "", "stderr_logfile": "", "pid": pid}
+
+
+class FakeEndpoint:
+    """A scripted supervisord.
+
+    ``scripts[process]`` is the list of states getProcessInfo walks through after a start or
+    stop (the last one repeats); ``start_faults``/``stop_faults`` answer those calls with a
+    fault instead.
+    """
+
+    def __init__(self, infos: list[dict[str, Any]] | None = None,
+                 scripts: dict[str, list[str]] | None = None,
+                 start_faults: dict[str, Fault] | None = None,
+                 stop_faults: dict[str, Fault] | None = None,
+                 state: dict[str, Any] | Fault | None = None,
+                 error: Exception | None = None) -> None:
+        self.infos = infos or []
+        self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
+        self.start_faults = start_faults or {}
+        self.stop_faults = stop_faults or {}
+        self.state = state if state is not None else {"statecode": 1, "statename": "RUNNING"}
+        self.error = error
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.tails: dict[tuple[str, int, int], Any] = {}
+
+    def multicall(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        if self.error is not None:
+            raise self.error
+        return [self.one(method, params) for method, params in calls]
+
+    def call(self, method: str, *args: Any) -> Any:
+        if self.error is not None:
+            raise self.error
+        result = self.one(method, args)
+        if isinstance(result, Fault):
+            raise result
+        return result
+
+    def one(self, method: str, params: tuple[Any, ...]) -> Any:
+        self.calls.append((method, params))
+        process = params[0].split(":", 1)[1] if params and isinstance(params[0], str) else ""
+        if method == "supervisor.getState":
+            return self.state
+        if method == "supervisor.getPID":
+            return 4242
+        if method == "supervisor.getAllProcessInfo":
+            return self.infos
+        if method == "supervisor.startProcess":
+            return self.start_faults.get(process, True)
+        if method == "supervisor.stopProcess":
+            return self.stop_faults.get(process, True)
+        if method == "supervisor.getProcessInfo":
+            script = self.scripts[process]
+            state = script.pop(0) if len(script) > 1 else script[0]
+            spawnerr = "can't find command 'nope'" if state == "FATAL" and "spawnerr" in process \
+                else ""
+            return info(process, state, pid=99 if state == "RUNNING" else 0, spawnerr=spawnerr)
+        if method.startswith("supervisor.tailProcess"):
+            return self.tails[(params[0], params[1], params[2])]
+        raise AssertionError(f"unexpected call {method}{params}")
+
+    def methods(self, name: str) -> list[tuple[Any, ...]]:
+        return [params for method, params in self.calls if method == name]
+
+
+class FakeTime:
+    """Virtual time for control.py: sleeping advances the clock, nothing waits."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeTime:
+    fake = FakeTime()
+    monkeypatch.setattr(control, "time", fake)
+    return fake
+
+
+@pytest.fixture
+def endpoints(monkeypatch, clock) -> dict[str, Any]:
+    """Put a FakeEndpoint (or an exception to raise) under an instance's name."""
+    fakes: dict[str, Any] = {}
+
+    def fake_endpoint(plan: Plan, inst: Any, timeout: float = 5.0) -> Any:
+        fake = fakes[inst.name]
+        if isinstance(fake, Exception):
+            raise fake
+        return fake
+
+    monkeypatch.setattr(control, "_endpoint", fake_endpoint)
+    return fakes
+
+
+def program(name: str, state: str, expected: bool = True) -> ProgramStatus:
+    return ProgramStatus(name, GROUP, state, None, None, None, "", expected)
+
+
+# --------------------------------------------------------------------------------------------
+# Severities and the report
+
+
+@pytest.mark.parametrize(("state", "expected", "severity"), [
+    ("RUNNING", True, STATUS_OK),
+    ("RUNNING", False, STATUS_OK),
+    ("STARTING", True, STATUS_WARNING),
+    ("BACKOFF", True, STATUS_WARNING),
+    ("BACKOFF", False, STATUS_WARNING),
+    ("FATAL", True, STATUS_CRITICAL),
+    ("FATAL", False, STATUS_CRITICAL),
+    ("EXITED", True, STATUS_CRITICAL),
+    ("STOPPED", True, STATUS_CRITICAL),
+    ("STOPPING", True, STATUS_CRITICAL),
+    ("UNKNOWN", True, STATUS_CRITICAL),
+    ("NOT LOADED", True, STATUS_CRITICAL),
+    ("STOPPED", False, STATUS_OK),
+    ("EXITED", False, STATUS_OK),
+    ("NOT LOADED", False, STATUS_OK),
+])
+def test_program_severity(state, expected, severity):
+    assert program("p", state, expected).severity == severity
+
+
+@pytest.mark.parametrize(("severities", "expected"), [
+    ([], STATUS_OK),
+    ([STATUS_OK, STATUS_OK], STATUS_OK),
+    ([STATUS_OK, STATUS_WARNING], STATUS_WARNING),
+    ([STATUS_WARNING, STATUS_UNKNOWN], STATUS_UNKNOWN),
+    ([STATUS_UNKNOWN, STATUS_CRITICAL, STATUS_WARNING], STATUS_CRITICAL),
+    ([STATUS_CRITICAL, STATUS_OK], STATUS_CRITICAL),
+])
+def test_worst(severities, expected):
+    assert worst(severities) == expected
+
+
+@pytest.mark.parametrize(("state", "programs", "severity"), [
+    (RUNNING, [], STATUS_OK),
+    (RUNNING, ["RUNNING", "RUNNING"], STATUS_OK),
+    (RUNNING, ["RUNNING", "STARTING"], STATUS_WARNING),
+    (RUNNING, ["BACKOFF", "FATAL"], STATUS_CRITICAL),
+    (NOT_RUNNING, [], STATUS_CRITICAL),
+    (REFUSED, [], STATUS_UNKNOWN),
+    (NO_KEY, [], STATUS_UNKNOWN),
+    (NO_ACCESS, [], STATUS_UNKNOWN),
+    (NOT_ANSWERING, [], STATUS_UNKNOWN),
+    ("shutting down", ["RUNNING"], STATUS_UNKNOWN),
+    ("shutting down", ["FATAL"], STATUS_CRITICAL),
+])
+def test_instance_severity(state, programs, severity):
+    inst = InstanceStatus("alpha", "me", state, "unix:///x",
+                          programs=[program(f"p{i}", s) for i, s in enumerate(programs)])
+    assert inst.severity == severity
+
+
+def test_report_exit_code_and_json_keys():
+    ok = InstanceStatus("alpha", "me", RUNNING, "unix:///a", pid=7,
+                        programs=[ProgramStatus("web", GROUP, "RUNNING", 12, 30, None, "", True)])
+    down = InstanceStatus("beta", "me", NOT_RUNNING, "unix:///b", error="nothing there")
+    report = StatusReport("t", "dev", [ok, down])
+    assert report.exit_code == STATUS_CRITICAL
+    data = report.as_json()
+    assert set(data) == {"site", "env", "ok", "instances"}
+    assert (data["site"], data["env"], data["ok"]) == ("t", "dev", False)
+    first = data["instances"][0]
+    assert set(first) == {"name", "user", "state", "pid", "url", "error", "programs"}
+    assert first == {"name": "alpha", "user": "me", "state": "running", "pid": 7,
+                     "url": "unix:///a", "error": None, "programs": [
+                         {"name": "web", "group": GROUP, "state": "RUNNING", "pid": 12,
+                          "uptime_s": 30, "exitstatus": None, "spawnerr": ""}]}
+    assert set(first["programs"][0]) == {"name", "group", "state", "pid", "uptime_s",
+                                         "exitstatus", "spawnerr"}
+    assert data["instances"][1]["error"] == "nothing there"
+    assert data["instances"][1]["programs"] == []
+
+    fine = StatusReport("t", "dev", [ok])
+    assert fine.exit_code == STATUS_OK
+    assert fine.as_json()["ok"] is True
+    assert StatusReport("t", "dev", []).exit_code == STATUS_OK
+
+
+# --------------------------------------------------------------------------------------------
+# _programs
+
+
+def test_programs_maps_process_infos(plan):
+    beta = plan.instances["beta"]
+    rows = control._programs(beta, [
+        info("worker_00", "RUNNING", pid=101, start=900, now=1000),
+        info("worker_01", "EXITED", exitstatus=3, start=900, now=1000),
+    ])
+    assert [r.name for r in rows] == ["worker_00", "worker_01"]
+    first, second = rows
+    assert (first.group, first.state, first.pid, first.uptime_s, first.exitstatus) == \
+        (GROUP, "RUNNING", 101, 100, None)
+    assert first.expected is True
+    assert (second.state, second.pid, second.uptime_s, second.exitstatus) == \
+        ("EXITED", None, None, 3)
+    assert second.severity == STATUS_CRITICAL
+
+
+def test_programs_starting_and_fatal(plan):
+    alpha = plan.instances["alpha"]
+    rows = control._programs(alpha, [
+        info("web", "STARTING", pid=55, start=999, now=1000, exitstatus=0),
+        info("idle", "FATAL", spawnerr="can't find command", exitstatus=0),
+    ])
+    web, idle = rows
+    assert (web.pid, web.uptime_s, web.exitstatus) == (55, None, None)
+    assert idle.spawnerr == "can't find command"
+    assert idle.exitstatus == 0
+    assert idle.expected is False  # autostart = false
+    assert idle.severity == STATUS_CRITICAL  # FATAL always counts
+
+
+def test_programs_not_loaded_and_unplanned(plan):
+    alpha = plan.instances["alpha"]
+    rows = control._programs(alpha, [info("web", "RUNNING", pid=5, start=0),
+                                     info("leftover", "STOPPED")])
+    by_name = {r.name: r for r in rows}
+    assert by_name["web"].uptime_s is None  # start == 0: unknown
+    assert by_name["leftover"].expected is True
+    assert by_name["idle"].state == "NOT LOADED"
+    assert by_name["idle"].group == GROUP
+    assert "restart the instance" in by_name["idle"].spawnerr
+    assert by_name["idle"].expected is False
+    assert by_name["idle"].severity == STATUS_OK
+
+    rows = control._programs(plan.instances["beta"], [info("worker_00", "RUNNING", pid=1)])
+    missing = [r for r in rows if r.state == "NOT LOADED"]
+    assert [r.name for r in missing] == ["worker_01"]
+    assert missing[0].severity == STATUS_CRITICAL
+
+
+def test_programs_tolerates_missing_spawnerr(plan):
+    raw = info("web", "STOPPED")
+    del raw["spawnerr"]
+    (row, _idle) = control._programs(plan.instances["alpha"], [raw])
+    assert row.spawnerr == ""
+
+
+# --------------------------------------------------------------------------------------------
+# resolve_targets
+
+
+def test_resolve_program_name(plan):
+    assert resolve_targets(plan, ["web"]) == {"alpha": ["web"]}
+    assert resolve_targets(plan, ["worker"]) == {"beta": ["worker_00", "worker_01"]}
+
+
+def test_resolve_instance_forms(plan):
+    assert resolve_targets(plan, ["alpha:web"]) == {"alpha": ["web"]}
+    assert resolve_targets(plan, ["alpha:*"]) == {"alpha": ["web", "idle"]}
+    assert resolve_targets(plan, ["beta:*"]) == {"beta": ["worker_00", "worker_01"]}
+    assert resolve_targets(plan, ["beta:worker_01"]) == {"beta": ["worker_01"]}
+
+
+def test_resolve_all(plan):
+    assert resolve_targets(plan, ["all"]) == {
+        "alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"], "gamma": ["web2"]}
+
+
+def test_resolve_merges_without_duplicates(plan):
+    assert resolve_targets(plan, ["web", "alpha:*", "alpha:web"]) == {"alpha": ["web", "idle"]}
+    assert resolve_targets(plan, ["beta:worker_01", "worker"]) == \
+        {"beta": ["worker_01", "worker_00"]}
+    assert resolve_targets(plan, ["worker", "beta:worker_01", "beta:worker_01"]) == \
+        {"beta": ["worker_00", "worker_01"]}
+    assert resolve_targets(plan, ["idle", "worker"]) == \
+        {"alpha": ["idle"], "beta": ["worker_00", "worker_01"]}
+
+
+def test_resolve_unknown_program_suggests(plan):
+    with pytest.raises(UsageError) as info_:
+        resolve_targets(plan, ["wrker"])
+    assert "no program 'wrker' in site t" in str(info_.value)
+    assert "did you mean 'worker'?" in str(info_.value)
+    assert info_.value.exit_code == 2
+    with pytest.raises(UsageError) as info_:
+        resolve_targets(plan, ["zzzzzz"])
+    assert "did you mean" not in str(info_.value)
+
+
+def test_resolve_unknown_instance_or_program_in_it(plan):
+    with pytest.raises(UsageError, match="no instance 'delta'"):
+        resolve_targets(plan, ["delta:web"])
+    with pytest.raises(UsageError, match="instance beta has no program 'web'") as info_:
+        resolve_targets(plan, ["beta:web"])
+    assert "worker" in (info_.value.hint or "")
+    with pytest.raises(UsageError, match="no program 'worker_07'"):
+        resolve_targets(plan, ["beta:worker_07"])
+
+
+# --------------------------------------------------------------------------------------------
+# control
+
+
+def results(rows: list[control.ControlResult]) -> dict[str, tuple[bool, str]]:
+    return {f"{r.instance}:{r.process}": (r.ok, r.message) for r in rows}
+
+
+def test_start_goes_starting_then_running(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STARTING", "STARTING", "RUNNING"]})
+    rows = control.control(plan, "start", ["web"])
+    assert results(rows) == {"alpha:web": (True, "started")}
+    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
+    assert len(fake.methods("supervisor.getProcessInfo")) == 3
+
+
+def test_start_that_goes_fatal(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STARTING", "BACKOFF", "FATAL"]})
+    rows = control.control(plan, "start", ["web"])
+    assert results(rows) == {"alpha:web": (False, "FATAL: exited too quickly")}
+
+
+def test_fatal_shows_spawnerr(plan):
+    fake = FakeEndpoint(scripts={"spawnerr": ["FATAL"]})
+    result = control._apply(fake, plan.instances["alpha"], "start", ["spawnerr"])  # type: ignore[arg-type]
+    assert result == {"spawnerr": (False, "FATAL: can't find command 'nope'")}
+
+
+def test_start_already_running_is_ok_and_not_polled(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint(
+        start_faults={"web": Fault(60, f"ALREADY_STARTED: {GROUP}:web")})
+    assert results(control.control(plan, "start", ["web"])) == \
+        {"alpha:web": (True, "already running")}
+    assert fake.methods("supervisor.getProcessInfo") == []
+
+
+def test_stop_not_running_is_ok(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(stop_faults={"web": Fault(70, f"NOT_RUNNING: {GROUP}:web")})
+    assert results(control.control(plan, "stop", ["web"])) == \
+        {"alpha:web": (True, "already stopped")}
+
+
+def test_stop_waits_for_stopped(plan, endpoints):
+    fake = endpoints["beta"] = FakeEndpoint(
+        scripts={"worker_00": ["STOPPING", "STOPPED"], "worker_01": ["EXITED"]})
+    assert results(control.control(plan, "stop", ["worker"])) == {
+        "beta:worker_00": (True, "stopped"), "beta:worker_01": (True, "stopped")}
+    assert fake.methods("supervisor.stopProcess") == [(f"{GROUP}:worker_00", False),
+                                                      (f"{GROUP}:worker_01", False)]
+
+
+def test_bad_name_is_not_ok(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(start_faults={"web": Fault(10, f"BAD_NAME: {GROUP}:web")})
+    ((ok, message),) = results(control.control(plan, "start", ["web"])).values()
+    assert not ok
+    assert "not loaded" in message
+
+
+@pytest.mark.parametrize("action", ["start", "stop"])
+def test_other_faults_show_their_text(plan, endpoints, action):
+    fault = Fault(50, f"SPAWN_ERROR: {GROUP}:web")
+    endpoints["alpha"] = FakeEndpoint(start_faults={"web": fault}, stop_faults={"web": fault})
+    assert results(control.control(plan, action, ["web"])) == \
+        {"alpha:web": (False, f"SPAWN_ERROR: {GROUP}:web")}
+
+
+def test_already_started_on_stop_is_not_treated_as_ok(plan, endpoints):
+    # ALREADY_STARTED only means success for a start, NOT_RUNNING only for a stop
+    endpoints["alpha"] = FakeEndpoint(start_faults={"web": Fault(70, "NOT_RUNNING: x")})
+    assert results(control.control(plan, "start", ["web"]))["alpha:web"] == \
+        (False, "NOT_RUNNING: x")
+
+
+def test_start_that_exits_at_once_does_not_hang(plan, endpoints, clock):
+    # startsecs = 0: STARTING -> RUNNING -> EXITED can happen between two polls
+    endpoints["alpha"] = FakeEndpoint(scripts={"web": ["EXITED"]})
+    before = clock.now
+    ((ok, message),) = results(control.control(plan, "start", ["web"])).values()
+    assert ok
+    assert "exited with status 0" in message
+    assert clock.now - before < 1
+
+
+def test_start_that_never_gets_there_times_out(plan, endpoints, clock):
+    endpoints["beta"] = FakeEndpoint(scripts={"worker_00": ["STARTING"], "worker_01": ["RUNNING"]})
+    before = clock.now
+    rows = results(control.control(plan, "start", ["worker"]))
+    # the limit is the instance's longest startsecs (default 3) plus 10 s
+    assert rows == {"beta:worker_00": (False, "still STARTING after 13 s"),
+                    "beta:worker_01": (True, "started")}
+    assert 13 <= clock.now - before < 14
+
+
+def test_stop_timeout_uses_stopwaitsecs(plan, endpoints, clock):
+    endpoints["beta"] = FakeEndpoint(scripts={"worker_00": ["STOPPING"], "worker_01": ["STOPPED"]})
+    rows = results(control.control(plan, "stop", ["worker"]))
+    assert rows["beta:worker_00"] == (False, "still STOPPING after 15 s")
+
+
+def test_restart_stops_then_starts(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STOPPED", "STARTING", "RUNNING"]})
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    methods = [m for m, _ in fake.calls if m != "supervisor.getProcessInfo"]
+    assert methods == ["supervisor.stopProcess", "supervisor.startProcess"]
+
+
+def test_restart_of_a_stopped_process(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(stop_faults={"web": Fault(70, "NOT_RUNNING: x")},
+                                      scripts={"web": ["RUNNING"]})
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+
+
+def test_restart_that_fails_to_start(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STOPPED", "FATAL"]})
+    assert results(control.control(plan, "restart", ["web"])) == \
+        {"alpha:web": (False, "FATAL: exited too quickly")}
+
+
+def test_restart_does_not_start_what_failed_to_stop(plan, endpoints):
+    fake = endpoints["beta"] = FakeEndpoint(
+        stop_faults={"worker_00": Fault(10, "BAD_NAME: x")},
+        scripts={"worker_01": ["STOPPED", "RUNNING"]})
+    rows = results(control.control(plan, "restart", ["worker"]))
+    assert rows["beta:worker_00"][0] is False
+    assert "not loaded" in rows["beta:worker_00"][1]
+    assert rows["beta:worker_01"] == (True, "restarted")
+    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:worker_01", False)]
+
+
+def test_instances_fail_independently(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(error=RpcError(NOT_RUNNING, "nothing is listening at u\nmore",
+                                                     "run `siteboot up`"))
+    endpoints["beta"] = FakeEndpoint(scripts={"worker_00": ["RUNNING"], "worker_01": ["RUNNING"]})
+    endpoints["gamma"] = KeyAccessError("instance gamma belongs to someone-else")
+    rows = control.control(plan, "start", ["all"])
+    assert [(r.instance, r.process) for r in rows] == [
+        ("alpha", "web"), ("alpha", "idle"), ("beta", "worker_00"), ("beta", "worker_01"),
+        ("gamma", "web2")]
+    assert results(rows) == {
+        "alpha:web": (False, "nothing is listening at u"),
+        "alpha:idle": (False, "nothing is listening at u"),
+        "beta:worker_00": (True, "started"),
+        "beta:worker_01": (True, "started"),
+        "gamma:web2": (False, "instance gamma belongs to someone-else"),
+    }
+
+
+def test_unknown_action_and_names_are_usage_errors(plan, endpoints):
+    with pytest.raises(UsageError, match="unknown action"):
+        control.control(plan, "reload", ["web"])
+    with pytest.raises(UsageError, match="did you mean 'web'"):
+        control.control(plan, "start", ["wbe"])
+
+
+# --------------------------------------------------------------------------------------------
+# status
+
+
+def running_alpha() -> FakeEndpoint:
+    return FakeEndpoint(infos=[info("web", "RUNNING", pid=12, start=970, now=1000),
+                               info("idle", "STOPPED")])
+
+
+def running_beta(second: str = "RUNNING") -> FakeEndpoint:
+    return FakeEndpoint(infos=[info("worker_00", "RUNNING", pid=21, start=1, now=2),
+                               info("worker_01", second, pid=22 if second == "RUNNING" else 0)])
+
+
+def test_status_all_running(plan, endpoints):
+    endpoints["alpha"] = running_alpha()
+    endpoints["beta"] = running_beta()
+    report = control.status(plan, "alpha")
+    assert report.exit_code == STATUS_OK
+    (alpha,) = report.instances
+    assert (alpha.name, alpha.state, alpha.pid, alpha.error) == ("alpha", RUNNING, 4242, None)
+    assert alpha.url == plan.instances["alpha"].unix_url
+    assert [(p.name, p.state, p.uptime_s) for p in alpha.programs] == \
+        [("web", "RUNNING", 30), ("idle", "STOPPED", None)]
+    data = report.as_json()
+    assert data["ok"] is True
+    assert set(data["instances"][0]) == {"name", "user", "state", "pid", "url", "error", "programs"}
+
+    report = control.status(plan, "beta")
+    assert report.exit_code == STATUS_OK
+    assert [p.name for p in report.instances[0].programs] == ["worker_00", "worker_01"]
+    calls = [m for m, _ in endpoints["beta"].calls]
+    assert calls == ["supervisor.getState", "supervisor.getPID", "supervisor.getAllProcessInfo"]
+
+
+@pytest.mark.parametrize(("second", "code"), [
+    ("RUNNING", STATUS_OK),
+    ("STARTING", STATUS_WARNING),
+    ("BACKOFF", STATUS_WARNING),
+    ("FATAL", STATUS_CRITICAL),
+    ("STOPPED", STATUS_CRITICAL),
+    ("EXITED", STATUS_CRITICAL),
+])
+def test_status_exit_code_follows_program_states(plan, endpoints, second, code):
+    endpoints["beta"] = running_beta(second)
+    assert control.status(plan, "beta").exit_code == code
+
+
+@pytest.mark.parametrize(("reason", "code"), [
+    (REFUSED, STATUS_UNKNOWN),
+    (NOT_ANSWERING, STATUS_UNKNOWN),
+    (NO_ACCESS, STATUS_UNKNOWN),
+    (NOT_RUNNING, STATUS_CRITICAL),
+])
+def test_status_rpc_errors(plan, endpoints, reason, code):
+    endpoints["alpha"] = FakeEndpoint(error=RpcError(reason, f"{reason} at u", "a hint"))
+    report = control.status(plan, "alpha")
+    (alpha,) = report.instances
+    assert alpha.state == reason
+    assert alpha.programs == []
+    assert report.exit_code == code
+    assert alpha.error is not None
+    if reason == NOT_RUNNING:  # own instance: what to do, not the transport detail
+        assert alpha.error == f"nothing is listening at {alpha.url}; run `siteboot up`"
+    else:
+        assert alpha.error.startswith(f"{reason} at u")
+
+
+def test_status_not_running_of_granted_instance_keeps_the_message(plan, endpoints):
+    endpoints["gamma"] = FakeEndpoint(error=RpcError(NOT_RUNNING, "nothing is listening at h"))
+    (gamma,) = control.status(plan, "gamma").instances
+    assert gamma.url == plan.instances["gamma"].http_url
+    assert gamma.state == NOT_RUNNING
+    assert gamma.error == "nothing is listening at h"
+
+
+def test_status_without_key(plan, endpoints):
+    alpha = plan.instances["alpha"]
+    endpoints["alpha"] = KeyAccessError("no key for instance alpha yet")
+    # own instance, no socket: simply not running
+    (row,) = control.status(plan, "alpha").instances
+    assert row.state == NOT_RUNNING
+    assert str(alpha.socket_path) in (row.error or "")
+    assert "siteboot up" in (row.error or "")
+    assert control.status(plan, "alpha").exit_code == STATUS_CRITICAL
+    # a socket but no key: the key is the problem
+    alpha.runtime_dir.mkdir(parents=True)
+    alpha.socket_path.write_text("")
+    (row,) = control.status(plan, "alpha").instances
+    assert row.state == NO_KEY
+    assert row.error == "no key for instance alpha yet"
+    assert control.status(plan, "alpha").exit_code == STATUS_UNKNOWN
+
+
+def test_status_key_of_someone_else(plan):
+    # the real _endpoint: gamma belongs to another user and grants no group
+    (gamma,) = control.status(plan, "gamma").instances
+    assert gamma.state == NO_KEY
+    assert "not yours and no grant" in (gamma.error or "")
+
+
+def test_status_with_real_endpoint_and_no_supervisord(plan):
+    alpha = plan.instances["alpha"]
+    alpha.key_path.parent.mkdir(parents=True)
+    alpha.key_path.write_text("k\n")
+    (row,) = control.status(plan, "alpha").instances
+    assert row.state == NOT_RUNNING
+    assert row.url == alpha.unix_url
+    assert "siteboot up" in (row.error or "")
+
+
+def test_status_of_a_supervisord_shutting_down(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(state={"statecode": -1, "statename": "SHUTDOWN"},
+                                      infos=[info("web", "RUNNING", pid=1), info("idle", "STOPPED")])
+    report = control.status(plan, "alpha")
+    (alpha,) = report.instances
+    assert alpha.state == "shutting down"
+    assert "SHUTDOWN" in (alpha.error or "")
+    assert report.exit_code == STATUS_UNKNOWN
+
+
+def test_status_of_every_instance_concurrently(plan, endpoints):
+    endpoints["alpha"] = running_alpha()
+    endpoints["beta"] = running_beta("FATAL")
+    endpoints["gamma"] = FakeEndpoint(error=RpcError(REFUSED, "refused"))
+    report = control.status(plan)
+    assert [i.name for i in report.instances] == ["alpha", "beta", "gamma"]
+    assert [i.severity for i in report.instances] == [STATUS_OK, STATUS_CRITICAL, STATUS_UNKNOWN]
+    assert report.exit_code == STATUS_CRITICAL
+    assert report.as_json()["ok"] is False
+
+
+def test_status_of_unknown_instance(plan, endpoints):
+    with pytest.raises(UsageError, match="no instance 'delta'"):
+        control.status(plan, "delta")
+
+
+def test_unexpected_errors_reach_the_caller(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(error=RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        control.status(plan, "alpha")
+
+
+# --------------------------------------------------------------------------------------------
+# tail
+
+
+def test_tail_once(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint()
+    fake.tails[(f"{GROUP}:web", 0, 100)] = ["last lines\n", 100, False]
+    out: list[str] = []
+    control.tail(plan, "web", out.append, nbytes=100)
+    assert out == ["last lines\n"]
+    assert fake.calls == [("supervisor.tailProcessStdoutLog", (f"{GROUP}:web", 0, 100))]
+
+
+def test_tail_stderr_of_one_numprocs_process(plan, endpoints):
+    fake = endpoints["beta"] = FakeEndpoint()
+    fake.tails[(f"{GROUP}:worker_01", 0, 4096)] = ["err\n", 4, False]
+    out: list[str] = []
+    control.tail(plan, "beta:worker_01", out.append, stderr=True)
+    assert out == ["err\n"]
+    assert fake.calls[0][0] == "supervisor.tailProcessStderrLog"
+
+
+def test_tail_needs_exactly_one_process(plan, endpoints):
+    with pytest.raises(UsageError, match="names 2 processes") as info_:
+        control.tail(plan, "worker", print)
+    assert "beta:worker_00" in (info_.value.hint or "")
+
+
+def test_tail_fault_is_a_usage_error(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint()
+    fake.tails[(f"{GROUP}:web", 0, 4096)] = Fault(10, "BAD_NAME: t-dev:web")
+    with pytest.raises(UsageError, match="cannot tail t-dev:web: BAD_NAME"):
+        control.tail(plan, "web", print)
+
+
+# --------------------------------------------------------------------------------------------
+# settle
+
+
+def test_settle_waits_while_warning(plan, endpoints):
+    endpoints["alpha"] = running_alpha()
+    fake = endpoints["beta"] = running_beta("STARTING")
+    endpoints["gamma"] = FakeEndpoint(infos=[info("web2", "RUNNING", pid=3)])
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 1.0:
+            fake.infos[1] = info("worker_01", "RUNNING", pid=22)
+
+    report = control.settle(plan, 30, clock=lambda: now[0], sleep=sleep)
+    assert report.exit_code == STATUS_OK
+    assert 1.0 <= now[0] < 2.0
+
+
+def test_settle_gives_up_at_the_deadline(plan, endpoints):
+    endpoints["alpha"] = running_alpha()
+    endpoints["beta"] = running_beta("BACKOFF")
+    endpoints["gamma"] = FakeEndpoint(error=RpcError(REFUSED, "refused"))
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    report = control.settle(plan, 2, clock=lambda: now[0], sleep=sleep)
+    # gamma is UNKNOWN, beta only WARNING: the worst is UNKNOWN at once, nothing to wait for
+    assert report.exit_code == STATUS_UNKNOWN
+    assert now[0] == 0.0
+    endpoints["gamma"] = FakeEndpoint(infos=[info("web2", "RUNNING", pid=3)])
+    report = control.settle(plan, 2, clock=lambda: now[0], sleep=sleep)
+    assert report.exit_code == STATUS_WARNING
+    assert 2.0 <= now[0] < 2.5
