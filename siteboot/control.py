@@ -22,13 +22,16 @@ from siteboot.errors import (
     UsageError,
 )
 from siteboot.plan import InstancePlan, Plan, ProgramPlan
-from siteboot.rpc import NOT_RUNNING, REFUSED, Endpoint, Fault, RpcError
+from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
 NO_KEY = "no key"
 
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_RUNNING: STATUS_CRITICAL, REFUSED: STATUS_UNKNOWN}
+SHUTTING_DOWN = "shutting down"
+# A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
+_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_RUNNING: STATUS_CRITICAL,
+                         NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
 _PROGRAM_WARNING = {"STARTING", "BACKOFF"}
 _PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED"}
 
@@ -137,7 +140,7 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
             result.error = f"nothing is listening at {url}; run `siteboot up`"
         return result
     if isinstance(state, Fault) or state.get("statename") != "RUNNING":
-        result.state = "shutting down" if not isinstance(state, Fault) else "unknown"
+        result.state = SHUTTING_DOWN if not isinstance(state, Fault) else "unknown"
         result.error = f"supervisord state: {state}"
     result.pid = pid if isinstance(pid, int) else None
     result.programs = _programs(inst, infos if isinstance(infos, list) else [])

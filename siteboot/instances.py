@@ -59,7 +59,7 @@ def instance_lock(plan: Plan, inst: InstancePlan, timeout: float = LOCK_TIMEOUT)
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise InstanceError(f"another siteboot holds the lock of {inst.name} ({path}) "
-                                        f"for over {timeout:.0f} s", "wait for it, or find it with "
+                                        f"for over {timeout:g} s", "wait for it, or find it with "
                                         f"`fuser {path}`") from None
                 time.sleep(0.05)
         yield
@@ -120,10 +120,14 @@ def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
     notes = []
     pid = read_pidfile(inst)
     if inst.pidfile.exists() and (running is None or running.pid != pid):
-        what = f"pid {pid} is not running" if pid and not _pid_alive(pid) else \
-            f"pid {pid} is not this instance's supervisord"
+        if pid is None:
+            what = "no pid in it"
+        elif not _pid_alive(pid):
+            what = f"pid {pid} is not running"
+        else:
+            what = f"pid {pid} is not this instance's supervisord; it was left alone"
         inst.pidfile.unlink()
-        notes.append(f"removed stale pidfile {inst.pidfile} ({what}; it was left alone)")
+        notes.append(f"removed stale pidfile {inst.pidfile} ({what})")
     if running is None and inst.socket_path.exists():
         inst.socket_path.unlink()
         notes.append(f"removed stale socket {inst.socket_path} (no listener)")

@@ -247,8 +247,8 @@ def test_worst(severities, expected):
     (REFUSED, [], STATUS_UNKNOWN),
     (NO_KEY, [], STATUS_UNKNOWN),
     (NO_ACCESS, [], STATUS_UNKNOWN),
-    (NOT_ANSWERING, [], STATUS_UNKNOWN),
-    ("shutting down", ["RUNNING"], STATUS_UNKNOWN),
+    (NOT_ANSWERING, [], STATUS_CRITICAL),
+    ("shutting down", ["RUNNING"], STATUS_CRITICAL),
     ("shutting down", ["FATAL"], STATUS_CRITICAL),
 ])
 def test_instance_severity(state, programs, severity):
@@ -599,7 +599,7 @@ def test_status_exit_code_follows_program_states(plan, endpoints, second, code):
 
 @pytest.mark.parametrize(("reason", "code"), [
     (REFUSED, STATUS_UNKNOWN),
-    (NOT_ANSWERING, STATUS_UNKNOWN),
+    (NOT_ANSWERING, STATUS_CRITICAL),
     (NO_ACCESS, STATUS_UNKNOWN),
     (NOT_RUNNING, STATUS_CRITICAL),
 ])
@@ -667,7 +667,7 @@ def test_status_of_a_supervisord_shutting_down(plan, endpoints):
     (alpha,) = report.instances
     assert alpha.state == "shutting down"
     assert "SHUTDOWN" in (alpha.error or "")
-    assert report.exit_code == STATUS_UNKNOWN
+    assert report.exit_code == STATUS_CRITICAL
 
 
 def test_status_of_every_instance_concurrently(plan, endpoints):
