@@ -173,3 +173,70 @@ def test_without_ensurepip_pip_comes_from_a_wheel(clone: Path, bare: Path, tmp_p
     assert pip.returncode == 0, pip.stderr
     assert str(venv) in pip.stdout
     assert imports(venv / "bin" / "python", "click")
+
+
+def test_bare_python_init_brings_a_site_up_and_a_second_run_is_a_no_op(
+        clone: Path, bare: Path, tmp_path: Path) -> None:
+    """The README quick start end to end, on a site with free ports and an app venv."""
+    import json
+    import tempfile
+
+    from tests.integration.conftest import free_ports, kill_all, processes_under
+
+    base = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
+    services, workers, web = free_ports(3)
+    site = clone / "sites" / "e2e.toml"
+    site.write_text(f"""
+[site]
+envs = ["dev"]
+runtime_dir = "{base}/run"
+state_dir = "{base}/state"
+venv_dir = "{base}/venvs"
+
+[instances.services]
+port = {{ dev = {services} }}
+
+[instances.workers]
+port = {{ dev = {workers} }}
+
+[venvs.app]
+requirements = []
+
+[programs.web]
+instance = "services"
+command = "{{python}} -m siteboot.demo serve --port {{port}}"
+port = {{ dev = {web} }}
+startsecs = 1
+
+[programs.job]
+instance = "workers"
+venv = "app"
+command = "{{venv}}/bin/python -c 'import time; time.sleep(3600)'"
+startsecs = 1
+""")
+    env = environment(tmp_path / "tool-venv", SITEBOOT_SITE="e2e", HOME=str(base / "home"))
+    try:
+        first, first_time = siteboot(bare, clone, env, "init", "--env", "dev")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "services: started" in first.stdout
+        assert "venv app: created" in first.stdout
+        assert first.stdout.count("RUNNING") == 2
+
+        second, second_time = siteboot(bare, clone, env, "init", "--env", "dev")
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.count("already running: nothing to do") == 2
+        assert "venv app: up to date" in second.stdout
+        assert second_time < first_time / 3
+
+        status, _ = siteboot(bare, clone, env, "status", "--json")
+        assert status.returncode == 0
+        assert json.loads(status.stdout)["ok"] is True
+
+        down, _ = siteboot(bare, clone, env, "down")
+        assert down.returncode == 0, down.stderr
+        assert processes_under(base) == []
+    finally:
+        siteboot(bare, clone, env, "down")
+        leftovers = processes_under(base)
+        kill_all(leftovers)
+        shutil.rmtree(base, ignore_errors=True)
