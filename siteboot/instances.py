@@ -174,21 +174,23 @@ def answers(endpoint: Endpoint) -> bool:
 # up
 
 
-def _not_owned(plan: Plan, inst: InstancePlan) -> Outcome:
-    return Outcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}")
+def each_owned(plan: Plan, instance: str | None,
+               action: Callable[[InstancePlan], Outcome]) -> list[Outcome]:
+    """``action`` under the instance's lock for each instance the invoker owns; others skipped."""
+    outcomes = []
+    for inst in plan.select(instance):
+        if not plan.owns(inst):
+            outcomes.append(Outcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}"))
+            continue
+        with instance_lock(plan, inst):
+            outcomes.append(action(inst))
+    return outcomes
 
 
 def up(plan: Plan, root: Path | None, instance: str | None = None,
        timeout: float = START_TIMEOUT) -> list[Outcome]:
     """Start every instance the invoker owns; the others are reported as skipped."""
-    outcomes = []
-    for inst in plan.select(instance):
-        if not plan.owns(inst):
-            outcomes.append(_not_owned(plan, inst))
-            continue
-        with instance_lock(plan, inst):
-            outcomes.append(_up_one(plan, inst, root, timeout))
-    return outcomes
+    return each_owned(plan, instance, lambda inst: _up_one(plan, inst, root, timeout))
 
 
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> Outcome:
@@ -303,14 +305,8 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
 
 def down(plan: Plan, instance: str | None = None, purge: bool = False,
          timeout: float | None = None) -> list[Outcome]:
-    outcomes = []
-    for inst in plan.select(instance):
-        if not plan.owns(inst):
-            outcomes.append(_not_owned(plan, inst))
-            continue
-        with instance_lock(plan, inst):
-            outcomes.append(_down_one(inst, purge, timeout))
-    return outcomes
+    """Stop every instance the invoker owns; the others are reported as skipped."""
+    return each_owned(plan, instance, lambda inst: _down_one(inst, purge, timeout))
 
 
 def _stop_wait(inst: InstancePlan) -> float:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +25,26 @@ instance = "main"
 command = "python3 -m http.server {port}"
 port = { dev = 41001, staging = 41002, prod = 41003 }
 """
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short path under /tmp: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def plan_from(text: str, folder: Path, env: str = "dev") -> Any:
+    """Write ``text`` (dedented) as ``folder/t.toml`` and resolve it for ``env``."""
+    from siteboot.plan import make_plan
+    from siteboot.site import load_site
+
+    path = folder / "t.toml"
+    path.write_text(textwrap.dedent(text))
+    return make_plan(load_site(path), env)
 
 
 @pytest.fixture

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +25,9 @@ from siteboot.errors import (
     KeyAccessError,
     UsageError,
 )
-from siteboot.plan import Plan, make_plan
+from siteboot.plan import Plan
 from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
-from siteboot.site import load_site
+from tests.conftest import plan_from
 
 GROUP = "t-dev"
 
@@ -76,14 +72,9 @@ command = "sleep 100"
 
 
 @pytest.fixture
-def plan() -> Iterator[Plan]:
-    base = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
-    try:
-        path = base / "t.toml"
-        path.write_text(textwrap.dedent(SITE.format(base=base)))
-        yield make_plan(load_site(path), "dev")
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+def plan(short_dir: Path) -> Plan:
+    result: Plan = plan_from(SITE.format(base=short_dir), short_dir)
+    return result
 
 
 STATE_CODES = {"STOPPED": 0, "STARTING": 10, "RUNNING": 20, "BACKOFF": 30, "STOPPING": 40,

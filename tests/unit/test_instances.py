@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -30,8 +27,8 @@ from siteboot.instances import (
     supervisord_command,
     terminate_tree,
 )
-from siteboot.plan import InstancePlan, Plan, make_plan
-from siteboot.site import load_site
+from siteboot.plan import InstancePlan, Plan
+from tests.conftest import plan_from
 
 SITE = """
 [site]
@@ -53,20 +50,13 @@ command = "sleep 100"
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    """A short dir under /tmp: unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def base(short_dir: Path) -> Path:
+    return short_dir
 
 
 @pytest.fixture
 def plan(base: Path) -> Plan:
-    path = base / "t.toml"
-    path.write_text(textwrap.dedent(SITE.format(base=base)))
-    plan = make_plan(load_site(path), "dev")
+    plan: Plan = plan_from(SITE.format(base=base), base)
     for inst in plan.instances.values():
         inst.runtime_dir.mkdir(parents=True, mode=0o700)
     return plan

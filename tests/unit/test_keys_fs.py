@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,16 +18,6 @@ from siteboot.site import load_site
 from tests.conftest import supervisor_parse
 
 NOBODY = 65534
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A short path under /tmp: unix socket paths are limited to 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def mode(path: Path) -> int:

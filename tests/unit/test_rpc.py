@@ -4,10 +4,8 @@ classification, and real HTTP servers on a unix socket and on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
-import shutil
 import socket
 import socketserver
-import tempfile
 import threading
 import xmlrpc.client
 from collections.abc import Iterator
@@ -280,15 +278,6 @@ class UnixServer(socketserver.UnixStreamServer):
 
 class TcpServer(socketserver.TCPServer):
     allow_reuse_address = True
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
