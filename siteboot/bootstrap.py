@@ -24,27 +24,18 @@ subprocess goes through one injectable ``Runner`` so tests can fake pip and ensu
 
 from __future__ import annotations
 
-import ast
 import configparser
 import contextlib
 import errno
 import fcntl
 import hashlib
-import html.parser
 import json
 import os
 import re
-import shutil
-import ssl
-import subprocess
 import sys
-import tempfile
 import time
 import types
 import urllib.parse
-import urllib.request
-import venv
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
@@ -160,6 +151,8 @@ def read_requirements(setup_cfg: Path) -> list[str]:
 
 def read_metadata_version(checkout: Path) -> str:
     """``[metadata] version``: a literal, or ``attr: pkg.module.NAME`` read from the source."""
+    import ast
+
     try:
         value = read_setup_cfg(checkout / "setup.cfg").get("metadata", "version", fallback="")
     except (OSError, configparser.Error) as exc:
@@ -205,6 +198,8 @@ def write_stamp(venv_dir: Path, requires: Sequence[str], version: str, python_ve
 
 
 def _write_text(path: Path, text: str, mode: int) -> None:
+    import tempfile
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
         os.fchmod(fd, mode)
@@ -318,6 +313,8 @@ def run_command(cmd: Sequence[str]) -> RunResult:
     PYTHONPATH and PYTHONHOME are dropped: they would make pip see (and skip) packages that
     live outside the venv. Everything else, PIP_* included, is passed on.
     """
+    import subprocess
+
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     echo = debug_enabled()
     try:
@@ -390,6 +387,8 @@ def index_url(environ: Mapping[str, str], config: Mapping[str, str]) -> str:
 
 
 def _find_links_dirs(value: str) -> list[Path]:
+    import urllib.request
+
     found = []
     for entry in value.split():
         parsed = urllib.parse.urlsplit(entry)
@@ -419,6 +418,8 @@ def local_wheel_sources(wheelhouse: Path | None, environ: Mapping[str, str],
 
 def wheel_requires_python(wheel: Path) -> str | None:
     """``Requires-Python`` from a wheel's METADATA (None when absent); raises on a bad wheel."""
+    import zipfile
+
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():
             if name.count("/") == 1 and name.endswith(".dist-info/METADATA"):
@@ -438,6 +439,8 @@ def pip_wheel_version(filename: str) -> tuple[int, ...]:
 
 def find_local_pip_wheel(sources: Sequence[Path], python: str) -> Path | None:
     """The newest pip wheel that supports ``python`` in the first source that has one."""
+    import zipfile
+
     for source in sources:
         if source.is_file():
             candidates = [source] if _PIP_WHEEL_RE.match(source.name) else []
@@ -466,19 +469,20 @@ class IndexLink(NamedTuple):
     requires_python: str | None
 
 
-class _Anchors(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.anchors: list[dict[str, str | None]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "a":
-            self.anchors.append(dict(attrs))
-
-
 def parse_index_page(page: str, page_url: str) -> list[IndexLink]:
     """The pip wheels listed on a PEP 503 simple-index page (yanked ones left out)."""
-    parser = _Anchors()
+    import html.parser
+
+    class Anchors(html.parser.HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.anchors: list[dict[str, str | None]] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "a":
+                self.anchors.append(dict(attrs))
+
+    parser = Anchors()
     parser.feed(page)
     parser.close()
     links = []
@@ -528,6 +532,9 @@ def make_fetcher(environ: Mapping[str, str], config: Mapping[str, str]) -> Fetch
         timeout = 30.0
 
     def fetch(url: str) -> bytes:
+        import ssl
+        import urllib.request
+
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "file":
             path = Path(urllib.request.url2pathname(parts.path))
@@ -594,26 +601,24 @@ def base_interpreter() -> str:
     return base
 
 
-class ToolEnvBuilder(venv.EnvBuilder):
-    """``EnvBuilder(with_pip=False, symlinks=True)`` whose python links to ``base``."""
-
-    def __init__(self, base: str, prompt: str | None = None) -> None:
-        super().__init__(with_pip=False, symlinks=True, prompt=prompt)
-        self.base = base
-
-    def ensure_directories(self, env_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes],
-                           ) -> types.SimpleNamespace:
-        context = super().ensure_directories(env_dir)
-        if os.path.abspath(self.base) != os.path.abspath(context.executable):
-            context.executable = self.base
-            context.python_dir, context.python_exe = os.path.split(os.path.abspath(self.base))
-            context.env_exe = os.path.join(context.bin_path, context.python_exe)
-            context.env_exec_cmd = context.env_exe
-        return context
-
-
 def create_venv(target: Path, prompt: str) -> None:
-    ToolEnvBuilder(base_interpreter(), prompt).create(str(target))
+    """``EnvBuilder(with_pip=False, symlinks=True)`` whose python links to the base interpreter."""
+    import venv
+
+    base = base_interpreter()
+
+    class ToolEnvBuilder(venv.EnvBuilder):
+        def ensure_directories(self, env_dir: str | bytes | os.PathLike[str] | os.PathLike[bytes],
+                               ) -> types.SimpleNamespace:
+            context = super().ensure_directories(env_dir)
+            if os.path.abspath(base) != os.path.abspath(context.executable):
+                context.executable = base
+                context.python_dir, context.python_exe = os.path.split(os.path.abspath(base))
+                context.env_exe = os.path.join(context.bin_path, context.python_exe)
+                context.env_exec_cmd = context.env_exe
+            return context
+
+    ToolEnvBuilder(with_pip=False, symlinks=True, prompt=prompt).create(str(target))
 
 
 def have_ensurepip() -> bool:
@@ -645,6 +650,8 @@ def rewrite_paths(venv_dir: Path, old: str, new: str) -> list[Path]:
 
 
 def _remove(path: Path) -> None:
+    import shutil
+
     if path.is_symlink() or path.is_file():
         path.unlink()
     elif path.exists():
@@ -823,6 +830,8 @@ class Bootstrapper:
 
     def build(self, target: Path) -> None:
         """A complete venv at ``target``: python, pip, the requirements, siteboot.pth, launcher."""
+        import subprocess
+
         try:
             self.make_venv(target, self.venv.name)  # the final name, also for <venv>.new
         except (OSError, ValueError, subprocess.CalledProcessError) as exc:
@@ -836,6 +845,8 @@ class Bootstrapper:
         self.install_siteboot(target, python_version)
 
     def install_pip(self, python: Path, python_version: str) -> None:
+        import tempfile
+
         if self.ensurepip_available():
             result = self.runner([str(python), "-Im", "ensurepip", "--upgrade", "--default-pip"])
             if result.returncode == 0:
