@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from siteboot.cli import cli
+from siteboot.cli.commands import cli
 from siteboot.fsutil import owner_name
 from siteboot.keys import PLACEHOLDER_HASH
 from tests.conftest import MINIMAL_SITE, REPO, supervisor_parse

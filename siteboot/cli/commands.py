@@ -1,4 +1,4 @@
-"""The command line: parse, call the core, print a table or JSON. No logic lives here.
+"""The click commands: parse, call the core, print a table or JSON. No logic lives here.
 
 Heavy modules (jinja2, virtualenv, psutil, supervisor) are imported inside the commands that
 need them, so ``siteboot status`` starts fast.
@@ -6,7 +6,6 @@ need them, so ``siteboot status`` starts fast.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -16,40 +15,12 @@ from typing import Any, Callable, TypeVar
 import click
 
 from siteboot import __version__
+from siteboot.cli import Ctx, debug_enabled, show_status
+from siteboot.cli.output import echo, error, print_json, print_status, styled, table
 from siteboot.errors import EXIT_FAILED, EXIT_USAGE, SitebootError
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Ctx:
-    """What every command gets: the chosen site, env and root, resolved lazily."""
-
-    def __init__(self, site: str, env: str, root: str | None) -> None:
-        self.site_arg = site
-        self.env = env
-        self.root_arg = root
-
-    @property
-    def root(self) -> Path | None:
-        from siteboot.resources import find_root
-
-        return find_root(self.root_arg)
-
-    def site_path(self) -> Path:
-        from siteboot.resources import resolve_site_path
-
-        return resolve_site_path(self.site_arg, self.root)
-
-    def site(self) -> Any:
-        from siteboot.site import load_site
-
-        return load_site(self.site_path())
-
-    def plan(self) -> Any:
-        from siteboot.plan import make_plan
-
-        return make_plan(self.site(), self.env)
 
 
 def site_options(func: F) -> F:
@@ -67,44 +38,6 @@ def json_option(func: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(func)
 
 
-def _color() -> bool | None:
-    return False if os.environ.get("NO_COLOR") else None
-
-
-def echo(text: str = "", err: bool = False) -> None:
-    click.echo(text, err=err, color=_color())
-
-
-def styled(text: str, **style: Any) -> str:
-    if os.environ.get("NO_COLOR"):
-        return text
-    return click.style(text, **style)
-
-
-def print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
-          colors: dict[int, Callable[[str], str | None]] | None = None) -> str:
-    """Aligned columns; ``colors`` maps a column to a function choosing each cell's colour."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = []
-    for n, row in enumerate(cells):
-        padded = []
-        for i, (cell, width) in enumerate(zip(row, widths)):
-            text = cell.ljust(width)
-            color = colors[i](cell) if colors and i in colors and n > 0 else None
-            padded.append(styled(text, fg=color) if color else text)
-        lines.append("  ".join(padded).rstrip())
-    return "\n".join(lines)
-
-
-def _debug() -> bool:
-    return os.environ.get("SITEBOOT_DEBUG", "") not in ("", "0")
-
-
 class SitebootGroup(click.Group):
     """Turns expected failures into one message and an exit code, never a traceback."""
 
@@ -112,10 +45,9 @@ class SitebootGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SitebootError as exc:
-            if _debug() or (ctx.params.get("debug")):
+            if debug_enabled() or (ctx.params.get("debug")):
                 raise
-            click.echo(styled("error: ", fg="red", bold=True) + str(exc), err=True,
-                       color=_color())
+            error(str(exc))
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             ctx.exit(130)
@@ -259,24 +191,6 @@ def down(site: str, env: str, root: str | None, instance: str | None, purge: boo
         _print_outcomes(outcomes)
 
 
-def _print_status(report: Any) -> None:
-    colors = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow"}
-    for inst in report.instances:
-        head = f"{inst.name} ({inst.user}) {inst.state}"
-        head += f", pid {inst.pid}" if inst.pid else ""
-        echo(styled(head, bold=True) + f"  {inst.url}")
-        if inst.error:
-            echo(styled(f"  {inst.error}", fg="red"))
-        rows = []
-        for p in inst.programs:
-            detail = f"uptime {p.uptime_s}s" if p.uptime_s is not None else (p.spawnerr or (
-                f"exit {p.exitstatus}" if p.exitstatus is not None else ""))
-            rows.append(["  " + p.name, p.state, p.pid or "", detail])
-        if rows:
-            echo(table(["  program", "state", "pid", ""], rows,
-                       {1: lambda state: colors.get(state, "red")}))
-
-
 @cli.command()
 @site_options
 @click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
@@ -288,19 +202,7 @@ def status(site: str, env: str, root: str | None, instance: str | None, as_json:
     Exit codes (monitoring plugins): 0 all that should run are RUNNING; 1 some are
     STARTING/BACKOFF; 2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown.
     """
-    from siteboot.control import status as get_status
-    from siteboot.errors import STATUS_UNKNOWN
-
-    try:
-        report = get_status(Ctx(site, env, root).plan(), instance)
-    except SitebootError as exc:
-        exc.exit_code = STATUS_UNKNOWN
-        raise
-    if as_json:
-        print_json(report.as_json())
-    else:
-        _print_status(report)
-    sys.exit(report.exit_code)
+    sys.exit(show_status(Ctx(site, env, root), instance, as_json))
 
 
 def _control(action: str, site: str, env: str, root: str | None, names: Sequence[str],
@@ -362,7 +264,7 @@ def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, std
 
     def write(text: str) -> None:
         if text:
-            click.echo(text, nl=False)
+            echo(text, nl=False)
 
     tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
 
@@ -413,17 +315,5 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
             echo(f"venv {v.name}: {v.action} ({v.path})")
         _print_outcomes(outcomes)
         echo()
-        _print_status(report)
+        print_status(report)
     sys.exit(report.exit_code)
-
-
-def main() -> None:
-    """Console entry point."""
-    try:
-        cli(prog_name="siteboot")
-    except Exception as exc:  # a bug, not bad input: keep it short unless asked
-        if _debug() or "--debug" in sys.argv:
-            raise
-        click.echo(f"internal error: {type(exc).__name__}: {exc}\n"
-                   "  rerun with --debug (or SITEBOOT_DEBUG=1) for the traceback", err=True)
-        sys.exit(EXIT_FAILED)
