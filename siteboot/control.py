@@ -21,16 +21,17 @@ from siteboot.errors import (
     KeyAccessError,
     UsageError,
 )
-from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.plan import InstancePlan, Plan, ProgramPlan, uid_of
 from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
 NO_KEY = "no key"
+NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing to monitor
 
 SHUTTING_DOWN = "shutting down"
 # A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_RUNNING: STATUS_CRITICAL,
+_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, NOT_RUNNING: STATUS_CRITICAL,
                          NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
 _PROGRAM_WARNING = {"STARTING", "BACKOFF"}
 _PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED"}
@@ -111,11 +112,15 @@ class StatusReport:
                 "instances": [i.as_json() for i in self.instances]}
 
 
-def _endpoint(plan: Plan, inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
-    from siteboot.keys import read_key
+def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | None = None) -> Endpoint:
+    """The one way to reach an instance: its owner over the unix socket, a granted member over
+    127.0.0.1; either way the key only goes to a server running as the instance's user."""
+    if key is None:
+        from siteboot.keys import read_key
 
+        key = read_key(plan, inst)
     url = inst.unix_url if plan.owns(inst) else inst.http_url
-    return Endpoint(url, read_key(plan, inst), timeout)
+    return Endpoint(url, key, timeout, owner_uid=uid_of(inst.user))
 
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
@@ -123,10 +128,12 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     url = inst.unix_url if owned else inst.http_url
     result = InstanceStatus(inst.name, inst.user, RUNNING, url)
     try:
-        endpoint = _endpoint(plan, inst)
+        endpoint = connect(plan, inst)
     except KeyAccessError as exc:
         if owned and not inst.socket_path.exists():
             result.state, result.error = NOT_RUNNING, f"no socket at {inst.socket_path}; run `siteboot up`"
+        elif not owned and not inst.group:
+            result.state, result.error = NOT_YOURS, f"owned by {inst.user}, no grant: run as {inst.user}"
         else:
             result.state, result.error = NO_KEY, str(exc)
         return result
@@ -227,9 +234,10 @@ def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
                     bucket.append(process)
 
     for name in names:
-        if name == "all":
+        if name == "all":  # what the invoker may control: its own and granted instances
             for inst in plan.instances.values():
-                add(inst, inst.programs)
+                if plan.owns(inst) or inst.group:
+                    add(inst, inst.programs)
             continue
         if ":" in name:
             inst_name, prog = name.split(":", 1)
@@ -284,7 +292,7 @@ def control(plan: Plan, action: str, names: list[str]) -> list[ControlResult]:
         steps = ["stop", "start"] if action == "restart" else [action]
         outcome: dict[str, tuple[bool, str]] = {}
         try:
-            endpoint = _endpoint(plan, inst, timeout=30.0)
+            endpoint = connect(plan, inst, timeout=30.0)
             for step in steps:
                 todo = [p for p in processes if outcome.get(p, (True, ""))[0]]
                 for process, (ok, msg) in _apply(endpoint, inst, step, todo).items():
@@ -369,7 +377,7 @@ def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = Fal
          stop: threading.Event | None = None) -> None:
     """Print the end of a process log; with ``follow``, keep printing across rotations."""
     inst, program, process = _find_process(plan, name)
-    endpoint = _endpoint(plan, inst, timeout=10.0)
+    endpoint = connect(plan, inst, timeout=10.0)
     full = f"{inst.group_name}:{process}"
     method = "supervisor.tailProcessStderrLog" if stderr else "supervisor.tailProcessStdoutLog"
     log_path = program.log_path(process, "stderr" if stderr else "stdout")

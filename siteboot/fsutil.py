@@ -6,6 +6,7 @@ import os
 import pwd
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from siteboot.errors import OwnershipError, SitebootError
@@ -44,33 +45,61 @@ def owner_name(uid: int) -> str:
         return str(uid)
 
 
-def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
-    """Create ``path`` (and parents) for the current user, or check that it is ours; set ``mode``."""
+def _mkdir(path: Path, mode: int) -> None:
+    """Create the last component of ``path`` (its parents as needed); fine if it exists."""
     try:
-        path.mkdir(parents=True, exist_ok=True, mode=mode)
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _mkdir(path, mode)
     except PermissionError as exc:
         raise SitebootError(f"cannot create {path}: {exc.strerror}",
                             "check the permissions of its parent directory") from None
-    info = path.stat()
+
+
+def _refuse(path: Path, why: str) -> OwnershipError:
+    return OwnershipError(f"{path} {why}: refusing to use it",
+                          "if it is stale, its owner (or root) must remove it; or change the "
+                          "site's paths")
+
+
+def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
+    """Create ``path`` for the current user, or check that it is ours; set ``mode``.
+
+    Checked with lstat: a symlink planted in a shared parent is refused, never followed.
+    """
+    _mkdir(path, mode)
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise _refuse(path, "is not a directory (a symlink?)")
     if info.st_uid != os.geteuid():
-        raise OwnershipError(
-            f"{path} is owned by {owner_name(info.st_uid)}, not {owner_name(os.geteuid())}: "
-            "refusing to use a directory someone else created",
-            "if it is stale, its owner (or root) must remove it; or change the site's paths")
+        raise _refuse(path, f"is owned by {owner_name(info.st_uid)}, not {owner_name(os.geteuid())}")
     if stat.S_IMODE(info.st_mode) != mode:
         os.chmod(path, mode)
     return path
 
 
-def ensure_shared_parent(path: Path) -> None:
-    """A parent that any of the site's users may create first: sticky and world-writable like /tmp."""
-    if path.is_dir():
+def ensure_shared_parent(path: Path, trusted_uids: Iterable[int] = (), private: bool = False) -> None:
+    """The parent of the site's instance dirs, made by whichever of its users comes first.
+
+    Shared: sticky and world-writable like /tmp, so no user can move another's instance dir;
+    it must belong to root, the invoker or one of ``trusted_uids``. ``private`` (the path names
+    one user): 0700 and the invoker's.
+    """
+    if private:
+        ensure_private_dir(path, 0o700)
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.mkdir()
-        os.chmod(path, 0o1777)
-    except FileExistsError:
-        pass  # another user won the race; sticky bit already protects each instance dir
-    except PermissionError as exc:
-        raise SitebootError(f"cannot create {path}: {exc.strerror}") from None
+    if not os.path.lexists(path):
+        _mkdir(path, 0o700)
+        info = os.lstat(path)
+        if info.st_uid == os.geteuid() and stat.S_ISDIR(info.st_mode):
+            os.chmod(path, 0o1777)  # only if we created it; another user may have won the race
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise _refuse(path, "is not a directory (a symlink?)")
+    if info.st_uid not in {0, os.geteuid(), *trusted_uids}:
+        raise _refuse(path, f"belongs to {owner_name(info.st_uid)}, who is not a user of this site")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise _refuse(path, "is world-writable without the sticky bit")

@@ -7,6 +7,7 @@ command line, and a start time that fits the pidfile.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import signal
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.errors import InstanceError, UsageError
-from siteboot.fsutil import ensure_private_dir
+from siteboot.errors import InstanceError, KeyAccessError, SitebootError, UsageError
+from siteboot.fsutil import atomic_write, ensure_private_dir
 from siteboot.plan import InstancePlan, Plan
-from siteboot.rpc import SUPERVISOR_RUNNING, Endpoint, RpcError
+from siteboot.rpc import NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, RpcError
 
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
@@ -148,26 +149,23 @@ def _pid_alive(pid: int) -> bool:
 # Endpoints
 
 
-def own_endpoint(inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
+def own_endpoint(plan: Plan, inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
+    """The owner's endpoint, creating the key on first need (``up``)."""
+    from siteboot.control import connect
     from siteboot.keys import ensure_key
 
-    return Endpoint(inst.unix_url, ensure_key(inst), timeout)
+    return connect(plan, inst, timeout, key=ensure_key(inst))
 
 
-def endpoint_for(plan: Plan, inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
-    """The owner talks over the unix socket; a granted member over 127.0.0.1."""
-    from siteboot.keys import read_key
-
-    key = read_key(plan, inst)
-    return Endpoint(inst.unix_url if plan.owns(inst) else inst.http_url, key, timeout)
-
-
-def answers(endpoint: Endpoint) -> bool:
+def probe(endpoint: Endpoint) -> str | None:
+    """None when supervisord answers and is RUNNING, else why not (an ``rpc`` reason)."""
     try:
         state = endpoint.call("supervisor.getState")
-    except RpcError:
-        return False
-    return bool(state.get("statecode") == SUPERVISOR_RUNNING)
+    except RpcError as exc:
+        return exc.reason
+    if state.get("statecode") != SUPERVISOR_RUNNING:
+        return f"in state {state.get('statename')}"
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,8 +180,11 @@ def each_owned(plan: Plan, instance: str | None,
         if not plan.owns(inst):
             outcomes.append(Outcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}"))
             continue
-        with instance_lock(plan, inst):
-            outcomes.append(action(inst))
+        try:
+            with instance_lock(plan, inst):
+                outcomes.append(action(inst))
+        except SitebootError as exc:  # one instance failing must not keep the others down
+            outcomes.append(Outcome(inst.name, "failed", str(exc)))
     return outcomes
 
 
@@ -196,18 +197,24 @@ def up(plan: Plan, root: Path | None, instance: str | None = None,
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> Outcome:
     from siteboot.render import render_owned
 
-    previous = _read_text(inst.conf_path)
     rendered = render_owned(plan, inst, root)  # runtime dir, key, config: all idempotent
-    endpoint = own_endpoint(inst)
+    endpoint = own_endpoint(plan, inst)
     running = find_supervisord(inst)
-    if running is not None and answers(endpoint):
-        changes = apply_config(inst, endpoint, previous, _read_text(inst.conf_path))
-        if not changes:
-            return Outcome(inst.name, "already running", "nothing to do", running.pid)
-        return Outcome(inst.name, "updated", "; ".join(changes), running.pid)
     notes = []
     if running is not None:
-        # Ours by identity, but unreachable (its socket was wiped): replace it.
+        why = probe(endpoint)
+        if why is None:
+            changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
+                                   _read_text(inst.conf_path))
+            if not changes:
+                return Outcome(inst.name, "already running", "nothing to do", running.pid)
+            return Outcome(inst.name, "updated", "; ".join(changes), running.pid)
+        if why != NOT_RUNNING:
+            # Busy, stopped, or refusing this key: its programs may be fine; never kill on a guess.
+            raise InstanceError(f"supervisord pid {running.pid} of {inst.name} is running but "
+                                f"{why}", "see `siteboot status`; to replace it: `siteboot down "
+                                f"-i {inst.name}` then `siteboot up -i {inst.name}`")
+        # Ours by identity, but its socket is gone (a /tmp cleaner): replace it.
         notes.append(f"supervisord pid {running.pid} had lost its socket; stopped it")
         terminate_tree(running)
         running = None
@@ -238,7 +245,7 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
     if previous and _server_part(previous) != _server_part(current):
         changes.append(f"server settings changed: apply with `siteboot down -i {inst.name}` "
                        f"then `siteboot up -i {inst.name}`")
-    slow = Endpoint(endpoint.url, endpoint.key, timeout=_stop_wait(inst) + 30)
+    slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
     added, changed, removed = slow.call("supervisor.reloadConfig")[0]
     for group in removed + changed:
         slow.call("supervisor.stopProcessGroup", group, True)
@@ -268,9 +275,12 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
             f"supervisord for {inst.name} exited with {result.returncode} before daemonizing:\n"
             + _indent(_tail(inst.launch_log) or "(no output)"),
             f"config: {conf}")
+    # What it was started with: ``up`` compares server settings against this, not the file that
+    # a later ``render`` may have rewritten.
+    atomic_write(inst.started_conf_path, conf.read_bytes(), mode=0o600)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if answers(endpoint):
+        if probe(endpoint) is None:
             pid = read_pidfile(inst)
             return pid or 0
         time.sleep(0.05)
@@ -306,7 +316,7 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
 def down(plan: Plan, instance: str | None = None, purge: bool = False,
          timeout: float | None = None) -> list[Outcome]:
     """Stop every instance the invoker owns; the others are reported as skipped."""
-    return each_owned(plan, instance, lambda inst: _down_one(inst, purge, timeout))
+    return each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout))
 
 
 def _stop_wait(inst: InstancePlan) -> float:
@@ -314,7 +324,7 @@ def _stop_wait(inst: InstancePlan) -> float:
     return float(max(waits, default=10)) + 10.0
 
 
-def _down_one(inst: InstancePlan, purge: bool, timeout: float | None) -> Outcome:
+def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> Outcome:
     import psutil
 
     running = find_supervisord(inst)
@@ -322,10 +332,13 @@ def _down_one(inst: InstancePlan, purge: bool, timeout: float | None) -> Outcome
     if running is not None:
         descendants = running.children(recursive=True)
         try:
-            own_endpoint(inst).call("supervisor.shutdown")
+            from siteboot.control import connect
+
+            connect(plan, inst).call("supervisor.shutdown")
             how = "shut down over RPC"
-        except RpcError as exc:
-            how = f"RPC unavailable ({exc.reason})"
+        except (RpcError, KeyAccessError) as exc:
+            # Signals do the job without the key or the socket; never leave it running.
+            how = f"RPC unavailable ({getattr(exc, 'reason', 'no key')})"
         _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
         if alive:
             how += "; escalated"
@@ -347,8 +360,8 @@ def terminate_tree(proc: Any, extra: list[Any] | None = None, grace: float = 5.0
 
     try:
         procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
+    except psutil.Error:
+        procs = [proc]
     seen = {p.pid for p in procs}
     procs += [p for p in (extra or []) if p.pid not in seen]
     alive = [p for p in procs if p.is_running()]
@@ -356,8 +369,8 @@ def terminate_tree(proc: Any, extra: list[Any] | None = None, grace: float = 5.0
         for p in alive:
             try:
                 kill(p, sig)
-            except (psutil.NoSuchProcess, ProcessLookupError):
-                pass
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                pass  # gone already, or setuid (sudo, collabsu): not ours to signal
         _, alive = psutil.wait_procs(alive, timeout=grace)
         if not alive:
             return

@@ -6,15 +6,14 @@ also publishes it in the site's shared dir as a 0640 file of that group; members
 
 from __future__ import annotations
 
-import grp
-import hashlib
 import os
-import secrets
+import stat
 from pathlib import Path
 
 from siteboot.errors import KeyAccessError, SitebootError
-from siteboot.fsutil import atomic_write, ensure_private_dir
-from siteboot.plan import RPC_USERNAME, InstancePlan, Plan
+from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, uid_of
+
+# hashlib, secrets, grp and siteboot.fsutil are imported where used: `status` only reads keys.
 
 # A hash no key can have: marks configs rendered without the real key (previews).
 PLACEHOLDER_HASH = "{SHA}" + "0" * 40
@@ -22,18 +21,55 @@ PLACEHOLDER_HASH = "{SHA}" + "0" * 40
 
 def password_hash(key: str) -> str:
     """supervisord's ``{SHA}`` password form: the key itself never lands in a config."""
+    import hashlib
+
     return "{SHA}" + hashlib.sha1(key.encode("utf-8")).hexdigest()
 
 
-def _read(path: Path) -> str:
-    key = path.read_text(encoding="utf-8").strip()
+def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> str:
+    """The key in ``path``, not through a symlink; with ``owner_uid``, only from a file of that
+    owner (and group ``gid``) that others cannot read: a shared dir is not ours to trust."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except (FileNotFoundError, PermissionError):
+        raise
+    except OSError as exc:  # a symlink (ELOOP), a directory, a dead NFS handle, ...
+        raise KeyAccessError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if owner_uid is not None and (info.st_uid != owner_uid or stat.S_IMODE(info.st_mode) & 0o007
+                                      or (gid is not None and info.st_gid != gid)
+                                      or not stat.S_ISREG(info.st_mode)):
+            raise KeyAccessError(f"refusing key file {path}: it must be a regular file of uid "
+                                 f"{owner_uid}, group {gid}, unreadable by others (it is uid "
+                                 f"{info.st_uid}, gid {info.st_gid}, mode {stat.S_IMODE(info.st_mode):o})",
+                                 "the instance's owner publishes it with `siteboot up`")
+        try:
+            key = handle.read().decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyAccessError(f"cannot read key file {path}: {exc}") from None
     if not key:
         raise KeyAccessError(f"key file {path} is empty", "remove it and run `siteboot up`")
     return key
 
 
+def _group_gid(inst: InstancePlan) -> int:
+    import grp
+
+    assert inst.group
+    try:
+        return grp.getgrnam(inst.group).gr_gid
+    except KeyError:
+        raise KeyAccessError(f"instance {inst.name} grants group '{inst.group}', "
+                             "which does not exist on this host") from None
+
+
 def ensure_key(inst: InstancePlan) -> str:
     """The owner's key for ``inst``, created (0600, atomically) on first need."""
+    import secrets
+
+    from siteboot.fsutil import atomic_write, ensure_private_dir
+
     ensure_private_dir(inst.state_dir)
     ensure_private_dir(inst.key_path.parent)
     if inst.key_path.exists():
@@ -50,25 +86,28 @@ def ensure_key(inst: InstancePlan) -> str:
 
 def publish_key(inst: InstancePlan, key: str) -> None:
     """Write the key where members of the instance's group can read it (0640, that group)."""
+    from siteboot.fsutil import atomic_write
+
     assert inst.group
     assert inst.shared_key_path
-    try:
-        gid = grp.getgrnam(inst.group).gr_gid
-    except KeyError:
-        raise KeyAccessError(f"instance {inst.name} grants group '{inst.group}', "
-                             "which does not exist on this host") from None
+    gid = _group_gid(inst)
     if gid not in os.getgroups() and gid != os.getegid() and os.geteuid() != 0:
         raise KeyAccessError(f"cannot publish the key of {inst.name} to group {inst.group}: "
                              f"{inst.user} is not a member of it")
     path = inst.shared_key_path
     try:
+        # Straight into shared_dir: the rename below replaces whatever another user may have
+        # put at this name (a symlink included) without following it.
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-        if path.exists() and _read(path) == key and path.stat().st_gid == gid:
-            return
+        try:
+            if _read(path, os.geteuid(), gid) == key:
+                return
+        except (OSError, KeyAccessError):
+            pass  # missing or not as it must be: written anew below
         atomic_write(path, key + "\n", mode=0o640, gid=gid)
-    except PermissionError as exc:
+    except OSError as exc:
         raise SitebootError(f"cannot publish the key of {inst.name} in {path.parent}: "
-                            f"{exc.strerror}", "check shared_dir in the site file") from None
+                            f"{exc.strerror or exc}", "check shared_dir in the site file") from None
 
 
 def read_key(plan: Plan, inst: InstancePlan) -> str:
@@ -83,7 +122,7 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
                              "not yours and no grant",
                              f"run as {inst.user}, or add group = \"...\" to [instances.{inst.name}]")
     try:
-        return _read(inst.shared_key_path)
+        return _read(inst.shared_key_path, uid_of(inst.user), _group_gid(inst))
     except FileNotFoundError:
         raise KeyAccessError(f"{inst.user} has not published the key of {inst.name} "
                              f"({inst.shared_key_path} missing)",
@@ -96,6 +135,8 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
 
 def write_client_conf(plan: Plan, inst: InstancePlan, key: str) -> Path:
     """A 0600 supervisorctl config for ``inst``, so the key never appears on a command line."""
+    from siteboot.fsutil import atomic_write, ensure_private_dir
+
     url = inst.unix_url if plan.owns(inst) else inst.http_url
     path = plan.client_conf_path(inst)
     ensure_private_dir(path.parent)

@@ -30,6 +30,14 @@ def current_user() -> str:
         return str(os.geteuid())
 
 
+def uid_of(user: str) -> int:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise UsageError(f"user {user} does not exist on this host",
+                         "check the instance's `user` in the site file") from None
+
+
 def expand_home(path: str, user: str) -> Path:
     """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
     if path == "~" or path.startswith("~/"):
@@ -75,6 +83,7 @@ class InstancePlan:
     port: int
     group: str | None
     runtime_parent: Path | None  # the shared parent siteboot may create sticky, or None
+    runtime_parent_private: bool  # the parent's path names the user: 0700, not shared
     runtime_dir: Path
     state_dir: Path  # the owner's
     shared_key_path: Path | None
@@ -85,6 +94,11 @@ class InstancePlan:
     @property
     def conf_path(self) -> Path:
         return self.runtime_dir / f"supervisord-{self.name}.conf"
+
+    @property
+    def started_conf_path(self) -> Path:
+        """A copy of the config supervisord was last started with."""
+        return self.runtime_dir / f"supervisord-{self.name}.started.conf"
 
     @property
     def socket_path(self) -> Path:
@@ -140,6 +154,16 @@ class Plan:
     def select(self, name: str | None) -> list[InstancePlan]:
         return [self.instance(name)] if name else list(self.instances.values())
 
+    def user_uids(self) -> set[int]:
+        """The uids of the site's users that exist on this host."""
+        uids = set()
+        for inst in self.instances.values():
+            try:
+                uids.add(pwd.getpwnam(inst.user).pw_uid)
+            except KeyError:
+                continue
+        return uids
+
     def owns(self, inst: InstancePlan) -> bool:
         return inst.user == self.invoker
 
@@ -176,11 +200,12 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             parent = expand_home(runtime, user)
             runtime_dir = parent / inst.name
         state_dir = expand_home(_fill(site.state_dir, **values), user)
-        shared = (expand_home(_fill(site.shared_dir, **values), user) / "keys" / f"{inst.name}.key"
+        shared = (expand_home(_fill(site.shared_dir, **values), user) / f"{inst.name}.key"
                   if site.shared_dir and inst.group else None)
         plan_instances[inst.name] = InstancePlan(
             name=inst.name, user=user, port=inst.port[env], group=inst.group,
-            runtime_parent=parent, runtime_dir=runtime_dir, state_dir=state_dir,
+            runtime_parent=parent, runtime_parent_private="{user}" in site.runtime_dir,
+            runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             group_name=f"{site.name}-{env}", programs=[],
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,7 +175,7 @@ def template_context_names() -> dict[str, str]:
     }
 
 
-def prepare_runtime_dir(inst: InstancePlan) -> None:
+def prepare_runtime_dir(inst: InstancePlan, trusted_uids: Iterable[int] = ()) -> None:
     """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
     from siteboot.errors import UsageError
     from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
@@ -184,7 +185,7 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
     if problem:
         raise UsageError(f"instance {inst.name}: {problem}")
     if inst.runtime_parent is not None:
-        ensure_shared_parent(inst.runtime_parent)
+        ensure_shared_parent(inst.runtime_parent, trusted_uids, private=inst.runtime_parent_private)
     ensure_private_dir(inst.runtime_dir)
     ensure_private_dir(inst.childlogdir)
 
@@ -195,7 +196,7 @@ def render_owned(plan: Plan, inst: InstancePlan, root: Path | None) -> Rendered:
 
     # A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
     render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
-    prepare_runtime_dir(inst)
+    prepare_runtime_dir(inst, plan.user_uids())
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
     write_config(inst.conf_path, text)
     return Rendered(inst.name, inst.conf_path, preview=False)
@@ -228,9 +229,12 @@ def render_configs(plan: Plan, root: Path | None, out: Path | None = None,
     # before their owner deploys): a refusal leaves nothing written.
     for inst in selected:
         render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
+    from siteboot.instances import instance_lock
+
     for inst in selected:
         if plan.owns(inst):
-            rendered.append(render_owned(plan, inst, root))
+            with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
+                rendered.append(render_owned(plan, inst, root))
         else:
             skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
                                        "or preview it with --out DIR"))

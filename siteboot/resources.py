@@ -44,9 +44,18 @@ def find_root(explicit: str | None = None, cwd: Path | None = None) -> Path | No
         return root
     here = (cwd or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / "sites").is_dir():
+        if (candidate / "sites").is_dir() and _trusted(candidate / "sites"):
             return candidate
     return None
+
+
+def _trusted(folder: Path) -> bool:
+    """A ``sites/`` found by walking up must be the invoker's or root's and not writable by
+    everyone: in /tmp anybody could plant one, and its commands would run as the invoker."""
+    import stat
+
+    info = folder.stat()
+    return info.st_uid in (0, os.geteuid()) and not info.st_mode & stat.S_IWOTH
 
 
 def template_dirs(root: Path | None) -> list[Path]:

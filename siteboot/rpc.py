@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import binascii
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import InstanceError
@@ -25,6 +26,7 @@ NOT_RUNNING = "not running"
 REFUSED = "refused: wrong key"
 NO_ACCESS = "no access"
 NOT_ANSWERING = "not answering"
+IMPOSTOR = "not the instance's supervisord"
 
 
 class RpcError(InstanceError):
@@ -161,11 +163,16 @@ def decode_response(data: bytes) -> Any:
 
 @dataclass
 class Endpoint:
-    """Where and how to reach one supervisord."""
+    """Where and how to reach one supervisord.
+
+    With ``owner_uid`` set, the key is only sent to a server that runs as that uid: after a
+    reboot wiped /tmp, anyone could listen on the instance's socket path or port first.
+    """
 
     url: str  # unix:///path or http://127.0.0.1:port, for messages and JSON
-    key: str
+    key: str = field(repr=False)
     timeout: float = DEFAULT_TIMEOUT
+    owner_uid: int | None = None
 
     @property
     def socket_path(self) -> str | None:
@@ -182,8 +189,12 @@ class Endpoint:
             address = (host, int(port))
         sock.settimeout(self.timeout)
         try:
+            if path is None and self.owner_uid is not None:
+                check_listener_uid(address[1], self.owner_uid, self.url)
             sock.connect(address)
-        except OSError:
+            if path is not None and self.owner_uid is not None:
+                check_peer_uid(sock, self.owner_uid, self.url)
+        except BaseException:
             sock.close()
             raise
         return sock
@@ -214,6 +225,8 @@ class Endpoint:
         """Call one RPC method; failures to reach the server become ``RpcError``."""
         try:
             payload = self._post(request_body(method, args))
+        except RpcError:
+            raise
         except Exception as exc:
             raise classify(exc, self.url) from None
         try:
@@ -234,6 +247,45 @@ class Endpoint:
             else:
                 out.append(item)  # supervisord does not wrap results in 1-lists
         return out
+
+
+def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
+    """The process at the other end of a unix socket must run as ``uid`` (Linux SO_PEERCRED)."""
+    import struct
+
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:  # pragma: no cover - not Linux
+        return
+    _pid, peer_uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
+                                                              struct.calcsize("3i")))
+    if peer_uid != uid:
+        raise RpcError(IMPOSTOR, f"the process listening at {url} runs as uid {peer_uid}, not "
+                       f"uid {uid}: the key was not sent",
+                       "someone else took the socket path; stop that process, then `siteboot up`")
+
+
+def check_listener_uid(port: int, uid: int, url: str, tables: tuple[str, ...] = (
+        "/proc/net/tcp", "/proc/net/tcp6")) -> None:
+    """The socket listening on 127.0.0.1:``port`` must belong to ``uid`` (Linux /proc/net/tcp)."""
+    owners = []
+    for table in tables:
+        try:
+            with open(table) as handle:
+                lines = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 7 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                owners.append(int(fields[7]))
+    if not owners:
+        if any(Path(t).exists() for t in tables):
+            raise RpcError(NOT_RUNNING, f"nothing is listening at {url}", "run `siteboot up`")
+        return  # pragma: no cover - no /proc: nothing to check against
+    if any(owner != uid for owner in owners):
+        raise RpcError(IMPOSTOR, f"port {port} is held by uid {owners[0]}, not uid {uid}: the key "
+                       "was not sent", "another process took the instance's port; stop it, then "
+                       "`siteboot up` as the instance's owner")
 
 
 def classify(exc: BaseException, url: str) -> RpcError:

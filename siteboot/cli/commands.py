@@ -135,11 +135,17 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
 
 def _print_outcomes(outcomes: list[Any]) -> None:
     for o in outcomes:
-        color = {"started": "green", "stopped": "green", "skipped": "yellow"}.get(o.action)
+        color = {"started": "green", "stopped": "green", "updated": "green", "skipped": "yellow",
+                 "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
         echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
         for note in o.notes:
             echo(f"  {note}")
+
+
+def _exit_if_failed(outcomes: list[Any]) -> None:
+    if any(o.action == "failed" for o in outcomes):
+        sys.exit(EXIT_FAILED)
 
 
 def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
@@ -172,6 +178,7 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
         print_json(_outcomes_json(outcomes))
     else:
         _print_outcomes(outcomes)
+    _exit_if_failed(outcomes)
 
 
 @cli.command()
@@ -189,6 +196,7 @@ def down(site: str, env: str, root: str | None, instance: str | None, purge: boo
         print_json(_outcomes_json(outcomes))
     else:
         _print_outcomes(outcomes)
+    _exit_if_failed(outcomes)
 
 
 @cli.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -350,3 +351,37 @@ startsecs = 1
         f"dev = {site.ports['beta']}", f"dev = {site.ports['beta'] + 1}"))
     result = site.run("up", "-i", "beta", check=True)
     assert "server settings changed" in result.stdout
+
+
+def test_a_busy_supervisord_is_never_killed_on_a_guess(site_factory):
+    site = site_factory()
+    site.run("up", check=True)
+    site.wait_status(0)
+    pid = int((site.runtime("alpha") / "supervisord.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)  # alive and ours, but not answering
+    try:
+        result = site.run("up", "-i", "alpha")
+        assert result.returncode == 1
+        assert "is running but not answering" in result.stdout
+        assert psutil.pid_exists(pid)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    site.wait_status(0)
+    assert int((site.runtime("alpha") / "supervisord.pid").read_text()) == pid
+
+
+def test_one_instance_failing_does_not_keep_the_others_down(site_factory):
+    site = site_factory()
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    squatter.bind(("127.0.0.1", site.ports["alpha"]))
+    squatter.listen()
+    try:
+        result = site.run("up")
+        assert result.returncode == 1
+        assert "alpha: failed" in result.stdout
+        assert "beta: started" in result.stdout
+        _, data = site.status("-i", "beta")
+        assert data["instances"][0]["state"] == "running"
+    finally:
+        squatter.close()

@@ -259,7 +259,7 @@ def test_group_grant_lets_the_member_control_the_instance(two_users):
     env = two_users
     assert env.run(JTM, "up").returncode == 0
     assert env.run(JAWS, "up").returncode == 0
-    shared_key = env.base / "shared" / "keys" / "jtm.key"
+    shared_key = env.base / "shared" / "jtm.key"
     info = os.stat(shared_key)
     assert info.st_mode & 0o777 == 0o640
     assert grp.getgrgid(info.st_gid).gr_name == JTM
@@ -290,12 +290,13 @@ def test_no_grant_means_no_control(two_users):
     states = {i["name"]: i for i in data["instances"]}
     assert states["jtm"]["state"] == "no key"
     assert "not in group sbt_jtm" in states["jtm"]["error"]
-    assert states["svc"]["state"] == "no key"
-    assert "grants no group" in states["svc"]["error"]
-    # the owner of the services instance grants nothing either
+    assert states["svc"]["state"] == "not yours"
+    assert "owned by sbt_jaws, no grant" in states["svc"]["error"]
+    # the owner of the jtm instance sees its own as running, and svc as not its business
     rc, data = env.status(JTM)
     svc = next(i for i in data["instances"] if i["name"] == "svc")
-    assert svc["state"] == "no key"
+    assert svc["state"] == "not yours"
+    assert rc == 0
     result = env.run(OTHER, "stop", "runner")
     assert result.returncode == 1
     assert "not in group" in result.stdout
@@ -315,21 +316,32 @@ def test_root_never_starts_another_users_instance(two_users):
     assert processes_under(env.base) == []
 
 
-def test_a_squatted_instance_dir_is_refused(two_users):
+def test_squatted_runtime_dirs_are_refused(two_users):
     env = two_users
     for user in (JAWS, JTM):
         env.run(user, "down")
     shutil.rmtree(env.run_root, ignore_errors=True)
+    # someone outside the site creates the shared parent first
     squat = env.as_user(OTHER, textwrap.dedent(f"""
         import os
         os.mkdir({str(env.run_root)!r}); os.chmod({str(env.run_root)!r}, 0o1777)
-        os.mkdir({str(env.runtime('jtm'))!r}, 0o777)
         """))
     assert squat.returncode == 0, squat.stderr
     result = env.run(JTM, "up")
     assert result.returncode == 1
-    assert "owned by sbt_other, not sbt_jtm" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "belongs to sbt_other, who is not a user of this site" in result.stdout
+    shutil.rmtree(env.run_root)
+
+    # a proper shared parent, but someone outside the site took the instance's own dir
+    env.run_root.mkdir()
+    os.chmod(env.run_root, 0o1777)
+    squat = env.as_user(OTHER, f"import os; os.mkdir({str(env.runtime('jtm'))!r}, 0o777)")
+    assert squat.returncode == 0, squat.stderr
+    result = env.run(JTM, "up")
+    assert result.returncode == 1
+    assert "jtm: failed" in result.stdout
+    assert "is owned by sbt_other, not sbt_jtm: refusing to use it" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
     # the other instance is unaffected
     assert env.run(JAWS, "up").returncode == 0
     shutil.rmtree(env.runtime("jtm"))

@@ -178,13 +178,13 @@ def endpoints(monkeypatch, clock) -> dict[str, Any]:
     """Put a FakeEndpoint (or an exception to raise) under an instance's name."""
     fakes: dict[str, Any] = {}
 
-    def fake_endpoint(plan: Plan, inst: Any, timeout: float = 5.0) -> Any:
+    def fakeconnect(plan: Plan, inst: Any, timeout: float = 5.0) -> Any:
         fake = fakes[inst.name]
         if isinstance(fake, Exception):
             raise fake
         return fake
 
-    monkeypatch.setattr(control, "_endpoint", fake_endpoint)
+    monkeypatch.setattr(control, "connect", fakeconnect)
     return fakes
 
 
@@ -351,8 +351,10 @@ def test_resolve_instance_forms(plan):
 
 
 def test_resolve_all(plan):
+    # gamma belongs to someone else and grants no group: not the invoker's to control
     assert resolve_targets(plan, ["all"]) == {
-        "alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"], "gamma": ["web2"]}
+        "alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"]}
+    assert resolve_targets(plan, ["gamma:*"]) == {"gamma": ["web2"]}
 
 
 def test_resolve_merges_without_duplicates(plan):
@@ -520,7 +522,7 @@ def test_instances_fail_independently(plan, endpoints):
                                                      "run `siteboot up`"))
     endpoints["beta"] = FakeEndpoint(scripts={"worker_00": ["RUNNING"], "worker_01": ["RUNNING"]})
     endpoints["gamma"] = KeyAccessError("instance gamma belongs to someone-else")
-    rows = control.control(plan, "start", ["all"])
+    rows = control.control(plan, "start", ["all", "gamma:*"])
     assert [(r.instance, r.process) for r in rows] == [
         ("alpha", "web"), ("alpha", "idle"), ("beta", "worker_00"), ("beta", "worker_01"),
         ("gamma", "web2")]
@@ -635,13 +637,15 @@ def test_status_without_key(plan, endpoints):
 
 
 def test_status_key_of_someone_else(plan):
-    # the real _endpoint: gamma belongs to another user and grants no group
-    (gamma,) = control.status(plan, "gamma").instances
-    assert gamma.state == NO_KEY
-    assert "not yours and no grant" in (gamma.error or "")
+    # the real connect: gamma belongs to another user and grants no group
+    report = control.status(plan, "gamma")
+    (gamma,) = report.instances
+    assert gamma.state == control.NOT_YOURS
+    assert "owned by someone-else, no grant: run as someone-else" in (gamma.error or "")
+    assert report.exit_code == STATUS_OK  # nothing for this user to monitor there
 
 
-def test_status_with_real_endpoint_and_no_supervisord(plan):
+def test_status_with_realconnect_and_no_supervisord(plan):
     alpha = plan.instances["alpha"]
     alpha.key_path.parent.mkdir(parents=True)
     alpha.key_path.write_text("k\n")

@@ -4,6 +4,7 @@ classification, and real HTTP servers on a unix socket and on 127.0.0.1."""
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import socketserver
 import threading
@@ -18,6 +19,7 @@ import pytest
 from siteboot.errors import EXIT_FAILED, InstanceError
 from siteboot.plan import RPC_USERNAME
 from siteboot.rpc import (
+    IMPOSTOR,
     NO_ACCESS,
     NOT_ANSWERING,
     NOT_RUNNING,
@@ -26,6 +28,7 @@ from siteboot.rpc import (
     Fault,
     HttpStatusError,
     RpcError,
+    check_listener_uid,
     classify,
     decode_response,
     encode,
@@ -424,3 +427,35 @@ def test_listener_that_never_answers(short_dir):
 def test_socket_path_and_url():
     assert Endpoint("unix:///tmp/a/supervisor.sock", "k").socket_path == "/tmp/a/supervisor.sock"
     assert Endpoint("http://127.0.0.1:9001", "k").socket_path is None
+
+
+def test_key_goes_only_to_a_server_of_the_owner(serve, transport):
+    """After /tmp was wiped anyone may listen at the instance's path or port first."""
+    server, url = serve(transport)
+    mine = Endpoint(url, "s3cret", timeout=5, owner_uid=os.geteuid())
+    assert mine.call("supervisor.getPID") == 4242
+    impostor_check = Endpoint(url, "s3cret", timeout=5, owner_uid=os.geteuid() + 4321)
+    with pytest.raises(RpcError) as info:
+        impostor_check.call("supervisor.getPID")
+    assert info.value.reason == IMPOSTOR
+    assert "the key was not sent" in str(info.value)
+    assert len(server.requests) == 1  # the refused call never reached the server
+
+
+def test_key_is_not_in_the_endpoint_repr():
+    assert "s3cret" not in repr(Endpoint("unix:///x", "s3cret"))
+
+
+def test_listener_check_reads_proc_net_tcp(tmp_path):
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001\n"
+        "   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0\n")
+    check_listener_uid(8080, 1001, "http://127.0.0.1:8080", (str(table),))
+    with pytest.raises(RpcError) as info:
+        check_listener_uid(8080, 0, "http://127.0.0.1:8080", (str(table),))
+    assert info.value.reason == IMPOSTOR
+    with pytest.raises(RpcError) as info:  # 8081 is only an established connection
+        check_listener_uid(8081, 0, "http://127.0.0.1:8081", (str(table),))
+    assert info.value.reason == NOT_RUNNING

@@ -1,0 +1,146 @@
+"""What another local user could plant in shared places is refused, never followed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from siteboot.errors import KeyAccessError, OwnershipError
+from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
+from siteboot.keys import _read, publish_key, read_key
+from siteboot.resources import find_root
+from tests.conftest import plan_from
+
+NOBODY = 65534
+
+
+def test_a_symlink_at_the_instance_dir_is_refused(short_dir: Path):
+    target = short_dir / "victim"
+    target.mkdir(mode=0o755)
+    link = short_dir / "inst"
+    link.symlink_to(target)
+    with pytest.raises(OwnershipError, match="not a directory"):
+        ensure_private_dir(link)
+    assert target.stat().st_mode & 0o777 == 0o755  # untouched
+
+
+def test_shared_parent_must_be_sticky_and_of_a_site_user(short_dir: Path):
+    parent = short_dir / "run"
+    ensure_shared_parent(parent)
+    assert parent.stat().st_mode & 0o7777 == 0o1777
+    loose = short_dir / "loose"
+    loose.mkdir()
+    os.chmod(loose, 0o777)
+    with pytest.raises(OwnershipError, match="without the sticky bit"):
+        ensure_shared_parent(loose)
+    foreign = short_dir / "foreign"
+    foreign.mkdir()
+    os.chown(foreign, NOBODY, NOBODY)
+    os.chmod(foreign, 0o1777)
+    with pytest.raises(OwnershipError, match="not a user of this site"):
+        ensure_shared_parent(foreign)
+    ensure_shared_parent(foreign, trusted_uids={NOBODY})
+    link = short_dir / "link"
+    link.symlink_to(parent)
+    with pytest.raises(OwnershipError, match="symlink"):
+        ensure_shared_parent(link)
+
+
+def test_private_parent_when_the_path_names_the_user(short_dir: Path):
+    plan = plan_from(f"""
+        [site]
+        name = "t"
+        envs = ["dev"]
+        runtime_dir = "{short_dir}/run-{{user}}"
+        state_dir = "{short_dir}/state"
+
+        [instances.a]
+        port = {{ dev = 40001 }}
+        """, short_dir)
+    inst = plan.instances["a"]
+    assert inst.runtime_parent_private
+    from siteboot.render import prepare_runtime_dir
+
+    prepare_runtime_dir(inst)
+    assert inst.runtime_parent is not None
+    assert inst.runtime_parent.stat().st_mode & 0o7777 == 0o700
+
+
+def _granted_plan(short_dir: Path):
+    return plan_from(f"""
+        [site]
+        name = "t"
+        envs = ["dev"]
+        runtime_dir = "{short_dir}/run"
+        state_dir = "{short_dir}/state"
+        shared_dir = "{short_dir}/shared"
+
+        [instances.other]
+        user = "nobody"
+        group = "root"
+        port = {{ dev = 40001 }}
+        """, short_dir)
+
+
+def test_a_planted_shared_key_is_not_used(short_dir: Path):
+    plan = _granted_plan(short_dir)
+    inst = plan.instances["other"]
+    assert inst.shared_key_path is not None
+    inst.shared_key_path.parent.mkdir()
+    secret = short_dir / "my-own-secret"
+    secret.write_text("do-not-send\n")
+    inst.shared_key_path.symlink_to(secret)
+    with pytest.raises(KeyAccessError, match="cannot read key file"):
+        read_key(plan, inst)
+    inst.shared_key_path.unlink()
+    inst.shared_key_path.write_text("planted\n")  # a regular file, but root's, not nobody's
+    os.chmod(inst.shared_key_path, 0o640)
+    with pytest.raises(KeyAccessError, match="refusing key file"):
+        read_key(plan, inst)
+    os.chown(inst.shared_key_path, NOBODY, 0)
+    assert read_key(plan, inst) == "planted"
+    os.chmod(inst.shared_key_path, 0o644)  # readable by everyone: no longer a grant
+    with pytest.raises(KeyAccessError, match="unreadable by others"):
+        read_key(plan, inst)
+
+
+def test_publishing_replaces_a_planted_symlink_without_following_it(short_dir: Path):
+    plan = plan_from(f"""
+        [site]
+        name = "t"
+        envs = ["dev"]
+        runtime_dir = "{short_dir}/run"
+        state_dir = "{short_dir}/state"
+        shared_dir = "{short_dir}/shared"
+
+        [instances.mine]
+        group = "root"
+        port = {{ dev = 40001 }}
+        """, short_dir)
+    inst = plan.instances["mine"]
+    assert inst.shared_key_path is not None
+    inst.shared_key_path.parent.mkdir()
+    decoy = short_dir / "decoy"
+    decoy.write_text("untouched\n")
+    inst.shared_key_path.symlink_to(decoy)
+    publish_key(inst, "the-key")
+    assert decoy.read_text() == "untouched\n"
+    assert not inst.shared_key_path.is_symlink()
+    assert _read(inst.shared_key_path, os.geteuid(), 0) == "the-key"
+
+
+def test_a_sites_folder_anyone_could_write_is_not_a_site_root(short_dir: Path):
+    shared = short_dir / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    planted = shared / "sites"
+    planted.mkdir()
+    os.chmod(planted, 0o777)
+    (shared / "work").mkdir()
+    assert find_root(cwd=shared / "work") != shared
+    os.chmod(planted, 0o755)
+    assert find_root(cwd=shared / "work") == shared
+    os.chown(planted, NOBODY, NOBODY)
+    assert find_root(cwd=shared / "work") != shared
