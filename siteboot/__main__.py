@@ -3,7 +3,7 @@
 From a checkout (``setup.cfg`` beside the package) on a machine with nothing but python3:
 
 - ``init`` outside the tool venv: build or update the tool venv (siteboot/bootstrap.py), then
-  re-execute ``<venv>/bin/python -m siteboot init ...`` with SITEBOOT_BOOTSTRAPPED=1;
+  re-execute ``<venv>/bin/python -I -m siteboot init ...`` with SITEBOOT_BOOTSTRAPPED=1;
 - any other command outside the tool venv: re-execute into the tool venv when it is current;
   else run in-process when siteboot's dependencies are importable (a dev env); else say to run
   ``python3 -m siteboot init`` (exit 2);
@@ -51,7 +51,8 @@ def choose_action(argv: Sequence[str], *, checkout: Path | None, venv: Path | No
                   deps_available: Callable[[], bool]) -> str:
     """What stage 0 does with this command line: BOOTSTRAP, REEXEC, CLI or MISSING.
 
-    ``venv_ready`` (the tool venv exists, its stamp matches, its python runs) and
+    ``venv_ready`` (the tool venv exists, its stamp matches the python version its
+    ``pyvenv.cfg`` records, its python is executable: no process is started) and
     ``deps_available`` (this interpreter has siteboot's dependencies) are only called when needed.
     """
     if checkout is None or venv is None:  # installed from a wheel: nothing to bootstrap
@@ -89,6 +90,9 @@ def missing_message(venv: Path, reexeced: bool) -> str:
         return (f"re-executed into {bootstrap.venv_python(venv)}, but it does not run in the tool "
                 f"venv (sys.prefix is {sys.prefix}) and siteboot's dependencies are missing; "
                 f"remove {venv} and run `{bootstrap.INIT_COMMAND}`")
+    if (venv / bootstrap.BUILDING_NAME).is_file() and not (venv / bootstrap.STAMP_NAME).is_file():
+        return (f"the tool venv at {venv} was left half-built by an interrupted "
+                f"`{bootstrap.INIT_COMMAND}`; run it again")
     if (venv / "pyvenv.cfg").is_file() and not (venv / bootstrap.STAMP_NAME).is_file():
         return (f"siteboot's dependencies are not installed for {sys.executable}, and {venv} is a "
                 f"virtualenv that `{bootstrap.INIT_COMMAND}` did not make; use its python, or set "

@@ -13,10 +13,13 @@
    Python version and the checkout path. A matching stamp and a working ``bin/python`` mean
    nothing to do: no pip call at all.
 
-An existing venv whose stamp differs is replaced as a transaction: the new one is built at
-``<venv>.new``; only when everything succeeded is the old one moved to ``<venv>.old``, the new
-one moved in place (its absolute paths rewritten) and the old one deleted. A failed build
-leaves the previous venv untouched and working.
+Every build, the first one too, happens at ``<venv>.new``, which carries a ``siteboot-building``
+marker from the moment it is created until the stamp is written into it. Only when everything
+succeeded are its absolute paths rewritten to the final ones, the stamp written and the venv
+moved in place: a first build is a rename; an existing venv is moved to ``<venv>.old`` first and
+deleted after. A failed build leaves the previous venv untouched and working, and one that was
+killed half-way leaves a ``<venv>.new`` that the next ``init`` recognises by its marker and
+removes. ``init`` deletes nothing that carries neither the marker nor a stamp.
 
 Nothing here may import a third-party module: this runs before any of them exist. Every
 subprocess goes through one injectable ``Runner`` so tests can fake pip and ensurepip.
@@ -44,6 +47,7 @@ from siteboot.errors import BootstrapError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STAMP_NAME = "siteboot-stamp.json"
+BUILDING_NAME = "siteboot-building"  # in a venv that is being built: it is siteboot's, unfinished
 PTH_NAME = "siteboot.pth"
 ENV_VENV = "SITEBOOT_VENV"
 ENV_BOOTSTRAPPED = "SITEBOOT_BOOTSTRAPPED"
@@ -59,7 +63,8 @@ OFFLINE_HINT = ("on a node without network access pass --wheelhouse DIR (a folde
 PIP_TAIL_LINES = 12
 MIN_PYTHON = (3, 9)
 
-# The shell launcher: finds the venv from its own location, so the venv may move.
+# The shell launcher: finds the venv from its own location, so the venv may move. `-I`: no
+# `siteboot` package from the current directory (nor PYTHONPATH) can take the checkout's place.
 LAUNCHER = """\
 #!/bin/sh
 # siteboot launcher, written by `python3 -m siteboot init`: runs siteboot with the python of
@@ -68,7 +73,11 @@ self=$0
 if [ -L "$self" ]; then
     self=$(readlink -f -- "$self" 2>/dev/null || printf '%s' "$self")
 fi
-exec "$(dirname -- "$self")/python" -m siteboot "$@"
+case $self in
+    */*) bindir=${self%/*} ;;
+    *) bindir=. ;;
+esac
+exec "$bindir/python" -I -m siteboot "$@"
 """
 
 _PROBE = "import sys; print('%d.%d.%d' % sys.version_info[:3])"
@@ -181,6 +190,45 @@ def compute_stamp(requires: Sequence[str], version: str, python_version: str,
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def venv_cfg_version(venv_dir: Path) -> str | None:
+    """The Python version ``pyvenv.cfg`` records (``version``, else ``version_info``), as
+    ``3.11.2``; None when there is none."""
+    try:
+        text = (venv_dir / "pyvenv.cfg").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip().lower()] = value.strip()
+    for key in ("version", "version_info"):
+        match = re.match(r"^(\d+\.\d+\.\d+)(?:$|[^\d])", values.get(key, ""))
+        if match:
+            return match.group(1)
+    return None
+
+
+def venv_python_version(venv_dir: Path) -> str | None:
+    """The version of a venv's python without running it: ``pyvenv.cfg``'s, when ``bin/python``
+    is executable and (where the file it links to is named ``pythonX.Y``) of the same X.Y."""
+    python = venv_python(venv_dir)
+    version = venv_cfg_version(venv_dir)
+    if version is None or not os.access(python, os.X_OK):  # also false for a dangling symlink
+        return None
+    match = re.match(r"^python(\d+\.\d+)$", os.path.basename(os.path.realpath(python)))
+    if match and not version.startswith(match.group(1) + "."):
+        return None  # the base python was replaced by another minor version
+    return version
+
+
+def made_by_siteboot(path: Path) -> bool:
+    """A directory (not a symlink) with siteboot's building marker or a stamp in it."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / BUILDING_NAME).is_file() or bool(read_stamp(path))
+
+
 def read_stamp(venv_dir: Path) -> dict[str, object]:
     try:
         data = json.loads((venv_dir / STAMP_NAME).read_text(encoding="utf-8"))
@@ -194,22 +242,9 @@ def write_stamp(venv_dir: Path, requires: Sequence[str], version: str, python_ve
     data = {"sha256": compute_stamp(requires, version, python_version, checkout),
             "install_requires": list(requires), "version": version, "python": python_version,
             "checkout": str(checkout)}
-    _write_text(venv_dir / STAMP_NAME, json.dumps(data, indent=2) + "\n", 0o644)
+    from siteboot.fsutil import atomic_write  # not at the top: it imports tempfile
 
-
-def _write_text(path: Path, text: str, mode: int) -> None:
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(venv_dir / STAMP_NAME, json.dumps(data, indent=2) + "\n", 0o644)
 
 
 # --- versions and requires-python ---------------------------------------------------------------
@@ -725,12 +760,15 @@ class Bootstrapper:
     def expected_stamp(self, python_version: str) -> str:
         return compute_stamp(self.requires, self.version, python_version, self.checkout)
 
-    def is_current(self) -> bool:
-        """A stamp that matches and a ``bin/python`` that runs."""
+    def is_current(self, run_python: bool = False) -> bool:
+        """A stamp that matches and a ``bin/python`` that is executable, of the version in
+        ``pyvenv.cfg`` (no process started); with ``run_python``, that runs, of the version it
+        reports (what ``init`` checks before deciding to build nothing)."""
         stamp = read_stamp(self.venv).get("sha256")
         if not stamp:
             return False
-        python_version = probe_python(self.python, self.runner)
+        python_version = (probe_python(self.python, self.runner) if run_python
+                          else venv_python_version(self.venv))
         return python_version is not None and stamp == self.expected_stamp(python_version)
 
     def why_outdated(self) -> str:
@@ -762,45 +800,69 @@ class Bootstrapper:
 
     def _ensure(self) -> Path:
         exists = os.path.lexists(self.venv)
-        if exists and not (self.venv / "pyvenv.cfg").is_file():
+        # a first build killed half-way at the final path (as siteboot used to build them)
+        half_built = exists and made_by_siteboot(self.venv) and not read_stamp(self.venv)
+        if exists and not half_built and not (self.venv / "pyvenv.cfg").is_file():
             if not self.venv.is_dir() or any(self.venv.iterdir()):
                 raise BootstrapError(
                     f"{self.venv} exists and is not a virtualenv: refusing to replace it",
                     f"remove it, or set {ENV_VENV} to another path")
             self.venv.rmdir()
             exists = False
-        if exists and not read_stamp(self.venv):
+        if exists and not half_built and not read_stamp(self.venv):
             raise BootstrapError(
                 f"{self.venv} is a virtualenv that `{INIT_COMMAND}` did not make (it has no "
                 f"{STAMP_NAME}): refusing to replace it",
                 f"remove it, or set {ENV_VENV} to another path")
-        if exists and self.is_current():
+        if exists and not half_built and self.is_current(run_python=True):
             self.log(f"tool venv up to date ({self.venv})")
             return self.python
         for leftover in (self.new, self.old):
-            if os.path.lexists(leftover):
-                self.log(f"removing leftover {leftover}")
-                _remove(leftover)
+            if not os.path.lexists(leftover):
+                continue
+            if not made_by_siteboot(leftover):
+                raise BootstrapError(
+                    f"{leftover} is in the way, and `{INIT_COMMAND}` did not make it (it has "
+                    f"neither {BUILDING_NAME} nor {STAMP_NAME}): refusing to remove it",
+                    f"move it away or remove it yourself, or set {ENV_VENV} to another path")
+            self.log(f"removing leftover {leftover}")
+            _remove(leftover)
         started = time.monotonic()
         if not exists:
             self.log(f"creating tool venv at {self.venv}")
-            self._build_or_remove(self.venv, "")
+            self._build_or_remove("")
+            try:
+                os.rename(self.new, self.venv)
+            except OSError as exc:
+                _remove(self.new)
+                raise BootstrapError(f"cannot move {self.new} to {self.venv}: {exc}") from None
+        elif half_built:
+            self.log(f"tool venv at {self.venv} was left half-built by an interrupted `init`; "
+                     f"building a new one at {self.new}")
+            self._build_or_remove(f"the half-built tool venv at {self.venv} is unchanged")
+            self._swap()
         else:
             self.log(f"tool venv at {self.venv} is out of date ({self.why_outdated()}); "
                      f"building a new one at {self.new}")
             self._build_or_remove(
-                self.new, f"the previous tool venv at {self.venv} is unchanged and still works")
+                f"the previous tool venv at {self.venv} is unchanged and still works")
             self._swap()
-        python_version = probe_python(self.python, self.runner)
-        if python_version is None:
-            raise BootstrapError(f"the python of the new tool venv ({self.python}) does not run")
-        write_stamp(self.venv, self.requires, self.version, python_version, self.checkout)
         self.log(f"tool venv ready at {self.venv} ({time.monotonic() - started:.0f} s)")
         return self.python
 
-    def _build_or_remove(self, target: Path, note: str) -> None:
+    def _build_or_remove(self, note: str) -> None:
+        """A complete, stamped venv at ``<venv>.new`` with its paths already the final ones; on
+        any failure, no ``<venv>.new`` at all."""
+        target = self.new
+        target.mkdir()
         try:
-            self.build(target)
+            (target / BUILDING_NAME).write_text(
+                f"`{INIT_COMMAND}` is building this virtualenv for {self.venv}\n", encoding="utf-8")
+            python_version = self.build(target)
+            # before the rename: a venv at the final path is always complete and stamped
+            rewrite_paths(target, str(target), str(self.venv))
+            write_stamp(target, self.requires, self.version, python_version, self.checkout)
+            (target / BUILDING_NAME).unlink()
         except BootstrapError as exc:
             _remove(target)
             if not note:
@@ -811,7 +873,7 @@ class Bootstrapper:
             raise
 
     def _swap(self) -> None:
-        """The commit: <venv> -> <venv>.old, <venv>.new -> <venv>, paths fixed, .old removed."""
+        """The commit: <venv> -> <venv>.old, <venv>.new -> <venv>, .old removed."""
         try:
             os.rename(self.venv, self.old)
         except OSError as exc:
@@ -825,15 +887,15 @@ class Bootstrapper:
             _remove(self.new)
             raise BootstrapError(f"cannot move {self.new} to {self.venv}: {exc}; the previous "
                                  "tool venv was put back") from None
-        rewrite_paths(self.venv, str(self.new), str(self.venv))
         _remove(self.old)
 
-    def build(self, target: Path) -> None:
-        """A complete venv at ``target``: python, pip, the requirements, siteboot.pth, launcher."""
+    def build(self, target: Path) -> str:
+        """A complete venv at ``target``: python, pip, the requirements, siteboot.pth, launcher.
+        Returns the version of its python."""
         import subprocess
 
         try:
-            self.make_venv(target, self.venv.name)  # the final name, also for <venv>.new
+            self.make_venv(target, self.venv.name)  # the final name as the prompt
         except (OSError, ValueError, subprocess.CalledProcessError) as exc:
             raise BootstrapError(f"cannot create a virtualenv at {target}: {exc}") from None
         python = venv_python(target)
@@ -843,6 +905,7 @@ class Bootstrapper:
         self.install_pip(python, python_version)
         self.install_requirements(python)
         self.install_siteboot(target, python_version)
+        return python_version
 
     def install_pip(self, python: Path, python_version: str) -> None:
         import tempfile
@@ -909,12 +972,14 @@ class Bootstrapper:
 
     def install_siteboot(self, target: Path, python_version: str) -> None:
         """``siteboot.pth`` (the checkout on sys.path) and the ``bin/siteboot`` launcher."""
+        from siteboot.fsutil import atomic_write  # not at the top: it imports tempfile
+
         major_minor = ".".join(python_version.split(".")[:2])
         site_packages = target / "lib" / f"python{major_minor}" / "site-packages"
         try:
             site_packages.mkdir(parents=True, exist_ok=True)
-            _write_text(site_packages / PTH_NAME, f"{self.checkout}\n", 0o644)
-            _write_text(target / "bin" / "siteboot", LAUNCHER, 0o755)
+            atomic_write(site_packages / PTH_NAME, f"{self.checkout}\n", 0o644)
+            atomic_write(target / "bin" / "siteboot", LAUNCHER, 0o755)
         except OSError as exc:
             raise BootstrapError(f"cannot install siteboot into {target}: {exc}") from None
         # Bytecode, as pip compiles what it installs: `siteboot status` starts measurably faster
@@ -924,13 +989,16 @@ class Bootstrapper:
 
 
 def reexec(python: Path, args: Sequence[str]) -> None:
-    """Replace this process by ``<venv>/bin/python -m siteboot <args>`` (never returns)."""
+    """Replace this process by ``<venv>/bin/python -I -m siteboot <args>`` (never returns).
+
+    ``-I``: the current directory is not on sys.path, so a ``siteboot`` package there cannot run
+    instead of the checkout's (which the venv's ``siteboot.pth`` still puts on sys.path)."""
     sys.stdout.flush()
     sys.stderr.flush()
     env = dict(os.environ)
     env[ENV_BOOTSTRAPPED] = "1"
     try:
-        os.execve(str(python), [str(python), "-m", "siteboot", *args], env)
+        os.execve(str(python), [str(python), "-I", "-m", "siteboot", *args], env)
     except OSError as exc:
         raise BootstrapError(f"cannot run {python}: {exc.strerror or exc}",
                              f"remove {python.parent.parent} and run `{INIT_COMMAND}`") from None

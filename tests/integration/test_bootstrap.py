@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from siteboot import __version__
-from siteboot.bootstrap import STAMP_NAME
+from siteboot.bootstrap import BUILDING_NAME, STAMP_NAME
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")
@@ -96,6 +97,9 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     assert imports(python, "siteboot.bootstrap")  # via siteboot.pth
     stamp = (venv / STAMP_NAME).read_text()
     assert str(clone) in stamp
+    assert not (venv / BUILDING_NAME).exists()
+    assert not (tmp_path / "tool-venv.new").exists()  # built there, then renamed
+    assert "tool-venv.new" not in (venv / "pyvenv.cfg").read_text()
 
     # 2. the second run has nothing to do: no pip
     second, second_time = siteboot(bare, clone, env, "init", "--help")
@@ -113,6 +117,25 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
                               capture_output=True, text=True, check=False)
     assert launched.returncode == 0, launched.stderr
     assert __version__ in launched.stdout
+
+    # ... and neither it nor the re-exec runs a `siteboot` package from the current directory
+    planted = tmp_path / "world-writable"
+    (planted / "siteboot").mkdir(parents=True)
+    (planted / "siteboot" / "__init__.py").write_text("")
+    (planted / "siteboot" / "__main__.py").write_text('print("planted")\n')
+    hostile = dict(env, PYTHONPATH=str(planted))
+    launched = subprocess.run([str(venv / "bin" / "siteboot"), "--version"], cwd=planted,
+                              env=hostile, capture_output=True, text=True, check=False)
+    assert launched.returncode == 0, launched.stderr
+    assert "planted" not in launched.stdout
+    assert __version__ in launched.stdout
+    code = (f"import os, sys; sys.path.insert(0, {str(clone)!r}); os.chdir({str(planted)!r}); "
+            "from siteboot.__main__ import run; run(['--version'])")
+    reexeced = subprocess.run([str(bare), "-c", code], cwd=tmp_path, env=hostile,
+                              capture_output=True, text=True, check=False)
+    assert reexeced.returncode == 0, reexeced.stderr
+    assert "planted" not in reexeced.stdout
+    assert __version__ in reexeced.stdout
 
     # 4. a changed install_requires rebuilds at <venv>.new and swaps it in, paths rewritten
     setup_cfg = clone / "setup.cfg"
@@ -156,6 +179,38 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     assert stale.stderr.strip().splitlines() == [
         f"error: the tool venv at {venv} is out of date or broken; "
         "run `python3 -m siteboot init` to update it"]
+
+
+def test_a_killed_init_is_cleaned_up_by_the_next_one(clone: Path, bare: Path,
+                                                     tmp_path: Path) -> None:
+    """SIGKILL (OOM, a CI timeout) in the middle of the first build: the next init succeeds."""
+    venv = tmp_path / "tool-venv"
+    new = tmp_path / "tool-venv.new"
+    proc = subprocess.Popen([str(bare), "-m", "siteboot", "init", "--help"], cwd=clone,
+                            env=environment(venv), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (new / "pyvenv.cfg").exists() and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(0.3)  # into ensurepip or pip
+        assert proc.poll() is None, "the build ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # init and the pip it runs
+        proc.wait()
+    assert not os.path.lexists(venv)
+    assert (new / BUILDING_NAME).is_file()
+    assert not (new / STAMP_NAME).exists()
+
+    result, _ = siteboot(bare, clone, environment(venv), "init", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage:" in result.stdout
+    assert f"removing leftover {new}" in result.stderr
+    assert not new.exists()
+    assert (venv / STAMP_NAME).is_file()
+    assert not (venv / BUILDING_NAME).exists()
+    assert imports(venv / "bin" / "python", "supervisor")
 
 
 def test_without_ensurepip_pip_comes_from_a_wheel(clone: Path, bare: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -68,8 +69,10 @@ def fake_make_venv(target: Path, prompt: str) -> None:
     """What EnvBuilder leaves: pyvenv.cfg, bin/python, activate and a script with the path."""
     (target / "bin").mkdir(parents=True)
     (target / "lib" / "python3.9" / "site-packages").mkdir(parents=True)
-    (target / "pyvenv.cfg").write_text(f"home = /usr/bin\ncommand = python3 -m venv {target}\n")
+    (target / "pyvenv.cfg").write_text(
+        f"home = /usr/bin\nversion = 3.9.18\ncommand = python3 -m venv {target}\n")
     (target / "bin" / "python").write_text("")
+    (target / "bin" / "python").chmod(0o755)
     (target / "bin" / "activate").write_text(f'VIRTUAL_ENV="{target}"\nPS1="({prompt}) $PS1"\n')
     (target / "bin" / "pip").write_text(f"#!{target}/bin/python\nimport pip\n")
     (target / "bin" / "pip").chmod(0o755)
@@ -165,14 +168,60 @@ def test_stamp_covers_every_input() -> None:
 def test_stamp_matches_only_with_a_working_python_of_the_same_version(checkout: Path) -> None:
     venv = checkout / ".venv"
     fake_make_venv(venv, ".venv")
-    assert not make(checkout, FakeRunner()).is_current()  # no stamp yet
+    assert not make(checkout, FakeRunner()).is_current(run_python=True)  # no stamp yet
     bootstrap.write_stamp(venv, REQUIRES, "1.2.3", "3.9.18", checkout)
     assert json.loads((venv / bootstrap.STAMP_NAME).read_text())["python"] == "3.9.18"
-    assert make(checkout, FakeRunner("3.9.18")).is_current()
-    assert not make(checkout, FakeRunner("3.9.19")).is_current()
-    assert not make(checkout, FakeRunner(None)).is_current()
+    assert make(checkout, FakeRunner("3.9.18")).is_current(run_python=True)
+    assert not make(checkout, FakeRunner("3.9.19")).is_current(run_python=True)
+    assert not make(checkout, FakeRunner(None)).is_current(run_python=True)
     (venv / "bin" / "python").unlink()
-    assert not make(checkout, FakeRunner("3.9.18")).is_current()
+    assert not make(checkout, FakeRunner("3.9.18")).is_current(run_python=True)
+
+
+def test_is_current_reads_pyvenv_cfg_and_runs_nothing(checkout: Path, tmp_path: Path) -> None:
+    venv = checkout / ".venv"
+    fake_make_venv(venv, ".venv")
+    bootstrap.write_stamp(venv, REQUIRES, "1.2.3", "3.9.18", checkout)
+    runner = FakeRunner("3.9.19")  # what the python would say if it were asked
+    builder = make(checkout, runner)
+    assert builder.is_current()
+    cfg = venv / "pyvenv.cfg"
+    cfg.write_text("home = /usr/bin\nversion = 3.9.19\n")
+    assert not builder.is_current()
+    cfg.write_text("home = /usr/bin\nversion_info = 3.9.18.final.0\n")  # virtualenv's form
+    assert builder.is_current()
+    cfg.write_text("home = /usr/bin\n")
+    assert not builder.is_current()
+    cfg.write_text("home = /usr/bin\nversion = 3.9.18\n")
+    (venv / "bin" / "python").chmod(0o644)
+    assert not builder.is_current()  # not executable
+    (venv / "bin" / "python").unlink()
+    (venv / "bin" / "python").symlink_to(tmp_path / "gone" / "python3.9")
+    assert not builder.is_current()  # dangling: the base python was removed
+    (tmp_path / "gone").mkdir()
+    (tmp_path / "gone" / "python3.9").write_text("")
+    (tmp_path / "gone" / "python3.9").chmod(0o755)
+    assert builder.is_current()
+    (tmp_path / "gone" / "python3.11").write_text("")
+    (tmp_path / "gone" / "python3.11").chmod(0o755)
+    (venv / "bin" / "python").unlink()
+    (venv / "bin" / "python").symlink_to(tmp_path / "gone" / "python3.11")
+    assert not builder.is_current()  # python3 now is another minor version
+    assert runner.calls == []
+
+
+@pytest.mark.parametrize(("text", "version"), [
+    ("home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.9.18\n", "3.9.18"),
+    ("home = /usr/bin\nversion_info = 3.12.3.final.0\nvirtualenv = 20.25.0\n", "3.12.3"),
+    ("home = /usr/bin\nversion_info = 3.12.3\n", "3.12.3"),
+    ("version = 3.13.0rc2\n", "3.13.0"),
+    ("home = /usr/bin\n", None),
+    ("version = 3.9\n", None),
+])
+def test_venv_cfg_version(tmp_path: Path, text: str, version: str | None) -> None:
+    (tmp_path / "pyvenv.cfg").write_text(text)
+    assert bootstrap.venv_cfg_version(tmp_path) == version
+    assert bootstrap.venv_cfg_version(tmp_path / "missing") is None
 
 
 # --- building, stamps and transactions ----------------------------------------------------------
@@ -220,7 +269,149 @@ def test_failed_first_build_removes_the_half_made_venv(checkout: Path) -> None:
     with pytest.raises(BootstrapError, match=r"click>=8\.0") as info:
         make(checkout, FakeRunner(fail=["click>=8.0"])).ensure()
     assert not (checkout / ".venv").exists()
+    assert not (checkout / ".venv.new").exists()
     assert "hint: on a node without network access pass --wheelhouse" in str(info.value)
+
+
+def test_first_build_happens_at_new_with_a_marker_then_is_renamed(checkout: Path) -> None:
+    venv, new = checkout / ".venv", checkout / ".venv.new"
+    seen: list[tuple[Path, bool, bool]] = []
+
+    def make_venv(target: Path, prompt: str) -> None:
+        seen.append((target, (target / bootstrap.BUILDING_NAME).is_file(), venv.exists()))
+        fake_make_venv(target, prompt)
+
+    builder = make(checkout, FakeRunner())
+    builder.make_venv = make_venv
+    builder.ensure()
+    assert seen == [(new, True, False)]  # marked before anything else; the final path untouched
+    assert not new.exists()
+    assert not (venv / bootstrap.BUILDING_NAME).exists()
+    assert read_stamp_python(venv) == "3.9.18"
+    assert str(new) not in (venv / "pyvenv.cfg").read_text()
+    assert (venv / "bin" / "pip").read_text().startswith(f"#!{venv}/bin/python\n")
+    assert make(checkout, FakeRunner()).is_current()
+
+
+def read_stamp_python(venv: Path) -> object:
+    return bootstrap.read_stamp(venv).get("python")
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing of siteboot's clean-up runs."""
+
+
+def test_a_killed_first_build_is_cleaned_up_by_the_next_init(checkout: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    venv, new = checkout / ".venv", checkout / ".venv.new"
+
+    def killed_runner(cmd: Sequence[str]) -> RunResult:
+        if "pip" in cmd:
+            raise Killed()
+        return FakeRunner()(cmd)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(bootstrap, "_remove", lambda path: None)  # a killed process cleans nothing
+        with pytest.raises(Killed):
+            make(checkout, killed_runner).ensure()  # type: ignore[arg-type]
+    assert not os.path.lexists(venv)  # never a stamp-less venv at the final path
+    assert (new / bootstrap.BUILDING_NAME).is_file()
+    assert not (new / bootstrap.STAMP_NAME).exists()
+    logs: list[str] = []
+    make(checkout, FakeRunner(), logs=logs).ensure()
+    assert f"removing leftover {new}" in logs
+    assert not new.exists()
+    assert make(checkout, FakeRunner()).is_current()
+
+
+@pytest.mark.parametrize("suffix", [".new", ".old"])
+@pytest.mark.parametrize("upgrade", [False, True])
+def test_leftovers_siteboot_did_not_make_are_not_removed(checkout: Path, suffix: str,
+                                                         upgrade: bool) -> None:
+    venv = checkout / ".venv"
+    if upgrade:
+        make(checkout, FakeRunner()).ensure()
+        (checkout / "setup.cfg").write_text(SETUP_CFG.replace("click>=8.0", "click>=8.1"))
+    leftover = checkout / f".venv{suffix}"
+    leftover.mkdir()
+    (leftover / "precious").write_text("mine")
+    runner = FakeRunner()
+    with pytest.raises(BootstrapError) as info:
+        make(checkout, runner).ensure()
+    assert f"{leftover} is in the way, and `python3 -m siteboot init` did not make it" \
+        in info.value.message
+    assert "refusing to remove it" in info.value.message
+    assert (leftover / "precious").read_text() == "mine"
+    assert runner.pip_calls == []
+    assert os.path.lexists(venv) is upgrade
+
+
+def test_a_leftover_symlink_or_file_is_not_removed(checkout: Path, tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / bootstrap.BUILDING_NAME).write_text("")  # even one that looks like ours
+    (checkout / ".venv.new").symlink_to(target)
+    (checkout / ".venv.old").write_text("a file")
+    with pytest.raises(BootstrapError, match="is in the way"):
+        make(checkout, FakeRunner()).ensure()
+    assert (checkout / ".venv.new").is_symlink()
+    (checkout / ".venv.new").unlink()
+    with pytest.raises(BootstrapError, match=r"\.venv\.old is in the way"):
+        make(checkout, FakeRunner()).ensure()
+    assert (checkout / ".venv.old").read_text() == "a file"
+
+
+def test_stamped_leftovers_are_removed(checkout: Path) -> None:
+    make(checkout, FakeRunner()).ensure()
+    old = checkout / ".venv.old"
+    os.rename(checkout / ".venv", old)  # as after a swap killed between its two renames
+    logs: list[str] = []
+    make(checkout, FakeRunner(), logs=logs).ensure()
+    assert f"removing leftover {old}" in logs
+    assert not old.exists()
+    assert make(checkout, FakeRunner()).is_current()
+
+
+def test_a_half_built_venv_at_the_final_path_is_rebuilt(checkout: Path) -> None:
+    """A first build killed half-way, as siteboot used to make them: marker, no stamp."""
+    venv = checkout / ".venv"
+    fake_make_venv(venv, ".venv")
+    (venv / bootstrap.BUILDING_NAME).write_text("")
+    (venv / "half").write_text("")
+    assert "half-built" in stage0.missing_message(venv, reexeced=False)
+    logs: list[str] = []
+    make(checkout, FakeRunner(), logs=logs).ensure()
+    assert any("left half-built by an interrupted `init`" in line for line in logs)
+    assert not (venv / "half").exists()
+    assert not (venv / bootstrap.BUILDING_NAME).exists()
+    assert not (checkout / ".venv.old").exists()
+    assert make(checkout, FakeRunner()).is_current()
+    # also when EnvBuilder had not even written pyvenv.cfg yet
+    shutil.rmtree(venv)
+    venv.mkdir()
+    (venv / bootstrap.BUILDING_NAME).write_text("")
+    make(checkout, FakeRunner()).ensure()
+    assert make(checkout, FakeRunner()).is_current()
+
+
+def test_files_are_written_with_fsutil_atomic_write(checkout: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from siteboot import fsutil
+
+    written: list[tuple[str, int]] = []
+    real = fsutil.atomic_write
+
+    def recording(path: Path, data: str | bytes, mode: int = 0o600, gid: int | None = None) -> None:
+        written.append((path.name, mode))
+        real(path, data, mode, gid)
+
+    monkeypatch.setattr(fsutil, "atomic_write", recording)
+    make(checkout, FakeRunner()).ensure()
+    assert sorted(written) == [("siteboot", 0o755), ("siteboot-stamp.json", 0o644),
+                               ("siteboot.pth", 0o644)]
+    assert not hasattr(bootstrap, "_write_text")
+    venv = checkout / ".venv"
+    assert (venv / bootstrap.STAMP_NAME).stat().st_mode & 0o777 == 0o644
 
 
 def test_failed_upgrade_leaves_the_old_venv_and_removes_new(checkout: Path) -> None:
@@ -252,6 +443,7 @@ def test_upgrade_swaps_and_rewrites_paths(checkout: Path) -> None:
     make(checkout, FakeRunner()).ensure()
     (venv / "marker").write_text("old")
     (checkout / ".venv.new").mkdir()  # a leftover from an interrupted run
+    (checkout / ".venv.new" / bootstrap.BUILDING_NAME).write_text("")
     (checkout / ".venv.new" / "junk").write_text("")
     (checkout / "setup.cfg").write_text(SETUP_CFG.replace("click>=8.0", "click>=8.1"))
     runner = FakeRunner()
@@ -268,7 +460,9 @@ def test_upgrade_swaps_and_rewrites_paths(checkout: Path) -> None:
     assert os.access(venv / "bin" / "pip", os.X_OK)
     assert new.encode() in (venv / "bin" / "native").read_bytes()  # binaries untouched
     assert make(checkout, FakeRunner()).is_current()
+    assert not (venv / bootstrap.BUILDING_NAME).exists()
     assert any("out of date (setup.cfg's install_requires changed)" in line for line in logs)
+    assert f"removing leftover {checkout / '.venv.new'}" in logs
     assert "click>=8.1" in runner.pip_calls[-1]
 
 
@@ -303,7 +497,8 @@ def test_rewrite_paths_leaves_binaries_and_symlinks(tmp_path: Path) -> None:
     changed = bootstrap.rewrite_paths(venv, str(venv), "/final/v")
     assert sorted(p.name for p in changed) == ["activate", "pip", "pyvenv.cfg"]
     assert (venv / "bin" / "pip").read_text() == "#!/final/v/bin/python\nimport pip\n"
-    assert (venv / "pyvenv.cfg").read_text() == "home = /usr/bin\ncommand = python3 -m venv /final/v\n"
+    assert (venv / "pyvenv.cfg").read_text() == \
+        "home = /usr/bin\nversion = 3.9.18\ncommand = python3 -m venv /final/v\n"
     assert (venv / "bin" / "python3").is_symlink()
 
 
@@ -524,7 +719,75 @@ def test_launcher_finds_its_venv_also_through_a_symlink(tmp_path: Path) -> None:
     for launcher in (bindir / "siteboot", tmp_path / "link"):
         out = subprocess.run([str(launcher), "status", "a b"], capture_output=True, text=True,
                              check=True, cwd="/").stdout
-        assert out == f"{bindir}/python -m siteboot status a b\n"
+        assert out == f"{bindir}/python -I -m siteboot status a b\n"
+    # no external command (dirname) for a plain file, so no PATH needed; a bare name works
+    out = subprocess.run([str(bindir / "siteboot"), "x"], capture_output=True, text=True,
+                         check=True, cwd="/", env={"PATH": "/nonexistent"}).stdout
+    assert out == f"{bindir}/python -I -m siteboot x\n"
+    out = subprocess.run(["/bin/sh", "siteboot", "y"], capture_output=True, text=True, check=True,
+                         cwd=str(bindir), env={"PATH": "/nonexistent"}).stdout
+    assert out == "./python -I -m siteboot y\n"
+    assert "dirname" not in bootstrap.LAUNCHER
+
+
+PLANTED = 'print("planted")\n'
+REAL = textwrap.dedent("""\
+    import os, sys
+    print("checkout", sys.flags.isolated, os.environ.get("SITEBOOT_BOOTSTRAPPED"), sys.argv[1:])
+""")
+
+
+@pytest.fixture
+def isolated_venv(tmp_path: Path) -> tuple[Path, Path]:
+    """A real venv whose siteboot.pth points at a fake checkout, and a directory with a planted
+    ``siteboot`` package (as a world-writable directory might hold)."""
+    checkout = tmp_path / "checkout"
+    (checkout / "siteboot").mkdir(parents=True)
+    (checkout / "setup.cfg").write_text(SETUP_CFG)
+    (checkout / "siteboot" / "__init__.py").write_text('__version__ = "1.2.3"\n')
+    (checkout / "siteboot" / "__main__.py").write_text(REAL)
+    planted = tmp_path / "planted"
+    (planted / "siteboot").mkdir(parents=True)
+    (planted / "siteboot" / "__init__.py").write_text("")
+    (planted / "siteboot" / "__main__.py").write_text(PLANTED)
+    venv = tmp_path / "v"
+    bootstrap.create_venv(venv, "v")
+    version = bootstrap.venv_cfg_version(venv)
+    assert version is not None
+    builder = Bootstrapper(checkout, venv, runner=lambda cmd: RunResult(0, ""), environ={},
+                           pip_config={})
+    builder.install_siteboot(venv, version)  # siteboot.pth and bin/siteboot, as init writes them
+    return venv, planted
+
+
+def test_launcher_ignores_a_siteboot_package_in_the_current_directory(
+        isolated_venv: tuple[Path, Path]) -> None:
+    venv, planted = isolated_venv
+    env = dict(os.environ, PYTHONPATH=str(planted))
+    env.pop("SITEBOOT_BOOTSTRAPPED", None)
+    # what the launcher guards against: plain `-m` runs the planted package
+    hijacked = subprocess.run([str(venv / "bin" / "python"), "-m", "siteboot"], cwd=planted,
+                              capture_output=True, text=True, check=True, env=env).stdout
+    assert hijacked == "planted\n"
+    out = subprocess.run([str(venv / "bin" / "siteboot"), "status"], cwd=planted,
+                         capture_output=True, text=True, check=True, env=env).stdout
+    assert out == "checkout 1 None ['status']\n"  # the checkout, through siteboot.pth
+
+
+def test_reexec_ignores_a_siteboot_package_in_the_current_directory(
+        isolated_venv: tuple[Path, Path]) -> None:
+    venv, planted = isolated_venv
+    code = textwrap.dedent(f"""
+        import os
+        from pathlib import Path
+        from siteboot import bootstrap
+        os.chdir({str(planted)!r})
+        os.environ["PYTHONPATH"] = {str(planted)!r}
+        bootstrap.reexec(Path({str(venv / "bin" / "python")!r}), ["status", "--json"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(venv), capture_output=True,
+                         text=True, check=True).stdout
+    assert out == "checkout 1 1 ['status', '--json']\n"
 
 
 def test_tool_env_builder_links_the_base_interpreter(tmp_path: Path) -> None:
@@ -696,6 +959,38 @@ def test_run_reexecs_into_a_current_venv(fake_stage0: Recorder, checkout: Path,
     with pytest.raises(SystemExit, match="exec'd"):
         stage0.run(["status"])
     assert fake_stage0.calls == [("reexec", checkout / ".venv" / "bin" / "python")]
+
+
+def test_run_reexecs_without_starting_the_venvs_python(fake_stage0: Recorder, checkout: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside the tool venv, `status` starts two interpreters (this one and the venv's), not 3."""
+    make(checkout, FakeRunner()).ensure()
+
+    def no_process(*args: object, **kwargs: object) -> None:
+        raise AssertionError("stage 0 must not start a process to decide on a re-exec")
+
+    monkeypatch.setattr(bootstrap, "probe_python", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    venv = checkout / ".venv"
+    assert stage0._venv_ready(checkout, venv)
+    with pytest.raises(SystemExit, match="exec'd"):
+        stage0.run(["status"])
+    assert fake_stage0.calls == [("reexec", venv / "bin" / "python")]
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.9.19\n")  # python changed
+    assert not stage0._venv_ready(checkout, venv)
+
+
+def test_stage0_imports_heavy_modules_lazily() -> None:
+    code = textwrap.dedent("""
+        import sys
+        import siteboot.__main__, siteboot.bootstrap
+        heavy = ("urllib.request", "ssl", "venv", "subprocess", "shutil", "tempfile", "zipfile",
+                 "ast", "html.parser", "siteboot.fsutil")
+        print(sorted(m for m in heavy if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=str(Path(bootstrap.__file__).parent.parent)).stdout
+    assert out.strip() == "[]"
 
 
 def test_stage0_imports_nothing_third_party() -> None:
