@@ -22,7 +22,7 @@ from siteboot.errors import (
     UsageError,
 )
 from siteboot.plan import InstancePlan, Plan, ProgramPlan, uid_of
-from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError
+from siteboot.rpc import IMPOSTOR, NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
@@ -445,7 +445,13 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     from siteboot.keys import read_key, write_client_conf
 
     inst = plan.instance(instance)
-    conf = write_client_conf(plan, inst, read_key(plan, inst))
+    key = read_key(plan, inst)
+    try:  # supervisorctl sends the key to whoever listens: make sure that is the instance
+        connect(plan, inst, key=key).call("supervisor.getAPIVersion")
+    except RpcError as exc:
+        if exc.reason == IMPOSTOR:
+            raise
+    conf = write_client_conf(plan, inst, key)
     cmd = [sys.executable, "-m", "supervisor.supervisorctl", "-c", str(conf), *args]
     return subprocess.run(cmd, check=False).returncode
 

@@ -171,7 +171,8 @@ def test_port_in_use_warns_and_strict_fails(tmp_path):
 
 
 BAD_SITES = {
-    "syntax": ('[site]\nname = "x"\nports = { dev = 1\n', ["line 3, column", "TOML syntax error"]),
+    # a mistake both tomllib (3.11+) and tomli (3.9, 3.10) place alike
+    "syntax": ('[site]\nname = "x"\nenvs = [dev]\n', ["line 3, column 9", "TOML syntax error"]),
     "unknown key": (MINIMAL_SITE.replace('command =', 'comand = "x"\ncommand ='),
                     ["unknown key 'comand' (did you mean 'command'?)"]),
     "missing env": (MINIMAL_SITE.replace(", prod = 41003", ""), ["'port' has no port for env 'prod'"]),
