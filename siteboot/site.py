@@ -222,10 +222,17 @@ class _Locator:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        try:
-            self.lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError:
-            self.lines = []
+        self._lines: list[str] | None = None
+
+    @property
+    def lines(self) -> list[str]:
+        # Read only when a problem needs a line number: a valid site is read once.
+        if self._lines is None:
+            try:
+                self._lines = self.path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                self._lines = []
+        return self._lines
 
     def where(self, table: str, key: str | None = None) -> str:
         header = re.compile(r"^\s*\[\s*" + re.escape(table).replace(r"\.", r"\s*\.\s*") + r"\s*\]")
