@@ -37,6 +37,25 @@ def short_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def own_site_text(short_dir: Path, runtime: str = "", extra: str = "") -> str:
+    """A site whose `main` instance belongs to the invoker, with every path under short_dir."""
+    return f"""
+        [site]
+        name = "t"
+        runtime_dir = "{runtime or f'{short_dir}/rt-{{env}}'}"
+        state_dir = "{short_dir}/st/{{site}}-{{env}}"
+
+        [instances.main]
+        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
+
+        [programs.web]
+        instance = "main"
+        command = "python3 -m http.server {{port}}"
+        port = {{ dev = 41001, staging = 41002, prod = 41003 }}
+        {extra}
+        """
+
+
 def plan_from(text: str, folder: Path, env: str = "dev") -> Any:
     """Write ``text`` (dedented) as ``folder/t.toml`` and resolve it for ``env``."""
     from siteboot.plan import make_plan

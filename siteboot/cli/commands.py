@@ -228,34 +228,24 @@ def _control(action: str, site: str, env: str, root: str | None, names: Sequence
         sys.exit(EXIT_FAILED)
 
 
-_NAMES_HELP = "NAME is a program, instance:program, instance:* or all."
+def _control_command(action: str, summary: str) -> click.Command:
+    """``start``, ``stop`` and ``restart`` differ only in their action."""
+
+    @site_options
+    @click.argument("names", nargs=-1, required=True)
+    @json_option
+    def command(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
+        _control(action, site, env, root, names, as_json)
+
+    command.__doc__ = summary
+    return click.command(name=action, epilog="NAME is a program, instance:program, "
+                         "instance:process_NN, instance:* or all.")(command)
 
 
-@cli.command(epilog=_NAMES_HELP)
-@site_options
-@click.argument("names", nargs=-1, required=True)
-@json_option
-def start(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
-    """Start programs and wait until they count as started."""
-    _control("start", site, env, root, names, as_json)
-
-
-@cli.command(epilog=_NAMES_HELP)
-@site_options
-@click.argument("names", nargs=-1, required=True)
-@json_option
-def stop(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
-    """Stop programs."""
-    _control("stop", site, env, root, names, as_json)
-
-
-@cli.command(epilog=_NAMES_HELP)
-@site_options
-@click.argument("names", nargs=-1, required=True)
-@json_option
-def restart(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
-    """Stop, then start programs."""
-    _control("restart", site, env, root, names, as_json)
+for _action, _summary in (("start", "Start programs and wait until they count as started."),
+                          ("stop", "Stop programs and wait until they have stopped."),
+                          ("restart", "Stop, then start programs.")):
+    cli.add_command(_control_command(_action, _summary))
 
 
 @cli.command(name="tail")

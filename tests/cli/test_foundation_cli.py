@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from siteboot.cli.commands import cli
 from siteboot.fsutil import owner_name
 from siteboot.keys import PLACEHOLDER_HASH
-from tests.conftest import MINIMAL_SITE, REPO, supervisor_parse
+from tests.conftest import MINIMAL_SITE, REPO, own_site_text, supervisor_parse
 
 NOBODY = 65534
 JAWS_PORTS = {
@@ -55,21 +55,7 @@ def site_file(folder: Path, text: str, name: str = "t") -> Path:
 
 def own_site(folder: Path, short_dir: Path, extra: str = "", runtime: str = "") -> Path:
     """A site whose `main` instance belongs to the invoker, with all paths under short_dir."""
-    return site_file(folder, f"""
-        [site]
-        name = "t"
-        runtime_dir = "{runtime or f'{short_dir}/rt-{{env}}'}"
-        state_dir = "{short_dir}/st/{{site}}-{{env}}"
-
-        [instances.main]
-        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
-
-        [programs.web]
-        instance = "main"
-        command = "python3 -m http.server {{port}}"
-        port = {{ dev = 41001, staging = 41002, prod = 41003 }}
-        {extra}
-        """)
+    return site_file(folder, own_site_text(short_dir, runtime, extra))
 
 
 def mode(path: Path) -> int:

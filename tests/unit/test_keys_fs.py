@@ -15,7 +15,7 @@ from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
 from siteboot.plan import Plan, make_plan
 from siteboot.render import prepare_runtime_dir, render_configs
 from siteboot.site import load_site
-from tests.conftest import supervisor_parse
+from tests.conftest import own_site_text, supervisor_parse
 
 NOBODY = 65534
 
@@ -25,21 +25,7 @@ def mode(path: Path) -> int:
 
 
 def own_plan(write_site, short_dir: Path, runtime: str | None = None) -> Plan:
-    runtime = runtime or f"{short_dir}/rt-{{env}}"
-    path = write_site(f"""
-        [site]
-        name = "t"
-        runtime_dir = "{runtime}"
-        state_dir = "{short_dir}/st/{{site}}-{{env}}"
-
-        [instances.main]
-        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
-
-        [programs.web]
-        instance = "main"
-        command = "python3 -m http.server {{port}}"
-        port = {{ dev = 41001, staging = 41002, prod = 41003 }}
-        """)
+    path = write_site(own_site_text(short_dir, runtime or ""))
     return make_plan(load_site(path), "dev")
 
 
