@@ -953,7 +953,7 @@ class Bootstrapper:
     def install_requirements(self, python: Path) -> None:
         if not self.requires:
             return
-        cmd = [str(python), "-m", "pip", "install", "--disable-pip-version-check"]
+        cmd = [str(python), "-I", "-m", "pip", "install", "--disable-pip-version-check"]
         if self.wheelhouse is not None:
             cmd += ["--no-index", "--find-links", str(self.wheelhouse)]
         names = ", ".join(required_distributions(self.requires, None)) or "requirements"
@@ -984,7 +984,7 @@ class Bootstrapper:
             raise BootstrapError(f"cannot install siteboot into {target}: {exc}") from None
         # Bytecode, as pip compiles what it installs: `siteboot status` starts measurably faster
         # where PYTHONDONTWRITEBYTECODE is set. Best effort: the checkout may be read-only to us.
-        self.runner([str(venv_python(target)), "-m", "compileall", "-q",
+        self.runner([str(venv_python(target)), "-I", "-m", "compileall", "-q",
                      str(self.checkout / "siteboot")])
 
 

@@ -65,41 +65,68 @@ def _refuse(path: Path, why: str) -> OwnershipError:
                           "site's paths")
 
 
+def verify_private_dir(path: Path) -> None:
+    """``path`` is a real directory (not a symlink) of the current user; checked with lstat."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        raise _refuse(path, "is not a directory (a symlink?)")
+    if info.st_uid != os.geteuid():
+        raise _refuse(path, f"is owned by {owner_name(info.st_uid)}, not {owner_name(os.geteuid())}")
+
+
 def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
     """Create ``path`` for the current user, or check that it is ours; set ``mode``.
 
     Checked with lstat: a symlink planted in a shared parent is refused, never followed.
     """
     _mkdir(path, mode)
+    verify_private_dir(path)
+    if stat.S_IMODE(os.lstat(path).st_mode) != mode:
+        os.chmod(path, mode)
+    return path
+
+
+def verify_shared_parent(path: Path, trusted_uids: Iterable[int] = (), private: bool = False) -> None:
+    """``path`` and every directory above it are safe to keep instance dirs in.
+
+    Each must belong to root, the invoker or a site user (``trusted_uids``), and one that
+    everybody may write must be sticky, so that nobody can swap a directory under us.
+    """
+    trusted = {0, os.geteuid(), *trusted_uids}
+    for ancestor in reversed(path.parents):
+        info = os.lstat(ancestor)
+        if stat.S_ISLNK(info.st_mode):
+            if info.st_uid != 0:
+                raise _refuse(path, f"lies under {ancestor}, a symlink of {owner_name(info.st_uid)}")
+            continue
+        if info.st_uid not in trusted:
+            raise _refuse(path, f"lies under {ancestor}, which belongs to {owner_name(info.st_uid)}, "
+                          "who is not a user of this site")
+        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+            raise _refuse(path, f"lies under {ancestor}, which anyone may write (no sticky bit)")
+    if private:
+        verify_private_dir(path)
+        return
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise _refuse(path, "is not a directory (a symlink?)")
-    if info.st_uid != os.geteuid():
-        raise _refuse(path, f"is owned by {owner_name(info.st_uid)}, not {owner_name(os.geteuid())}")
-    if stat.S_IMODE(info.st_mode) != mode:
-        os.chmod(path, mode)
-    return path
+    if info.st_uid not in trusted:
+        raise _refuse(path, f"belongs to {owner_name(info.st_uid)}, who is not a user of this site")
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise _refuse(path, "is world-writable without the sticky bit")
 
 
 def ensure_shared_parent(path: Path, trusted_uids: Iterable[int] = (), private: bool = False) -> None:
     """The parent of the site's instance dirs, made by whichever of its users comes first.
 
-    Shared: sticky and world-writable like /tmp, so no user can move another's instance dir;
-    it must belong to root, the invoker or one of ``trusted_uids``. ``private`` (the path names
-    one user): 0700 and the invoker's.
+    Shared: sticky and world-writable like /tmp, so no user can move another's instance dir.
+    ``private`` (the path names one user): 0700 and the invoker's.
     """
     if private:
         ensure_private_dir(path, 0o700)
-        return
-    if not os.path.lexists(path):
+    elif not os.path.lexists(path):
         _mkdir(path, 0o700)
         info = os.lstat(path)
         if info.st_uid == os.geteuid() and stat.S_ISDIR(info.st_mode):
             os.chmod(path, 0o1777)  # only if we created it; another user may have won the race
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise _refuse(path, "is not a directory (a symlink?)")
-    if info.st_uid not in {0, os.geteuid(), *trusted_uids}:
-        raise _refuse(path, f"belongs to {owner_name(info.st_uid)}, who is not a user of this site")
-    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-        raise _refuse(path, "is world-writable without the sticky bit")
+    verify_shared_parent(path, trusted_uids, private)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.errors import InstanceError, KeyAccessError, SitebootError, UsageError
+from siteboot.errors import InstanceError, OwnershipError, SitebootError, UsageError
 from siteboot.fsutil import atomic_write, ensure_private_dir
 from siteboot.plan import InstancePlan, Plan
 from siteboot.rpc import NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, RpcError
@@ -72,12 +72,15 @@ def instance_lock(plan: Plan, inst: InstancePlan, timeout: float = LOCK_TIMEOUT)
 # Identity
 
 
+def is_supervisord(cmdline: list[str]) -> bool:
+    """The program itself, not any argument: the config's own name contains "supervisord",
+    so `tail -f .../supervisord-NAME.conf` must not pass."""
+    return any(arg == "supervisor.supervisord" or os.path.basename(arg) == "supervisord"
+               for arg in cmdline[:4])
+
+
 def _is_supervisord_of(cmdline: list[str], inst: InstancePlan) -> bool:
-    # The program itself, not any argument: the config's own name contains "supervisord",
-    # so `tail -f .../supervisord-NAME.conf` must not pass.
-    program = any(arg == "supervisor.supervisord" or os.path.basename(arg) == "supervisord"
-                  for arg in cmdline[:4])
-    return program and str(inst.conf_path) in cmdline
+    return is_supervisord(cmdline) and str(inst.conf_path) in cmdline
 
 
 def find_supervisord(inst: InstancePlan) -> Any | None:
@@ -175,6 +178,8 @@ def probe(endpoint: Endpoint) -> str | None:
 def each_owned(plan: Plan, instance: str | None,
                action: Callable[[InstancePlan], Outcome]) -> list[Outcome]:
     """``action`` under the instance's lock for each instance the invoker owns; others skipped."""
+    import psutil
+
     outcomes = []
     for inst in plan.select(instance):
         if not plan.owns(inst):
@@ -185,6 +190,8 @@ def each_owned(plan: Plan, instance: str | None,
                 outcomes.append(action(inst))
         except SitebootError as exc:  # one instance failing must not keep the others down
             outcomes.append(Outcome(inst.name, "failed", str(exc)))
+        except (OSError, psutil.Error) as exc:
+            outcomes.append(Outcome(inst.name, "failed", f"{type(exc).__name__}: {exc}"))
     return outcomes
 
 
@@ -200,15 +207,15 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -
     rendered = render_owned(plan, inst, root)  # runtime dir, key, config: all idempotent
     endpoint = own_endpoint(plan, inst)
     running = find_supervisord(inst)
-    notes = []
+    notes = _publish(inst, endpoint.key)
     if running is not None:
         why = probe(endpoint)
         if why is None:
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path))
             if not changes:
-                return Outcome(inst.name, "already running", "nothing to do", running.pid)
-            return Outcome(inst.name, "updated", "; ".join(changes), running.pid)
+                return Outcome(inst.name, "already running", "nothing to do", running.pid, notes)
+            return Outcome(inst.name, "updated", "; ".join(changes), running.pid, notes)
         if why != NOT_RUNNING:
             # Busy, stopped, or refusing this key: its programs may be fine; never kill on a guess.
             raise InstanceError(f"supervisord pid {running.pid} of {inst.name} is running but "
@@ -258,8 +265,21 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
 
 
 def supervisord_command(conf: Path, foreground: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "supervisor.supervisord", "-c", str(conf)]
+    cmd = [sys.executable, "-I", "-m", "supervisor.supervisord", "-c", str(conf)]
     return cmd + (["-n"] if foreground else [])
+
+
+def _publish(inst: InstancePlan, key: str) -> list[str]:
+    """Publish a granted key; a problem in shared_dir is reported but never keeps it down."""
+    if not (inst.group and inst.shared_key_path):
+        return []
+    from siteboot.keys import publish_key
+
+    try:
+        publish_key(inst, key)
+    except SitebootError as exc:
+        return [f"members of {inst.group} cannot control it yet: {exc.message}"]
+    return []
 
 
 def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -> int:
@@ -327,7 +347,7 @@ def _stop_wait(inst: InstancePlan) -> float:
 def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> Outcome:
     import psutil
 
-    running = find_supervisord(inst)
+    running = find_supervisord(inst)  # identified by uid and command line, not by its files
     outcome = Outcome(inst.name, "not running")
     if running is not None:
         descendants = running.children(recursive=True)
@@ -336,21 +356,37 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
 
             connect(plan, inst).call("supervisor.shutdown")
             how = "shut down over RPC"
-        except (RpcError, KeyAccessError) as exc:
+        except (SitebootError, OSError) as exc:
             # Signals do the job without the key or the socket; never leave it running.
-            how = f"RPC unavailable ({getattr(exc, 'reason', 'no key')})"
+            how = f"RPC unavailable ({getattr(exc, 'reason', None) or exc})"
         _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
         if alive:
             how += "; escalated"
         terminate_tree(running, extra=descendants)
         outcome = Outcome(inst.name, "stopped", how, running.pid)
+    try:
+        _verify_runtime(plan, inst)
+    except FileNotFoundError:
+        return outcome  # nothing left on disk
+    except OwnershipError as exc:  # after a /tmp wipe, someone else's files: touch nothing
+        outcome.notes.append(f"left the runtime files alone: {exc.message}")
+        return outcome
     outcome.notes += clear_stale(inst, None)
-    if purge and inst.runtime_dir.exists():
+    if purge:
         import shutil
 
         shutil.rmtree(inst.runtime_dir)
         outcome.notes.append(f"purged {inst.runtime_dir}")
     return outcome
+
+
+def _verify_runtime(plan: Plan, inst: InstancePlan) -> None:
+    """The runtime dir is still the one ``up`` made: ours, real, under a safe parent."""
+    from siteboot.fsutil import verify_private_dir, verify_shared_parent
+
+    if inst.runtime_parent is not None:
+        verify_shared_parent(inst.runtime_parent, plan.user_uids(), inst.runtime_parent_private)
+    verify_private_dir(inst.runtime_dir)
 
 
 def terminate_tree(proc: Any, extra: list[Any] | None = None, grace: float = 5.0,

@@ -30,7 +30,8 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
     """The key in ``path``, not through a symlink; with ``owner_uid``, only from a file of that
     owner (and group ``gid``) that others cannot read: a shared dir is not ours to trust."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: a FIFO planted at the key's name must not hang us
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except (FileNotFoundError, PermissionError):
         raise
     except OSError as exc:  # a symlink (ELOOP), a directory, a dead NFS handle, ...
@@ -79,8 +80,6 @@ def ensure_key(inst: InstancePlan) -> str:
     else:
         key = secrets.token_urlsafe(32)
         atomic_write(inst.key_path, key + "\n", mode=0o600)
-    if inst.group and inst.shared_key_path:
-        publish_key(inst, key)
     return key
 
 

@@ -31,6 +31,8 @@ def current_user() -> str:
 
 
 def uid_of(user: str) -> int:
+    if user == current_user():  # also a uid without a passwd entry (containers, CI)
+        return os.geteuid()
     try:
         return pwd.getpwnam(user).pw_uid
     except KeyError:
@@ -159,8 +161,8 @@ class Plan:
         uids = set()
         for inst in self.instances.values():
             try:
-                uids.add(pwd.getpwnam(inst.user).pw_uid)
-            except KeyError:
+                uids.add(uid_of(inst.user))
+            except UsageError:
                 continue
         return uids
 

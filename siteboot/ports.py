@@ -68,11 +68,13 @@ def belongs_to_site(pid: int, config_paths: set[str]) -> bool:
     """True if ``pid`` is one of the site's supervisords or runs under one."""
     import psutil
 
+    from siteboot.instances import is_supervisord
+
     try:
         proc: Any = psutil.Process(pid)
         while proc is not None:
             cmdline = proc.cmdline()
-            if any("supervisord" in part for part in cmdline[:3]) and config_paths & set(cmdline):
+            if is_supervisord(cmdline) and config_paths & set(cmdline):
                 return True
             proc = proc.parent()
     except (psutil.NoSuchProcess, psutil.AccessDenied):

@@ -44,18 +44,35 @@ def find_root(explicit: str | None = None, cwd: Path | None = None) -> Path | No
         return root
     here = (cwd or Path.cwd()).resolve()
     for candidate in (here, *here.parents):
-        if (candidate / "sites").is_dir() and _trusted(candidate / "sites"):
-            return candidate
+        try:
+            if not (candidate / "sites").is_dir():
+                continue
+            why = _distrust(candidate / "sites")
+        except OSError:
+            continue
+        if why:
+            raise UsageError(f"found {candidate / 'sites'} above the current directory, but it "
+                             f"{why}: its commands would run as you",
+                             f"if you trust it, pass --root {candidate} (or set SITEBOOT_ROOT)")
+        return candidate
     return None
 
 
-def _trusted(folder: Path) -> bool:
-    """A ``sites/`` found by walking up must be the invoker's or root's and not writable by
-    everyone: in /tmp anybody could plant one, and its commands would run as the invoker."""
+def _distrust(folder: Path) -> str | None:
+    """Why a ``sites/`` found by walking up is not to be used implicitly (None: it is fine).
+
+    It must be the invoker's or root's and not writable by everyone: in /tmp anybody could
+    plant one."""
     import stat
 
+    from siteboot.fsutil import owner_name
+
     info = folder.stat()
-    return info.st_uid in (0, os.geteuid()) and not info.st_mode & stat.S_IWOTH
+    if info.st_uid not in (0, os.geteuid()):
+        return f"belongs to {owner_name(info.st_uid)}"
+    if info.st_mode & stat.S_IWOTH:
+        return "is writable by everyone"
+    return None
 
 
 def template_dirs(root: Path | None) -> list[Path]:

@@ -189,11 +189,11 @@ class Endpoint:
             address = (host, int(port))
         sock.settimeout(self.timeout)
         try:
-            if path is None and self.owner_uid is not None:
-                check_listener_uid(address[1], self.owner_uid, self.url)
             sock.connect(address)
-            if path is not None and self.owner_uid is not None:
+            if self.owner_uid is not None and path is not None:
                 check_peer_uid(sock, self.owner_uid, self.url)
+            elif self.owner_uid is not None:
+                check_tcp_peer_uid(sock.getsockname()[1], address[1], self.owner_uid, self.url)
         except BaseException:
             sock.close()
             raise
@@ -264,28 +264,39 @@ def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
                        "someone else took the socket path; stop that process, then `siteboot up`")
 
 
-def check_listener_uid(port: int, uid: int, url: str, tables: tuple[str, ...] = (
-        "/proc/net/tcp", "/proc/net/tcp6")) -> None:
-    """The socket listening on 127.0.0.1:``port`` must belong to ``uid`` (Linux /proc/net/tcp)."""
-    owners = []
+def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,
+                       tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> None:
+    """The server end of our TCP connection must belong to ``uid`` (Linux /proc/net/tcp).
+
+    Checked after connecting, on the connection itself: whoever else listens on the same port
+    (another address, IPv6) cannot pass, nor slip in between a check and the connect.
+    """
+    readable = False
     for table in tables:
         try:
             with open(table) as handle:
                 lines = handle.read().splitlines()[1:]
-        except OSError:
+        except FileNotFoundError:
             continue
+        except OSError:
+            break
+        readable = True
         for line in lines:
             fields = line.split()
-            if len(fields) > 7 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                owners.append(int(fields[7]))
-    if not owners:
-        if any(Path(t).exists() for t in tables):
-            raise RpcError(NOT_RUNNING, f"nothing is listening at {url}", "run `siteboot up`")
-        return  # pragma: no cover - no /proc: nothing to check against
-    if any(owner != uid for owner in owners):
-        raise RpcError(IMPOSTOR, f"port {port} is held by uid {owners[0]}, not uid {uid}: the key "
-                       "was not sent", "another process took the instance's port; stop it, then "
-                       "`siteboot up` as the instance's owner")
+            if len(fields) < 8:
+                continue
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if local_port == server_port and remote_port == client_port:
+                owner = int(fields[7])
+                if owner != uid:
+                    raise RpcError(IMPOSTOR, f"port {server_port} is held by uid {owner}, not uid "
+                                   f"{uid}: the key was not sent", "another process took the "
+                                   "instance's port; stop it, then `siteboot up` as its owner")
+                return
+    if readable or any(Path(t).exists() for t in tables):
+        raise RpcError(IMPOSTOR, f"cannot tell who answers at {url}: the key was not sent",
+                       "is /proc/net/tcp readable here?")
 
 
 def classify(exc: BaseException, url: str) -> RpcError:

@@ -304,7 +304,7 @@ def _build(spec: VenvSpec, path: Path, build: Path, python: str, version: str, d
             raise _failure(spec, path, "virtualenv could not create it", result, wheelhouse,
                            site_path, old)
         if spec.requirements:
-            argv = [str(build / "bin" / "python"), "-m", "pip", "install",
+            argv = [str(build / "bin" / "python"), "-I", "-m", "pip", "install",
                     "--disable-pip-version-check", "--no-input"]
             if wheelhouse is not None:
                 argv += ["--no-index", "--find-links", str(wheelhouse)]

@@ -23,7 +23,7 @@ def supervisords(base: Path) -> list[int]:
     pids = []
     for proc in psutil.process_iter(["cmdline"]):
         cmdline = proc.info["cmdline"] or []
-        if any("supervisord" in part for part in cmdline[:3]) and any(str(base) in p for p in cmdline):
+        if any("supervisord" in part for part in cmdline[:4]) and any(str(base) in p for p in cmdline):
             pids.append(proc.pid)
     return pids
 

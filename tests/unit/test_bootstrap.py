@@ -235,7 +235,7 @@ def test_first_build_installs_everything(checkout: Path) -> None:
     assert python == venv / "bin" / "python"
     ensurepip, pip = runner.pip_calls
     assert ensurepip[1:] == ["-Im", "ensurepip", "--upgrade", "--default-pip"]
-    assert pip[1:3] == ["-m", "pip"]
+    assert pip[1:4] == ["-I", "-m", "pip"]
     assert pip[-3:] == REQUIRES  # markers passed to pip as-is
     assert "--no-index" not in pip
     pth = venv / "lib" / "python3.9" / "site-packages" / "siteboot.pth"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from siteboot.errors import KeyAccessError, OwnershipError
+from siteboot.errors import KeyAccessError, OwnershipError, UsageError
 from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
 from siteboot.keys import _read, publish_key, read_key
 from siteboot.resources import find_root
@@ -139,8 +139,46 @@ def test_a_sites_folder_anyone_could_write_is_not_a_site_root(short_dir: Path):
     planted.mkdir()
     os.chmod(planted, 0o777)
     (shared / "work").mkdir()
-    assert find_root(cwd=shared / "work") != shared
+    with pytest.raises(UsageError, match="writable by everyone: its commands would run as you"):
+        find_root(cwd=shared / "work")
     os.chmod(planted, 0o755)
     assert find_root(cwd=shared / "work") == shared
     os.chown(planted, NOBODY, NOBODY)
-    assert find_root(cwd=shared / "work") != shared
+    with pytest.raises(UsageError, match=f"(?s)belongs to nobody.*--root {shared}"):
+        find_root(cwd=shared / "work")
+    assert find_root(str(shared)) == shared  # named explicitly: trusted
+
+
+def test_down_purge_never_deletes_through_a_planted_path(short_dir: Path):
+    from siteboot.instances import down
+
+    victim = short_dir / "victim"
+    (victim / "a").mkdir(parents=True)
+    (victim / "a" / "precious").write_text("data\n")
+    plan = plan_from(f"""
+        [site]
+        name = "t"
+        envs = ["dev"]
+        runtime_dir = "{short_dir}/run"
+        state_dir = "{short_dir}/state"
+
+        [instances.a]
+        port = {{ dev = 40001 }}
+        """, short_dir)
+    (short_dir / "run").symlink_to(victim)  # what someone could leave after a /tmp wipe
+    (outcome,) = down(plan, purge=True)
+    assert outcome.action == "not running"
+    assert any("left the runtime files alone" in note for note in outcome.notes)
+    assert (victim / "a" / "precious").read_text() == "data\n"
+
+
+def test_a_fifo_at_the_shared_key_does_not_hang(short_dir: Path):
+    plan = _granted_plan(short_dir)
+    inst = plan.instances["other"]
+    assert inst.shared_key_path is not None
+    inst.shared_key_path.parent.mkdir()
+    os.mkfifo(inst.shared_key_path)
+    os.chown(inst.shared_key_path, NOBODY, 0)
+    os.chmod(inst.shared_key_path, 0o640)
+    with pytest.raises(KeyAccessError, match="refusing key file"):
+        read_key(plan, inst)

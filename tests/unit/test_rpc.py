@@ -28,7 +28,7 @@ from siteboot.rpc import (
     Fault,
     HttpStatusError,
     RpcError,
-    check_listener_uid,
+    check_tcp_peer_uid,
     classify,
     decode_response,
     encode,
@@ -446,16 +446,19 @@ def test_key_is_not_in_the_endpoint_repr():
     assert "s3cret" not in repr(Endpoint("unix:///x", "s3cret"))
 
 
-def test_listener_check_reads_proc_net_tcp(tmp_path):
+def test_tcp_peer_check_reads_the_connection_in_proc_net_tcp(tmp_path):
     table = tmp_path / "tcp"
     table.write_text(
         "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid\n"
         "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1001\n"
-        "   1: 0100007F:1F91 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0\n")
-    check_listener_uid(8080, 1001, "http://127.0.0.1:8080", (str(table),))
-    with pytest.raises(RpcError) as info:
-        check_listener_uid(8080, 0, "http://127.0.0.1:8080", (str(table),))
+        "   1: 0100007F:1F90 0100007F:9C40 01 00000000:00000000 00:00000000 00000000  1001\n"
+        "   2: 0100007F:9C40 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0\n"
+        "   3: 0100007F:1F90 0100007F:9C41 01 00000000:00000000 00:00000000 00000000  4242\n")
+    url = "http://127.0.0.1:8080"
+    check_tcp_peer_uid(0x9C40, 8080, 1001, url, (str(table),))
+    with pytest.raises(RpcError) as info:  # the same port, someone else's end of it
+        check_tcp_peer_uid(0x9C41, 8080, 1001, url, (str(table),))
     assert info.value.reason == IMPOSTOR
-    with pytest.raises(RpcError) as info:  # 8081 is only an established connection
-        check_listener_uid(8081, 0, "http://127.0.0.1:8081", (str(table),))
-    assert info.value.reason == NOT_RUNNING
+    assert "held by uid 4242, not uid 1001" in str(info.value)
+    with pytest.raises(RpcError, match="cannot tell who answers"):
+        check_tcp_peer_uid(0x9C42, 8080, 1001, url, (str(table),))

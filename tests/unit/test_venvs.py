@@ -48,7 +48,7 @@ class FakeRunner:
             (Path(argv[1]) / "bin").mkdir(parents=True)
             (Path(argv[1]) / "bin" / "python").write_text("fake")
             return RunResult(0, "")
-        if argv[1:3] == ["-m", "pip"]:
+        if argv[1:4] == ["-I", "-m", "pip"]:
             if self.interrupt_pip:
                 raise KeyboardInterrupt
             if self.pip_fails is not None:
@@ -69,7 +69,7 @@ class FakeRunner:
         for argv in self.calls:
             if argv[0] == VIRTUALENV:
                 out.append("virtualenv")
-            elif argv[1:3] == ["-m", "pip"]:
+            elif argv[1:4] == ["-I", "-m", "pip"]:
                 out.append("pip")
             elif argv[1:] == ["-c", "pass"]:
                 out.append("probe")
@@ -169,9 +169,9 @@ def test_first_build_creates_symlink_stamp_and_private_venv_dir(runner, stable):
     assert target.endswith(stamp["hash"][:12])
     assert stamp["requirements"] == ["six", "idna>=3"]
     assert runner.kinds() == ["virtualenv", "pip"]  # nothing to probe yet
-    pip = next(c for c in runner.calls if c[1:3] == ["-m", "pip"])
+    pip = next(c for c in runner.calls if c[1:4] == ["-I", "-m", "pip"])
     assert pip[0] == str(stable.parent / target / "bin" / "python")  # the real dir, not the link
-    assert pip[3:] == ["install", "--disable-pip-version-check", "--no-input", "six", "idna>=3"]
+    assert pip[4:] == ["install", "--disable-pip-version-check", "--no-input", "six", "idna>=3"]
     assert (stable / "installed.txt").read_text() == "six\nidna>=3"
 
 
@@ -179,7 +179,7 @@ def test_wheelhouse_means_no_index(runner, stable, tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     ensure_venv(spec("six"), stable, wheelhouse=wheels, runner=runner)
-    pip = next(c for c in runner.calls if c[1:3] == ["-m", "pip"])
+    pip = next(c for c in runner.calls if c[1:4] == ["-I", "-m", "pip"])
     assert pip[-4:] == ["--no-index", "--find-links", str(wheels), "six"]
 
 
