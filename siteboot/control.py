@@ -448,7 +448,12 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     key = read_key(plan, inst)
     # supervisorctl sends the key to whoever listens, unchecked: only hand it over once the
     # instance itself has answered (a small window remains; `status` and `start` have none).
-    connect(plan, inst, key=key).call("supervisor.getAPIVersion")
+    try:
+        connect(plan, inst, key=key).call("supervisor.getAPIVersion")
+    except RpcError as exc:
+        if exc.reason == NOT_RUNNING and not plan.owns(inst):
+            exc.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
+        raise
     conf = write_client_conf(plan, inst, key)
     cmd = [sys.executable, "-I", "-m", "supervisor.supervisorctl", "-c", str(conf), *args]
     return subprocess.run(cmd, check=False).returncode

@@ -61,8 +61,8 @@ def _mkdir(path: Path, mode: int) -> None:
 
 def _refuse(path: Path, why: str) -> OwnershipError:
     return OwnershipError(f"{path} {why}: refusing to use it",
-                          "if it is stale, its owner (or root) must remove it; or change the "
-                          "site's paths")
+                          "siteboot keeps runtime files only where no other user can swap them; "
+                          "remove what is in the way, or change runtime_dir in the site file")
 
 
 def verify_private_dir(path: Path) -> None:
@@ -94,14 +94,14 @@ def verify_shared_parent(path: Path, trusted_uids: Iterable[int] = (), private: 
     """
     trusted = {0, os.geteuid(), *trusted_uids}
     for ancestor in reversed(path.parents):
+        # Who owns an ancestor varies (project dirs, user namespaces where / is "nobody"); what
+        # matters is that strangers cannot swap what lies below: no symlink of theirs, and no
+        # directory everybody may write without the sticky bit.
         info = os.lstat(ancestor)
         if stat.S_ISLNK(info.st_mode):
-            if info.st_uid != 0:
+            if info.st_uid not in trusted:
                 raise _refuse(path, f"lies under {ancestor}, a symlink of {owner_name(info.st_uid)}")
             continue
-        if info.st_uid not in trusted:
-            raise _refuse(path, f"lies under {ancestor}, which belongs to {owner_name(info.st_uid)}, "
-                          "who is not a user of this site")
         if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
             raise _refuse(path, f"lies under {ancestor}, which anyone may write (no sticky bit)")
     if private:

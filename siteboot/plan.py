@@ -85,7 +85,7 @@ class InstancePlan:
     port: int
     group: str | None
     runtime_parent: Path | None  # the shared parent siteboot may create sticky, or None
-    runtime_parent_private: bool  # the parent's path names the user: 0700, not shared
+    runtime_parent_private: bool  # the path names the user or is in a home: 0700, not shared
     runtime_dir: Path
     state_dir: Path  # the owner's
     shared_key_path: Path | None
@@ -191,6 +191,8 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
     common = {"site": site.name, "env": env}
+    # A parent that names its user, or lies in a home, is no place to share: 0700, not 1777.
+    private_parent = "{user}" in site.runtime_dir or site.runtime_dir.startswith("~")
     plan_instances: dict[str, InstancePlan] = {}
     for inst in site.instances.values():
         user = inst.user or invoker
@@ -206,7 +208,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
                   if site.shared_dir and inst.group else None)
         plan_instances[inst.name] = InstancePlan(
             name=inst.name, user=user, port=inst.port[env], group=inst.group,
-            runtime_parent=parent, runtime_parent_private="{user}" in site.runtime_dir,
+            runtime_parent=parent, runtime_parent_private=private_parent,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             group_name=f"{site.name}-{env}", programs=[],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 from siteboot.errors import UsageError
 
@@ -33,8 +34,13 @@ def shipped_sites() -> Path:
     return _shipped("sites")
 
 
-def find_root(explicit: str | None = None, cwd: Path | None = None) -> Path | None:
-    """The site root, or None when only the shipped defaults are available."""
+def find_root(explicit: str | None = None, cwd: Path | None = None,
+              notice: Callable[[str], None] | None = None) -> Path | None:
+    """The site root, or None when only the shipped defaults are available.
+
+    A ``sites/`` found by walking up that is not to be trusted is passed over, and ``notice``
+    is told so (the CLI prints it), so a folder planted in /tmp neither runs nor blocks.
+    """
     chosen = explicit or os.environ.get("SITEBOOT_ROOT")
     if chosen:
         root = Path(chosen).expanduser().resolve()
@@ -51,9 +57,10 @@ def find_root(explicit: str | None = None, cwd: Path | None = None) -> Path | No
         except OSError:
             continue
         if why:
-            raise UsageError(f"found {candidate / 'sites'} above the current directory, but it "
-                             f"{why}: its commands would run as you",
-                             f"if you trust it, pass --root {candidate} (or set SITEBOOT_ROOT)")
+            if notice is not None:
+                notice(f"note: ignoring {candidate / 'sites'}: it {why}; to use it anyway, "
+                       f"pass --root {candidate}")
+            continue
         return candidate
     return None
 
@@ -61,14 +68,15 @@ def find_root(explicit: str | None = None, cwd: Path | None = None) -> Path | No
 def _distrust(folder: Path) -> str | None:
     """Why a ``sites/`` found by walking up is not to be used implicitly (None: it is fine).
 
-    It must be the invoker's or root's and not writable by everyone: in /tmp anybody could
-    plant one."""
+    It must be the invoker's, root's, or belong to whoever owns the siteboot being run (its
+    code runs anyway: the JAWS model, one account's checkout used by both), and not be
+    writable by everyone: in /tmp anybody could plant one."""
     import stat
 
     from siteboot.fsutil import owner_name
 
     info = folder.stat()
-    if info.st_uid not in (0, os.geteuid()):
+    if info.st_uid not in (0, os.geteuid(), PACKAGE_DIR.stat().st_uid):
         return f"belongs to {owner_name(info.st_uid)}"
     if info.st_mode & stat.S_IWOTH:
         return "is writable by everyone"

@@ -32,9 +32,10 @@ class Ctx:
 
     @property
     def root(self) -> Path | None:
+        from siteboot.cli.output import echo
         from siteboot.resources import find_root
 
-        return find_root(self.root_arg)
+        return find_root(self.root_arg, notice=lambda text: echo(text, err=True))
 
     def site_path(self) -> Path:
         from siteboot.resources import resolve_site_path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from siteboot.errors import KeyAccessError, OwnershipError, UsageError
+from siteboot.errors import KeyAccessError, OwnershipError
 from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
 from siteboot.keys import _read, publish_key, read_key
 from siteboot.resources import find_root
@@ -139,13 +139,16 @@ def test_a_sites_folder_anyone_could_write_is_not_a_site_root(short_dir: Path):
     planted.mkdir()
     os.chmod(planted, 0o777)
     (shared / "work").mkdir()
-    with pytest.raises(UsageError, match="writable by everyone: its commands would run as you"):
-        find_root(cwd=shared / "work")
+    notes: list[str] = []
+    assert find_root(cwd=shared / "work", notice=notes.append) != shared
+    assert notes == [f"note: ignoring {planted}: it is writable by everyone; to use it anyway, "
+                     f"pass --root {shared}"]
     os.chmod(planted, 0o755)
     assert find_root(cwd=shared / "work") == shared
     os.chown(planted, NOBODY, NOBODY)
-    with pytest.raises(UsageError, match=f"(?s)belongs to nobody.*--root {shared}"):
-        find_root(cwd=shared / "work")
+    notes.clear()
+    assert find_root(cwd=shared / "work", notice=notes.append) != shared
+    assert "belongs to nobody" in notes[0]
     assert find_root(str(shared)) == shared  # named explicitly: trusted
 
 
@@ -182,3 +185,24 @@ def test_a_fifo_at_the_shared_key_does_not_hang(short_dir: Path):
     os.chmod(inst.shared_key_path, 0o640)
     with pytest.raises(KeyAccessError, match="refusing key file"):
         read_key(plan, inst)
+
+
+def test_ancestors_may_be_anyones_but_not_swappable_by_strangers(short_dir: Path):
+    project = short_dir / "project"  # a PI's project area, or / in a user namespace
+    project.mkdir()
+    os.chown(project, NOBODY, 0)
+    os.chmod(project, 0o2775)
+    ensure_shared_parent(project / "run")
+    open_dir = short_dir / "open"
+    open_dir.mkdir()
+    os.chmod(open_dir, 0o777)
+    with pytest.raises(OwnershipError, match="anyone may write"):
+        ensure_shared_parent(open_dir / "run")
+    mine = short_dir / "scratchlink"  # ~/scratch -> /scratch/..., common on HPC
+    mine.symlink_to(project)
+    ensure_shared_parent(mine / "run2")
+    theirs = short_dir / "theirs"
+    theirs.symlink_to(project)
+    os.lchown(theirs, NOBODY, NOBODY)
+    with pytest.raises(OwnershipError, match="a symlink of nobody"):
+        ensure_shared_parent(theirs / "run3")
