@@ -143,7 +143,12 @@ def _print_outcomes(outcomes: list[Any]) -> None:
             echo(f"  {note}")
 
 
-def _exit_if_failed(outcomes: list[Any]) -> None:
+def _report(outcomes: list[Any], as_json: bool) -> None:
+    """Print what happened to each instance; exit 1 if any of them failed."""
+    if as_json:
+        print_json(_outcomes_json(outcomes))
+    else:
+        _print_outcomes(outcomes)
     if any(o.action == "failed" for o in outcomes):
         sys.exit(EXIT_FAILED)
 
@@ -174,11 +179,7 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
         sys.stdout.flush()
         os.execv(argv[0], argv)
     outcomes = instances.up(plan, ctx.root, instance, timeout)
-    if as_json:
-        print_json(_outcomes_json(outcomes))
-    else:
-        _print_outcomes(outcomes)
-    _exit_if_failed(outcomes)
+    _report(outcomes, as_json)
 
 
 @cli.command()
@@ -192,11 +193,7 @@ def down(site: str, env: str, root: str | None, instance: str | None, purge: boo
     from siteboot import instances
 
     outcomes = instances.down(Ctx(site, env, root).plan(), instance, purge)
-    if as_json:
-        print_json(_outcomes_json(outcomes))
-    else:
-        _print_outcomes(outcomes)
-    _exit_if_failed(outcomes)
+    _report(outcomes, as_json)
 
 
 @cli.command()

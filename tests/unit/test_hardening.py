@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,22 @@ from siteboot.resources import find_root
 from tests.conftest import plan_from
 
 NOBODY = 65534
+
+
+def _one_instance_plan(short_dir: Path, runtime: str = "run", instance: str = "a",
+                       extra: str = "") -> Any:
+    return plan_from(f"""
+        [site]
+        name = "t"
+        envs = ["dev"]
+        runtime_dir = "{short_dir}/{runtime}"
+        state_dir = "{short_dir}/state"
+        shared_dir = "{short_dir}/shared"
+
+        [instances.{instance}]
+        port = {{ dev = 40001 }}
+        {extra}
+        """, short_dir)
 
 
 def test_a_symlink_at_the_instance_dir_is_refused(short_dir: Path):
@@ -49,16 +66,7 @@ def test_shared_parent_must_be_sticky_and_of_a_site_user(short_dir: Path):
 
 
 def test_private_parent_when_the_path_names_the_user(short_dir: Path):
-    plan = plan_from(f"""
-        [site]
-        name = "t"
-        envs = ["dev"]
-        runtime_dir = "{short_dir}/run-{{user}}"
-        state_dir = "{short_dir}/state"
-
-        [instances.a]
-        port = {{ dev = 40001 }}
-        """, short_dir)
+    plan = _one_instance_plan(short_dir, runtime="run-{user}")
     inst = plan.instances["a"]
     assert inst.runtime_parent_private
     from siteboot.render import prepare_runtime_dir
@@ -68,20 +76,8 @@ def test_private_parent_when_the_path_names_the_user(short_dir: Path):
     assert inst.runtime_parent.stat().st_mode & 0o7777 == 0o700
 
 
-def _granted_plan(short_dir: Path):
-    return plan_from(f"""
-        [site]
-        name = "t"
-        envs = ["dev"]
-        runtime_dir = "{short_dir}/run"
-        state_dir = "{short_dir}/state"
-        shared_dir = "{short_dir}/shared"
-
-        [instances.other]
-        user = "nobody"
-        group = "root"
-        port = {{ dev = 40001 }}
-        """, short_dir)
+def _granted_plan(short_dir: Path) -> Any:
+    return _one_instance_plan(short_dir, instance="other", extra='user = "nobody"\ngroup = "root"')
 
 
 def test_a_planted_shared_key_is_not_used(short_dir: Path):
@@ -107,18 +103,7 @@ def test_a_planted_shared_key_is_not_used(short_dir: Path):
 
 
 def test_publishing_replaces_a_planted_symlink_without_following_it(short_dir: Path):
-    plan = plan_from(f"""
-        [site]
-        name = "t"
-        envs = ["dev"]
-        runtime_dir = "{short_dir}/run"
-        state_dir = "{short_dir}/state"
-        shared_dir = "{short_dir}/shared"
-
-        [instances.mine]
-        group = "root"
-        port = {{ dev = 40001 }}
-        """, short_dir)
+    plan = _one_instance_plan(short_dir, instance="mine", extra='group = "root"')
     inst = plan.instances["mine"]
     assert inst.shared_key_path is not None
     inst.shared_key_path.parent.mkdir()
@@ -158,16 +143,7 @@ def test_down_purge_never_deletes_through_a_planted_path(short_dir: Path):
     victim = short_dir / "victim"
     (victim / "a").mkdir(parents=True)
     (victim / "a" / "precious").write_text("data\n")
-    plan = plan_from(f"""
-        [site]
-        name = "t"
-        envs = ["dev"]
-        runtime_dir = "{short_dir}/run"
-        state_dir = "{short_dir}/state"
-
-        [instances.a]
-        port = {{ dev = 40001 }}
-        """, short_dir)
+    plan = _one_instance_plan(short_dir)
     (short_dir / "run").symlink_to(victim)  # what someone could leave after a /tmp wipe
     (outcome,) = down(plan, purge=True)
     assert outcome.action == "not running"
