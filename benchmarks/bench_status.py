@@ -90,8 +90,8 @@ def main() -> int:
     (base / "sites").mkdir()
     (base / "sites" / "bench.toml").write_text(site_text(base, free_ports(3)))
     siteboot = [str(BIN / "siteboot")]
-    subprocess.run([*siteboot, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
+        subprocess.run([*siteboot, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
         confs = []
         for inst in ("alpha", "beta"):
             subprocess.run([*siteboot, "ctl", "-i", inst, "--", "pid"], env=env, check=True,
