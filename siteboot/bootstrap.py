@@ -367,9 +367,13 @@ def run_command(cmd: Sequence[str]) -> RunResult:
     return RunResult(proc.wait(), "".join(lines))
 
 
+def last_lines(output: str, count: int) -> list[str]:
+    """The last ``count`` non-blank lines of a command's output, for error messages."""
+    return [line.rstrip() for line in output.splitlines() if line.strip()][-count:]
+
+
 def tail(output: str, count: int = PIP_TAIL_LINES) -> str:
-    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
-    return "\n".join(f"  | {line}" for line in lines[-count:])
+    return "\n".join(f"  | {line}" for line in last_lines(output, count))
 
 
 def probe_python(python: Path, runner: Runner) -> str | None:

@@ -29,7 +29,6 @@ import platform
 import re
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from siteboot import __version__
+from siteboot.bootstrap import RunResult, last_lines, run_command
 from siteboot.errors import BootstrapError, OwnershipError
 from siteboot.fsutil import atomic_write, ensure_private_dir, owner_name
 from siteboot.plan import Plan
@@ -54,13 +54,8 @@ _DESCRIBE = ("import platform, sys; sys.stdout.write(platform.python_implementat
              "'.'.join(map(str, sys.version_info[:3])) + '\\n')")
 
 
-@dataclass(frozen=True)
-class RunResult:
-    returncode: int
-    output: str  # stdout and stderr, interleaved
-
-
-# The one seam for everything this module runs: argv in, exit code and output back.
+# The one seam for everything this module runs (argv in, exit code and output back) is
+# stage 0's, which runs pip for the tool venv the same way.
 Runner = Callable[[Sequence[str]], RunResult]
 
 
@@ -80,12 +75,7 @@ def run(argv: Sequence[str]) -> RunResult:
     """The default runner: ``[VIRTUALENV, *args]`` in-process, anything else as a subprocess."""
     if argv and argv[0] == VIRTUALENV:
         return _run_virtualenv(list(argv[1:]))
-    try:
-        proc = subprocess.run(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, check=False)
-    except OSError as exc:
-        return RunResult(127, f"cannot run {argv[0]}: {exc.strerror or exc}\n")
-    return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"))
+    return run_command(argv)
 
 
 class _Collect(logging.Handler):
@@ -137,7 +127,7 @@ def interpreter(spec: VenvSpec, runner: Runner = run) -> tuple[str, str]:
     if result.returncode != 0 or not lines:
         raise BootstrapError(
             f"venv '{spec.name}': its python {python} does not run (exit {result.returncode})"
-            + "".join(f"\n    | {line}" for line in _tail(result.output, 5)),
+            + "".join(f"\n    | {line}" for line in last_lines(result.output, 5)),
             f"fix 'python' in [venvs.{spec.name}] (an interpreter path), or remove it to use "
             f"{sys.executable}")
     return python, lines[-1].strip()
@@ -329,7 +319,7 @@ def _failure(spec: VenvSpec, path: Path, what: str, result: RunResult, wheelhous
         state = f"nothing was changed: {path} does not exist yet"
     else:
         state = f"nothing was changed: {path} still points at the previous venv ({old.name})"
-    tail = _tail(result.output, TAIL_LINES) or ["(no output)"]
+    tail = last_lines(result.output, TAIL_LINES) or ["(no output)"]
     lines = [f"venv '{spec.name}': {what} (exit {result.returncode}); {state}",
              f"  requirements: {', '.join(spec.requirements) or '(none)'}"
              + (f"; only from wheelhouse {wheelhouse}" if wheelhouse is not None else ""),
@@ -343,11 +333,6 @@ def _failure(spec: VenvSpec, path: Path, what: str, result: RunResult, wheelhous
         hint = (f"fix the requirements of {where} (a misspelt name, a version that does not exist, "
                 "no network or index?), then run `siteboot init` again")
     return BootstrapError("\n".join(lines), hint)
-
-
-def _tail(output: str, count: int) -> list[str]:
-    lines = [line.rstrip() for line in output.splitlines() if line.strip()]
-    return lines[-count:]
 
 
 def _swap(path: Path, build: Path) -> None:

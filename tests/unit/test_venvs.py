@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from siteboot import venvs
+from siteboot.bootstrap import RunResult
 from siteboot.errors import BootstrapError
 from siteboot.plan import make_plan
 from siteboot.site import VenvSpec, load_site
 from siteboot.venvs import (
     STAMP_NAME,
     VIRTUALENV,
-    RunResult,
     build_dir,
     ensure_venv,
     ensure_venvs,
