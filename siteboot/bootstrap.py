@@ -28,9 +28,6 @@ subprocess goes through one injectable ``Runner`` so tests can fake pip and ensu
 from __future__ import annotations
 
 import configparser
-import contextlib
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -39,11 +36,13 @@ import sys
 import time
 import types
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NamedTuple
 
+from siteboot import proc
 from siteboot.errors import BootstrapError
+from siteboot.proc import RunResult, last_lines
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 STAMP_NAME = "siteboot-stamp.json"
@@ -333,11 +332,6 @@ def distributions_installed(names: Sequence[str]) -> bool:
 # --- subprocesses -------------------------------------------------------------------------------
 
 
-class RunResult(NamedTuple):
-    returncode: int
-    output: str
-
-
 if TYPE_CHECKING:  # (collections.abc generics cannot be subscripted at run time before 3.9)
     Runner = Callable[[Sequence[str]], RunResult]
 
@@ -348,28 +342,7 @@ def run_command(cmd: Sequence[str]) -> RunResult:
     PYTHONPATH and PYTHONHOME are dropped: they would make pip see (and skip) packages that
     live outside the venv. Everything else, PIP_* included, is passed on.
     """
-    import subprocess
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    echo = debug_enabled()
-    try:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, text=True, errors="replace")
-    except OSError as exc:
-        return RunResult(127, f"cannot run {cmd[0]}: {exc}")
-    lines = []
-    assert proc.stdout is not None
-    with proc.stdout:
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                sys.stderr.write(line)
-    return RunResult(proc.wait(), "".join(lines))
-
-
-def last_lines(output: str, count: int) -> list[str]:
-    """The last ``count`` non-blank lines of a command's output, for error messages."""
-    return [line.rstrip() for line in output.splitlines() if line.strip()][-count:]
+    return proc.run_command(cmd, env=proc.clean_env(), echo=sys.stderr if debug_enabled() else None)
 
 
 def tail(output: str, count: int = PIP_TAIL_LINES) -> str:
@@ -699,29 +672,6 @@ def _remove(path: Path) -> None:
             shutil.rmtree(path)  # once more, this time reporting what is in the way
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """An exclusive flock on ``directory`` so two inits do not build at once (best effort:
-    file systems that cannot lock a directory, e.g. some NFS mounts, go unlocked)."""
-    try:
-        fd = os.open(str(directory), os.O_RDONLY)
-    except OSError:
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another `siteboot init` (lock on {directory})")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-        yield
-    finally:
-        os.close(fd)
-
-
 class Bootstrapper:
     """Makes the tool venv for ``checkout`` at ``venv_dir`` current. Every seam is a parameter."""
 
@@ -796,7 +746,10 @@ class Bootstrapper:
             self.venv.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise BootstrapError(f"cannot create {self.venv.parent}: {exc.strerror or exc}") from None
-        with _locked(self.venv.parent):
+        from siteboot.fsutil import flock  # not at the top: stage 0's decision path skips it
+
+        with flock(self.venv.parent, best_effort=True, on_wait=lambda: self.log(
+                f"waiting for another `siteboot init` (lock on {self.venv.parent})")):
             try:
                 return self._ensure()
             except OSError as exc:  # a half-made <venv>.new is already gone (_build_or_remove)
@@ -896,11 +849,9 @@ class Bootstrapper:
     def build(self, target: Path) -> str:
         """A complete venv at ``target``: python, pip, the requirements, siteboot.pth, launcher.
         Returns the version of its python."""
-        import subprocess
-
         try:
             self.make_venv(target, self.venv.name)  # the final name as the prompt
-        except (OSError, ValueError, subprocess.CalledProcessError) as exc:
+        except (OSError, ValueError) as exc:  # (with_pip=False: venv itself runs no subprocess)
             raise BootstrapError(f"cannot create a virtualenv at {target}: {exc}") from None
         python = venv_python(target)
         python_version = probe_python(python, self.runner)
@@ -997,12 +948,10 @@ def reexec(python: Path, args: Sequence[str]) -> None:
 
     ``-I``: the current directory is not on sys.path, so a ``siteboot`` package there cannot run
     instead of the checkout's (which the venv's ``siteboot.pth`` still puts on sys.path)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
     env = dict(os.environ)
     env[ENV_BOOTSTRAPPED] = "1"
     try:
-        os.execve(str(python), [str(python), "-I", "-m", "siteboot", *args], env)
+        proc.exec_replace(proc.python_module("siteboot", *args, python=str(python)), env)
     except OSError as exc:
         raise BootstrapError(f"cannot run {python}: {exc.strerror or exc}",
                              f"remove {python.parent.parent} and run `{INIT_COMMAND}`") from None

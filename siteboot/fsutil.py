@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import pwd
 import stat
-import tempfile
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Callable
 
 from siteboot.errors import OwnershipError, SitebootError
 
@@ -19,6 +22,8 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
     The temp file gets ``mode`` (and group ``gid``) before any byte is written, so a reader
     never sees the content with wider permissions, and never sees a half-written file.
     """
+    import tempfile
+
     payload = data.encode("utf-8") if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     try:
@@ -36,6 +41,56 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
         except OSError:
             pass
         raise
+
+
+# Where flock cannot work (some NFS mounts, odd file systems): best effort goes on unlocked.
+_NO_LOCKING = (errno.ENOLCK, errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP)
+
+
+@contextlib.contextmanager
+def flock(path: Path, *, timeout: float | None = None, on_wait: Callable[[], None] | None = None,
+          best_effort: bool = False, what: str = "the lock", error: type[SitebootError] = SitebootError,
+          poll: float = 0.05) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (a directory, or a file created 0600) while inside.
+
+    Released on any exit, a crash included (the kernel drops it with the descriptor).
+    ``on_wait`` is called once when another process holds it; ``timeout`` (None: wait for
+    ever) ends the wait with ``error`` naming ``what`` and its path. ``best_effort``: a file system
+    that cannot lock (or a lock file that cannot be opened) goes unlocked instead of failing.
+    """
+    import fcntl
+
+    try:
+        flags = os.O_RDONLY if os.path.isdir(path) else os.O_RDWR | os.O_CREAT
+        fd = os.open(path, flags, 0o600)
+    except OSError:
+        if not best_effort:
+            raise
+        yield
+        return
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                if deadline is not None and time.monotonic() > deadline:
+                    raise error(f"another siteboot holds {what} ({path}) for over "
+                                        f"{timeout:g} s",
+                                        f"wait for it, or find it with `fuser {path}`") from None
+                time.sleep(poll)
+            except OSError as exc:
+                if best_effort and exc.errno in _NO_LOCKING:
+                    break
+                raise
+        yield
+    finally:
+        os.close(fd)
 
 
 def owner_name(uid: int) -> str:

@@ -8,11 +8,7 @@ command line, and a start time that fits the pidfile.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,8 +17,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import InstanceError, OwnershipError, SitebootError, UsageError
-from siteboot.fsutil import atomic_write, ensure_private_dir
+from siteboot.fsutil import atomic_write, ensure_private_dir, flock
 from siteboot.plan import InstancePlan, Plan
+from siteboot.proc import (
+    TIMED_OUT,
+    file_tail,
+    pid_alive,
+    run_command,
+    supervisor_command,
+    terminate_tree,
+)
 from siteboot.rpc import NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, RpcError
 
 LOCK_TIMEOUT = 120.0
@@ -50,22 +54,8 @@ def instance_lock(plan: Plan, inst: InstancePlan, timeout: float = LOCK_TIMEOUT)
     path = plan.lock_path(inst)
     ensure_private_dir(plan.invoker_state_dir)
     ensure_private_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise InstanceError(f"another siteboot holds the lock of {inst.name} ({path}) "
-                                        f"for over {timeout:g} s", "wait for it, or find it with "
-                                        f"`fuser {path}`") from None
-                time.sleep(0.05)
+    with flock(path, timeout=timeout, what=f"the lock of {inst.name}", error=InstanceError):
         yield
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------------------------------
@@ -126,7 +116,7 @@ def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
     if inst.pidfile.exists() and (running is None or running.pid != pid):
         if pid is None:
             what = "no pid in it"
-        elif not _pid_alive(pid):
+        elif not pid_alive(pid):
             what = f"pid {pid} is not running"
         else:
             what = f"pid {pid} is not this instance's supervisord; it was left alone"
@@ -136,16 +126,6 @@ def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
         inst.socket_path.unlink()
         notes.append(f"removed stale socket {inst.socket_path} (no listener)")
     return notes
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ------------------------------------------------------------------------------------------
@@ -264,11 +244,6 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
     return changes
 
 
-def supervisord_command(conf: Path, foreground: bool = False) -> list[str]:
-    cmd = [sys.executable, "-I", "-m", "supervisor.supervisord", "-c", str(conf)]
-    return cmd + (["-n"] if foreground else [])
-
-
 def _publish(inst: InstancePlan, key: str) -> list[str]:
     """Publish a granted key; a problem in shared_dir is reported but never keeps it down."""
     if not (inst.group and inst.shared_key_path):
@@ -284,16 +259,14 @@ def _publish(inst: InstancePlan, key: str) -> list[str]:
 
 def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -> int:
     """Start supervisord daemonized and wait until its RPC answers RUNNING."""
-    with open(inst.launch_log, "wb") as log:
-        result = subprocess.run(
-            supervisord_command(conf), stdin=subprocess.DEVNULL, stdout=log,
-            stderr=subprocess.STDOUT, cwd=str(inst.runtime_dir), start_new_session=True,
-            timeout=timeout, check=False,
-        )
+    result = run_command(supervisor_command("supervisord", conf), cwd=inst.runtime_dir,
+                         output=inst.launch_log, new_session=True, timeout=timeout)
     if result.returncode != 0:
         raise InstanceError(
-            f"supervisord for {inst.name} exited with {result.returncode} before daemonizing:\n"
-            + _indent(_tail(inst.launch_log) or "(no output)"),
+            f"supervisord for {inst.name} "
+            + (f"did not daemonize within {timeout:g} s" if result.returncode == TIMED_OUT
+               else f"exited with {result.returncode} before daemonizing")
+            + ":\n" + _indent(file_tail(inst.launch_log) or "(no output)"),
             f"config: {conf}")
     # What it was started with: ``up`` compares server settings against this, not the file that
     # a later ``render`` may have rewritten.
@@ -306,7 +279,7 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
         time.sleep(0.05)
     raise InstanceError(
         f"supervisord for {inst.name} did not answer at {inst.unix_url} within {timeout:.0f} s; "
-        f"last lines of {inst.logfile}:\n" + _indent(_tail(inst.logfile) or "(empty)"),
+        f"last lines of {inst.logfile}:\n" + _indent(file_tail(inst.logfile) or "(empty)"),
         "check the log, then `siteboot down` and `siteboot up`")
 
 
@@ -326,7 +299,7 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
             raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
                                 "stop it with `siteboot down` first")
         clear_stale(inst, None)
-    return supervisord_command(rendered.path, foreground=True)
+    return supervisor_command("supervisord", rendered.path, "-n")
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,37 +360,6 @@ def _verify_runtime(plan: Plan, inst: InstancePlan) -> None:
     if inst.runtime_parent is not None:
         verify_shared_parent(inst.runtime_parent, plan.user_uids(), inst.runtime_parent_private)
     verify_private_dir(inst.runtime_dir)
-
-
-def terminate_tree(proc: Any, extra: list[Any] | None = None, grace: float = 5.0,
-                   kill: Callable[[Any, int], None] = lambda p, s: p.send_signal(s)) -> None:
-    """SIGTERM ``proc`` and its descendants, wait, then SIGKILL whatever is left."""
-    import psutil
-
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        procs = [proc]
-    seen = {p.pid for p in procs}
-    procs += [p for p in (extra or []) if p.pid not in seen]
-    alive = [p for p in procs if p.is_running()]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for p in alive:
-            try:
-                kill(p, sig)
-            except (psutil.Error, ProcessLookupError, PermissionError):
-                pass  # gone already, or setuid (sudo, collabsu): not ours to signal
-        _, alive = psutil.wait_procs(alive, timeout=grace)
-        if not alive:
-            return
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _indent(text: str) -> str:

@@ -19,7 +19,6 @@ virtualenv is imported only when a venv is actually built (``siteboot status`` s
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib
 import json
@@ -31,17 +30,16 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from siteboot import __version__
-from siteboot.bootstrap import RunResult, last_lines, run_command
 from siteboot.errors import BootstrapError, OwnershipError
-from siteboot.fsutil import atomic_write, ensure_private_dir, owner_name
+from siteboot.fsutil import atomic_write, ensure_private_dir, flock, owner_name
 from siteboot.plan import Plan
+from siteboot.proc import RunResult, clean_env, last_lines, run_command
 from siteboot.site import VenvSpec
 
 # argv[0] that the default runner executes in-process with virtualenv's Python API.
@@ -54,8 +52,8 @@ _DESCRIBE = ("import platform, sys; sys.stdout.write(platform.python_implementat
              "'.'.join(map(str, sys.version_info[:3])) + '\\n')")
 
 
-# The one seam for everything this module runs (argv in, exit code and output back) is
-# stage 0's, which runs pip for the tool venv the same way.
+# The seam for everything this module runs (argv in, exit code and output back); the default
+# goes through siteboot.proc, as stage 0's pip runs do.
 Runner = Callable[[Sequence[str]], RunResult]
 
 
@@ -75,7 +73,7 @@ def run(argv: Sequence[str]) -> RunResult:
     """The default runner: ``[VIRTUALENV, *args]`` in-process, anything else as a subprocess."""
     if argv and argv[0] == VIRTUALENV:
         return _run_virtualenv(list(argv[1:]))
-    return run_command(argv)
+    return run_command(argv, env=clean_env())
 
 
 class _Collect(logging.Handler):
@@ -213,7 +211,7 @@ def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runn
     python, version = interpreter(spec, runner)
     digest = venv_hash(spec.requirements, python, version)
     build = build_dir(venv_dir, spec.name, digest)
-    with _locked(venv_dir / f".{spec.name}.lock"):
+    with flock(venv_dir / f".{spec.name}.lock"):
         _refuse_real(spec, path)  # again: someone may have made it while we waited
         old = _link_target(path)
         if old is not None and _usable(path, digest, runner):
@@ -256,16 +254,6 @@ def _ensure_venv_dir(venv_dir: Path) -> None:
             f"venv_dir {venv_dir} is owned by {owner_name(uid)}, not {owner_name(os.geteuid())}: "
             "refusing to build venvs in a directory someone else controls",
             "its owner must remove it; or change [site] venv_dir")
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _link_target(path: Path) -> Path | None:

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from siteboot.cli.commands import cli
 from siteboot.fsutil import owner_name
 from siteboot.keys import PLACEHOLDER_HASH
-from tests.conftest import MINIMAL_SITE, REPO, own_site_text, supervisor_parse
+from tests.helpers import MINIMAL_SITE, REPO, own_site_text, supervisor_parse
 
 NOBODY = 65534
 JAWS_PORTS = {

@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -19,41 +16,7 @@ from typing import Any
 
 import pytest
 
-SITEBOOT = [sys.executable, "-c", "from siteboot.cli import main; main()"]
-
-
-def free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def processes_under(base: Path) -> list[int]:
-    """Pids whose command line mentions ``base``: what a test may have left running."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(base) in part for part in proc.info["cmdline"] or []):
-                found.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return [p for p in found if p != os.getpid()]
-
-
-def kill_all(pids: list[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+from tests.helpers import SITEBOOT, free_ports, kill_all, processes_under
 
 
 @dataclass

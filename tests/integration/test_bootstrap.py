@@ -236,7 +236,7 @@ def test_bare_python_init_brings_a_site_up_and_a_second_run_is_a_no_op(
     import json
     import tempfile
 
-    from tests.integration.conftest import free_ports, kill_all, processes_under
+    from tests.helpers import free_ports, kill_all, processes_under
 
     base = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
     services, workers, web = free_ports(3)

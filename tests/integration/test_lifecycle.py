@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.conftest import SITEBOOT, processes_under
+from tests.helpers import SITEBOOT, processes_under
 
 pytestmark = pytest.mark.slow
 

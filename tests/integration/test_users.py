@@ -25,8 +25,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.conftest import REPO
-from tests.integration.conftest import free_ports, kill_all, processes_under
+from tests.helpers import REPO, free_ports, kill_all, processes_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.users]
 

@@ -17,8 +17,9 @@ import pytest
 
 from siteboot import __main__ as stage0
 from siteboot import bootstrap
-from siteboot.bootstrap import Bootstrapper, RunResult
+from siteboot.bootstrap import Bootstrapper
 from siteboot.errors import BootstrapError
+from siteboot.proc import RunResult
 
 REQUIRES = ["supervisor>=4.2", "click>=8.0", 'tomli>=1.1; python_version < "3.11"']
 

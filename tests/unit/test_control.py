@@ -27,7 +27,7 @@ from siteboot.errors import (
 )
 from siteboot.plan import Plan
 from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
-from tests.conftest import plan_from
+from tests.helpers import plan_from
 
 GROUP = "t-dev"
 

@@ -12,7 +12,7 @@ from siteboot.errors import KeyAccessError, OwnershipError
 from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
 from siteboot.keys import _read, publish_key, read_key
 from siteboot.resources import find_root
-from tests.conftest import plan_from
+from tests.helpers import plan_from
 
 NOBODY = 65534
 

@@ -3,32 +3,25 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 
 from siteboot.errors import InstanceError
 from siteboot.instances import (
     _is_supervisord_of,
-    _pid_alive,
     clear_stale,
     find_supervisord,
     instance_lock,
     read_pidfile,
-    supervisord_command,
-    terminate_tree,
 )
 from siteboot.plan import InstancePlan, Plan
-from tests.conftest import plan_from
+from siteboot.proc import supervisor_command
+from tests.helpers import dead_pid, plan_from
 
 SITE = """
 [site]
@@ -67,59 +60,14 @@ def alpha(plan: Plan) -> InstancePlan:
     return plan.instances["alpha"]
 
 
-@pytest.fixture
-def spawn() -> Iterator[Any]:
-    """Start processes that are killed and reaped whatever the test does."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start(*argv: str) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        for child in _children(proc.pid):
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
-
-
-def _children(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
-def dead_pid() -> int:
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
-def children_of(pid: int, count: int, timeout: float = 5.0) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = _children(pid)
-        if len(found) >= count or time.monotonic() > deadline:
-            assert len(found) >= count, f"{pid} has children {found}"
-            return found
-        time.sleep(0.01)
-
-
 # --------------------------------------------------------------------------------------------
 # Identity
 
 
 def test_is_supervisord_of_the_ways_siteboot_and_others_start_it(alpha):
     conf = str(alpha.conf_path)
-    assert _is_supervisord_of(supervisord_command(alpha.conf_path), alpha)
-    assert _is_supervisord_of(supervisord_command(alpha.conf_path, foreground=True), alpha)
+    assert _is_supervisord_of(supervisor_command("supervisord", alpha.conf_path), alpha)
+    assert _is_supervisord_of(supervisor_command("supervisord", alpha.conf_path, "-n"), alpha)
     assert _is_supervisord_of(["/usr/bin/python3", "-m", "supervisor.supervisord", "-c", conf], alpha)
     assert _is_supervisord_of(["/venv/bin/python", "/venv/bin/supervisord", "-c", conf], alpha)
     assert _is_supervisord_of(["supervisord", "-c", conf, "-n"], alpha)
@@ -128,7 +76,7 @@ def test_is_supervisord_of_the_ways_siteboot_and_others_start_it(alpha):
 def test_is_supervisord_of_refuses_other_processes(plan, alpha):
     conf = str(alpha.conf_path)
     other = str(plan.instances["beta"].conf_path)
-    assert not _is_supervisord_of(supervisord_command(plan.instances["beta"].conf_path), alpha)
+    assert not _is_supervisord_of(supervisor_command("supervisord", plan.instances["beta"].conf_path), alpha)
     assert not _is_supervisord_of(["supervisord", "-c", other], alpha)
     assert not _is_supervisord_of(["supervisord", "-c", conf + ".bak"], alpha)
     # the config's own name contains "supervisord": whoever reads it is not supervisord
@@ -255,84 +203,6 @@ def test_clear_stale_pidfile_of_another_pid_while_running(alpha):
 
 def test_clear_stale_with_nothing_there(alpha):
     assert clear_stale(alpha, None) == []
-
-
-def test_pid_alive():
-    assert _pid_alive(os.getpid())
-    assert not _pid_alive(dead_pid())
-
-
-# --------------------------------------------------------------------------------------------
-# terminate_tree
-
-
-class Recorder:
-    """An injected kill: records every signal; drops SIGTERM to ``deaf`` (processes ignoring it)."""
-
-    def __init__(self, deaf: set[int] | None = None) -> None:
-        self.deaf = deaf or set()
-        self.sent: list[tuple[int, int]] = []
-
-    def __call__(self, proc: psutil.Process, sig: int) -> None:
-        self.sent.append((proc.pid, sig))
-        if sig == signal.SIGTERM and proc.pid in self.deaf:
-            return
-        proc.send_signal(sig)
-
-
-def test_terminate_tree_terms_parent_and_descendants(spawn):
-    parent = spawn("sh", "-c", "sleep 30 & sleep 30 & wait")
-    kids = children_of(parent.pid, 2)
-    # The shell ignores its SIGTERM here, so it reaps its children and then exits by itself:
-    # no orphans, which some container inits reap only once a second.
-    kill = Recorder(deaf={parent.pid})
-    started = time.monotonic()
-    terminate_tree(psutil.Process(parent.pid), grace=5, kill=kill)
-    assert time.monotonic() - started < 3
-    assert sorted(kill.sent) == sorted([(parent.pid, signal.SIGTERM),
-                                        *((k.pid, signal.SIGTERM) for k in kids)])
-    assert not psutil.pid_exists(parent.pid)
-    assert not any(psutil.pid_exists(k.pid) for k in kids)
-
-
-def test_terminate_tree_escalates_to_sigkill(spawn):
-    deaf = spawn("sleep", "30")
-    handle = psutil.Process(deaf.pid)
-    kill = Recorder(deaf={deaf.pid})
-    started = time.monotonic()
-    terminate_tree(handle, grace=0.2, kill=kill)
-    assert 0.2 <= time.monotonic() - started < 3
-    assert kill.sent == [(deaf.pid, signal.SIGTERM), (deaf.pid, signal.SIGKILL)]
-    assert handle.returncode == -signal.SIGKILL  # type: ignore[attr-defined]
-
-
-def test_terminate_tree_stops_at_sigterm_when_that_suffices(spawn):
-    proc = spawn("sleep", "30")
-    handle = psutil.Process(proc.pid)
-    kill = Recorder()
-    terminate_tree(handle, grace=5, kill=kill)
-    assert kill.sent == [(proc.pid, signal.SIGTERM)]
-    assert handle.returncode == -signal.SIGTERM  # type: ignore[attr-defined]
-
-
-def test_terminate_tree_includes_extra_processes(spawn):
-    main = psutil.Process(spawn("sleep", "30").pid)
-    # e.g. a descendant that was already reparented away; listing main again changes nothing
-    orphan = psutil.Process(spawn("sleep", "30").pid)
-    kill = Recorder()
-    terminate_tree(main, extra=[orphan, psutil.Process(main.pid)], grace=5, kill=kill)
-    assert sorted(kill.sent) == sorted([(main.pid, signal.SIGTERM), (orphan.pid, signal.SIGTERM)])
-    assert main.returncode == orphan.returncode == -signal.SIGTERM  # type: ignore[attr-defined]
-
-
-def test_terminate_tree_of_a_process_already_gone(spawn):
-    proc = spawn("sleep", "30")
-    handle = psutil.Process(proc.pid)
-    proc.kill()
-    proc.wait()
-    kill = Recorder()
-    terminate_tree(handle, grace=0.2, kill=kill)
-    assert kill.sent == []
 
 
 # --------------------------------------------------------------------------------------------

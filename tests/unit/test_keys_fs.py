@@ -15,7 +15,7 @@ from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
 from siteboot.plan import Plan, make_plan
 from siteboot.render import prepare_runtime_dir, render_configs
 from siteboot.site import load_site
-from tests.conftest import own_site_text, supervisor_parse
+from tests.helpers import own_site_text, supervisor_parse
 
 NOBODY = 65534
 

@@ -12,7 +12,7 @@ from siteboot.fsutil import owner_name
 from siteboot.ports import Listener, check, matrix
 from siteboot.resources import all_site_paths
 from siteboot.site import load_site
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 JAWS_MATRIX = {
     "central-auth": {"dev": 3001, "staging": 3002, "prod": 3003},

@@ -21,7 +21,7 @@ from siteboot.render import (
     shellquote,
 )
 from siteboot.site import load_site, parse_site
-from tests.conftest import REPO, supervisor_parse
+from tests.helpers import REPO, supervisor_parse
 
 INSTANCE = """
 [instances.main]

@@ -6,7 +6,7 @@ import pytest
 
 from siteboot.errors import EXIT_USAGE, SiteFileError
 from siteboot.site import load_site, parse_site, reference_markdown
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def errors_of(path):

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from siteboot import venvs
-from siteboot.bootstrap import RunResult
 from siteboot.errors import BootstrapError
 from siteboot.plan import make_plan
+from siteboot.proc import RunResult
 from siteboot.site import VenvSpec, load_site
 from siteboot.venvs import (
     STAMP_NAME,
@@ -25,7 +25,7 @@ from siteboot.venvs import (
     read_stamp,
     venv_hash,
 )
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 class FakeRunner:

@@ -1,0 +1,180 @@
+"""The one place that starts, execs and signals processes.
+
+Standard library only at import time: stage 0 uses it before any dependency exists. Nothing
+else in siteboot calls ``subprocess``, ``os.exec*`` or ``os.kill`` (a test enforces it), so
+what siteboot runs, and with which interpreter flags, is decided here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Callable, NamedTuple
+
+# Dropped from the environment of what siteboot runs: they would make a venv's python (pip,
+# supervisord) see packages of another installation.
+_FOREIGN_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME")
+
+
+TIMED_OUT = 124  # the exit code of a command killed for outliving its timeout, as timeout(1) says
+
+
+class RunResult(NamedTuple):
+    returncode: int
+    output: str  # stdout and stderr together ("" when they went to a file)
+
+
+def clean_env(environ: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
+    """``environ`` (default: ours) without PYTHONPATH/PYTHONHOME, plus ``extra``."""
+    source = os.environ if environ is None else environ
+    env = {k: v for k, v in source.items() if k not in _FOREIGN_PYTHON_VARS}
+    env.update(extra)
+    return env
+
+
+def run_command(cmd: Sequence[str], *, cwd: Path | None = None, output: Path | None = None,
+                new_session: bool = False, timeout: float | None = None,
+                env: Mapping[str, str] | None = None, echo: IO[str] | None = None) -> RunResult:
+    """Run ``cmd`` to completion with no stdin; stdout and stderr together.
+
+    ``output``: write them to this file (the result's ``output`` is then empty); otherwise they
+    are captured (and copied line by line to ``echo``, e.g. stderr when debugging).
+    ``new_session``: the child leads its own session (a daemon must outlive our terminal).
+    ``env``: the whole environment (default: ours, unchanged; see ``clean_env``).
+    A command that cannot be started is exit code 127 with the reason as its output; one that
+    outlives ``timeout`` is killed and is exit code ``TIMED_OUT``.
+    """
+    import subprocess
+
+    environment = None if env is None else dict(env)
+    try:
+        if output is not None:
+            with open(output, "wb") as log:
+                child = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=cwd, env=environment,
+                                         start_new_session=new_session)
+            return RunResult(_wait(child, timeout), "")
+        captured = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, cwd=cwd, env=environment,
+                                    start_new_session=new_session, text=True, errors="replace")
+    except OSError as exc:
+        return RunResult(127, f"cannot run {cmd[0]}: {exc.strerror or exc}")
+    if timeout is None:
+        lines: list[str] = []
+        assert captured.stdout is not None
+        with captured.stdout:
+            for line in captured.stdout:
+                lines.append(line)
+                if echo is not None:
+                    echo.write(line)
+        return RunResult(captured.wait(), "".join(lines))
+    try:
+        out, _ = captured.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        captured.kill()
+        out, _ = captured.communicate()
+        return RunResult(TIMED_OUT, (out or "") + f"\n(killed after {timeout:g} s)\n")
+    if echo is not None:
+        echo.write(out)
+    return RunResult(captured.returncode, out)
+
+
+def _wait(proc: Any, timeout: float | None) -> int:
+    import subprocess
+
+    try:
+        return int(proc.wait(timeout=timeout))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return TIMED_OUT
+
+
+def run_interactive(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``cmd`` on our terminal (stdin, stdout and stderr inherited); its exit code."""
+    import subprocess
+
+    try:
+        return subprocess.run(list(cmd), env=None if env is None else dict(env),
+                              check=False).returncode
+    except OSError as exc:
+        sys.stderr.write(f"error: cannot run {cmd[0]}: {exc.strerror or exc}\n")
+        return 127
+
+
+def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    """Replace this process by ``argv`` (never returns; OSError when it cannot be run)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(argv[0], list(argv), dict(os.environ if env is None else env))
+
+
+def python_module(module: str, *args: str, python: str | None = None) -> list[str]:
+    """``python -I -m module args``: ``-I`` so that nothing in the current directory (a planted
+    ``siteboot/``, ``supervisor/`` or ``pip/``) is imported instead of the real package."""
+    return [python or sys.executable, "-I", "-m", module, *args]
+
+
+def supervisor_command(tool: str, conf: Path, *args: str) -> list[str]:
+    """``supervisord`` or ``supervisorctl`` of this interpreter with config ``conf``."""
+    return python_module(f"supervisor.{tool}", "-c", str(conf), *args)
+
+
+def last_lines(output: str, count: int) -> list[str]:
+    """The last ``count`` non-blank lines of a command's output or a log, for error messages."""
+    return [line.rstrip() for line in output.splitlines() if line.strip()][-count:]
+
+
+def file_tail(path: Path, count: int = 15) -> str:
+    """The last ``count`` non-blank lines of the file at ``path`` ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(last_lines(text, count))
+
+
+# ------------------------------------------------------------------------------------------
+# Signals (psutil is imported where used: stage 0 never signals anything)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, someone else's
+    return True
+
+
+def send_signal(proc: Any, signum: int) -> None:
+    proc.send_signal(signum)
+
+
+def terminate_tree(proc: Any, extra: Sequence[Any] = (), grace: float = 5.0,
+                   kill: Callable[[Any, int], None] = send_signal) -> None:
+    """SIGTERM ``proc`` (a psutil.Process the caller identified) and its descendants, wait
+    ``grace`` seconds, then SIGKILL whatever is left."""
+    import signal
+
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        procs = [proc]
+    seen = {p.pid for p in procs}
+    procs += [p for p in extra if p.pid not in seen]
+    alive = [p for p in procs if p.is_running()]
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for p in alive:
+            try:
+                kill(p, sig)
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                pass  # gone already, or setuid (sudo, collabsu): not ours to signal
+        _, alive = psutil.wait_procs(alive, timeout=grace)
+        if not alive:
+            return

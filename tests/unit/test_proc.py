@@ -1,0 +1,152 @@
+"""The process seam: running, timeouts, tails, signals with escalation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from siteboot.proc import (
+    TIMED_OUT,
+    clean_env,
+    file_tail,
+    last_lines,
+    pid_alive,
+    python_module,
+    run_command,
+    supervisor_command,
+    terminate_tree,
+)
+from tests.helpers import children_of, dead_pid
+
+
+def test_run_command_captures_both_streams():
+    result = run_command([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"])
+    assert result.returncode == 0
+    assert sorted(result.output.split()) == ["err", "out"]
+
+
+def test_run_command_that_cannot_start_is_127():
+    result = run_command(["/nonexistent/program"])
+    assert result.returncode == 127
+    assert "/nonexistent/program" in result.output
+
+
+def test_run_command_into_a_file_in_a_directory(tmp_path: Path):
+    log = tmp_path / "out.log"
+    result = run_command(["sh", "-c", "pwd; echo oops >&2; exit 3"], cwd=tmp_path, output=log)
+    assert result == (3, "")
+    assert log.read_text().split() == [str(tmp_path), "oops"]
+
+
+def test_run_command_timeout_kills_and_says_so(tmp_path: Path):
+    started = time.monotonic()
+    assert run_command(["sleep", "30"], timeout=0.2).returncode == TIMED_OUT
+    assert run_command(["sleep", "30"], timeout=0.2, output=tmp_path / "log").returncode == TIMED_OUT
+    assert time.monotonic() - started < 10
+
+
+def test_run_command_new_session():
+    code = "import os; print(os.getsid(0) == os.getpid())"
+    assert run_command([sys.executable, "-c", code], new_session=True).output.strip() == "True"
+    assert run_command([sys.executable, "-c", code]).output.strip() == "False"
+
+
+def test_clean_env_drops_foreign_python_paths():
+    env = clean_env({"PYTHONPATH": "/x", "PYTHONHOME": "/y", "PIP_INDEX_URL": "z"}, EXTRA="1")
+    assert env == {"PIP_INDEX_URL": "z", "EXTRA": "1"}
+
+
+def test_commands_run_isolated_pythons(tmp_path: Path):
+    conf = tmp_path / "s.conf"
+    assert python_module("siteboot", "status")[1:] == ["-I", "-m", "siteboot", "status"]
+    assert supervisor_command("supervisorctl", conf, "status") == [
+        sys.executable, "-I", "-m", "supervisor.supervisorctl", "-c", str(conf), "status"]
+
+
+def test_last_lines_and_file_tail(tmp_path: Path):
+    assert last_lines("a\n\n b \nc\n\n", 2) == [" b", "c"]
+    path = tmp_path / "log"
+    path.write_text("".join(f"line {n}\n" for n in range(40)))
+    assert file_tail(path, 2) == "line 38\nline 39"
+    assert file_tail(tmp_path / "missing") == ""
+
+
+def test_pid_alive():
+    assert pid_alive(os.getpid())
+    assert not pid_alive(dead_pid())
+
+
+class Recorder:
+    """An injected kill: records every signal; drops SIGTERM to ``deaf`` (processes ignoring it)."""
+
+    def __init__(self, deaf: set[int] | None = None) -> None:
+        self.deaf = deaf or set()
+        self.sent: list[tuple[int, int]] = []
+
+    def __call__(self, proc: psutil.Process, sig: int) -> None:
+        self.sent.append((proc.pid, sig))
+        if sig == signal.SIGTERM and proc.pid in self.deaf:
+            return
+        proc.send_signal(sig)
+
+
+def test_terminate_tree_terms_parent_and_descendants(spawn):
+    parent = spawn("sh", "-c", "sleep 30 & sleep 30 & wait")
+    kids = children_of(parent.pid, 2)
+    # The shell ignores its SIGTERM here, so it reaps its children and then exits by itself:
+    # no orphans, which some container inits reap only once a second.
+    kill = Recorder(deaf={parent.pid})
+    started = time.monotonic()
+    terminate_tree(psutil.Process(parent.pid), grace=5, kill=kill)
+    assert time.monotonic() - started < 3
+    assert sorted(kill.sent) == sorted([(parent.pid, signal.SIGTERM),
+                                        *((k.pid, signal.SIGTERM) for k in kids)])
+    assert not psutil.pid_exists(parent.pid)
+    assert not any(psutil.pid_exists(k.pid) for k in kids)
+
+
+def test_terminate_tree_escalates_to_sigkill(spawn):
+    deaf = spawn("sleep", "30")
+    handle = psutil.Process(deaf.pid)
+    kill = Recorder(deaf={deaf.pid})
+    started = time.monotonic()
+    terminate_tree(handle, grace=0.2, kill=kill)
+    assert 0.2 <= time.monotonic() - started < 3
+    assert kill.sent == [(deaf.pid, signal.SIGTERM), (deaf.pid, signal.SIGKILL)]
+    assert handle.returncode == -signal.SIGKILL  # type: ignore[attr-defined]
+
+
+def test_terminate_tree_stops_at_sigterm_when_that_suffices(spawn):
+    proc = spawn("sleep", "30")
+    handle = psutil.Process(proc.pid)
+    kill = Recorder()
+    terminate_tree(handle, grace=5, kill=kill)
+    assert kill.sent == [(proc.pid, signal.SIGTERM)]
+    assert handle.returncode == -signal.SIGTERM  # type: ignore[attr-defined]
+
+
+def test_terminate_tree_includes_extra_processes(spawn):
+    main = psutil.Process(spawn("sleep", "30").pid)
+    # e.g. a descendant that was already reparented away; listing main again changes nothing
+    orphan = psutil.Process(spawn("sleep", "30").pid)
+    kill = Recorder()
+    terminate_tree(main, extra=[orphan, psutil.Process(main.pid)], grace=5, kill=kill)
+    assert sorted(kill.sent) == sorted([(main.pid, signal.SIGTERM), (orphan.pid, signal.SIGTERM)])
+    assert main.returncode == orphan.returncode == -signal.SIGTERM  # type: ignore[attr-defined]
+
+
+def test_terminate_tree_of_a_process_already_gone(spawn):
+    proc = spawn("sleep", "30")
+    handle = psutil.Process(proc.pid)
+    proc.kill()
+    proc.wait()
+    kill = Recorder()
+    terminate_tree(handle, grace=0.2, kill=kill)
+    assert kill.sent == []
+
+
