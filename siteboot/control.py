@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
     STATUS_CRITICAL,
     STATUS_OK,
     STATUS_UNKNOWN,
     STATUS_WARNING,
     KeyAccessError,
     UsageError,
+    did_you_mean,
 )
-from siteboot.plan import InstancePlan, Plan, ProgramPlan, uid_of
-from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError
+from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError, connect
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
@@ -98,7 +101,7 @@ def worst(severities: list[int]) -> int:
 
 
 @dataclass
-class StatusReport:
+class StatusResult:
     site: str
     env: str
     instances: list[InstanceStatus]
@@ -112,20 +115,9 @@ class StatusReport:
                 "instances": [i.as_json() for i in self.instances]}
 
 
-def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | None = None) -> Endpoint:
-    """The one way to reach an instance: its owner over the unix socket, a granted member over
-    127.0.0.1; either way the key only goes to a server running as the instance's user."""
-    if key is None:
-        from siteboot.keys import read_key
-
-        key = read_key(plan, inst)
-    url = inst.unix_url if plan.owns(inst) else inst.http_url
-    return Endpoint(url, key, timeout, owner_uid=uid_of(inst.user))
-
-
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     owned = plan.owns(inst)
-    url = inst.unix_url if owned else inst.http_url
+    url = plan.url_for(inst)
     result = InstanceStatus(inst.name, inst.user, RUNNING, url)
     try:
         endpoint = connect(plan, inst)
@@ -202,10 +194,10 @@ def _concurrently(func: Callable[[InstancePlan], Any], insts: list[InstancePlan]
     return results
 
 
-def status(plan: Plan, instance: str | None = None) -> StatusReport:
+def status(plan: Plan, instance: str | None = None) -> StatusResult:
     insts = plan.select(instance)
     rows = _concurrently(lambda inst: instance_status(plan, inst), insts)
-    return StatusReport(plan.site.name, plan.env, rows)
+    return StatusResult(plan.site.name, plan.env, rows)
 
 
 # ------------------------------------------------------------------------------------------
@@ -213,17 +205,33 @@ def status(plan: Plan, instance: str | None = None) -> StatusReport:
 
 
 @dataclass
-class ControlResult:
+class ProcessOutcome:
     instance: str
     process: str
     ok: bool
     message: str
 
+    def as_json(self) -> dict[str, Any]:
+        return {"instance": self.instance, "process": self.process, "ok": self.ok,
+                "message": self.message}
+
+
+@dataclass
+class ControlResult:
+    """What ``start``, ``stop`` or ``restart`` did to each process; failed if any did not get there."""
+
+    outcomes: list[ProcessOutcome]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if all(o.ok for o in self.outcomes) else EXIT_FAILED
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [o.as_json() for o in self.outcomes]
+
 
 def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
     """``NAME``, ``instance:NAME``, ``instance:*`` or ``all`` → {instance: [process names]}."""
-    import difflib
-
     targets: dict[str, list[str]] = {}
 
     def add(inst: InstancePlan, programs: list[ProgramPlan]) -> None:
@@ -261,9 +269,8 @@ def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
                  if p.name == name]
         if not found:
             known = [p.name for inst in plan.instances.values() for p in inst.programs]
-            close = difflib.get_close_matches(name, known, n=1)
             raise UsageError(f"no program '{name}' in site {plan.site.name}"
-                             + (f" (did you mean '{close[0]}'?)" if close else ""),
+                             + did_you_mean(name, known),
                              "name a program, instance:program, instance:* or all")
         for inst, program in found:
             add(inst, [program])
@@ -280,14 +287,14 @@ def _fault_message(action: str, fault: Fault) -> tuple[bool, str]:
     return False, fault.faultString
 
 
-def control(plan: Plan, action: str, names: list[str]) -> list[ControlResult]:
+def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
     """start, stop or restart processes; instances are handled concurrently."""
     if action not in ("start", "stop", "restart"):
         raise UsageError(f"unknown action {action}")
     targets = resolve_targets(plan, names)
     insts = [plan.instance(name) for name in targets]
 
-    def run(inst: InstancePlan) -> list[ControlResult]:
+    def run(inst: InstancePlan) -> list[ProcessOutcome]:
         processes = targets[inst.name]
         steps = ["stop", "start"] if action == "restart" else [action]
         outcome: dict[str, tuple[bool, str]] = {}
@@ -298,10 +305,10 @@ def control(plan: Plan, action: str, names: list[str]) -> list[ControlResult]:
                 for process, (ok, msg) in _apply(endpoint, inst, step, todo).items():
                     outcome[process] = (ok, "restarted" if ok and action == "restart" else msg)
         except (RpcError, KeyAccessError) as exc:
-            return [ControlResult(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
-        return [ControlResult(inst.name, p, *outcome[p]) for p in processes]
+            return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
+        return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
 
-    return [row for rows in _concurrently(run, insts) for row in rows]
+    return ControlResult([row for rows in _concurrently(run, insts) for row in rows])
 
 
 _STOPPED = {"STOPPED", "EXITED", "FATAL"}
@@ -439,10 +446,8 @@ def _follow_file(path: Path, offset: int, write: Callable[[str], None], interval
 
 def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     """Run the real supervisorctl against one instance through a 0600 client config."""
-    import subprocess
-    import sys
-
     from siteboot.keys import read_key, write_client_conf
+    from siteboot.proc import run_interactive, supervisor_command
 
     inst = plan.instance(instance)
     key = read_key(plan, inst)
@@ -455,12 +460,11 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
             exc.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
         raise
     conf = write_client_conf(plan, inst, key)
-    cmd = [sys.executable, "-I", "-m", "supervisor.supervisorctl", "-c", str(conf), *args]
-    return subprocess.run(cmd, check=False).returncode
+    return run_interactive(supervisor_command("supervisorctl", conf, *args))
 
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> StatusReport:
+           sleep: Callable[[float], None] = time.sleep) -> StatusResult:
     """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed)."""
     deadline = clock() + timeout
     while True:

@@ -6,12 +6,14 @@ message (what, where, what to do) and exits with its ``exit_code``; nothing else
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Callable
 
 # Exit codes of ordinary commands.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation was attempted and failed
 EXIT_USAGE = 2  # bad usage or a bad site file: nothing was attempted
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 # Exit codes of `siteboot status`, as monitoring plugins (Nagios, Icinga) read them.
 STATUS_OK = 0  # every program that should run is RUNNING
@@ -75,3 +77,31 @@ class InstanceError(SitebootError):
 
 class BootstrapError(SitebootError):
     """The tool or an application virtualenv could not be built."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], template: str = "'{}'") -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``choices``, or "" when none is close."""
+    import difflib  # not at the top: the status path never needs it
+
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {template.format(close[0])}?)" if close else ""
+
+
+def exit_code_for(exc: BaseException, *, debug: bool, error: Callable[[str], None],
+                  internal_code: int = EXIT_FAILED) -> int:
+    """The one translation of an exception into a message and an exit code.
+
+    An expected failure prints its message; Ctrl-C is 130 and quiet; anything else is a bug:
+    one line and ``internal_code`` (for ``status``, UNKNOWN: a verdict a monitor can still read).
+    With ``debug``, and for exits that are not errors, the exception is raised again.
+    """
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if debug or not isinstance(exc, Exception):
+        raise exc
+    if isinstance(exc, SitebootError):
+        error(str(exc))
+        return exc.exit_code
+    error(f"internal error: {type(exc).__name__}: {exc}\n"
+          "  rerun with --debug (or SITEBOOT_DEBUG=1) for the traceback")
+    return internal_code

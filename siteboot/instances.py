@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.errors import InstanceError, OwnershipError, SitebootError, UsageError
-from siteboot.fsutil import atomic_write, ensure_private_dir, flock
-from siteboot.plan import InstancePlan, Plan
+from siteboot.errors import EXIT_FAILED, EXIT_OK, InstanceError, OwnershipError, SitebootError, UsageError
+from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, flock
+from siteboot.plan import InstancePlan, Plan, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
     file_tail,
@@ -27,21 +27,39 @@ from siteboot.proc import (
     supervisor_command,
     terminate_tree,
 )
-from siteboot.rpc import NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, RpcError
+from siteboot.rpc import NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, RpcError, connect
 
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
 
 
 @dataclass
-class Outcome:
+class InstanceOutcome:
     """What happened to one instance."""
 
     instance: str
-    action: str  # started, already running, stopped, not running, skipped, ...
+    action: str  # started, already running, updated, stopped, not running, skipped, failed
     detail: str = ""
     pid: int | None = None
     notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"instance": self.instance, "action": self.action, "detail": self.detail,
+                "pid": self.pid, "notes": self.notes}
+
+
+@dataclass
+class LifecycleResult:
+    """What ``up`` or ``down`` did to each instance; it failed if any instance failed."""
+
+    outcomes: list[InstanceOutcome]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if any(o.action == "failed" for o in self.outcomes) else EXIT_OK
+
+    def as_json(self) -> list[dict[str, Any]]:
+        return [o.as_json() for o in self.outcomes]
 
 
 # ------------------------------------------------------------------------------------------
@@ -129,12 +147,41 @@ def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------
+# Provisioning: runtime dir, key, config
+
+
+def prepare_runtime_dir(inst: InstancePlan, trusted_uids: Iterable[int] = ()) -> None:
+    """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
+    problem = socket_path_problem(inst)
+    if problem:
+        raise UsageError(f"instance {inst.name}: {problem}")
+    if inst.runtime_parent is not None:
+        ensure_shared_parent(inst.runtime_parent, trusted_uids, private=inst.runtime_parent_private)
+    ensure_private_dir(inst.runtime_dir)
+    ensure_private_dir(inst.childlogdir)
+
+
+def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
+    """Runtime dir, key and config of ``inst`` (all idempotent); the config's path.
+
+    A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
+    """
+    from siteboot.keys import ensure_key, password_hash
+    from siteboot.render import render_instance, render_preview
+
+    render_preview(plan, inst, root)
+    prepare_runtime_dir(inst, plan.user_uids())
+    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
+    atomic_write(inst.conf_path, text, mode=0o600)
+    return inst.conf_path
+
+
+# ------------------------------------------------------------------------------------------
 # Endpoints
 
 
 def own_endpoint(plan: Plan, inst: InstancePlan, timeout: float = 5.0) -> Endpoint:
     """The owner's endpoint, creating the key on first need (``up``)."""
-    from siteboot.control import connect
     from siteboot.keys import ensure_key
 
     return connect(plan, inst, timeout, key=ensure_key(inst))
@@ -156,35 +203,34 @@ def probe(endpoint: Endpoint) -> str | None:
 
 
 def each_owned(plan: Plan, instance: str | None,
-               action: Callable[[InstancePlan], Outcome]) -> list[Outcome]:
+               action: Callable[[InstancePlan], InstanceOutcome]) -> list[InstanceOutcome]:
     """``action`` under the instance's lock for each instance the invoker owns; others skipped."""
     import psutil
 
     outcomes = []
     for inst in plan.select(instance):
         if not plan.owns(inst):
-            outcomes.append(Outcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}"))
+            outcomes.append(InstanceOutcome(inst.name, "skipped",
+                                            f"owned by {inst.user}: run as {inst.user}"))
             continue
         try:
             with instance_lock(plan, inst):
                 outcomes.append(action(inst))
         except SitebootError as exc:  # one instance failing must not keep the others down
-            outcomes.append(Outcome(inst.name, "failed", str(exc)))
+            outcomes.append(InstanceOutcome(inst.name, "failed", str(exc)))
         except (OSError, psutil.Error) as exc:
-            outcomes.append(Outcome(inst.name, "failed", f"{type(exc).__name__}: {exc}"))
+            outcomes.append(InstanceOutcome(inst.name, "failed", f"{type(exc).__name__}: {exc}"))
     return outcomes
 
 
 def up(plan: Plan, root: Path | None, instance: str | None = None,
-       timeout: float = START_TIMEOUT) -> list[Outcome]:
+       timeout: float = START_TIMEOUT) -> LifecycleResult:
     """Start every instance the invoker owns; the others are reported as skipped."""
-    return each_owned(plan, instance, lambda inst: _up_one(plan, inst, root, timeout))
+    return LifecycleResult(each_owned(plan, instance, lambda inst: _up_one(plan, inst, root, timeout)))
 
 
-def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> Outcome:
-    from siteboot.render import render_owned
-
-    rendered = render_owned(plan, inst, root)  # runtime dir, key, config: all idempotent
+def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> InstanceOutcome:
+    conf = provision(plan, inst, root)
     endpoint = own_endpoint(plan, inst)
     running = find_supervisord(inst)
     notes = _publish(inst, endpoint.key)
@@ -194,8 +240,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path))
             if not changes:
-                return Outcome(inst.name, "already running", "nothing to do", running.pid, notes)
-            return Outcome(inst.name, "updated", "; ".join(changes), running.pid, notes)
+                return InstanceOutcome(inst.name, "already running", "nothing to do", running.pid, notes)
+            return InstanceOutcome(inst.name, "updated", "; ".join(changes), running.pid, notes)
         if why != NOT_RUNNING:
             # Busy, stopped, or refusing this key: its programs may be fine; never kill on a guess.
             raise InstanceError(f"supervisord pid {running.pid} of {inst.name} is running but "
@@ -206,8 +252,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -
         terminate_tree(running)
         running = None
     notes += clear_stale(inst, running)
-    pid = launch(inst, rendered.path, timeout, endpoint)
-    return Outcome(inst.name, "started", f"pid {pid}, {inst.unix_url}", pid, notes)
+    pid = launch(inst, conf, timeout, endpoint)
+    return InstanceOutcome(inst.name, "started", f"pid {pid}, {inst.unix_url}", pid, notes)
 
 
 def _read_text(path: Path) -> str:
@@ -285,21 +331,19 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
 
 def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list[str]:
     """Prepare ``instance`` and return the supervisord command to exec in the foreground."""
-    from siteboot.render import render_owned
-
     if not instance:
         raise UsageError("--foreground needs --instance: one supervisord per process")
     inst = plan.instance(instance)
     if not plan.owns(inst):
         raise UsageError(f"instance {inst.name} is owned by {inst.user}: run as {inst.user}")
     with instance_lock(plan, inst):
-        rendered = render_owned(plan, inst, root)
+        conf = provision(plan, inst, root)
         running = find_supervisord(inst)
         if running is not None:
             raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
                                 "stop it with `siteboot down` first")
         clear_stale(inst, None)
-    return supervisor_command("supervisord", rendered.path, "-n")
+    return supervisor_command("supervisord", conf, "-n")
 
 
 # ------------------------------------------------------------------------------------------
@@ -307,9 +351,9 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
 
 
 def down(plan: Plan, instance: str | None = None, purge: bool = False,
-         timeout: float | None = None) -> list[Outcome]:
+         timeout: float | None = None) -> LifecycleResult:
     """Stop every instance the invoker owns; the others are reported as skipped."""
-    return each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout))
+    return LifecycleResult(each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout)))
 
 
 def _stop_wait(inst: InstancePlan) -> float:
@@ -317,16 +361,14 @@ def _stop_wait(inst: InstancePlan) -> float:
     return float(max(waits, default=10)) + 10.0
 
 
-def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> Outcome:
+def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> InstanceOutcome:
     import psutil
 
     running = find_supervisord(inst)  # identified by uid and command line, not by its files
-    outcome = Outcome(inst.name, "not running")
+    outcome = InstanceOutcome(inst.name, "not running")
     if running is not None:
         descendants = running.children(recursive=True)
         try:
-            from siteboot.control import connect
-
             connect(plan, inst).call("supervisor.shutdown")
             how = "shut down over RPC"
         except (SitebootError, OSError) as exc:
@@ -336,7 +378,7 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
         if alive:
             how += "; escalated"
         terminate_tree(running, extra=descendants)
-        outcome = Outcome(inst.name, "stopped", how, running.pid)
+        outcome = InstanceOutcome(inst.name, "stopped", how, running.pid)
     try:
         _verify_runtime(plan, inst)
     except FileNotFoundError:

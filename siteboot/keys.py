@@ -136,7 +136,7 @@ def write_client_conf(plan: Plan, inst: InstancePlan, key: str) -> Path:
     """A 0600 supervisorctl config for ``inst``, so the key never appears on a command line."""
     from siteboot.fsutil import atomic_write, ensure_private_dir
 
-    url = inst.unix_url if plan.owns(inst) else inst.http_url
+    url = plan.url_for(inst)
     path = plan.client_conf_path(inst)
     ensure_private_dir(path.parent)
     text = (f"; written by siteboot for {inst.identifier}; holds the key, keep it 0600\n"

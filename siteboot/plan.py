@@ -169,6 +169,10 @@ class Plan:
     def owns(self, inst: InstancePlan) -> bool:
         return inst.user == self.invoker
 
+    def url_for(self, inst: InstancePlan) -> str:
+        """How the invoker reaches ``inst``: its own over the unix socket, others over 127.0.0.1."""
+        return inst.unix_url if self.owns(inst) else inst.http_url
+
     def client_conf_path(self, inst: InstancePlan) -> Path:
         return self.invoker_state_dir / f"supervisorctl-{inst.name}.conf"
 

@@ -108,7 +108,7 @@ def in_use_problems(site: Site, level: str, probe: ListenerProbe = probe_listene
 
 
 @dataclass
-class CheckReport:
+class CheckResult:
     sites: list[str]
     problems: list[Problem]
 
@@ -120,6 +120,12 @@ class CheckReport:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.level == "warning"]
 
+    @property
+    def exit_code(self) -> int:
+        from siteboot.errors import EXIT_OK, EXIT_USAGE
+
+        return EXIT_USAGE if self.errors else EXIT_OK
+
     def as_json(self) -> dict[str, Any]:
         return {
             "sites": self.sites,
@@ -130,7 +136,7 @@ class CheckReport:
 
 
 def check(paths: Sequence[Path], strict: bool = False, probe: ListenerProbe = probe_listeners,
-          ours: Callable[[int, set[str]], bool] = belongs_to_site) -> CheckReport:
+          ours: Callable[[int, set[str]], bool] = belongs_to_site) -> CheckResult:
     """Validate every site in ``paths``, then clashes between them, then the live host."""
     from siteboot.errors import SiteFileError
 
@@ -149,4 +155,4 @@ def check(paths: Sequence[Path], strict: bool = False, probe: ListenerProbe = pr
         problems.extend(port_clashes(sites))
     for site in sites:
         problems.extend(in_use_problems(site, "error" if strict else "warning", probe, ours))
-    return CheckReport([str(p) for p in paths], problems)
+    return CheckResult([str(p) for p in paths], problems)

@@ -1,4 +1,4 @@
-"""supervisord configs from Jinja2 templates, written atomically.
+"""supervisord configs from Jinja2 templates: text in, text out (no files, dirs or locks).
 
 Values reach supervisord through two parsers that can silently change them: its INI reader
 (``%`` interpolation, `` ;``/`` #`` inline comments, no multi-line values) and its
@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from siteboot import __version__
 from siteboot.errors import RenderError
-from siteboot.fsutil import atomic_write
 from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, ProgramPlan, socket_path_problem
 from siteboot.resources import template_dirs
 from siteboot.site import PROGRAM_KEYS
@@ -95,13 +92,6 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
     return problems
 
 
-@dataclass(frozen=True)
-class Rendered:
-    instance: str
-    path: Path
-    preview: bool
-
-
 def _environment(plan_dirs: list[Path]) -> Any:
     import jinja2
 
@@ -131,7 +121,11 @@ def generic_options(program: ProgramPlan) -> list[tuple[str, Any]]:
 
 def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool,
                     root: Path | None) -> str:
-    """The supervisord config text of ``inst``; ``password`` is a ``{SHA}`` hash."""
+    """The supervisord config text of ``inst``; ``password`` is a ``{SHA}`` hash.
+
+    Refuses (``RenderError``, exit 2) what supervisord could not carry unchanged, before any
+    directory, key or file exists: callers validate with a preview first.
+    """
     import jinja2
 
     socket_problem = socket_path_problem(inst)
@@ -159,10 +153,6 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc}") from None
 
 
-def write_config(path: Path, text: str) -> None:
-    atomic_write(path, text, mode=0o600)
-
-
 def template_context_names() -> dict[str, str]:
     """What a site's own template may use (documented in the README)."""
     return {
@@ -175,67 +165,8 @@ def template_context_names() -> dict[str, str]:
     }
 
 
-def prepare_runtime_dir(inst: InstancePlan, trusted_uids: Iterable[int] = ()) -> None:
-    """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
-    from siteboot.errors import UsageError
-    from siteboot.fsutil import ensure_private_dir, ensure_shared_parent
-    from siteboot.plan import socket_path_problem
-
-    problem = socket_path_problem(inst)
-    if problem:
-        raise UsageError(f"instance {inst.name}: {problem}")
-    if inst.runtime_parent is not None:
-        ensure_shared_parent(inst.runtime_parent, trusted_uids, private=inst.runtime_parent_private)
-    ensure_private_dir(inst.runtime_dir)
-    ensure_private_dir(inst.childlogdir)
-
-
-def render_owned(plan: Plan, inst: InstancePlan, root: Path | None) -> Rendered:
-    """Render ``inst`` with its real key into its runtime dir (what ``up`` starts from)."""
-    from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
-
-    # A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
-    render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
-    prepare_runtime_dir(inst, plan.user_uids())
-    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
-    write_config(inst.conf_path, text)
-    return Rendered(inst.name, inst.conf_path, preview=False)
-
-
-@dataclass(frozen=True)
-class RenderResult:
-    rendered: list[Rendered]
-    skipped: list[tuple[str, str]]  # (instance, why)
-
-
-def render_configs(plan: Plan, root: Path | None, out: Path | None = None,
-                   instance: str | None = None) -> RenderResult:
-    """Render the env's configs: into ``out`` as previews, or in place for the invoker's own."""
+def render_preview(plan: Plan, inst: InstancePlan, root: Path | None) -> str:
+    """The config of ``inst`` with a placeholder key hash: safe to show, not startable as is."""
     from siteboot.keys import PLACEHOLDER_HASH
 
-    rendered: list[Rendered] = []
-    skipped: list[tuple[str, str]] = []
-    selected = plan.select(instance)
-    if out is not None:
-        texts = [(inst, render_instance(plan, inst, PLACEHOLDER_HASH, True, root))
-                 for inst in selected]
-        out.mkdir(parents=True, exist_ok=True)
-        for inst, text in texts:
-            path = out / inst.conf_path.name
-            write_config(path, text)
-            rendered.append(Rendered(inst.name, path, preview=True))
-        return RenderResult(rendered, skipped)
-    # Validate every instance first (also the ones of other users, so a bad value is found
-    # before their owner deploys): a refusal leaves nothing written.
-    for inst in selected:
-        render_instance(plan, inst, PLACEHOLDER_HASH, True, root)
-    from siteboot.instances import instance_lock
-
-    for inst in selected:
-        if plan.owns(inst):
-            with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
-                rendered.append(render_owned(plan, inst, root))
-        else:
-            skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
-                                       "or preview it with --out DIR"))
-    return RenderResult(rendered, skipped)
+    return render_instance(plan, inst, PLACEHOLDER_HASH, True, root)

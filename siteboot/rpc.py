@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import InstanceError
-from siteboot.plan import RPC_USERNAME
+from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, uid_of
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -247,6 +247,16 @@ class Endpoint:
             else:
                 out.append(item)  # supervisord does not wrap results in 1-lists
         return out
+
+
+def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | None = None) -> Endpoint:
+    """The one way to reach an instance: its owner over the unix socket, a granted member over
+    127.0.0.1; either way the key only goes to a server running as the instance's user."""
+    if key is None:
+        from siteboot.keys import read_key
+
+        key = read_key(plan, inst)
+    return Endpoint(plan.url_for(inst), key, timeout, owner_uid=uid_of(inst.user))
 
 
 def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:

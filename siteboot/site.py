@@ -7,7 +7,6 @@ and decide which program keys pass through to supervisord.
 
 from __future__ import annotations
 
-import difflib
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.errors import SiteFileError
+from siteboot.errors import SiteFileError, did_you_mean
 
 PORT_MIN = 1024
 PORT_MAX = 65535
@@ -268,9 +267,7 @@ class _Validator:
         known = {k.name: k for k in keys}
         for name in raw:
             if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                self.error(table, name, f"unknown key '{name}'{hint}")
+                self.error(table, name, f"unknown key '{name}'{did_you_mean(name, known)}")
         values: dict[str, Any] = {}
         for key in keys:
             if key.name not in raw:
@@ -346,10 +343,8 @@ class _Validator:
         ports: dict[str, int] = {}
         for env in value:
             if env not in envs:
-                close = difflib.get_close_matches(env, list(envs), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                self.error(table, key.name,
-                           f"'{key.name}.{env}': '{env}' is not an env of this site{hint}")
+                self.error(table, key.name, f"'{key.name}.{env}': '{env}' is not an env of this "
+                           f"site{did_you_mean(env, envs)}")
         for env in envs:
             if env not in value:
                 self.error(table, key.name, f"'{key.name}' has no port for env '{env}'")
@@ -378,8 +373,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
     known_top = ("site", "instances", "programs", "venvs")
     for top in data:
         if top not in known_top:
-            close = difflib.get_close_matches(top, known_top, n=1)
-            hint = f" (did you mean '[{close[0]}]'?)" if close else ""
+            hint = did_you_mean(top, known_top, "'[{}]'")
             v.problems.append(Problem("error", f"{path}: [{top}]", f"unknown table '{top}'{hint}"))
 
     site_raw = data.get("site", {})
@@ -464,9 +458,8 @@ def _check_name(v: _Validator, table: str, key: str | None, name: str) -> None:
 def _check_program(v: _Validator, table: str, program: Program, instances: Mapping[str, Instance],
                    venvs: Mapping[str, VenvSpec]) -> None:
     if program.instance and program.instance not in instances:
-        close = difflib.get_close_matches(program.instance, list(instances), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        v.error(table, "instance", f"instance '{program.instance}' is not declared{hint}")
+        v.error(table, "instance", f"instance '{program.instance}' is not declared"
+                f"{did_you_mean(program.instance, instances)}")
     if program.venv and program.venv not in venvs:
         v.error(table, "venv", f"venv '{program.venv}' is not declared in [venvs]")
     if program.port and program.options["numprocs"] > 1:
@@ -486,8 +479,7 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
             continue
         for name in fields:
             if name not in PLACEHOLDERS:
-                close = difflib.get_close_matches(name, PLACEHOLDERS, n=1)
-                hint = f" (did you mean '{{{close[0]}}}'?)" if close else ""
+                hint = did_you_mean(name, PLACEHOLDERS, "'{{{}}}'")  # -> '{port}'
                 v.error(table, key, f"'{key}' uses undefined placeholder {{{name}}}{hint}")
             elif name == "port" and not program.port:
                 v.error(table, key, f"'{key}' uses {{port}} but the program has no 'port' table")

@@ -58,11 +58,14 @@ Runner = Callable[[Sequence[str]], RunResult]
 
 
 @dataclass(frozen=True)
-class VenvResult:
+class VenvOutcome:
     name: str
     path: Path  # the stable path (the symlink), as in programs' commands
     action: str  # "created" | "updated" | "up to date"
     seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "path": str(self.path), "action": self.action}
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,13 +179,13 @@ def _usable(venv: Path, digest: str, runner: Runner) -> bool:
 
 
 def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = run,
-                 progress: Callable[[str], None] | None = None) -> list[VenvResult]:
+                 progress: Callable[[str], None] | None = None) -> list[VenvOutcome]:
     """Build (or confirm) every venv used by a program of an instance the invoker owns, once each.
 
     ``wheelhouse``: install only from this directory (``pip --no-index --find-links``).
     ``progress`` is told before each build starts (builds can take a while).
     """
-    results: list[VenvResult] = []
+    results: list[VenvOutcome] = []
     done: set[Path] = set()
     for inst in plan.instances.values():
         if not plan.owns(inst):
@@ -199,7 +202,7 @@ def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = ru
 
 def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runner: Runner = run,
                 site_path: Path | None = None,
-                progress: Callable[[str], None] | None = None) -> VenvResult:
+                progress: Callable[[str], None] | None = None) -> VenvOutcome:
     """Make the stable ``path`` (a symlink) point at a complete build of ``spec``."""
     started = time.monotonic()
     venv_dir = path.parent
@@ -215,7 +218,7 @@ def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runn
         _refuse_real(spec, path)  # again: someone may have made it while we waited
         old = _link_target(path)
         if old is not None and _usable(path, digest, runner):
-            return VenvResult(spec.name, path, "up to date", time.monotonic() - started)
+            return VenvOutcome(spec.name, path, "up to date", time.monotonic() - started)
         if not _usable(build, digest, runner):  # else: an earlier build, kept as previous: reuse
             if progress is not None:
                 count = len(spec.requirements)
@@ -227,7 +230,7 @@ def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runn
         _cleanup(venv_dir, spec.name, keep={build.name, replaced})
         _unlink(_log_path(path))
     action = "created" if old is None else "updated"
-    return VenvResult(spec.name, path, action, time.monotonic() - started)
+    return VenvOutcome(spec.name, path, action, time.monotonic() - started)
 
 
 def _refuse_real(spec: VenvSpec, path: Path) -> None:

@@ -1,24 +1,27 @@
-"""The click commands: parse, call the core, print a table or JSON. No logic lives here.
+"""The click commands: parse, call one operation (``siteboot.ops``), print its result.
 
-Heavy modules (jinja2, virtualenv, psutil, supervisor) are imported inside the commands that
-need them, so ``siteboot status`` starts fast.
+No logic lives here. Heavy modules (jinja2, virtualenv, psutil, supervisor) are imported by the
+operations that need them, so ``siteboot --help`` and ``siteboot status`` start fast.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from siteboot import __version__
-from siteboot.cli import Ctx, debug_enabled, show_status
+from siteboot import __version__, ops
+from siteboot.cli.context import Ctx, debug_enabled
+from siteboot.cli.fast import show_status
 from siteboot.cli.output import echo, error, print_json, print_status, styled, table
-from siteboot.errors import EXIT_FAILED, EXIT_USAGE, SitebootError
+from siteboot.errors import SitebootError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
+
+if TYPE_CHECKING:
+    from siteboot.instances import LifecycleResult
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -39,18 +42,15 @@ def json_option(func: F) -> F:
 
 
 class SitebootGroup(click.Group):
-    """Turns expected failures into one message and an exit code, never a traceback."""
+    """Expected failures become one message and an exit code, never a traceback (bugs are
+    reported by ``siteboot.cli.main``, through the same ``exit_code_for``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except SitebootError as exc:
-            if debug_enabled() or (ctx.params.get("debug")):
-                raise
-            error(str(exc))
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            ctx.exit(130)
+        except (SitebootError, KeyboardInterrupt) as exc:  # Ctrl-C: before click says "Aborted!"
+            ctx.exit(exit_code_for(exc, debug=debug_enabled() or bool(ctx.params.get("debug")),
+                                   error=error))
 
 
 @click.group(cls=SitebootGroup,
@@ -69,15 +69,12 @@ def cli(debug: bool) -> None:
 @json_option
 def ports(site: str, env: str, root: str | None, as_json: bool) -> None:
     """Print the site's port matrix: one row per program and supervisord, one column per env."""
-    from siteboot.ports import matrix
-
-    model = Ctx(site, env, root).site()
-    rows = matrix(model)
+    result = ops.ports(Ctx(site, env, root).site())
     if as_json:
-        print_json({"site": model.name, "envs": model.envs, "ports": rows})
+        print_json(result.as_json())
         return
-    echo(table(["name", *model.envs], [[name, *(ports_.get(e) for e in model.envs)]
-                                       for name, ports_ in rows.items()]))
+    echo(table(["name", *result.envs], [[name, *(by_env.get(e) for e in result.envs)]
+                                        for name, by_env in result.ports.items()]))
 
 
 @cli.command()
@@ -89,23 +86,21 @@ def ports(site: str, env: str, root: str | None, as_json: bool) -> None:
 def check(site: str, env: str, root: str | None, all_sites: bool, strict: bool,
           as_json: bool) -> None:
     """Validate site files and the port matrix; report every problem at once."""
-    from siteboot.ports import check as run_check
     from siteboot.resources import all_site_paths
 
     ctx = Ctx(site, env, root)
     paths = all_site_paths(ctx.root) if all_sites else [ctx.site_path()]
-    report = run_check(paths, strict=strict)
+    result = ops.check(paths, strict=strict)
     if as_json:
-        print_json(report.as_json())
+        print_json(result.as_json())
     else:
-        for problem in report.problems:
+        for problem in result.problems:
             color = "red" if problem.level == "error" else "yellow"
             echo(styled(str(problem), fg=color), err=True)
-        verdict = "ok" if not report.errors else f"{len(report.errors)} error(s)"
+        verdict = "ok" if not result.errors else f"{len(result.errors)} error(s)"
         echo(f"checked {len(paths)} site file(s): {verdict}"
-             + (f", {len(report.warnings)} warning(s)" if report.warnings else ""))
-    if report.errors:
-        sys.exit(EXIT_USAGE)
+             + (f", {len(result.warnings)} warning(s)" if result.warnings else ""))
+    sys.exit(result.exit_code)
 
 
 @cli.command()
@@ -117,14 +112,10 @@ def check(site: str, env: str, root: str | None, all_sites: bool, strict: bool,
 def render(site: str, env: str, root: str | None, instance: str | None, out: Path | None,
            as_json: bool) -> None:
     """Render one supervisord config per instance from templates/."""
-    from siteboot.render import render_configs
-
     ctx = Ctx(site, env, root)
-    result = render_configs(ctx.plan(), ctx.root, out, instance)
+    result = ops.render(ctx.plan(), ctx.root, out, instance)
     if as_json:
-        print_json({"rendered": [{"instance": r.instance, "path": str(r.path),
-                                  "preview": r.preview} for r in result.rendered],
-                    "skipped": [{"instance": i, "reason": why} for i, why in result.skipped]})
+        print_json(result.as_json())
         return
     for item in result.rendered:
         note = "  (preview: placeholder key hash, not startable as is)" if item.preview else ""
@@ -133,8 +124,8 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
         echo(f"skipped {name}: {why}")
 
 
-def _print_outcomes(outcomes: list[Any]) -> None:
-    for o in outcomes:
+def _print_outcomes(result: LifecycleResult) -> None:
+    for o in result.outcomes:
         color = {"started": "green", "stopped": "green", "updated": "green", "skipped": "yellow",
                  "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
@@ -143,19 +134,13 @@ def _print_outcomes(outcomes: list[Any]) -> None:
             echo(f"  {note}")
 
 
-def _report(outcomes: list[Any], as_json: bool) -> None:
+def _report(result: LifecycleResult, as_json: bool) -> None:
     """Print what happened to each instance; exit 1 if any of them failed."""
     if as_json:
-        print_json(_outcomes_json(outcomes))
+        print_json(result.as_json())
     else:
-        _print_outcomes(outcomes)
-    if any(o.action == "failed" for o in outcomes):
-        sys.exit(EXIT_FAILED)
-
-
-def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
-    return [{"instance": o.instance, "action": o.action, "detail": o.detail, "pid": o.pid,
-             "notes": o.notes} for o in outcomes]
+        _print_outcomes(result)
+    sys.exit(result.exit_code)
 
 
 @cli.command()
@@ -170,16 +155,10 @@ def _outcomes_json(outcomes: list[Any]) -> list[dict[str, Any]]:
 def up(site: str, env: str, root: str | None, instance: str | None, foreground: bool,
        timeout: float, as_json: bool) -> None:
     """Start the supervisord of every instance you own (others: run as their owner)."""
-    from siteboot import instances
-
     ctx = Ctx(site, env, root)
-    plan = ctx.plan()
     if foreground:
-        argv = instances.foreground_argv(plan, ctx.root, instance)
-        sys.stdout.flush()
-        os.execv(argv[0], argv)
-    outcomes = instances.up(plan, ctx.root, instance, timeout)
-    _report(outcomes, as_json)
+        ops.run_foreground(ctx.plan(), ctx.root, instance)
+    _report(ops.up(ctx.plan(), ctx.root, instance, timeout), as_json)
 
 
 @cli.command()
@@ -190,10 +169,7 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
 def down(site: str, env: str, root: str | None, instance: str | None, purge: bool,
          as_json: bool) -> None:
     """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays."""
-    from siteboot import instances
-
-    outcomes = instances.down(Ctx(site, env, root).plan(), instance, purge)
-    _report(outcomes, as_json)
+    _report(ops.down(Ctx(site, env, root).plan(), instance, purge), as_json)
 
 
 @cli.command()
@@ -212,17 +188,13 @@ def status(site: str, env: str, root: str | None, instance: str | None, as_json:
 
 def _control(action: str, site: str, env: str, root: str | None, names: Sequence[str],
              as_json: bool) -> None:
-    from siteboot.control import control
-
-    results = control(Ctx(site, env, root).plan(), action, list(names))
+    result = ops.control(Ctx(site, env, root).plan(), action, names)
     if as_json:
-        print_json([{"instance": r.instance, "process": r.process, "ok": r.ok,
-                     "message": r.message} for r in results])
+        print_json(result.as_json())
     else:
-        for r in results:
+        for r in result.outcomes:
             echo(f"{r.instance}:{r.process}: " + styled(r.message, fg="green" if r.ok else "red"))
-    if not all(r.ok for r in results):
-        sys.exit(EXIT_FAILED)
+    sys.exit(result.exit_code)
 
 
 def _control_command(action: str, summary: str) -> click.Command:
@@ -255,13 +227,11 @@ for _action, _summary in (("start", "Start programs and wait until they count as
 def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, stderr: bool,
              nbytes: int) -> None:
     """Print the end of a program's log (NAME or instance:NAME)."""
-    from siteboot.control import tail
-
     def write(text: str) -> None:
         if text:
             echo(text, nl=False)
 
-    tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -273,9 +243,7 @@ def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str
 
     The key reaches supervisorctl through a 0600 client config, never the command line.
     """
-    from siteboot.control import ctl as run_ctl
-
-    sys.exit(run_ctl(Ctx(site, env, root).plan(), instance, list(args)))
+    sys.exit(ops.ctl(Ctx(site, env, root).plan(), instance, args))
 
 
 @cli.command()
@@ -292,23 +260,15 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
 
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
-    from siteboot import instances
-    from siteboot.control import settle
-    from siteboot.venvs import ensure_venvs
-
     ctx = Ctx(site, env, root)
-    plan = ctx.plan()
-    venvs = ensure_venvs(plan, wheelhouse, progress=None if as_json else lambda line: echo(line, err=True))
-    outcomes = instances.up(plan, ctx.root, None, timeout)
-    report = settle(plan, timeout)
+    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout,
+                      progress=None if as_json else lambda line: echo(line, err=True))
     if as_json:
-        print_json({"venvs": [{"name": v.name, "path": str(v.path), "action": v.action}
-                              for v in venvs],
-                    "instances": _outcomes_json(outcomes), "status": report.as_json()})
+        print_json(result.as_json())
     else:
-        for v in venvs:
+        for v in result.venvs:
             echo(f"venv {v.name}: {v.action} ({v.path})")
-        _print_outcomes(outcomes)
+        _print_outcomes(result.instances)
         echo()
-        print_status(report)
-    sys.exit(report.exit_code)
+        print_status(result.status)
+    sys.exit(result.exit_code)

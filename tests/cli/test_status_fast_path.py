@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from siteboot.cli import parse_status_args
 from siteboot.cli.commands import status
+from siteboot.cli.fast import parse_status_args
 
 CASES = [
     [],

@@ -13,7 +13,7 @@ from siteboot.control import (
     RUNNING,
     InstanceStatus,
     ProgramStatus,
-    StatusReport,
+    StatusResult,
     resolve_targets,
     worst,
 )
@@ -252,7 +252,7 @@ def test_report_exit_code_and_json_keys():
     ok = InstanceStatus("alpha", "me", RUNNING, "unix:///a", pid=7,
                         programs=[ProgramStatus("web", GROUP, "RUNNING", 12, 30, None, "", True)])
     down = InstanceStatus("beta", "me", NOT_RUNNING, "unix:///b", error="nothing there")
-    report = StatusReport("t", "dev", [ok, down])
+    report = StatusResult("t", "dev", [ok, down])
     assert report.exit_code == STATUS_CRITICAL
     data = report.as_json()
     assert set(data) == {"site", "env", "ok", "instances"}
@@ -268,10 +268,10 @@ def test_report_exit_code_and_json_keys():
     assert data["instances"][1]["error"] == "nothing there"
     assert data["instances"][1]["programs"] == []
 
-    fine = StatusReport("t", "dev", [ok])
+    fine = StatusResult("t", "dev", [ok])
     assert fine.exit_code == STATUS_OK
     assert fine.as_json()["ok"] is True
-    assert StatusReport("t", "dev", []).exit_code == STATUS_OK
+    assert StatusResult("t", "dev", []).exit_code == STATUS_OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -392,8 +392,8 @@ def test_resolve_unknown_instance_or_program_in_it(plan):
 # control
 
 
-def results(rows: list[control.ControlResult]) -> dict[str, tuple[bool, str]]:
-    return {f"{r.instance}:{r.process}": (r.ok, r.message) for r in rows}
+def results(result: control.ControlResult) -> dict[str, tuple[bool, str]]:
+    return {f"{r.instance}:{r.process}": (r.ok, r.message) for r in result.outcomes}
 
 
 def test_start_goes_starting_then_running(plan, endpoints):
@@ -523,7 +523,7 @@ def test_instances_fail_independently(plan, endpoints):
     endpoints["beta"] = FakeEndpoint(scripts={"worker_00": ["RUNNING"], "worker_01": ["RUNNING"]})
     endpoints["gamma"] = KeyAccessError("instance gamma belongs to someone-else")
     rows = control.control(plan, "start", ["all", "gamma:*"])
-    assert [(r.instance, r.process) for r in rows] == [
+    assert [(r.instance, r.process) for r in rows.outcomes] == [
         ("alpha", "web"), ("alpha", "idle"), ("beta", "worker_00"), ("beta", "worker_01"),
         ("gamma", "web2")]
     assert results(rows) == {

@@ -69,7 +69,7 @@ def test_private_parent_when_the_path_names_the_user(short_dir: Path):
     plan = _one_instance_plan(short_dir, runtime="run-{user}")
     inst = plan.instances["a"]
     assert inst.runtime_parent_private
-    from siteboot.render import prepare_runtime_dir
+    from siteboot.instances import prepare_runtime_dir
 
     prepare_runtime_dir(inst)
     assert inst.runtime_parent is not None
@@ -145,7 +145,7 @@ def test_down_purge_never_deletes_through_a_planted_path(short_dir: Path):
     (victim / "a" / "precious").write_text("data\n")
     plan = _one_instance_plan(short_dir)
     (short_dir / "run").symlink_to(victim)  # what someone could leave after a /tmp wipe
-    (outcome,) = down(plan, purge=True)
+    (outcome,) = down(plan, purge=True).outcomes
     assert outcome.action == "not running"
     assert any("left the runtime files alone" in note for note in outcome.notes)
     assert (victim / "a" / "precious").read_text() == "data\n"

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from siteboot import ops
 from siteboot.errors import EXIT_USAGE, OwnershipError, SitebootError
 from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, owner_name
+from siteboot.instances import prepare_runtime_dir
 from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
 from siteboot.plan import Plan, make_plan
-from siteboot.render import prepare_runtime_dir, render_configs
 from siteboot.site import load_site
 from tests.helpers import own_site_text, supervisor_parse
 
@@ -54,7 +55,7 @@ def test_key_is_created_once_0600_in_a_0700_state_dir(write_site, short_dir):
 def test_render_in_place(write_site, short_dir):
     plan = own_plan(write_site, short_dir)
     inst = plan.instances["main"]
-    result = render_configs(plan, None)
+    result = ops.render(plan, None)
     (item,) = result.rendered
     assert result.skipped == []
     assert not item.preview
@@ -74,7 +75,7 @@ def test_render_in_place(write_site, short_dir):
     for server in opts.configroot.supervisord.server_configs:
         assert server["password"] == password_hash(key)
     # a second render keeps the key
-    render_configs(plan, None)
+    ops.render(plan, None)
     assert inst.key_path.read_text().strip() == key
 
 
@@ -86,7 +87,7 @@ def test_runtime_dir_of_another_user_is_refused(write_site, short_dir):
     inst.runtime_dir.mkdir()
     os.chown(inst.runtime_dir, NOBODY, NOBODY)
     with pytest.raises(OwnershipError) as info:
-        render_configs(plan, None)
+        ops.render(plan, None)
     message = str(info.value)
     assert str(inst.runtime_dir) in message
     assert f"owned by {owner_name(NOBODY)}" in message
@@ -102,7 +103,7 @@ def test_too_long_socket_path_creates_nothing(write_site, short_dir):
     assert info.value.exit_code == EXIT_USAGE
     assert "107" in str(info.value)
     with pytest.raises(SitebootError):
-        render_configs(plan, None)
+        ops.render(plan, None)
     assert list(short_dir.iterdir()) == []
 
 

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
+from siteboot import ops
 from siteboot.errors import EXIT_USAGE, RenderError
 from siteboot.keys import PLACEHOLDER_HASH
 from siteboot.plan import Plan, make_plan
 from siteboot.render import (
     envquote,
     percentescape,
-    render_configs,
     render_instance,
     representable,
     shellquote,
@@ -305,7 +305,7 @@ def test_previews_go_only_into_out(write_site, tmp_path):
     plan = make(write_site, 'command = "run"',
                 site=f'runtime_dir = "{tmp_path}/rt-{{env}}"\nstate_dir = "{tmp_path}/state"')
     out = tmp_path / "out"
-    result = render_configs(plan, None, out)
+    result = ops.render(plan, None, out)
     (item,) = result.rendered
     assert item.preview
     assert item.path == out / "supervisord-main.conf"

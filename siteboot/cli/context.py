@@ -1,0 +1,54 @@
+"""What every command is given: the chosen site, env and root, resolved on first use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from siteboot.plan import Plan
+    from siteboot.site import Site
+
+_UNSET = object()
+
+
+def debug_enabled(args: Sequence[str] = ()) -> bool:
+    return "--debug" in args or os.environ.get("SITEBOOT_DEBUG", "") not in ("", "0")
+
+
+class Ctx:
+    """What every command gets: the chosen site, env and root, resolved lazily."""
+
+    def __init__(self, site: str, env: str, root: str | None) -> None:
+        self.site_arg = site
+        self.env = env
+        self.root_arg = root
+        self._root: object = _UNSET
+
+    @property
+    def root(self) -> Path | None:
+        """The site root, found once (its notices, e.g. an untrusted sites/, print once)."""
+        if self._root is _UNSET:
+            from siteboot.cli.output import echo
+            from siteboot.resources import find_root
+
+            self._root = find_root(self.root_arg, notice=lambda text: echo(text, err=True))
+        assert self._root is None or isinstance(self._root, Path)
+        return self._root
+
+    def site_path(self) -> Path:
+        from siteboot.resources import resolve_site_path
+
+        return resolve_site_path(self.site_arg, self.root)
+
+    def site(self) -> Site:
+        from siteboot.site import load_site
+
+        return load_site(self.site_path())
+
+    def plan(self) -> Plan:
+        from siteboot.plan import make_plan
+
+        return make_plan(self.site(), self.env)
