@@ -1,7 +1,7 @@
 """Fakes and builders shared by the stage 0 tests (test_bootstrap_*.py, test_stage0.py).
 
-A plain module, not a conftest: the tests import what they use, and each keeps its one-line
-fixtures (``checkout``, ``isolated_venv``) around the builders here.
+A plain module, not a conftest: the tests import what they use; a file that wants a fixture
+(``checkout``) wraps the builder here in one.
 """
 
 from __future__ import annotations

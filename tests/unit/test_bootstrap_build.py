@@ -34,11 +34,6 @@ def checkout(tmp_path: Path) -> Path:
     return make_checkout(tmp_path)
 
 
-@pytest.fixture
-def isolated_venv(tmp_path: Path) -> tuple[Path, Path]:
-    return make_isolated_venv(tmp_path)
-
-
 # --- building, stamps and transactions -----------------------------------------------------------
 
 
@@ -416,9 +411,8 @@ def test_launcher_finds_its_venv_also_through_a_symlink(tmp_path: Path) -> None:
     assert "dirname" not in build.LAUNCHER
 
 
-def test_launcher_ignores_a_siteboot_package_in_the_current_directory(
-        isolated_venv: tuple[Path, Path]) -> None:
-    venv, planted = isolated_venv
+def test_launcher_ignores_a_siteboot_package_in_the_current_directory(tmp_path: Path) -> None:
+    venv, planted = make_isolated_venv(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(planted))
     env.pop("SITEBOOT_BOOTSTRAPPED", None)
     # what the launcher guards against: plain `-m` runs the planted package

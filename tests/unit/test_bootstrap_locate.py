@@ -19,11 +19,6 @@ def checkout(tmp_path: Path) -> Path:
     return make_checkout(tmp_path)
 
 
-@pytest.fixture
-def isolated_venv(tmp_path: Path) -> tuple[Path, Path]:
-    return make_isolated_venv(tmp_path)
-
-
 def test_find_checkout_needs_our_setup_cfg(tmp_path: Path, checkout: Path) -> None:
     assert locate.find_checkout(checkout / "siteboot") == checkout
     (tmp_path / "site-packages" / "siteboot").mkdir(parents=True)
@@ -49,9 +44,8 @@ def test_wheelhouse_from(argv: list[str], env: dict[str, str], expected: Path | 
     assert locate.wheelhouse_from(argv, env) == expected
 
 
-def test_reexec_ignores_a_siteboot_package_in_the_current_directory(
-        isolated_venv: tuple[Path, Path]) -> None:
-    venv, planted = isolated_venv
+def test_reexec_ignores_a_siteboot_package_in_the_current_directory(tmp_path: Path) -> None:
+    venv, planted = make_isolated_venv(tmp_path)
     code = textwrap.dedent(f"""
         import os
         from pathlib import Path
