@@ -2,7 +2,7 @@
 
 From a checkout (``setup.cfg`` beside the package) on a machine with nothing but python3:
 
-- ``init`` outside the tool venv: build or update the tool venv (siteboot/bootstrap.py), then
+- ``init`` outside the tool venv: build or update the tool venv (siteboot/bootstrap/), then
   re-execute ``<venv>/bin/python -I -m siteboot init ...`` with SITEBOOT_BOOTSTRAPPED=1;
 - any other command outside the tool venv: re-execute into the tool venv when it is current;
   else run in-process when siteboot's dependencies are importable (a dev env); else say to run
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Callable
 
-from siteboot import bootstrap
+from siteboot.bootstrap import locate
 from siteboot.errors import EXIT_FAILED, SitebootError, UsageError
 
 BOOTSTRAP = "bootstrap"
@@ -27,7 +27,7 @@ CLI = "cli"
 MISSING = "missing"
 
 # Options that take a value, so that their value is not mistaken for the command.
-_VALUE_OPTIONS = frozenset({"--site", "-s", "--env", "-e", "--root", bootstrap.WHEELHOUSE_OPTION})
+_VALUE_OPTIONS = frozenset({"--site", "-s", "--env", "-e", "--root", locate.WHEELHOUSE_OPTION})
 
 
 def first_command(argv: Sequence[str]) -> str | None:
@@ -57,7 +57,7 @@ def choose_action(argv: Sequence[str], *, checkout: Path | None, venv: Path | No
     """
     if checkout is None or venv is None:  # installed from a wheel: nothing to bootstrap
         return CLI
-    if bootstrap.same_path(prefix, venv):  # already in the tool venv
+    if locate.same_path(prefix, venv):  # already in the tool venv
         return CLI
     if reexeced:  # exec'd into the venv, yet not in it: never loop
         return CLI if deps_available() else MISSING
@@ -69,45 +69,49 @@ def choose_action(argv: Sequence[str], *, checkout: Path | None, venv: Path | No
 
 
 def _venv_ready(checkout: Path, venv: Path) -> bool:
-    if not (venv / bootstrap.STAMP_NAME).is_file():
+    if not (venv / locate.STAMP_NAME).is_file():
         return False
+    from siteboot.bootstrap import stamp  # not at the top: runs inside the tool venv never ask
+
     try:
-        return bootstrap.Bootstrapper(checkout, venv, pip_config={}).is_current()
+        return stamp.is_current(checkout, venv)
     except SitebootError:
         return False
 
 
 def _deps_available(checkout: Path) -> bool:
+    from siteboot.bootstrap import requirements  # not at the top: only outside the tool venv
+
     try:
-        requires = bootstrap.read_requirements(checkout / "setup.cfg")
+        requires = requirements.read_requirements(checkout / "setup.cfg")
     except SitebootError:
         return False
-    return bootstrap.distributions_installed(bootstrap.required_distributions(requires))
+    return requirements.distributions_installed(requirements.required_distributions(requires))
 
 
 def missing_message(venv: Path, reexeced: bool) -> str:
     if reexeced:
-        return (f"re-executed into {bootstrap.venv_python(venv)}, but it does not run in the tool "
+        return (f"re-executed into {locate.venv_python(venv)}, but it does not run in the tool "
                 f"venv (sys.prefix is {sys.prefix}) and siteboot's dependencies are missing; "
-                f"remove {venv} and run `{bootstrap.INIT_COMMAND}`")
-    if (venv / bootstrap.BUILDING_NAME).is_file() and not (venv / bootstrap.STAMP_NAME).is_file():
+                f"remove {venv} and run `{locate.INIT_COMMAND}`")
+    if (venv / locate.BUILDING_NAME).is_file() and not (venv / locate.STAMP_NAME).is_file():
         return (f"the tool venv at {venv} was left half-built by an interrupted "
-                f"`{bootstrap.INIT_COMMAND}`; run it again")
-    if (venv / "pyvenv.cfg").is_file() and not (venv / bootstrap.STAMP_NAME).is_file():
+                f"`{locate.INIT_COMMAND}`; run it again")
+    if (venv / "pyvenv.cfg").is_file() and not (venv / locate.STAMP_NAME).is_file():
         return (f"siteboot's dependencies are not installed for {sys.executable}, and {venv} is a "
-                f"virtualenv that `{bootstrap.INIT_COMMAND}` did not make; use its python, or set "
-                f"{bootstrap.ENV_VENV} to a new path and run `{bootstrap.INIT_COMMAND}`")
+                f"virtualenv that `{locate.INIT_COMMAND}` did not make; use its python, or set "
+                f"{locate.ENV_VENV} to a new path and run `{locate.INIT_COMMAND}`")
     if (venv / "pyvenv.cfg").is_file():
         return (f"the tool venv at {venv} is out of date or broken; run "
-                f"`{bootstrap.INIT_COMMAND}` to update it")
-    return (f"siteboot's dependencies are not installed; run `{bootstrap.INIT_COMMAND}` "
+                f"`{locate.INIT_COMMAND}` to update it")
+    return (f"siteboot's dependencies are not installed; run `{locate.INIT_COMMAND}` "
             f"to build its tool venv at {venv}")
 
 
 def stage0(args: Sequence[str], reexeced: bool) -> None:
     """Bootstrap or re-execute as ``choose_action`` says; returns when the CLI should run here."""
-    checkout = bootstrap.find_checkout()
-    venv = bootstrap.tool_venv_path(checkout) if checkout is not None else None
+    checkout = locate.find_checkout()
+    venv = locate.tool_venv_path(checkout) if checkout is not None else None
     action = choose_action(
         args, checkout=checkout, venv=venv, prefix=sys.prefix, reexeced=reexeced,
         venv_ready=lambda: checkout is not None and venv is not None and _venv_ready(checkout, venv),
@@ -119,13 +123,15 @@ def stage0(args: Sequence[str], reexeced: bool) -> None:
     if action == MISSING:
         raise UsageError(missing_message(venv, reexeced))
     if action == BOOTSTRAP:
-        if sys.version_info < bootstrap.MIN_PYTHON:
-            raise UsageError(f"siteboot needs Python {'.'.join(map(str, bootstrap.MIN_PYTHON))} or "
+        if sys.version_info < locate.MIN_PYTHON:
+            raise UsageError(f"siteboot needs Python {'.'.join(map(str, locate.MIN_PYTHON))} or "
                              f"newer; {sys.executable} is {sys.version.split()[0]}")
-        builder = bootstrap.Bootstrapper(checkout, venv, wheelhouse=bootstrap.wheelhouse_from(args))
-        bootstrap.reexec(builder.ensure(), args)
+        from siteboot.bootstrap import build  # not at the top: only `init` builds
+
+        builder = build.Bootstrapper(checkout, venv, wheelhouse=locate.wheelhouse_from(args))
+        locate.reexec(builder.ensure(), args)
     else:
-        bootstrap.reexec(bootstrap.venv_python(venv), args)
+        locate.reexec(locate.venv_python(venv), args)
 
 
 def run_cli(args: Sequence[str]) -> None:
@@ -138,8 +144,8 @@ def run_cli(args: Sequence[str]) -> None:
 def run(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # Consumed here, so that processes started from the tool venv do not inherit it.
-    reexeced = os.environ.pop(bootstrap.ENV_BOOTSTRAPPED, "") == "1"
-    debug = bootstrap.debug_enabled(args)
+    reexeced = os.environ.pop(locate.ENV_BOOTSTRAPPED, "") == "1"
+    debug = locate.debug_enabled(args)
     try:
         stage0(args, reexeced)
     except SitebootError as exc:

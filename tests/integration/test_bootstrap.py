@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from siteboot import __version__
-from siteboot.bootstrap import BUILDING_NAME, STAMP_NAME
+from siteboot.bootstrap.locate import BUILDING_NAME, STAMP_NAME
 
 REPO = Path(__file__).resolve().parent.parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")
