@@ -1,9 +1,12 @@
 """`siteboot status` against `supervisorctl status`, on the same instances, in one run.
 
-    python benchmarks/bench_status.py [--runs 30] [--json]
+    python3 benchmarks/bench_status.py [--runs 30] [--json]
 
-Starts a throwaway two-instance site (free ports, a temp dir, a temp HOME), then times the
-commands interleaved, so both see the same machine load, and prints medians and ratios:
+Runs what operators run: the tool venv's launcher ``.venv/bin/siteboot`` (``SITEBOOT_VENV``
+elsewhere; built first, as ``python3 -m siteboot init`` would, when it is missing or stale) and
+that venv's ``supervisorctl``. Starts a throwaway two-instance site (free ports, a temp dir, a
+temp HOME), then times the commands interleaved, so both see the same machine load, and prints
+medians and ratios:
 - one instance: `siteboot status -i A` vs `supervisorctl -c <client conf> status`
 - the whole site: `siteboot status` (instances queried concurrently) vs one `supervisorctl`
   per instance, one after the other, as an operator would run them.
@@ -17,7 +20,6 @@ import compileall
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,19 +28,19 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(REPO))  # run as a script: the checkout's stage 0 and test helpers
+
+from siteboot.bootstrap.locate import tool_venv_path  # noqa: E402 (standard library only)
+from tests.helpers import free_ports  # noqa: E402
 
 
-def free_ports(count: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+def tool_venv_bin() -> Path:
+    """The bin/ of the checkout's tool venv, made current as `init` makes it."""
+    from siteboot.bootstrap.build import Bootstrapper
+
+    venv = tool_venv_path(REPO)
+    Bootstrapper(REPO, venv).ensure()
+    return venv / "bin"
 
 
 def site_text(base: Path, ports: list[int]) -> str:
@@ -89,7 +91,8 @@ def main() -> int:
     env.pop("SITEBOOT_DEBUG", None)
     (base / "sites").mkdir()
     (base / "sites" / "bench.toml").write_text(site_text(base, free_ports(3)))
-    siteboot = [str(BIN / "siteboot")]
+    bindir = tool_venv_bin()
+    siteboot = [str(bindir / "siteboot")]
     try:
         subprocess.run([*siteboot, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
         confs = []
@@ -97,7 +100,7 @@ def main() -> int:
             subprocess.run([*siteboot, "ctl", "-i", inst, "--", "pid"], env=env, check=True,
                            stdout=subprocess.DEVNULL)
             confs.append(base / "state" / f"supervisorctl-{inst}.conf")
-        ctl = [str(BIN / "supervisorctl")]
+        ctl = [str(bindir / "supervisorctl")]
         results: dict[str, list[float]] = {k: [] for k in ("sb_one", "ctl_one", "sb_all", "ctl_all")}
         for _ in range(args.runs):
             results["sb_one"].append(timed([*siteboot, "status", "-i", "alpha"], env))

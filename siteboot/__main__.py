@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from siteboot.bootstrap import locate
-from siteboot.errors import EXIT_FAILED, SitebootError, UsageError
+from siteboot.errors import SitebootError, UsageError, exit_code_for
 
 BOOTSTRAP = "bootstrap"
 REEXEC = "reexec"
@@ -145,22 +145,12 @@ def run(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # Consumed here, so that processes started from the tool venv do not inherit it.
     reexeced = os.environ.pop(locate.ENV_BOOTSTRAPPED, "") == "1"
-    debug = locate.debug_enabled(args)
     try:
         stage0(args, reexeced)
-    except SitebootError as exc:
-        if debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as exc:  # a bug in stage 0: keep it short unless asked
-        if debug:
-            raise
-        print(f"internal error: {type(exc).__name__}: {exc}\n"
-              "  rerun with SITEBOOT_DEBUG=1 for the traceback", file=sys.stderr, flush=True)
-        sys.exit(EXIT_FAILED)
+    except BaseException as exc:  # the CLI's own handler: one message and an exit code
+        sys.exit(exit_code_for(exc, debug=locate.debug_enabled(args),
+                               error=lambda text: print(f"error: {text}", file=sys.stderr,
+                                                        flush=True)))
     run_cli(args)
 
 

@@ -83,6 +83,34 @@ def imports(python: Path, module: str) -> bool:
                           check=False, env=environment(Path("/nonexistent"))).returncode == 0
 
 
+# What `siteboot status` must not pay for: the CLI framework, rendering, venv building, process
+# tables, supervisor itself, and stage 0's build code.
+NOT_ON_THE_STATUS_PATH = ("click", "jinja2", "virtualenv", "psutil", "supervisor", "difflib",
+                          "siteboot.bootstrap.build", "siteboot.bootstrap.pipsource",
+                          "siteboot.bootstrap.stamp", "siteboot.render", "siteboot.instances",
+                          "siteboot.venvs", "subprocess", "tempfile", "urllib.request", "ssl")
+
+
+def assert_status_imports_little(venv: Path, clone: Path, env: dict[str, str]) -> None:
+    """`bin/siteboot status`, as operators and monitoring run it, imports only what it uses."""
+    launcher = (venv / "bin" / "siteboot").read_text()
+    assert launcher.rstrip().endswith('exec "$bindir/python" -I -m siteboot "$@"'), launcher
+    plain = subprocess.run([str(venv / "bin" / "siteboot"), "status", "--site", "nope"],
+                           cwd=clone, env=env, capture_output=True, text=True, check=False)
+    assert plain.returncode == 3, plain.stderr  # unknown: no such site
+    # what the launcher execs, with -X importtime (with -I, PYTHONPROFILEIMPORTTIME is ignored)
+    traced = subprocess.run([str(venv / "bin" / "python"), "-X", "importtime", "-I", "-m", "siteboot",
+                             "status", "--site", "nope"], cwd=clone, env=env, capture_output=True,
+                            text=True, check=False)
+    assert traced.returncode == 3, traced.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "siteboot.cli.fast" in imported  # the fast path ran, and was traced
+    heavy = sorted(name for name in imported
+                   if any(name == m or name.startswith(m + ".") for m in NOT_ON_THE_STATUS_PATH))
+    assert heavy == [], heavy
+
+
 def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp_path: Path) -> None:
     venv = tmp_path / "tool-venv"
     env = environment(venv)
@@ -94,7 +122,8 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     assert "siteboot: creating tool venv at" in first.stderr
     python = venv / "bin" / "python"
     assert imports(python, "supervisor")
-    assert imports(python, "siteboot.bootstrap")  # via siteboot.pth
+    assert imports(python, "siteboot.bootstrap.build")  # via siteboot.pth
+    assert_status_imports_little(venv, clone, env)
     stamp = (venv / STAMP_NAME).read_text()
     assert str(clone) in stamp
     assert not (venv / BUILDING_NAME).exists()
