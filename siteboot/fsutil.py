@@ -25,7 +25,10 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
     import tempfile
 
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         if gid is not None:
             os.fchown(fd, -1, gid)
@@ -35,12 +38,19 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not exc.filename:  # a full disk says ENOSPC, not where
+            raise _naming(exc, path) from None
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name (errors of write() and fsync() carry none)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 # Where flock cannot work (some NFS mounts, odd file systems): best effort goes on unlocked.

@@ -109,13 +109,18 @@ def publish_key(inst: InstancePlan, key: str) -> None:
                             f"{exc.strerror or exc}", "check shared_dir in the site file") from None
 
 
+def read_own_key(inst: InstancePlan) -> str:
+    """The owner's key of ``inst`` from its state dir (never created here)."""
+    if not inst.key_path.exists():
+        raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
+                             "run `siteboot up` to create it and start the instance")
+    return _read(inst.key_path)
+
+
 def read_key(plan: Plan, inst: InstancePlan) -> str:
     """The key the invoking user may use for ``inst``: its own, or one granted to its group."""
     if plan.owns(inst):
-        if not inst.key_path.exists():
-            raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
-                                 "run `siteboot up` to create it and start the instance")
-        return _read(inst.key_path)
+        return read_own_key(inst)
     if not inst.group or not inst.shared_key_path:
         raise KeyAccessError(f"instance {inst.name} belongs to {inst.user} and grants no group: "
                              "not yours and no grant",
@@ -132,11 +137,11 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
                              f"ask for membership of {inst.group}, or run as {inst.user}") from None
 
 
-def write_client_conf(plan: Plan, inst: InstancePlan, key: str) -> Path:
-    """A 0600 supervisorctl config for ``inst``, so the key never appears on a command line."""
+def write_client_conf(plan: Plan, inst: InstancePlan, key: str, url: str) -> Path:
+    """A 0600 supervisorctl config for ``inst`` at ``url``, so the key never appears on a
+    command line."""
     from siteboot.fsutil import atomic_write, ensure_private_dir
 
-    url = plan.url_for(inst)
     path = plan.client_conf_path(inst)
     ensure_private_dir(path.parent)
     text = (f"; written by siteboot for {inst.identifier}; holds the key, keep it 0600\n"

@@ -17,7 +17,7 @@ from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import echo, error, print_json, print_status, styled, table
-from siteboot.errors import SitebootError, exit_code_for
+from siteboot.errors import SitebootError, SiteFileError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 if TYPE_CHECKING:
@@ -165,11 +165,26 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
 @site_options
 @click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
 @click.option("--purge", is_flag=True, help="Also delete the runtime dir with its logs.")
+@click.option("--orphans", is_flag=True, help="Also stop what you started for this site and env "
+              "that the site no longer describes (see `status`).")
 @json_option
-def down(site: str, env: str, root: str | None, instance: str | None, purge: bool,
+def down(site: str, env: str, root: str | None, instance: str | None, purge: bool, orphans: bool,
          as_json: bool) -> None:
-    """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays."""
-    _report(ops.down(Ctx(site, env, root).plan(), instance, purge), as_json)
+    """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays.
+
+    A site file that no longer parses does not block this: what the start records say was
+    started from it is stopped.
+    """
+    ctx = Ctx(site, env, root)
+    try:
+        plan = ctx.plan()
+    except SiteFileError as exc:
+        result = ops.down_recorded(ctx.site_path(), env)
+        if not result.outcomes:
+            raise
+        error(f"{exc.message}\n  stopping what the records say was started from it")
+        _report(result, as_json)
+    _report(ops.down(plan, instance, purge, orphans), as_json)
 
 
 @cli.command()
@@ -272,3 +287,52 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
         echo()
         print_status(result.status)
     sys.exit(result.exit_code)
+
+
+@cli.command()
+@site_options
+@click.option("--all-envs", is_flag=True,
+              help="Every env you have started this site in (from your start records).")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each supervisord, and for programs to settle.")
+@json_option
+def revive(site: str, env: str, root: str | None, all_envs: bool, timeout: float,
+           as_json: bool) -> None:
+    """After maintenance, a reboot or a fault: bring back everything of yours, safely re-runnable.
+
+    Starts supervisords that are down, killed, hung or lost their runtime dir (cleaning up
+    orphaned programs first), restores a wiped runtime dir without restarting programs, and
+    starts programs that should run (not those an operator stopped). Exit 0 when all runs.
+    """
+    ctx = Ctx(site, env, root)
+    first = ctx.plan()
+    plans = [first if e == first.env else ctx.plan_for(e) for e in ops.revive_envs(first, all_envs)]
+    result = ops.revive(plans, ctx.root, timeout)
+    if as_json:
+        print_json(result.as_json())
+    else:
+        for line in result.others():
+            echo(line)
+        for line in result.actions() or ["nothing to do"]:
+            echo(line)
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@site_options
+@click.option("--install", is_flag=True, help="Add the lines to your crontab (idempotent).")
+@click.option("--remove", is_flag=True, help="Take them out of your crontab.")
+@json_option
+def cron(site: str, env: str, root: str | None, install: bool, remove: bool, as_json: bool) -> None:
+    """Print (or install) crontab lines that run `siteboot revive` at boot and every 5 minutes."""
+    if install and remove:
+        raise click.UsageError("--install and --remove exclude each other")
+    ctx = Ctx(site, env, root)
+    result = ops.cron(ctx.plan(), ctx.root, install=install, remove=remove)
+    if as_json:
+        print_json(result.as_json())
+    elif result.action == "printed":
+        echo("\n".join(result.lines))
+    else:
+        echo(f"crontab: {result.action} ({len(result.lines) - 2} lines for site {result.site}; "
+             f"log: {result.log})")
