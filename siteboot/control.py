@@ -25,7 +25,16 @@ from siteboot.errors import (
     did_you_mean,
 )
 from siteboot.plan import InstancePlan, Plan, ProgramPlan
-from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError, connect, url_to
+from siteboot.rpc import (
+    FAULT_SHUTDOWN_STATE,
+    NOT_ANSWERING,
+    NOT_RUNNING,
+    Endpoint,
+    Fault,
+    RpcError,
+    connect,
+    url_to,
+)
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
@@ -155,7 +164,9 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
             result.error = (f"runtime dir {inst.runtime_dir} is gone while it runs; `siteboot "
                             "revive` restores it without restarting programs")
     if isinstance(state, Fault) or state.get("statename") != "RUNNING":
-        result.state = SHUTTING_DOWN if not isinstance(state, Fault) else "unknown"
+        # in its shutdown, supervisord answers every call with the SHUTDOWN_STATE fault
+        going = not isinstance(state, Fault) or state.faultCode == FAULT_SHUTDOWN_STATE
+        result.state = SHUTTING_DOWN if going else "unknown"
         result.error = f"supervisord state: {state}"
     result.pid = pid if isinstance(pid, int) else None
     loaded = isinstance(infos, list)

@@ -38,7 +38,16 @@ from siteboot.proc import (
     supervisor_command,
     terminate_tree,
 )
-from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, Fault, RpcError, connect
+from siteboot.rpc import (
+    FAULT_SHUTDOWN_STATE,
+    NOT_ANSWERING,
+    NOT_RUNNING,
+    SUPERVISOR_RUNNING,
+    Endpoint,
+    Fault,
+    RpcError,
+    connect,
+)
 
 if TYPE_CHECKING:
     from siteboot.records import StartRecord
@@ -46,7 +55,6 @@ if TYPE_CHECKING:
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
 DEFAULT_STOP_WAIT = 10  # supervisord's own default stopwaitsecs
-FAULT_SHUTDOWN_STATE = 6  # supervisor.xmlrpc.Faults.SHUTDOWN_STATE
 
 
 @dataclass
@@ -260,6 +268,8 @@ def probe(endpoint: Endpoint) -> str | None:
         state = endpoint.call("supervisor.getState")
     except RpcError as exc:
         return exc.reason
+    except Fault as fault:  # in its shutdown, supervisord answers every call with this fault
+        return SHUTTING_DOWN if fault.faultCode == FAULT_SHUTDOWN_STATE else fault.faultString
     if state.get("statecode") != SUPERVISOR_RUNNING:
         return f"in state {state.get('statename')}"
     return None

@@ -21,6 +21,8 @@ DEFAULT_TIMEOUT = 10.0
 
 # supervisord's own state codes (supervisor.states.SupervisorStates)
 SUPERVISOR_RUNNING = 1
+# supervisor.xmlrpc.Faults: every call a supervisord answers while it shuts down
+FAULT_SHUTDOWN_STATE = 6
 
 # Reasons an instance cannot be reached, as shown to operators and in JSON.
 NOT_RUNNING = "not running"

@@ -9,23 +9,13 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.helpers import SITEBOOT, processes_under
+from tests.helpers import SITEBOOT, processes_under, supervisords
 
 pytestmark = pytest.mark.slow
-
-
-def supervisords(base: Path) -> list[int]:
-    pids = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if any("supervisord" in part for part in cmdline[:4]) and any(str(base) in p for p in cmdline):
-            pids.append(proc.pid)
-    return pids
 
 
 def test_up_status_down_leaves_nothing(site_factory):
