@@ -176,7 +176,25 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     result.programs = _programs(inst, infos if loaded else [],
                                 fill_missing=loaded and result.state != SHUTTING_DOWN,
                                 held=operator_stops(inst) if owned else set())
+    for row in result.programs:
+        if row.state in _FAILING:
+            row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
     return result
+
+
+# A program in these states may be failing because something else holds its port.
+_FAILING = {"BACKOFF", "FATAL", "EXITED"}
+
+
+def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
+    """``message``, plus who holds the process's port when a process outside the site does."""
+    program = next((p for p in inst.programs if process in p.process_names()), None)
+    if program is None or program.port is None:
+        return message
+    from siteboot.ports import foreign_holder  # psutil: only when something is failing
+
+    holder = foreign_holder(program.port, {str(inst.conf_path)})
+    return f"{message}; {holder}" if holder and message else (holder or message)
 
 
 def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: bool = True,
@@ -565,5 +583,5 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
                 result.notes.append(f"stopped {process} again: an operator stopped it "
                                     f"(`siteboot start {inst.name}:{process}` lifts that)")
             else:
-                result.failed.append(f"{process}: {message}")
+                result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
     return result

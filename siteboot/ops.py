@@ -20,6 +20,7 @@ from siteboot.errors import EXIT_OK
 if TYPE_CHECKING:
     from siteboot.control import ControlResult, StatusResult
     from siteboot.cron import CronResult
+    from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
     from siteboot.plan import Plan
     from siteboot.ports import CheckResult
@@ -291,6 +292,7 @@ class ReviveResult:
                 lines.append(f"{revival.env} {o.instance}: {o.action}"
                              + (f": {o.detail}" if o.detail else ""))
                 lines += [f"  {note}" for note in o.notes]
+            lines += _still_wrong(revival)
         return lines
 
     def others(self) -> list[str]:
@@ -301,6 +303,24 @@ class ReviveResult:
     def as_json(self) -> dict[str, Any]:
         return {"site": self.site, "ok": self.exit_code == EXIT_OK,
                 "envs": [e.as_json() for e in self.envs]}
+
+
+def _still_wrong(revival: EnvRevival) -> list[str]:
+    """What the status after reviving still finds wrong, so a failed revive says why."""
+    from siteboot.control import ORPHANED
+    from siteboot.errors import STATUS_OK
+
+    lines = []
+    for row in revival.status.instances:
+        if row.state == ORPHANED or row.severity == STATUS_OK:
+            continue
+        if row.state != "running":
+            lines.append(f"{revival.env} {row.name}: {row.state}: {row.error or ''}".rstrip(": "))
+        for p in row.programs:
+            if p.severity != STATUS_OK:
+                lines.append(f"{revival.env} {row.name}: {p.name} {p.state}"
+                             + (f": {p.spawnerr}" if p.spawnerr else ""))
+    return lines
 
 
 def revive_envs(plan: Plan, all_envs: bool) -> list[str]:
@@ -339,3 +359,10 @@ def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = Fa
     log = ensure_private_dir(records_dir(plan.invoker)).parent / f"{plan.site.name}-revive.log"
     lines = crontab.block(plan.site.name, plan.site.path, root, log)
     return crontab.apply(plan.site.name, lines, install, remove, log)
+
+
+def doctor(plan: Plan, root: Path | None) -> DoctorResult:
+    """What went wrong after maintenance, each with its fix; changes nothing."""
+    from siteboot.doctor import examine
+
+    return examine(plan, root)

@@ -336,3 +336,23 @@ def cron(site: str, env: str, root: str | None, install: bool, remove: bool, as_
     else:
         echo(f"crontab: {result.action} ({len(result.lines) - 2} lines for site {result.site}; "
              f"log: {result.log})")
+
+
+@cli.command()
+@site_options
+@json_option
+def doctor(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """Explain what is wrong after maintenance (dirs, keys, ports, stale files, orphans, venvs,
+    crontab), each with its fix. Changes nothing. Exit 0 when healthy, 1 otherwise."""
+    ctx = Ctx(site, env, root)
+    result = ops.doctor(ctx.plan(), ctx.root)
+    if as_json:
+        print_json(result.as_json())
+    else:
+        for finding in result.findings:
+            mark = styled(f"{'ok':>7}", fg="green") if finding.ok else styled("problem", fg="red")
+            echo(f"{mark}  {finding.check}: {finding.message}")
+            if finding.fix:
+                echo(f"         fix: {finding.fix}")
+        echo(f"{len(result.problems)} problem(s)" if result.problems else "healthy")
+    sys.exit(result.exit_code)
