@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -323,3 +324,43 @@ def test_a_full_disk_names_the_file_and_a_healthy_instance_is_not_failed(tiny_di
     filler.unlink()
     result = site.run("up", check=True)
     assert "beta: updated" in result.stdout
+
+
+def test_a_foreign_process_on_a_program_port_is_named(site_factory):
+    site = site_factory()
+    squatter = subprocess.Popen([sys.executable, "-m", "http.server", str(site.ports["web"]),
+                                 "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not any(c.laddr and c.laddr.port == site.ports["web"]  # type: ignore[union-attr]
+                      for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        doctor = site.run("doctor")
+        assert doctor.returncode == 1
+        assert f"port {site.ports['web']} of program web (dev) is in use on this host by " \
+               f"pid {squatter.pid}" in doctor.stdout
+        site.run("up")
+        result = site.run("revive", "--timeout", "5")
+        assert result.returncode == 1
+        assert f"held by pid {squatter.pid}" in result.stdout
+        _, data = site.status("-i", "alpha")
+        assert f"held by pid {squatter.pid}" in data["instances"][0]["programs"][0]["spawnerr"]
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_doctor_on_a_healthy_site_and_after_a_kill(site_factory):
+    site = site_factory()
+    site.run("up", check=True)
+    site.wait_status(0)
+    data = json.loads(site.run("doctor", "--json").stdout)
+    assert [f for f in data["findings"] if not f["ok"] and f["check"] != "cron"] == []
+    kill9([supervisord_of(site, "alpha")])
+    result = site.run("doctor")
+    assert result.returncode == 1
+    assert "alpha: 1 program process(es) without their supervisord" in result.stdout
+    assert "stale pidfile" in result.stdout
+    assert "siteboot revive" in result.stdout

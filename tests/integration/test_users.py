@@ -360,3 +360,39 @@ def test_no_key_on_any_command_line(two_users):
         except OSError:
             continue
         assert not any(key in text for key in keys), cmdline
+
+
+def test_cron_installs_revive_lines_idempotently_in_the_accounts_crontab(two_users):
+    env = two_users
+    if not shutil.which("crontab"):
+        pytest.skip("needs crontab (Debian: cron)")
+    own_line = "0 3 * * * echo kept by the owner"
+    subprocess.run(["crontab", "-u", OTHER, "-"], input=own_line + "\n", text=True, check=True)
+    try:
+        printed = env.run(OTHER, "cron")
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout.count("revive --all-envs --site") == 2
+        assert printed.stdout.splitlines()[1].startswith("@reboot ")
+        assert printed.stdout.splitlines()[2].startswith("*/5 * * * * ")
+
+        first = env.run(OTHER, "cron", "--install")
+        assert first.returncode == 0, first.stderr
+        assert "crontab: installed" in first.stdout
+        again = env.run(OTHER, "cron", "--install")
+        assert "crontab: already installed" in again.stdout
+        installed = subprocess.run(["crontab", "-u", OTHER, "-l"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines()
+        assert installed[0] == own_line  # the account's own lines are untouched
+        assert installed[1:] == printed.stdout.splitlines()
+        doctor = env.run(OTHER, "doctor", "--json")
+        cron = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "cron"]
+        assert cron == [{"check": "cron", "ok": True, "fix": "",
+                         "message": "the crontab revives the site at boot and every 5 minutes"}]
+
+        removed = env.run(OTHER, "cron", "--remove")
+        assert "crontab: removed" in removed.stdout
+        assert subprocess.run(["crontab", "-u", OTHER, "-l"], capture_output=True, text=True,
+                              check=True).stdout.splitlines() == [own_line]
+        assert "not installed" in env.run(OTHER, "cron", "--remove").stdout
+    finally:
+        subprocess.run(["crontab", "-u", OTHER, "-r"], capture_output=True, check=False)

@@ -146,3 +146,22 @@ def test_atomic_write_mode_and_no_leftovers(short_dir):
 def test_owner_name_of_an_unknown_uid():
     assert owner_name(os.geteuid()) != ""
     assert owner_name(2**31 - 7) == str(2**31 - 7)
+
+
+def test_atomic_write_names_the_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+
+    from siteboot import fsutil
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("siteboot.fsutil.os.fsync", full)
+    target = tmp_path / "supervisord.conf"
+    target.write_text("old\n")
+    with pytest.raises(OSError, match="No space left") as info:
+        fsutil.atomic_write(target, "new\n")
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(target)
+    assert target.read_text() == "old\n"  # the previous file stands
+    assert [p.name for p in tmp_path.iterdir()] == ["supervisord.conf"]  # no temp file left
