@@ -333,7 +333,7 @@ def test_a_foreign_process_on_a_program_port_is_named(site_factory):
                                 stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
-        while not any(c.laddr and c.laddr.port == site.ports["web"]  # type: ignore[union-attr]
+        while not any(getattr(c.laddr, "port", None) == site.ports["web"]
                       for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN):
             assert time.monotonic() < deadline
             time.sleep(0.05)
