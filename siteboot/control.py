@@ -21,6 +21,7 @@ from siteboot.errors import (
     STATUS_UNKNOWN,
     STATUS_WARNING,
     KeyAccessError,
+    SitebootError,
     UsageError,
     did_you_mean,
 )
@@ -515,22 +516,29 @@ def _follow_file(path: Path, offset: int, write: Callable[[str], None], interval
 
 
 def ctl(plan: Plan, instance: str, args: list[str]) -> int:
-    """Run the real supervisorctl against one instance through a 0600 client config."""
-    from siteboot.keys import read_key, write_client_conf
-    from siteboot.proc import run_interactive, supervisor_command
+    """Run the real supervisorctl against one instance through siteboot's relay: supervisorctl
+    never holds the key, every connection to the instance is checked before the key is sent,
+    and a group member gets only what the grant covers (``relay.CONTROL_GRANT``)."""
+    from siteboot.proc import run_foreground, supervisor_command
+    from siteboot.relay import CONTROL_GRANT, relay_session
 
     inst = plan.instance(instance)
-    key = read_key(plan, inst)
-    # supervisorctl sends the key to whoever listens, unchecked: only hand it over once the
-    # instance itself has answered (a small window remains; `status` and `start` have none).
-    try:
-        connect(plan, inst, key=key).call("supervisor.getAPIVersion")
+    endpoint = connect(plan, inst)
+    try:  # a clear message (and who can fix it) before supervisorctl starts
+        endpoint.call("supervisor.getAPIVersion")
     except RpcError as exc:
         if exc.reason == NOT_RUNNING and not plan.owns(inst):
             exc.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
         raise
-    conf = write_client_conf(plan, inst, key, url_to(plan, inst))
-    return run_interactive(supervisor_command("supervisorctl", conf, *args))
+    scope = None if plan.owns(inst) else CONTROL_GRANT
+    with relay_session(endpoint, scope, inst.user, inst.identifier) as session:
+        code = run_foreground(supervisor_command("supervisorctl", session.client_conf, *args))
+    problems = list({str(p): p for p in session.relay.problems}.values())
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise SitebootError("\n".join(p.message for p in problems), problems[-1].hint)
+    return code
 
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,

@@ -11,7 +11,7 @@ import stat
 from pathlib import Path
 
 from siteboot.errors import KeyAccessError, SitebootError
-from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, uid_of
+from siteboot.plan import InstancePlan, Plan, uid_of
 
 # hashlib, secrets, grp and siteboot.fsutil are imported where used: `status` only reads keys.
 
@@ -135,17 +135,3 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
         raise KeyAccessError(f"cannot read {inst.shared_key_path}: {plan.invoker} is not in "
                              f"group {inst.group}, so no grant",
                              f"ask for membership of {inst.group}, or run as {inst.user}") from None
-
-
-def write_client_conf(plan: Plan, inst: InstancePlan, key: str, url: str) -> Path:
-    """A 0600 supervisorctl config for ``inst`` at ``url``, so the key never appears on a
-    command line."""
-    from siteboot.fsutil import atomic_write, ensure_private_dir
-
-    path = plan.client_conf_path(inst)
-    ensure_private_dir(path.parent)
-    text = (f"; written by siteboot for {inst.identifier}; holds the key, keep it 0600\n"
-            f"[supervisorctl]\nserverurl = {url}\nusername = {RPC_USERNAME}\n"
-            f"password = {key.replace('%', '%%')}\nprompt = {inst.identifier}\n")
-    atomic_write(path, text, mode=0o600)
-    return path

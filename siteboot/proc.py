@@ -119,6 +119,47 @@ def run_interactive(cmd: Sequence[str], env: Mapping[str, str] | None = None) ->
         return 127
 
 
+def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    """Run ``cmd`` on our terminal as a shell runs a foreground job; its exit code.
+
+    Ctrl-C and Ctrl-\\ reach it from the terminal and are its to handle (supervisorctl ends a
+    `tail -f` on Ctrl-C and carries on); we wait for it either way. SIGTERM and SIGHUP sent to
+    us are passed on. So the caller's cleanup runs once the child is gone, never before.
+    """
+    import signal
+    import subprocess
+    import threading
+
+    child: list[Any] = []
+
+    def pass_on(signum: int, _frame: Any) -> None:
+        if child:
+            child[0].send_signal(signum)
+
+    handlers: dict[int, Any] = {signal.SIGINT: lambda *_: None, signal.SIGQUIT: lambda *_: None,
+                                signal.SIGTERM: pass_on, signal.SIGHUP: pass_on}
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        # Python-level handlers: the child starts with the defaults again (exec resets them)
+        previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        try:
+            child.append(subprocess.Popen(list(cmd), env=None if env is None else dict(env)))
+        except OSError as exc:
+            sys.stderr.write(f"error: cannot run {cmd[0]}: {exc.strerror or exc}\n")
+            return 127
+        while True:
+            try:
+                # Waiting in short steps: a signal the kernel handed to another of our threads
+                # (the ctl relay's) runs its handler only when this thread wakes up.
+                return int(child[0].wait(timeout=1.0))
+            except subprocess.TimeoutExpired:
+                continue
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def exec_replace(argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
     """Replace this process by ``argv`` (never returns; OSError when it cannot be run)."""
     sys.stdout.flush()

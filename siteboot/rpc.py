@@ -202,32 +202,34 @@ class Endpoint:
             raise
         return sock
 
-    def _post(self, body: bytes) -> bytes:
+    def send_request(self, method: str, path: str, body: bytes = b"",
+                     version: str = "HTTP/1.0") -> socket.socket:
+        """A new connection, checked (the key goes only to a server of ``owner_uid``), with one
+        request sent on it with the key: the caller reads the answer and closes the socket."""
+        if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
+            raise ValueError(f"not a request path: {path!r}")
         token = binascii.b2a_base64(f"{RPC_USERNAME}:{self.key}".encode(), newline=False).decode()
-        head = ("POST /RPC2 HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\n"
-                f"Authorization: Basic {token}\r\nContent-Length: {len(body)}\r\n\r\n")
-        with self._connect() as sock:
+        content = (f"Content-Type: text/xml\r\nContent-Length: {len(body)}\r\n"
+                   if method == "POST" else "")
+        head = (f"{method} {path} {version}\r\nHost: localhost\r\n{content}"
+                f"Authorization: Basic {token}\r\n\r\n")
+        sock = self._connect()
+        try:
             sock.sendall(head.encode("ascii") + body)
-            chunks = []
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-        response = b"".join(chunks)
-        header, _, payload = response.partition(b"\r\n\r\n")
-        status_line = header.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise HttpStatusError(0, f"malformed answer {status_line!r}")
-        if parts[1] != "200":
-            raise HttpStatusError(int(parts[1]), parts[2] if len(parts) > 2 else "")
-        return payload
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def post(self, body: bytes) -> bytes:
+        """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``)."""
+        with self.send_request("POST", "/RPC2", body) as sock:
+            return read_answer(sock)
 
     def call(self, method: str, *args: Any) -> Any:
         """Call one RPC method; failures to reach the server become ``RpcError``."""
         try:
-            payload = self._post(request_body(method, args))
+            payload = self.post(request_body(method, args))
         except RpcError:
             raise
         except Exception as exc:
@@ -252,6 +254,25 @@ class Endpoint:
         return out
 
 
+def read_answer(sock: socket.socket) -> bytes:
+    """The body of the HTTP answer on ``sock``, read to its end; ``HttpStatusError`` unless 200."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    response = b"".join(chunks)
+    header, _, payload = response.partition(b"\r\n\r\n")
+    status_line = header.split(b"\r\n", 1)[0].decode("latin-1")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise HttpStatusError(0, f"malformed answer {status_line!r}")
+    if parts[1] != "200":
+        raise HttpStatusError(int(parts[1]), parts[2] if len(parts) > 2 else "")
+    return payload
+
+
 def url_to(plan: Plan, inst: InstancePlan) -> str:
     """Where the invoker reaches ``inst`` now: ``Plan.url_for``, except that an owner whose socket
     is gone while the record says its supervisord was started (a /tmp cleaner wiped the runtime
@@ -274,17 +295,24 @@ def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | Non
     return Endpoint(url_to(plan, inst), key, timeout, owner_uid=uid_of(inst.user))
 
 
-def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
-    """The process at the other end of a unix socket must run as ``uid`` (Linux SO_PEERCRED)."""
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED; None
+    elsewhere)."""
     import struct
 
     option = getattr(socket, "SO_PEERCRED", None)
     if option is None:  # pragma: no cover - not Linux
-        return
-    _pid, peer_uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
-                                                              struct.calcsize("3i")))
-    if peer_uid != uid:
-        raise RpcError(IMPOSTOR, f"the process listening at {url} runs as uid {peer_uid}, not "
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
+                                                          struct.calcsize("3i")))
+    return int(uid)
+
+
+def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
+    """The process at the other end of a unix socket must run as ``uid``."""
+    peer = peer_uid(sock)
+    if peer is not None and peer != uid:
+        raise RpcError(IMPOSTOR, f"the process listening at {url} runs as uid {peer}, not "
                        f"uid {uid}: the key was not sent",
                        "someone else took the socket path; stop that process, then `siteboot up`")
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
 import textwrap
 import time
+import xmlrpc.client
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +152,125 @@ def dead_pid() -> int:
     proc = subprocess.Popen(["true"])
     proc.wait()
     return proc.pid
+
+# ------------------------------------------------------------------------------------------
+# A fake supervisord: real HTTP on a unix socket or 127.0.0.1, XML-RPC answered by ``answer``
+
+
+def auth_header(key: str) -> str:
+    from siteboot.plan import RPC_USERNAME
+
+    return "Basic " + base64.b64encode(f"{RPC_USERNAME}:{key}".encode()).decode()
+
+
+class FakeSupervisord(BaseHTTPRequestHandler):
+    """One XML-RPC answer per connection, after checking the Basic auth header; GET /logtail/
+    streams ``server.log_chunks`` chunked, then ends (or, with ``server.keep_open``, waits
+    for the client to go away, as supervisord's `tail -f` does)."""
+
+    server: Any
+
+    def _refused(self) -> bool:
+        if self.headers.get("Authorization") == auth_header(self.server.key):
+            return False
+        self.send_response(401, "Unauthorized")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
+    def do_GET(self) -> None:
+        self.server.requests.append((self.path, dict(self.headers), b""))
+        if self._refused():
+            return
+        if not self.path.startswith("/logtail/"):
+            self.send_error(404)
+            return
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+        for chunk in self.server.log_chunks:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        self.wfile.flush()
+        if self.server.keep_open:
+            while self.connection.recv(1024):
+                pass
+        else:
+            self.wfile.write(b"0\r\n\r\n")
+        self.close_connection = True
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.requests.append((self.path, dict(self.headers), body))
+        if self._refused():
+            return
+        raw = self.server.raw
+        if raw is not None:
+            status, payload = raw
+        else:
+            params, method = xmlrpc.client.loads(body)
+            try:
+                result = self.server.answer(method, params)
+                payload = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True).encode()
+            except xmlrpc.client.Fault as fault:
+                payload = xmlrpc.client.dumps(fault).encode()
+            status = 200
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def answer(method: str, params: tuple[Any, ...]) -> Any:
+    """supervisord's behaviour for the few methods the tests use."""
+    if method == "system.multicall":
+        results = []
+        for call in params[0]:
+            try:
+                results.append(answer(call["methodName"], tuple(call["params"])))
+            except xmlrpc.client.Fault as fault:
+                results.append({"faultCode": fault.faultCode, "faultString": fault.faultString})
+        return results
+    if method == "supervisor.getState":
+        return {"statecode": 1, "statename": "RUNNING"}
+    if method == "supervisor.getPID":
+        return 4242
+    if method == "supervisor.startProcess":
+        if params[0] == "t-dev:web":
+            raise xmlrpc.client.Fault(60, "ALREADY_STARTED: t-dev:web")
+        raise xmlrpc.client.Fault(10, f"BAD_NAME: {params[0]}")
+    if method == "echo":
+        return list(params)
+    raise xmlrpc.client.Fault(1, f"UNKNOWN_METHOD: {method}")
+
+
+class UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+
+
+class TcpServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def start_fake_supervisord(where: Path | None, key: str = "s3cret",
+                           raw: tuple[int, bytes] | None = None) -> tuple[Any, str]:
+    """A fake supervisord on the unix socket ``where`` or on 127.0.0.1:0, serving in a thread
+    (``server.shutdown()`` and ``server.server_close()`` end it); returns (server, url)."""
+    import threading
+
+    server: Any
+    if where is None:
+        server = TcpServer(("127.0.0.1", 0), FakeSupervisord)
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+    else:
+        server = UnixServer(str(where), FakeSupervisord)
+        url = f"unix://{where}"
+    server.key, server.raw, server.requests, server.answer = key, raw, [], answer
+    server.log_chunks, server.keep_open = [b"line one\n", b"line two\n"], False
+    server.thread = threading.Thread(target=server.serve_forever,
+                                     kwargs={"poll_interval": 0.01}, daemon=True)
+    server.thread.start()
+    return server, url

@@ -256,7 +256,8 @@ def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, std
 def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str]) -> None:
     """Run the real supervisorctl against one instance: siteboot ctl -i NAME -- ARGS...
 
-    The key reaches supervisorctl through a 0600 client config, never the command line.
+    supervisorctl talks to siteboot's relay with a one-time credential and never holds the
+    key; a member of a granted group gets state, start/stop/restart/signal and logs.
     """
     sys.exit(ops.ctl(Ctx(site, env, root).plan(), instance, args))
 

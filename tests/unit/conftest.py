@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import psutil
 import pytest
+
+from tests.helpers import start_fake_supervisord
 
 
 @pytest.fixture
@@ -37,3 +40,21 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., tuple[Any, str]]]:
+    """Start fake supervisords (``tests.helpers.start_fake_supervisord``); all stop afterwards."""
+    running: list[Any] = []
+
+    def start(where: Path | None, key: str = "s3cret",
+              raw: tuple[int, bytes] | None = None) -> tuple[Any, str]:
+        server, url = start_fake_supervisord(where, key, raw)
+        running.append(server)
+        return server, url
+
+    yield start
+    for server in running:
+        server.shutdown()
+        server.server_close()
+        server.thread.join()

@@ -19,6 +19,7 @@ from siteboot.proc import (
     pid_alive,
     python_module,
     run_command,
+    run_foreground,
     supervisor_command,
     terminate_tree,
 )
@@ -166,3 +167,35 @@ def test_concurrently_keeps_order_and_raises_the_first_error():
     assert concurrently(lambda n: n * 2, [1, 2, 3]) == [2, 4, 6]
     with pytest.raises(ValueError, match="3"):
         concurrently(lambda n: n if n != 3 else int("x3"[1:] + "y"), [1, 3])
+
+
+def test_run_foreground_leaves_ctrl_c_to_the_child_and_passes_sigterm_on(tmp_path: Path):
+    """As a shell's foreground job: Ctrl-C is the child's to handle (supervisorctl ends a
+    `tail -f` with it and carries on), and whoever terminates us terminates the child first."""
+    import threading
+
+    ready = tmp_path / "ready"
+    child = ("import pathlib, signal, sys\n"
+             "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n"
+             f"pathlib.Path({str(ready)!r}).touch()\n"
+             "while True: signal.pause()\n")
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+
+    def signal_us() -> None:
+        while not ready.exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)  # ignored here: no KeyboardInterrupt
+        os.kill(os.getpid(), signal.SIGTERM)  # passed on: the child exits 7
+
+    sender = threading.Thread(target=signal_us)
+    sender.start()
+    try:
+        assert run_foreground([sys.executable, "-c", child]) == 7
+    finally:
+        sender.join()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_run_foreground_exit_codes():
+    assert run_foreground([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert run_foreground(["/nonexistent/program"]) == 127

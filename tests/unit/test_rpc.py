@@ -3,21 +3,15 @@ classification, and real HTTP servers on a unix socket and on 127.0.0.1."""
 
 from __future__ import annotations
 
-import base64
 import os
 import socket
-import socketserver
-import threading
 import xmlrpc.client
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
 from siteboot.errors import EXIT_FAILED, InstanceError
-from siteboot.plan import RPC_USERNAME
 from siteboot.rpc import (
     IMPOSTOR,
     NO_ACCESS,
@@ -35,6 +29,7 @@ from siteboot.rpc import (
     escape,
     request_body,
 )
+from tests.helpers import auth_header
 
 # Every kind of value supervisord sends or receives.
 VALUES: list[Any] = [
@@ -212,103 +207,6 @@ def test_classify_hints():
 
 # --------------------------------------------------------------------------------------------
 # Real servers
-
-
-def auth_header(key: str) -> str:
-    return "Basic " + base64.b64encode(f"{RPC_USERNAME}:{key}".encode()).decode()
-
-
-class FakeSupervisord(BaseHTTPRequestHandler):
-    """One XML-RPC answer per connection, after checking the Basic auth header."""
-
-    server: Any
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.requests.append((self.path, dict(self.headers), body))
-        if self.headers.get("Authorization") != auth_header(self.server.key):
-            self.send_response(401, "Unauthorized")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        raw = self.server.raw
-        if raw is not None:
-            status, payload = raw
-        else:
-            params, method = xmlrpc.client.loads(body)
-            try:
-                result = self.server.answer(method, params)
-                payload = xmlrpc.client.dumps((result,), methodresponse=True, allow_none=True).encode()
-            except xmlrpc.client.Fault as fault:
-                payload = xmlrpc.client.dumps(fault).encode()
-            status = 200
-        self.send_response(status)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def answer(method: str, params: tuple[Any, ...]) -> Any:
-    """supervisord's behaviour for the few methods the tests use."""
-    if method == "system.multicall":
-        results = []
-        for call in params[0]:
-            try:
-                results.append(answer(call["methodName"], tuple(call["params"])))
-            except xmlrpc.client.Fault as fault:
-                results.append({"faultCode": fault.faultCode, "faultString": fault.faultString})
-        return results
-    if method == "supervisor.getState":
-        return {"statecode": 1, "statename": "RUNNING"}
-    if method == "supervisor.getPID":
-        return 4242
-    if method == "supervisor.startProcess":
-        if params[0] == "t-dev:web":
-            raise xmlrpc.client.Fault(60, "ALREADY_STARTED: t-dev:web")
-        raise xmlrpc.client.Fault(10, f"BAD_NAME: {params[0]}")
-    if method == "echo":
-        return list(params)
-    raise xmlrpc.client.Fault(1, f"UNKNOWN_METHOD: {method}")
-
-
-class UnixServer(socketserver.UnixStreamServer):
-    pass
-
-
-class TcpServer(socketserver.TCPServer):
-    allow_reuse_address = True
-
-
-@pytest.fixture
-def serve() -> Iterator[Callable[..., tuple[Any, str]]]:
-    """Start a fake supervisord on a unix socket path or on 127.0.0.1:0; returns (server, url)."""
-    running: list[tuple[socketserver.BaseServer, threading.Thread]] = []
-
-    def start(where: Path | None, key: str = "s3cret",
-              raw: tuple[int, bytes] | None = None) -> tuple[Any, str]:
-        server: Any
-        if where is None:
-            server = TcpServer(("127.0.0.1", 0), FakeSupervisord)
-            url = f"http://127.0.0.1:{server.server_address[1]}"
-        else:
-            server = UnixServer(str(where), FakeSupervisord)
-            url = f"unix://{where}"
-        server.key, server.raw, server.requests, server.answer = key, raw, [], answer
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                                  daemon=True)
-        thread.start()
-        running.append((server, thread))
-        return server, url
-
-    yield start
-    for server, thread in running:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.fixture(params=["unix", "tcp"])
