@@ -7,7 +7,8 @@ elsewhere; built first, as ``python3 -m siteboot init`` would, when it is missin
 that venv's ``supervisorctl``. Starts a throwaway two-instance site (free ports, a temp dir, a
 temp HOME), then times the commands interleaved, so both see the same machine load, and prints
 medians and ratios:
-- one instance: `siteboot status -i A` vs `supervisorctl -c <client conf> status`
+- one instance: `siteboot status -i A` vs `supervisorctl -c <client conf> status` (a
+  client config with the key, written here)
 - the whole site: `siteboot status` (instances queried concurrently) vs one `supervisorctl`
   per instance, one after the other, as an operator would run them.
 A ratio below 1 means siteboot is faster. Bytecode is compiled first, as pip does on install.
@@ -72,6 +73,17 @@ startsecs = 0
 """
 
 
+def client_conf(base: Path, instance: str) -> Path:
+    """A plain supervisorctl config with the instance's key (`siteboot ctl` never writes one:
+    it hands supervisorctl a relay and a one-time credential)."""
+    key = (base / "state" / "keys" / f"{instance}.key").read_text().strip()
+    path = base / f"supervisorctl-{instance}.conf"
+    path.touch(mode=0o600)
+    path.write_text(f"[supervisorctl]\nserverurl = unix://{base}/run/{instance}/supervisor.sock\n"
+                    f"username = siteboot\npassword = {key}\n")
+    return path
+
+
 def timed(cmd: list[str], env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -95,11 +107,7 @@ def main() -> int:
     siteboot = [str(bindir / "siteboot")]
     try:
         subprocess.run([*siteboot, "up"], env=env, check=True, stdout=subprocess.DEVNULL)
-        confs = []
-        for inst in ("alpha", "beta"):
-            subprocess.run([*siteboot, "ctl", "-i", inst, "--", "pid"], env=env, check=True,
-                           stdout=subprocess.DEVNULL)
-            confs.append(base / "state" / f"supervisorctl-{inst}.conf")
+        confs = [client_conf(base, inst) for inst in ("alpha", "beta")]
         ctl = [str(bindir / "supervisorctl")]
         results: dict[str, list[float]] = {k: [] for k in ("sb_one", "ctl_one", "sb_all", "ctl_all")}
         for _ in range(args.runs):

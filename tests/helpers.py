@@ -153,6 +153,54 @@ def dead_pid() -> int:
     proc.wait()
     return proc.pid
 
+class Interactive:
+    """A command fed line by line on its stdin, its output (stderr too) read as it comes:
+    `siteboot ctl` without arguments, kept open across what a test does meanwhile."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        self.output = b""
+        self._seen = 0
+
+    def expect(self, token: str, timeout: float = 30.0) -> str:
+        """The output up to and including ``token`` since the last ``expect``; fails when it
+        does not come (or the command ends first)."""
+        import select
+
+        assert self.proc.stdout is not None
+        wanted = token.encode()
+        deadline = time.monotonic() + timeout
+        while wanted not in self.output[self._seen:]:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {token!r} in {self.output[self._seen:]!r}"
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if ready:
+                data = os.read(self.proc.stdout.fileno(), 65536)
+                assert data, f"ended before {token!r}: {self.output[self._seen:]!r}"
+                self.output += data
+        end = self.output.index(wanted, self._seen) + len(wanted)
+        seen, self._seen = self._seen, end
+        return self.output[seen:end].decode(errors="replace")
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def finish(self, timeout: float = 30.0) -> tuple[int, str]:
+        """Close its stdin (EOF ends supervisorctl) and wait; (exit code, the rest of its output)."""
+        rest, _ = self.proc.communicate(timeout=timeout)  # closes stdin first
+        self.output += rest
+        return self.proc.returncode, self.output[self._seen:].decode(errors="replace")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
 # ------------------------------------------------------------------------------------------
 # A fake supervisord: real HTTP on a unix socket or 127.0.0.1, XML-RPC answered by ``answer``
 

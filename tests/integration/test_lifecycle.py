@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.helpers import SITEBOOT, processes_under, supervisords
+from tests.helpers import SITEBOOT, Interactive, processes_under, supervisords
 
 pytestmark = pytest.mark.slow
 
@@ -292,7 +293,7 @@ def test_foreground_runs_until_signalled(site_factory):
     assert processes_under(site.base) == []
 
 
-def test_ctl_runs_real_supervisorctl_without_key_on_command_line(site_factory):
+def test_ctl_runs_real_supervisorctl_through_the_relay(site_factory):
     site = site_factory()
     site.run("up", check=True)
     site.wait_status(0)
@@ -300,15 +301,42 @@ def test_ctl_runs_real_supervisorctl_without_key_on_command_line(site_factory):
     assert result.returncode == 0, result.stderr
     assert "it-dev:web" in result.stdout
     assert "RUNNING" in result.stdout
-    conf = site.state() / "supervisorctl-alpha.conf"
-    assert os.stat(conf).st_mode & 0o777 == 0o600
+    assert site.run("ctl", "-i", "alpha", "--", "stop", "it-dev:web").stdout == "it-dev:web: stopped\n"
+    assert site.run("ctl", "-i", "alpha", "--", "start", "it-dev:web").stdout == "it-dev:web: started\n"
+    result = site.run("ctl", "-i", "alpha", "--", "tail", "it-dev:web")
+    assert "serving on 127.0.0.1" in result.stdout
+    # the owner keeps everything, shutting the instance down included
+    assert site.run("ctl", "-i", "alpha", "--", "avail").stdout.startswith("it-dev:web ")
+    assert not list(site.state().glob("supervisorctl-*"))  # no client config with the key
+
+
+def test_ctl_session_never_holds_the_key(site_factory):
+    site = site_factory()
+    site.run("up", "-i", "alpha", check=True)
     key = (site.state() / "keys" / "alpha.key").read_text().strip()
-    for proc in psutil.process_iter(["cmdline", "environ"]):
-        try:
-            assert key not in " ".join(proc.info["cmdline"] or [])
-            assert key not in " ".join((proc.info["environ"] or {}).values())
-        except psutil.AccessDenied:
-            continue
+    session = Interactive([*SITEBOOT, "ctl", "-i", "alpha"], env=site.env)
+    try:
+        assert "it-dev:web" in session.expect("it-alpha-dev> ")  # it starts with `status`
+        supervisorctl = next(p for p in psutil.Process(session.proc.pid).children(recursive=True)
+                             if "supervisor.supervisorctl" in p.cmdline())
+        conf = Path(supervisorctl.cmdline()[supervisorctl.cmdline().index("-c") + 1])
+        assert os.stat(conf).st_mode & 0o777 == 0o600
+        assert os.stat(conf.parent).st_mode & 0o777 == 0o700
+        assert key not in conf.read_text()
+        assert "password = " in conf.read_text()
+        for proc in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                assert key not in " ".join(proc.info["cmdline"] or [])
+                assert key not in " ".join((proc.info["environ"] or {}).values())
+            except psutil.AccessDenied:
+                continue
+        session.send("tail it-dev:web")
+        assert "serving on" in session.expect("it-alpha-dev> ")
+        code, _ = session.finish()
+    finally:
+        session.kill()
+    assert code == 0
+    assert not conf.parent.exists()  # the relay's dir went with supervisorctl
     assert key not in (site.runtime("alpha") / "supervisord.log").read_text()
 
 

@@ -12,6 +12,8 @@ import json
 import os
 import pwd
 import shutil
+import signal
+import socket
 import subprocess
 import tempfile
 import textwrap
@@ -25,7 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import REPO, free_ports, kill_all, processes_under
+from tests.helpers import REPO, Interactive, free_ports, kill_all, processes_under
 
 pytestmark = [pytest.mark.slow, pytest.mark.users]
 
@@ -50,13 +52,16 @@ class TwoUsers:
     site: Path
     ports: dict[str, int]
 
-    def run(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    def command(self, user: str, *args: str) -> list[str]:
+        """`siteboot ARGS` as ``user``, in the site's own venv."""
         home = pwd.getpwnam(user).pw_dir
-        cmd = ["runuser", "-u", user, "--", "env", f"HOME={home}", "NO_COLOR=1",
-               f"SITEBOOT_SITE={self.site}",
-               str(self.python), "-c", "from siteboot.cli import main; main()", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=str(self.base),
-                              timeout=120, check=False)
+        return ["runuser", "-u", user, "--", "env", f"HOME={home}", "NO_COLOR=1",
+                f"SITEBOOT_SITE={self.site}",
+                str(self.python), "-c", "from siteboot.cli import main; main()", *args]
+
+    def run(self, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.command(user, *args), capture_output=True, text=True,
+                              cwd=str(self.base), timeout=120, check=False)
 
     def as_user(self, user: str, code: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["runuser", "-u", user, "--", str(self.python), "-c", code],
@@ -360,6 +365,155 @@ def test_no_key_on_any_command_line(two_users):
         except OSError:
             continue
         assert not any(key in text for key in keys), cmdline
+
+
+GROUP = "pv-dev"  # the group supervisord gives the site's programs in env dev
+
+
+def _ctl(env: TwoUsers, user: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return env.run(user, "ctl", "-i", "jtm", "--", *args)
+
+
+def test_a_member_ctl_gets_the_control_grant_and_no_more(two_users):
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    _wait_ok(env, JTM)
+    result = _ctl(env, JAWS, "status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{GROUP}:runner" in result.stdout
+    assert "RUNNING" in result.stdout
+    result = _ctl(env, JAWS, "restart", f"{GROUP}:runner")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [f"{GROUP}:runner: stopped", f"{GROUP}:runner: started"]
+    result = _ctl(env, JAWS, "tail", f"{GROUP}:runner")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "heartbeat" in result.stdout
+
+    supervisord = int((env.runtime("jtm") / "supervisord.pid").read_text())
+    for args, method in ((["shutdown"], "shutdown"), (["reload"], "restart"),
+                         (["avail"], "getAllConfigInfo"), (["reread"], "reloadConfig"),
+                         (["update"], "reloadConfig"), (["clear", f"{GROUP}:runner"], "clearProcessLogs"),
+                         (["maintail"], "readLog")):
+        result = _ctl(env, JAWS, *args)
+        assert result.returncode == 1, (args, result.stdout, result.stderr)
+        refusal = f"supervisor.{method}: not part of the control grant, it stays with the owner {JTM}"
+        assert refusal in result.stdout  # supervisorctl shows the fault
+        assert refusal in result.stderr  # and siteboot says it once more, with a hint
+        assert f"run as {JTM}" in result.stderr
+    # nothing of that reached the instance: the same supervisord, its program still running
+    assert int((env.runtime("jtm") / "supervisord.pid").read_text()) == supervisord
+    _wait_ok(env, JTM)
+    assert "stays with the owner" not in env.run(JTM, "ctl", "-i", "jtm", "--", "avail").stdout
+
+
+_ATTACKER = """
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(16)
+print("listening", flush=True)
+with open(sys.argv[2], "ab") as record:
+    while True:
+        connection, _ = server.accept()
+        record.write(b"[connection]"); record.flush()
+        with connection:
+            try:
+                while True:
+                    data = connection.recv(65536)
+                    if not data:
+                        break
+                    record.write(data); record.flush()
+            except OSError:
+                pass
+"""
+
+
+def _first_answer(socket_path: str, request: bytes) -> bytes:
+    """What the relay answers to ``request`` (b"" when it closes the connection unanswered)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(socket_path)
+            probe.sendall(request)
+            return probe.recv(65536)
+        except OSError:
+            return b""
+
+
+def test_a_port_grabbed_in_the_middle_of_a_ctl_session_gets_no_key(two_users):
+    """Issue 8.4: a member keeps `ctl` open, the owner stops the instance, a stranger binds its
+    port; the member's next command must not hand the key to the stranger."""
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    _wait_ok(env, JTM)
+    key = env.key_path(JTM, "jtm").read_text().strip()
+    record = env.base / "tmp" / "attacker.bin"
+    session = Interactive(env.command(JAWS, "ctl", "-i", "jtm"), cwd=env.base)
+    attacker: subprocess.Popen[str] | None = None
+    try:
+        assert f"{GROUP}:runner" in session.expect("pv-jtm-dev> ")  # it starts with `status`
+        supervisorctl = next(p for p in psutil.Process(session.proc.pid).children(recursive=True)
+                             if "supervisor.supervisorctl" in " ".join(p.cmdline()))
+        assert supervisorctl.username() == JAWS
+        conf = Path(supervisorctl.cmdline()[supervisorctl.cmdline().index("-c") + 1])
+        assert key not in conf.read_text()
+        info = os.stat(conf.parent)
+        assert (pwd.getpwuid(info.st_uid).pw_name, info.st_mode & 0o777) == (JAWS, 0o700)
+
+        # the relay answers only the member's processes: root, credential and all, gets nothing
+        options = configparser.ConfigParser()
+        options.read(conf)
+        client = options["supervisorctl"]
+        credential = base64.b64encode(f"{client['username']}:{client['password']}".encode())
+        body = (b"<?xml version='1.0'?><methodCall><methodName>supervisor.getPID</methodName>"
+                b"<params></params></methodCall>")
+        request = (b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + credential
+                   + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        relay_socket = client["serverurl"][len("unix://"):]
+        assert _first_answer(relay_socket, request) == b""
+        probe = ("import socket\nprobe = socket.socket(socket.AF_UNIX)\n"
+                 f"probe.connect({relay_socket!r})\nprobe.sendall({request!r})\n"
+                 "print(probe.recv(65536)[:15])\n")
+        as_member = env.as_user(JAWS, probe)
+        assert "HTTP/1.1 200 OK" in as_member.stdout, as_member.stderr  # the probe itself works
+        assert "PermissionError" in env.as_user(OTHER, probe).stderr  # its dir is 0700
+
+        # tail -f streams through the relay; Ctrl-C (SIGINT to supervisorctl) ends it, not the session
+        session.send(f"tail -f {GROUP}:runner")
+        session.expect("heartbeat")
+        supervisorctl.send_signal(signal.SIGINT)
+        session.expect("pv-jtm-dev> ")
+
+        assert env.run(JTM, "down", "-i", "jtm").returncode == 0
+        attacker = subprocess.Popen(["runuser", "-u", OTHER, "--", str(env.python), "-c", _ATTACKER,
+                                     str(env.ports["jtm"]), str(record)],
+                                    stdout=subprocess.PIPE, text=True)
+        assert attacker.stdout is not None
+        assert attacker.stdout.readline() == "listening\n"
+        session.send("status")
+        answer = session.expect("pv-jtm-dev> ")
+        other_uid = pwd.getpwnam(OTHER).pw_uid
+        assert f"port {env.ports['jtm']} is held by uid {other_uid}" in answer
+        assert "the key was not sent" in answer
+        code, rest = session.finish()
+        assert code == 1  # siteboot reports the failed check when the session ends
+        assert "the key was not sent" in rest
+        # a one-shot ctl stops before supervisorctl even starts
+        result = _ctl(env, JAWS, "status")
+        assert result.returncode == 1
+        assert "the key was not sent" in result.stderr
+    finally:
+        session.kill()
+        if attacker is not None:
+            attacker.kill()
+            attacker.wait()
+    received = record.read_bytes()
+    assert received.startswith(b"[connection]")  # the relay did connect to the attacker ...
+    assert set(received.split(b"[connection]")) == {b""}  # ... and sent nothing at all
+    assert key.encode() not in received
+    assert b"Authorization" not in received
+    assert not conf.parent.exists()
+    assert env.run(JTM, "up").returncode == 0
 
 
 def test_cron_installs_revive_lines_idempotently_in_the_accounts_crontab(two_users):
