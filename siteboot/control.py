@@ -527,18 +527,23 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     try:  # a clear message (and who can fix it) before supervisorctl starts
         endpoint.call("supervisor.getAPIVersion")
     except RpcError as exc:
-        if exc.reason == NOT_RUNNING and not plan.owns(inst):
-            exc.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
-        raise
+        raise _who_can_fix(plan, inst, exc) from None
     scope = None if plan.owns(inst) else CONTROL_GRANT
     with relay_session(endpoint, scope, inst.user, inst.identifier) as session:
         code = run_foreground(supervisor_command("supervisorctl", session.client_conf, *args))
-    problems = list({str(p): p for p in session.relay.problems}.values())
+    # what went wrong on siteboot's side, which supervisorctl showed only as a fault
+    problems = list({str(p): _who_can_fix(plan, inst, p) for p in session.relay.problems}.values())
     if len(problems) == 1:
         raise problems[0]
     if problems:
         raise SitebootError("\n".join(p.message for p in problems), problems[-1].hint)
     return code
+
+
+def _who_can_fix(plan: Plan, inst: InstancePlan, problem: SitebootError) -> SitebootError:
+    if isinstance(problem, RpcError) and problem.reason == NOT_RUNNING and not plan.owns(inst):
+        problem.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
+    return problem
 
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,

@@ -81,6 +81,7 @@ FAULT_NOT_GRANTED = 403
 FAULT_UPSTREAM = 502
 
 RELAY_USERNAME_PREFIX = "ctl-"
+SOCKET_NAME = "relay.sock"
 
 
 # ------------------------------------------------------------------------------------------
@@ -258,6 +259,8 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     uid: int
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Only the invoker's own processes (root's included: they are refused too). Without
+        SO_PEERCRED (not Linux) the 0700 directory and the credential still keep others out."""
         uid = peer_uid(request)
         return uid is None or uid == self.uid
 
@@ -349,15 +352,22 @@ class Session:
 
 
 def _private_dir() -> Path:
-    """A fresh 0700 directory whose socket path fits in sun_path (108 bytes)."""
+    """A fresh 0700 directory of ours whose socket path fits in sun_path (108 bytes)."""
     import tempfile
 
-    for parent in (None, "/tmp"):
-        directory = Path(tempfile.mkdtemp(prefix="siteboot-ctl-", dir=parent))
-        if len(str(directory / "relay.sock").encode()) < 100:
+    problems = []
+    for parent in dict.fromkeys((tempfile.gettempdir(), "/tmp")):
+        try:
+            directory = Path(tempfile.mkdtemp(prefix="siteboot-ctl-", dir=parent))
+        except OSError as exc:
+            problems.append(f"{parent}: {exc.strerror or exc}")
+            continue
+        if len(str(directory / SOCKET_NAME).encode()) < 100:
             return directory
         directory.rmdir()
-    raise SitebootError("no temp dir with a path short enough for a unix socket")
+        problems.append(f"{parent}: too long a path for a unix socket")
+    raise SitebootError(f"no place for the ctl relay's socket ({'; '.join(problems)})",
+                        "set TMPDIR to a short directory of yours")
 
 
 @contextmanager
@@ -370,7 +380,7 @@ def relay_session(endpoint: Endpoint, scope: Scope | None, owner: str,
     from siteboot.fsutil import atomic_write
 
     directory = _private_dir()
-    socket_path = directory / "relay.sock"
+    socket_path = directory / SOCKET_NAME
     client_conf = directory / "supervisorctl.conf"
     username = RELAY_USERNAME_PREFIX + secrets.token_hex(4)
     password = secrets.token_urlsafe(24)  # letters, digits, - and _: nothing to escape

@@ -285,6 +285,8 @@ def answer(method: str, params: tuple[Any, ...]) -> Any:
         return {"statecode": 1, "statename": "RUNNING"}
     if method == "supervisor.getPID":
         return 4242
+    if method == "supervisor.getAPIVersion":
+        return "3.0"
     if method == "supervisor.startProcess":
         if params[0] == "t-dev:web":
             raise xmlrpc.client.Fault(60, "ALREADY_STARTED: t-dev:web")

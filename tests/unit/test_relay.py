@@ -13,7 +13,7 @@ import stat
 import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -367,3 +367,91 @@ def test_a_session_ends_while_a_tail_f_still_streams(upstream):
     assert client.recv(65536) == b""
     client.close()
     assert received.startswith(b"HTTP/1.1 200 OK")
+
+
+# --------------------------------------------------------------------------------------------
+# siteboot ctl: supervisorctl (here a stand-in making its calls) behind the relay
+
+
+CTL_SITE = """
+[site]
+name = "t"
+envs = ["dev"]
+runtime_dir = "{base}/run"
+state_dir = "{base}/state"
+
+[instances.mine]
+port = {{ dev = 40001 }}
+
+[instances.theirs]
+user = "someone-else"
+port = {{ dev = 40002 }}
+"""
+
+
+@pytest.fixture
+def ctl_with(monkeypatch, short_dir, serve) -> Any:
+    """``ctl_with(instance, *calls)``: run `siteboot ctl` against a fake supervisord, with a
+    supervisorctl that makes ``calls`` (method names) through the relay; (exit code, fake)."""
+    from siteboot import control, proc
+    from tests.helpers import plan_from
+
+    plan = plan_from(CTL_SITE.format(base=short_dir), short_dir)
+    server, url = serve(short_dir / "s.sock")
+    monkeypatch.setattr(control, "connect", lambda plan, inst: Endpoint(
+        url, "s3cret", timeout=5, owner_uid=os.geteuid()))
+
+    def run(instance: str, *calls: str | Callable[[], None]) -> tuple[int, Any]:
+        def supervisorctl(cmd: list[str], env: Any = None) -> int:
+            conf = Path(cmd[cmd.index("-c") + 1])
+            session = Session(conf.parent / "relay.sock", conf, None)  # type: ignore[arg-type]
+            with proxy(session) as rpc:
+                for call in calls:
+                    try:
+                        getattr(rpc, call)() if isinstance(call, str) else call()
+                    except xmlrpc.client.Fault:
+                        return 1
+            return 0
+
+        monkeypatch.setattr(proc, "run_foreground", supervisorctl)
+        return control.ctl(plan, instance, []), server
+
+    return run
+
+
+def test_ctl_of_the_owner_relays_everything(ctl_with):
+    code, server = ctl_with("mine", "supervisor.getPID", "system.listMethods")
+    assert code == 1  # the fake has no listMethods: supervisord's fault, supervisorctl's exit
+    methods = [xmlrpc.client.loads(body)[1] for _, _, body in server.requests]
+    assert methods == ["supervisor.getAPIVersion", "supervisor.getPID", "system.listMethods"]
+
+
+def test_ctl_of_a_member_ends_saying_what_stays_with_the_owner(ctl_with):
+    from siteboot.errors import SitebootError
+
+    with pytest.raises(SitebootError) as info:
+        ctl_with("theirs", "supervisor.getPID", "supervisor.shutdown")
+    assert info.value.message == ("supervisor.shutdown: not part of the control grant, it stays "
+                                  "with the owner someone-else")
+    assert "run as someone-else" in (info.value.hint or "")
+
+
+def test_ctl_of_a_member_whose_instance_went_away_says_who_can_start_it(ctl_with, short_dir):
+    def down() -> None:  # in the middle of the session, as the owner's `siteboot down`
+        (short_dir / "s.sock").unlink()
+
+    with pytest.raises(RpcError) as info:
+        ctl_with("theirs", "supervisor.getPID", down, "supervisor.getPID")
+    assert info.value.reason == NOT_RUNNING
+    assert info.value.hint == "only someone-else can start it: `siteboot up -i theirs` as someone-else"
+
+
+def test_a_long_tmpdir_falls_back_to_tmp(monkeypatch, upstream, tmp_path):
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with relay_session(upstream[1], None, "alice", "p") as session:
+        assert session.socket_path.parent.parent == Path("/tmp")
+    assert list(deep.iterdir()) == []
