@@ -259,7 +259,7 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     uid: int
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Only the invoker's own processes (root's included: they are refused too). Without
+        """Only processes running as the invoker, not even root's (unless root invoked). Without
         SO_PEERCRED (not Linux) the 0700 directory and the credential still keep others out."""
         uid = peer_uid(request)
         return uid is None or uid == self.uid
