@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
     from siteboot.plan import Plan
     from siteboot.ports import CheckResult
+    from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
     from siteboot.venvs import VenvOutcome
 
@@ -190,3 +191,36 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
     outcomes = instances.up(plan, root, None, timeout)
     return InitResult(venvs, outcomes, settle(plan, timeout))
+
+
+# ------------------------------------------------------------------------------------------
+# gitlab-runner (``[runner]``)
+
+
+def runner_status(plan: Plan) -> RunnerStatus:
+    """Whether the site's gitlab-runner runs; monitoring exit codes."""
+    from siteboot import runner
+
+    return runner.status(plan)
+
+
+def runner_revive(plan: Plan) -> RunnerOutcome:
+    """Start the runner unless one runs (never two on one config); clears an operator's stop."""
+    from siteboot import runner
+
+    return runner.revive(plan)
+
+
+def runner_drain(plan: Plan, timeout: float | None = None,
+                 progress: Progress | None = None) -> RunnerOutcome:
+    """SIGQUIT: finish running jobs, take no new ones; wait up to ``timeout`` and report."""
+    from siteboot import runner
+
+    return runner.drain(plan, timeout, progress)
+
+
+def runner_stop(plan: Plan, progress: Progress | None = None) -> RunnerOutcome:
+    """SIGTERM now (jobs are aborted), SIGKILL if it lingers."""
+    from siteboot import runner
+
+    return runner.stop(plan, progress)

@@ -102,6 +102,33 @@ PROGRAM_KEYS: tuple[Key, ...] = (
     Key("log_backups", "int", 5, "Rotated logs kept per stream.", minimum=0),
 )
 
+RUNNER_MODES = ("supervised", "detached")
+RUNNER_PROGRAM = "gitlab-runner"  # the program a supervised runner becomes in its instance
+RUNNER_PLACEHOLDERS = ("site", "env", "user", "state_dir")
+
+RUNNER_KEYS: tuple[Key, ...] = (
+    Key("instance", "str", None,
+        "The instance whose account runs the runner; `supervised`: its supervisord runs it as "
+        f"program `{RUNNER_PROGRAM}`.", required=True),
+    Key("mode", "choice", "supervised",
+        "`supervised`: a program of that instance (`stopsignal = QUIT`); `detached`: a process "
+        "of its own that `siteboot runner revive` starts once (JAWS's `nohup`).",
+        choices=RUNNER_MODES),
+    Key("executable", "str", "gitlab-runner",
+        "The gitlab-runner binary: an absolute path (`~` is the owner's home) or a name looked up "
+        "on PATH (cron's PATH is short: prefer a path)."),
+    Key("config", "str", "~/.gitlab-runner/config.toml",
+        "Its `config.toml`, passed as `--config`; the default is gitlab-runner's own for a "
+        "non-root account."),
+    Key("working_directory", "str", None,
+        "Passed as `--working-directory` and used as its current directory; omitted: the "
+        "owner's home."),
+    Key("drain_timeout", "int", 7200,
+        "Seconds a drain (SIGQUIT: finish running jobs, take no new ones) may take before the "
+        "runner is killed; supervised: its `stopwaitsecs`. At least your longest job timeout; "
+        "7200 is the `TimeoutStopSec` GitLab documents for systemd.", minimum=0),
+)
+
 VENV_KEYS: tuple[Key, ...] = (
     Key("requirements", "str_list", [], "pip requirement specifiers.", required=True),
     Key("python", "str", None, "Interpreter for the venv; omitted: the one running siteboot."),
@@ -115,6 +142,7 @@ TABLES: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[instances.NAME]", INSTANCE_KEYS),
     ("[programs.NAME]", PROGRAM_KEYS),
     ("[venvs.NAME]", VENV_KEYS),
+    ("[runner]", RUNNER_KEYS),
 )
 
 
@@ -145,6 +173,18 @@ class VenvSpec:
 
 
 @dataclass(frozen=True)
+class RunnerSpec:
+    """``[runner]``: a gitlab-runner of one instance's account (paths still hold placeholders)."""
+
+    instance: str
+    mode: str
+    executable: str
+    config: str
+    working_directory: str | None
+    drain_timeout: int
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     path: Path
@@ -156,6 +196,7 @@ class Site:
     instances: dict[str, Instance]
     programs: dict[str, Program]
     venvs: dict[str, VenvSpec] = field(default_factory=dict)
+    runner: RunnerSpec | None = None
 
     def port_users(self) -> list[tuple[str, str, int]]:
         """Every port of the site as (owner label, env, port): programs and supervisords."""
@@ -370,7 +411,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
     """Read and validate a site file. Returns the model (None if unusable) and every problem."""
     data = read_toml(path)
     v = _Validator(path)
-    known_top = ("site", "instances", "programs", "venvs")
+    known_top = ("site", "instances", "programs", "venvs", "runner")
     for top in data:
         if top not in known_top:
             hint = did_you_mean(top, known_top, "'[{}]'")
@@ -432,6 +473,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         instances=instances,
         programs=programs,
         venvs=venvs,
+        runner=_runner(v, data, envs, instances, programs),
     )
     _check_paths(v, site)
     for inst in instances.values():
@@ -485,6 +527,45 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
                 v.error(table, key, f"'{key}' uses {{port}} but the program has no 'port' table")
             elif name == "venv" and not program.venv:
                 v.error(table, key, f"'{key}' uses {{venv}} but the program names no 'venv'")
+
+
+def default_program_options() -> dict[str, Any]:
+    """``Program.options`` of a program that sets none of them."""
+    return {k.name: k.default for k in PROGRAM_KEYS if k.name not in _STRUCTURAL}
+
+
+def _runner(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
+            instances: Mapping[str, Instance], programs: Mapping[str, Program]) -> RunnerSpec | None:
+    if "runner" not in data:
+        return None
+    values = v.table("runner", data["runner"], RUNNER_KEYS, envs)
+    runner = RunnerSpec(values["instance"] or "", values["mode"], values["executable"],
+                        values["config"], values["working_directory"], values["drain_timeout"])
+    if runner.instance and runner.instance not in instances:
+        v.error("runner", "instance", f"instance '{runner.instance}' is not declared"
+                f"{did_you_mean(runner.instance, instances)}")
+    if runner.mode == "supervised" and RUNNER_PROGRAM in programs:
+        v.error("runner", "mode", f"a supervised runner is the program '{RUNNER_PROGRAM}', and "
+                f"[programs.{RUNNER_PROGRAM}] exists already: rename that program, or use "
+                "mode = \"detached\"")
+    for key in ("executable", "config", "working_directory"):
+        value = values[key]
+        if value is None:
+            continue
+        try:
+            fields = placeholder_fields(value)
+        except ValueError as exc:
+            v.error("runner", key, f"'{key}': {exc} (write a literal brace as '{{{{' or '}}}}')")
+            continue
+        for name in sorted(fields - set(RUNNER_PLACEHOLDERS)):
+            v.error("runner", key, f"'{key}' uses undefined placeholder {{{name}}}; allowed: "
+                    + ", ".join("{" + p + "}" for p in RUNNER_PLACEHOLDERS))
+        bare_name = key == "executable" and "/" not in value
+        if not (bare_name or value.startswith(("/", "~", "{state_dir}"))):
+            what = "an absolute path (or start with ~)" + (", or a name on PATH" if key == "executable"
+                                                           else "")
+            v.error("runner", key, f"'{key}' must be {what}, not {value!r}: relative to what?")
+    return runner
 
 
 def _check_paths(v: _Validator, site: Site) -> None:
