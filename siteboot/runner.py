@@ -257,11 +257,12 @@ def is_runner(view: ProcessView, ident: RunnerIdentity) -> bool:
 
 
 def find_runners(runner: RunnerPlan,
-                 scan: Callable[[int], list[ProcessView]] = processes_of) -> list[ProcessView]:
+                 scan: Callable[[int], list[ProcessView]] | None = None) -> list[ProcessView]:
     """Every process of the runner's account running its executable with ``run`` on its config,
-    oldest first."""
+    oldest first. ``scan`` lists a uid's processes (default: ``processes_of``)."""
     ident = identity(runner)
-    return sorted((v for v in scan(ident.uid) if is_runner(v, ident)), key=lambda v: v.create_time)
+    views = (scan or processes_of)(ident.uid)
+    return sorted((v for v in views if is_runner(v, ident)), key=lambda v: v.create_time)
 
 
 def _process(view: ProcessView) -> Any | None:

@@ -115,18 +115,20 @@ RUNNER_KEYS: tuple[Key, ...] = (
         "of its own that `siteboot runner revive` starts once (JAWS's `nohup`).",
         choices=RUNNER_MODES),
     Key("executable", "str", "gitlab-runner",
-        "The gitlab-runner binary: an absolute path (`~` is the owner's home) or a name looked up "
-        "on PATH (cron's PATH is short: prefer a path)."),
+        "The gitlab-runner binary: an absolute path or a name looked up on PATH (cron's PATH is "
+        "short: prefer a path). In the three paths: `~` is the owner's home; placeholders "
+        + " ".join("{" + p + "}" for p in RUNNER_PLACEHOLDERS) + "."),
     Key("config", "str", "~/.gitlab-runner/config.toml",
         "Its `config.toml`, passed as `--config`; the default is gitlab-runner's own for a "
         "non-root account."),
     Key("working_directory", "str", None,
-        "Passed as `--working-directory` and used as its current directory; omitted: the "
-        "owner's home."),
+        "Passed as `--working-directory` and used as its current directory (it must exist); "
+        "omitted: the owner's home."),
     Key("drain_timeout", "int", 7200,
-        "Seconds a drain (SIGQUIT: finish running jobs, take no new ones) may take before the "
-        "runner is killed; supervised: its `stopwaitsecs`. At least your longest job timeout; "
-        "7200 is the `TimeoutStopSec` GitLab documents for systemd.", minimum=0),
+        "Seconds a drain (SIGQUIT: finish running jobs, take no new ones) waits for them: "
+        "`runner drain` then reports; supervised, it is the `stopwaitsecs` after which "
+        "supervisord kills it. At least your longest job timeout; 7200 is the `TimeoutStopSec` "
+        "GitLab documents for systemd.", minimum=0),
 )
 
 VENV_KEYS: tuple[Key, ...] = (
@@ -549,41 +551,36 @@ def _runner(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
                 f"[programs.{RUNNER_PROGRAM}] exists already: rename that program, or use "
                 "mode = \"detached\"")
     for key in ("executable", "config", "working_directory"):
-        value = values[key]
-        if value is None:
-            continue
-        try:
-            fields = placeholder_fields(value)
-        except ValueError as exc:
-            v.error("runner", key, f"'{key}': {exc} (write a literal brace as '{{{{' or '}}}}')")
-            continue
-        for name in sorted(fields - set(RUNNER_PLACEHOLDERS)):
-            v.error("runner", key, f"'{key}' uses undefined placeholder {{{name}}}; allowed: "
-                    + ", ".join("{" + p + "}" for p in RUNNER_PLACEHOLDERS))
-        bare_name = key == "executable" and "/" not in value
-        if not (bare_name or value.startswith(("/", "~", "{state_dir}"))):
-            what = "an absolute path (or start with ~)" + (", or a name on PATH" if key == "executable"
-                                                           else "")
-            v.error("runner", key, f"'{key}' must be {what}, not {value!r}: relative to what?")
+        if values[key] is not None:
+            _check_path(v, "runner", key, values[key], RUNNER_PLACEHOLDERS,
+                        name_ok=key == "executable")
     return runner
 
 
 def _check_paths(v: _Validator, site: Site) -> None:
     for key in ("runtime_dir", "state_dir", "shared_dir", "venv_dir"):
         value = getattr(site, key)
-        if value is None:
-            continue
-        try:
-            fields = placeholder_fields(value)
-        except ValueError as exc:
-            v.error("site", key, f"'{key}': {exc}")
-            continue
-        allowed = {"site", "env", "user"} | ({"instance"} if key == "runtime_dir" else set())
-        for name in fields - allowed:
-            v.error("site", key, f"'{key}' uses undefined placeholder {{{name}}}; "
-                    f"allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}")
-        if not (value.startswith("/") or value.startswith("~")):
-            v.error("site", key, f"'{key}' must be an absolute path (or start with ~), not {value!r}")
+        if value is not None:
+            extra = ("instance",) if key == "runtime_dir" else ()
+            _check_path(v, "site", key, value, ("site", "env", "user", *extra))
+
+
+def _check_path(v: _Validator, table: str, key: str, value: str, allowed: Sequence[str],
+                name_ok: bool = False) -> None:
+    """Only ``allowed`` placeholders, and absolute (``~``, or ``{state_dir}``, which is); with
+    ``name_ok`` also a bare name (a program looked up on PATH)."""
+    try:
+        fields = placeholder_fields(value)
+    except ValueError as exc:
+        v.error(table, key, f"'{key}': {exc}")
+        return
+    for name in sorted(fields - set(allowed)):
+        v.error(table, key, f"'{key}' uses undefined placeholder {{{name}}}; "
+                f"allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}")
+    absolute = ("/", "~", "{state_dir}") if "state_dir" in allowed else ("/", "~")
+    if not (value.startswith(absolute) or (name_ok and "/" not in value)):
+        what = "an absolute path (or start with ~)" + (", or a name on PATH" if name_ok else "")
+        v.error(table, key, f"'{key}' must be {what}, not {value!r}")
 
 
 def placeholder_fields(text: str) -> set[str]:
