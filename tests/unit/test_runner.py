@@ -27,27 +27,9 @@ from siteboot.runner import (
     read_record,
 )
 from siteboot.site import load_site, parse_site
-from tests.helpers import REPO, plan_from, supervisor_parse
-
-STAND_IN = REPO / "tests" / "fixtures" / "gitlab-runner"
-
-
-def site_text(folder: Path, runner: str, instance_extra: str = "", extra: str = "") -> str:
-    return f"""
-        [site]
-        name = "t"
-        envs = ["dev"]
-        runtime_dir = "{folder}/run"
-        state_dir = "{folder}/state/{{user}}"
-
-        [instances.main]
-        port = {{ dev = 40001 }}
-        {instance_extra}
-
-        [runner]
-        {runner}
-        {extra}
-        """
+from tests.helpers import STAND_IN_RUNNER as STAND_IN
+from tests.helpers import plan_from, supervisor_parse
+from tests.helpers import runner_site_text as site_text
 
 
 def fake_binary(folder: Path, name: str = "gitlab-runner") -> Path:
@@ -130,17 +112,16 @@ def test_every_runner_problem_at_once(write_site):
     assert all(str(path) in str(p) for p in problems)
 
 
-def test_a_supervised_runner_cannot_share_its_program_name(write_site):
-    path = write_site(site_text(Path("/tmp/x"), 'instance = "main"', extra='''
+@pytest.mark.parametrize(("mode", "refused"), [("supervised", True), ("detached", False)])
+def test_a_supervised_runner_cannot_share_its_program_name(write_site, mode, refused):
+    path = write_site(site_text(Path("/tmp/x"), f'instance = "main"\nmode = "{mode}"\n', extra='''
         [programs.gitlab-runner]
         instance = "main"
         command = "sleep 1"
         '''))
-    _, problems = parse_site(path)
-    assert any("[programs.gitlab-runner] exists already" in str(p) for p in problems)
-    detached = path.read_text().replace('instance = "main"\n\n', 'instance = "main"\nmode = "detached"\n', 1)
-    path.write_text(detached)
-    assert [p for p in parse_site(path)[1] if p.level == "error"] == []
+    errors = [str(p) for p in parse_site(path)[1] if p.level == "error"]
+    assert any("[programs.gitlab-runner] exists already" in e for e in errors) is refused
+    assert len(errors) == int(refused)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +140,7 @@ def test_paths_are_filled_and_records_live_in_the_owners_state_dir(tmp_path: Pat
     runner = plan.require_runner()
     owner = plan.instances["main"]
     assert runner.user == owner.user == plan.invoker
-    assert runner.state_dir == owner.state_dir == tmp_path / "state" / plan.invoker
+    assert runner.state_dir == owner.state_dir == tmp_path / "state"
     assert runner.config == owner.state_dir / "runner-dev" / "config.toml"
     assert runner.working_directory == runner.cwd == Path(os.path.expanduser("~/builds-t"))
     assert runner.resolved == binary
