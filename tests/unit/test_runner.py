@@ -501,3 +501,20 @@ def test_config_file_from_the_environment(spawn, tmp_path, config):
     (found,) = wait_for(lambda: find_runners(plan.require_runner()))
     assert found.pid == proc.pid
     assert found.config_env == str(config)
+
+
+def test_status_stays_off_the_heavy_imports(tmp_path, config):
+    """`siteboot status` will show the runner: its status may not pull in psutil and friends."""
+    import subprocess
+    import sys
+
+    plan_path = tmp_path / "t.toml"
+    plan_path.write_text(site_text(tmp_path, f'instance = "main"\nmode = "detached"\n'
+                                   f'executable = "{STAND_IN}"\nconfig = "{config}"'))
+    code = ("import sys\nfrom siteboot.plan import make_plan\nfrom siteboot.site import load_site\n"
+            "from siteboot.runner import status\n"
+            f"print(status(make_plan(load_site(__import__('pathlib').Path({str(plan_path)!r})), 'dev'))"
+            ".state)\nheavy = ('psutil', 'subprocess', 'tempfile', 'click', 'jinja2', 'difflib')\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.stdout.split("\n")[:2] == ["not running", "[]"], result.stdout + result.stderr
