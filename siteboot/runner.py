@@ -352,9 +352,8 @@ class RunnerStatus:
                 "user": self.user, "config": self.config, "state": self.state,
                 "ok": self.exit_code == STATUS_OK, "detail": self.detail,
                 "instance_state": self.instance_state, "program_state": self.program_state,
-                "pids": self.pids,
-                "uptime_s": self.uptime_s, "log": self.log, "problems": self.problems,
-                "notes": self.notes}
+                "pids": self.pids, "uptime_s": self.uptime_s, "log": self.log,
+                "problems": self.problems, "notes": self.notes}
 
 
 @dataclass
@@ -705,6 +704,9 @@ def _stop_supervised(plan: Plan, runner: RunnerPlan, say: Progress) -> RunnerOut
         if fault.faultCode == FAULT_NOT_RUNNING:
             return RunnerOutcome("not running", f"supervisord of {inst.name}: already stopped")
         return RunnerOutcome("failed", f"supervisord of {inst.name}: {fault.faultString}")
+    if not info["pid"]:  # BACKOFF: no process to signal
+        return RunnerOutcome("stopped", f"supervisord of {inst.name}: it was {info['statename']}, "
+                             f"now {_wait_stopped(endpoint, full)}")
     view = next((v for v in find_runners(runner) if v.pid == info["pid"]), None)
     proc = _process(view) if view is not None else None
     outcome = _terminate([proc], say) if proc is not None else RunnerOutcome(
