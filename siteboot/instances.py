@@ -77,6 +77,7 @@ class LifecycleResult:
     """What ``up`` or ``down`` did to each instance; it failed if any instance failed."""
 
     outcomes: list[InstanceOutcome]
+    sources: str = ""  # which site file and template the configs came from (``up``, ``init``)
 
     @property
     def exit_code(self) -> int:

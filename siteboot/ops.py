@@ -78,8 +78,8 @@ class InitResult:
         return self.status.exit_code
 
     def as_json(self) -> dict[str, Any]:
-        return {"venvs": [v.as_json() for v in self.venvs], "instances": self.instances.as_json(),
-                "status": self.status.as_json()}
+        return {"sources": self.instances.sources, "venvs": [v.as_json() for v in self.venvs],
+                "instances": self.instances.as_json(), "status": self.status.as_json()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -138,7 +138,16 @@ def up(plan: Plan, root: Path | None, instance: str | None = None,
 
     result = instances.up(plan, root, instance, timeout)
     _converge(plan, result.outcomes)
+    result.sources = sources(plan, root)
     return result
+
+
+def sources(plan: Plan, root: Path | None) -> str:
+    """Which site file and template a command used: a planted root must never go unnoticed."""
+    from siteboot.render import CONFIG_TEMPLATE
+    from siteboot.resources import config_template
+
+    return f"site file {plan.site.path}, template {config_template(root, CONFIG_TEMPLATE)}"
 
 
 def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
@@ -245,6 +254,8 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
 
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
     outcomes = instances.up(plan, root, None, timeout)
+    _converge(plan, outcomes.outcomes)
+    outcomes.sources = sources(plan, root)
     return InitResult(venvs, outcomes, settle(plan, timeout))
 
 

@@ -125,6 +125,8 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
 
 
 def _print_outcomes(result: LifecycleResult) -> None:
+    if result.sources:
+        echo(f"using {result.sources}")
     for o in result.outcomes:
         color = {"started": "green", "stopped": "green", "updated": "green", "skipped": "yellow",
                  "failed": "red"}.get(o.action)

@@ -396,3 +396,39 @@ def test_cron_installs_revive_lines_idempotently_in_the_accounts_crontab(two_use
         assert "not installed" in env.run(OTHER, "cron", "--remove").stdout
     finally:
         subprocess.run(["crontab", "-u", OTHER, "-r"], capture_output=True, check=False)
+
+
+def test_a_planted_site_root_runs_nothing_as_the_victim(two_users):
+    """Attack: a folder of sbt_other's holding `sites -> <trusted sites/>` and its own templates
+    with Jinja2 code and an extra [program:...]; sbt_jaws works below it."""
+    env = two_users
+    planted = env.base / "tmp" / "planted"
+    proof = env.base / "tmp" / "pwned"
+    script = (f"import os\nos.makedirs('{planted}/templates')\nos.makedirs('{planted}/work')\n"
+              f"os.symlink('{env.base}/src/sites', '{planted}/sites')\n"
+              f"open('{planted}/templates/supervisord.conf.j2', 'w').write("
+              f"\"{{{{ ''.__class__.__mro__[1].__subclasses__() }}}}\\n"
+              f"[program:evil]\\ncommand = touch {proof}\\n\")\n")
+    made = env.as_user(OTHER, script)
+    assert made.returncode == 0, made.stderr
+    out = env.base / "tmp" / "victim-out"
+    cmd = ["runuser", "-u", JAWS, "--", "env", f"HOME={pwd.getpwnam(JAWS).pw_dir}", "NO_COLOR=1",
+           f"SITEBOOT_SITE={env.site}", str(env.python), "-c",
+           "from siteboot.cli import main; main()", "render", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(planted / "work"),
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"ignoring the site root {planted}" in result.stderr
+    assert f"{planted} belongs to sbt_other" in result.stderr
+    rendered = "".join(p.read_text() for p in out.iterdir())
+    assert "[program:evil]" not in rendered
+    assert "__subclasses__" not in rendered
+    assert not proof.exists()
+    # and `up` from there says which site file and template it used: the shipped ones
+    up = subprocess.run([*cmd[:-3], "up", "-i", "svc"], capture_output=True, text=True,
+                        cwd=str(planted / "work"), timeout=120, check=False)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"using site file {env.site}, template {env.base}/src/templates/supervisord.conf.j2" \
+        in up.stdout
+    assert not proof.exists()
+    env.run(JAWS, "down", "-i", "svc")

@@ -126,15 +126,43 @@ def test_a_sites_folder_anyone_could_write_is_not_a_site_root(short_dir: Path):
     (shared / "work").mkdir()
     notes: list[str] = []
     assert find_root(cwd=shared / "work", notice=notes.append) != shared
-    assert notes == [f"note: ignoring {planted}: it is writable by everyone; to use it anyway, "
-                     f"pass --root {shared}"]
+    assert notes == [f"note: ignoring the site root {shared}: sites is writable by everyone; to "
+                     f"use it anyway, pass --root {shared}"]
     os.chmod(planted, 0o755)
     assert find_root(cwd=shared / "work") == shared
     os.chown(planted, NOBODY, NOBODY)
     notes.clear()
     assert find_root(cwd=shared / "work", notice=notes.append) != shared
-    assert "belongs to nobody" in notes[0]
+    assert "sites belongs to nobody" in notes[0]
     assert find_root(str(shared)) == shared  # named explicitly: trusted
+
+
+def test_a_planted_root_with_a_symlink_to_trusted_sites_and_its_own_templates(short_dir: Path):
+    """The attack: `sites -> <a trusted checkout's sites/>` beside the attacker's templates/."""
+    trusted = short_dir / "checkout"
+    (trusted / "sites").mkdir(parents=True)
+    (trusted / "sites" / "t.toml").write_text("")
+    planted = short_dir / "tmp"
+    planted.mkdir()
+    os.chmod(planted, 0o1777)
+    (planted / "sites").symlink_to(trusted / "sites")
+    (planted / "templates").mkdir()
+    evil = planted / "templates" / "supervisord.conf.j2"
+    evil.write_text("{{ ''.__class__ }}\n[program:evil]\ncommand = touch /tmp/pwned\n")
+    (planted / "work").mkdir()
+    notes: list[str] = []
+    assert find_root(cwd=planted / "work", notice=notes.append) == planted  # all ours, so far
+    os.chown(evil, NOBODY, NOBODY)
+    assert find_root(cwd=planted / "work", notice=notes.append) != planted
+    assert "templates/supervisord.conf.j2 belongs to nobody" in notes[-1]
+    os.chown(evil, 0, 0)
+    os.lchown(planted / "sites", NOBODY, NOBODY)  # the link is a stranger's, its target is not
+    assert find_root(cwd=planted / "work", notice=notes.append) != planted
+    assert "sites is a symlink of nobody" in notes[-1]
+    os.lchown(planted / "sites", 0, 0)
+    os.chown(trusted / "sites" / "t.toml", NOBODY, NOBODY)  # what the link points into counts
+    assert find_root(cwd=planted / "work", notice=notes.append) != planted
+    assert "t.toml belongs to nobody" in notes[-1]
 
 
 def test_down_purge_never_deletes_through_a_planted_path(short_dir: Path):
