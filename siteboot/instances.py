@@ -323,6 +323,9 @@ def up(plan: Plan, root: Path | None, instance: str | None = None,
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
             replace_hung: bool) -> InstanceOutcome:
     running = find_supervisord(inst)
+    if running is not None:
+        _refuse_foreign_siteboot(plan, inst, "change")
+        _refuse_new_key_while_running(inst, running)
     # wiped under a running supervisord (and not restored yet: the pidfile comes back then)
     runtime_lost = running is not None and not os.path.lexists(inst.pidfile)
     endpoint = own_endpoint(plan, inst)
@@ -518,8 +521,39 @@ def _stop_wait(inst: InstancePlan) -> float:
     return float(max(waits, default=DEFAULT_STOP_WAIT)) + 10.0
 
 
+def _refuse_foreign_siteboot(plan: Plan, inst: InstancePlan, what: str) -> None:
+    """Two checkouts (or tool venvs) of one account share a site's runtime dir and key: the one
+    that did not start an instance must not take it over behind the other's back."""
+    from siteboot.records import started_elsewhere, this_siteboot
+
+    record = started_elsewhere(plan, inst)
+    if record is None:
+        return
+    here, python = this_siteboot()
+    raise InstanceError(
+        f"instance {inst.name} was started by the siteboot in {record.checkout} (python "
+        f"{record.python}); this is {here} (python {python}): refusing to {what} it from here",
+        f"use that siteboot, or move the instance deliberately: `{record.python} -I -m siteboot "
+        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then `siteboot up -i "
+        f"{inst.name}` from here (if that siteboot is gone: remove {record.path})")
+
+
+def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
+    """A running supervisord keeps the key it was started with: a new one would lock everyone
+    out (and `down` would fall back to signals). Missing means a wrong $HOME or a lost file."""
+    if os.path.lexists(inst.key_path):
+        return
+    raise InstanceError(
+        f"supervisord pid {running.pid} of {inst.name} is running, but its key {inst.key_path} "
+        "is missing: siteboot makes no new key for a running instance",
+        "check $HOME (cron and `sudo -u` without -H keep another one) and the state_dir of the "
+        f"site file; to start it afresh with a new key: `siteboot down -i {inst.name}` (signals)")
+
+
 def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> InstanceOutcome:
     from siteboot.records import record_of, remove_start
+
+    _refuse_foreign_siteboot(plan, inst, "stop")
 
     outcome = stop_instance(inst, lambda: connect(plan, inst), timeout)
     remove_start(record_of(plan, inst))

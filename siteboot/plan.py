@@ -43,10 +43,47 @@ def uid_of(user: str) -> int:
 def expand_home(path: str, user: str) -> Path:
     """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
     if path == "~" or path.startswith("~/"):
-        if user == current_user():  # honours $HOME, as every tool does
-            return Path(os.path.expanduser(path))
+        if user == current_user():
+            return own_home() / path[2:] if path != "~" else own_home()
         return Path(os.path.expanduser("~" + user + path[1:]))
     return Path(os.path.expanduser(path))
+
+
+def own_home() -> Path:
+    """The invoker's home: ``$HOME`` as every tool honours it, unless it is plainly not the
+    invoker's (someone else's directory: cron or ``sudo -u`` without ``-H`` keep the caller's),
+    in which case the account database's; ``home_note`` says so."""
+    env_home = os.environ.get("HOME")
+    database = _database_home()
+    if not env_home:
+        return Path(database or "/")
+    if database and wrong_home(env_home):
+        return Path(database)
+    return Path(env_home)
+
+
+def wrong_home(home: str) -> bool:
+    """``home`` exists and belongs to another account."""
+    try:
+        return os.stat(home).st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
+def _database_home() -> str | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:  # a uid without a passwd entry (containers): $HOME is all there is
+        return None
+
+
+def home_note() -> str | None:
+    """What to tell the operator once when ``$HOME`` is not the invoker's."""
+    env_home = os.environ.get("HOME")
+    if env_home and wrong_home(env_home) and _database_home():
+        return (f"note: $HOME ({env_home}) belongs to another account; using {current_user()}'s "
+                f"home {_database_home()} for keys and state")
+    return None
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,8 @@ class TwoUsers:
         return subprocess.run(["runuser", "-u", user, "--", str(self.python), "-c", code],
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def status(self, user: str) -> tuple[int, dict[str, Any]]:
-        result = self.run(user, "status", "--json")
+    def status(self, user: str, *args: str) -> tuple[int, dict[str, Any]]:
+        result = self.run(user, "status", "--json", *args)
         return result.returncode, json.loads(result.stdout)
 
     def runtime(self, instance: str) -> Path:
@@ -158,12 +158,12 @@ def two_users() -> Iterator[TwoUsers]:
         assert not leftovers, f"processes left running: {leftovers}"
 
 
-def _wait_ok(env: TwoUsers, user: str) -> dict[str, Any]:
+def _wait_ok(env: TwoUsers, user: str, *args: str) -> dict[str, Any]:
     import time
 
     deadline = time.monotonic() + 20
     while True:
-        rc, data = env.status(user)
+        rc, data = env.status(user, *args)
         if rc == 0 or time.monotonic() > deadline:
             assert rc == 0, data
             return data
@@ -432,3 +432,23 @@ def test_a_planted_site_root_runs_nothing_as_the_victim(two_users):
         in up.stdout
     assert not proof.exists()
     env.run(JAWS, "down", "-i", "svc")
+
+
+def test_a_home_of_another_account_is_not_used(two_users):
+    """cron or `sudo -u sbt_jaws` without -H: $HOME still names the caller's home."""
+    env = two_users
+    assert env.run(JAWS, "up", "-i", "svc").returncode == 0
+    try:
+        _wait_ok(env, JAWS, "-i", "svc")
+        cmd = ["runuser", "-u", JAWS, "--", "env", f"HOME={pwd.getpwnam(JTM).pw_dir}", "NO_COLOR=1",
+               f"SITEBOOT_SITE={env.site}", str(env.python), "-c",
+               "from siteboot.cli import main; main()", "status", "-i", "svc", "--json"]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(env.base), timeout=60,
+                                check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"$HOME ({pwd.getpwnam(JTM).pw_dir}) belongs to another account; using " \
+               f"{JAWS}'s home {pwd.getpwnam(JAWS).pw_dir}" in result.stderr
+        assert json.loads(result.stdout)["instances"][0]["state"] == "running"
+    finally:
+        env.run(JAWS, "down", "-i", "svc")
+
