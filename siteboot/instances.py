@@ -11,7 +11,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,13 @@ from siteboot.errors import (
     UsageError,
     describe_os_error,
 )
-from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, flock
+from siteboot.fsutil import (
+    atomic_write,
+    ensure_private_dir,
+    flock,
+    verify_shared_parent,
+    verify_unswappable,
+)
 from siteboot.plan import InstancePlan, Plan, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
@@ -225,14 +231,20 @@ def stop_orphans(inst: InstancePlan, orphans: list[Any]) -> list[str]:
 # Provisioning: runtime dir, key, config
 
 
-def prepare_runtime_dir(inst: InstancePlan, trusted_uids: Iterable[int] = ()) -> None:
-    """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
+def prepare_runtime_dir(inst: InstancePlan) -> None:
+    """The instance's own runtime dir (0700, its user's) on a path no stranger can swap: under
+    a private parent of its user, or a root-owned sticky one that several accounts share."""
     problem = socket_path_problem(inst)
     if problem:
         raise UsageError(f"instance {inst.name}: {problem}")
-    if inst.runtime_parent is not None:
-        ensure_shared_parent(inst.runtime_parent, trusted_uids, private=inst.runtime_parent_private)
+    owner = os.geteuid()
+    if inst.runtime_parent is not None and not inst.runtime_parent_private:
+        verify_shared_parent(inst.runtime_parent)  # first: its refusal says how to fix it
+    verify_unswappable(inst.runtime_dir, owner)
+    if inst.runtime_parent is not None and inst.runtime_parent_private:
+        ensure_private_dir(inst.runtime_parent)
     ensure_private_dir(inst.runtime_dir)
+    verify_unswappable(inst.runtime_dir, owner)  # again, now that every step exists
     ensure_private_dir(inst.childlogdir)
 
 
@@ -245,7 +257,7 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
     from siteboot.render import render_instance, render_preview
 
     render_preview(plan, inst, root)
-    prepare_runtime_dir(inst, plan.user_uids())
+    prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
@@ -558,7 +570,7 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
     outcome = stop_instance(inst, lambda: connect(plan, inst), timeout)
     remove_start(record_of(plan, inst))
     try:
-        _verify_runtime(inst, plan.user_uids())
+        _verify_runtime(inst)
     except FileNotFoundError:
         return outcome  # nothing left on disk
     except OwnershipError as exc:  # after a /tmp wipe, someone else's files: touch nothing
@@ -628,12 +640,15 @@ def _alive(proc: Any) -> bool:
         return False
 
 
-def _verify_runtime(inst: InstancePlan, trusted_uids: Iterable[int]) -> None:
-    """The runtime dir is still the one ``up`` made: ours, real, under a safe parent."""
-    from siteboot.fsutil import verify_private_dir, verify_shared_parent
+def _verify_runtime(inst: InstancePlan) -> None:
+    """The runtime dir is still the one ``up`` made: ours, real, under a safe path."""
+    from siteboot.fsutil import verify_private_dir
 
-    if inst.runtime_parent is not None:
-        verify_shared_parent(inst.runtime_parent, trusted_uids, inst.runtime_parent_private)
+    verify_unswappable(inst.runtime_dir, os.geteuid())
+    if inst.runtime_parent is not None and inst.runtime_parent_private:
+        verify_private_dir(inst.runtime_parent)
+    elif inst.runtime_parent is not None and os.path.lexists(inst.runtime_parent):
+        verify_shared_parent(inst.runtime_parent)
     verify_private_dir(inst.runtime_dir)
 
 

@@ -121,8 +121,8 @@ class InstancePlan:
     user: str
     port: int
     group: str | None
-    runtime_parent: Path | None  # the shared parent siteboot may create sticky, or None
-    runtime_parent_private: bool  # the path names the user or is in a home: 0700, not shared
+    runtime_parent: Path | None  # the parent of the instance dirs, or None ({instance} layout)
+    runtime_parent_private: bool  # only this user's instances live there: 0700, made as needed
     runtime_dir: Path
     state_dir: Path  # the owner's
     shared_key_path: Path | None
@@ -232,24 +232,25 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
     common = {"site": site.name, "env": env}
-    # A parent that names its user, or lies in a home, is no place to share: 0700, not 1777.
-    private_parent = "{user}" in site.runtime_dir or site.runtime_dir.startswith("~")
+    # Whose instance dirs share a parent: one account's parent is private (0700); one that
+    # several accounts share must be root's and sticky (``fsutil.verify_shared_parent``).
+    sharing: dict[Path, set[str]] = {}
+    for inst in site.instances.values():
+        parent, _ = _runtime_location(site, env, inst.user or invoker, inst.name)
+        if parent is not None:
+            sharing.setdefault(parent, set()).add(inst.user or invoker)
     plan_instances: dict[str, InstancePlan] = {}
     for inst in site.instances.values():
         user = inst.user or invoker
         values = {**common, "user": user, "instance": inst.name}
-        runtime = _fill(site.runtime_dir, **values)
-        if "{instance}" in site.runtime_dir:
-            parent, runtime_dir = None, expand_home(runtime, user)
-        else:
-            parent = expand_home(runtime, user)
-            runtime_dir = parent / inst.name
+        parent, runtime_dir = _runtime_location(site, env, user, inst.name)
         state_dir = expand_home(_fill(site.state_dir, **values), user)
         shared = (expand_home(_fill(site.shared_dir, **values), user) / f"{inst.name}.key"
                   if site.shared_dir and inst.group else None)
         plan_instances[inst.name] = InstancePlan(
             name=inst.name, user=user, port=inst.port[env], group=inst.group,
-            runtime_parent=parent, runtime_parent_private=private_parent,
+            runtime_parent=parent,
+            runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             group_name=f"{site.name}-{env}", programs=[],
@@ -260,6 +261,15 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         inst_plan = plan_instances[program.instance]
         inst_plan.programs.append(_program_plan(plan, inst_plan, program))
     return plan
+
+
+def _runtime_location(site: Site, env: str, user: str, instance: str) -> tuple[Path | None, Path]:
+    """(the parent of the instance dirs or None, the instance's runtime dir)."""
+    runtime = expand_home(_fill(site.runtime_dir, site=site.name, env=env, user=user,
+                                instance=instance), user)
+    if "{instance}" in site.runtime_dir:
+        return None, runtime
+    return runtime, runtime / instance
 
 
 def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPlan:

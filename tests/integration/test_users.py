@@ -111,6 +111,7 @@ def two_users() -> Iterator[TwoUsers]:
         python = _install(base)
         (base / "tmp").mkdir()
         os.chmod(base / "tmp", 0o1777)  # stands in for /tmp
+        _make_shared_parent(base / "tmp" / "pv-run")
         shared = base / "shared"
         shared.mkdir()
         os.chmod(shared, 0o1777)  # a project directory both accounts can write
@@ -158,6 +159,12 @@ def two_users() -> Iterator[TwoUsers]:
         assert not leftovers, f"processes left running: {leftovers}"
 
 
+def _make_shared_parent(path: Path) -> None:
+    """What an admin does for a runtime dir two accounts share (root's, sticky, like /tmp)."""
+    path.mkdir()
+    os.chmod(path, 0o1777)
+
+
 def _wait_ok(env: TwoUsers, user: str, *args: str) -> dict[str, Any]:
     import time
 
@@ -172,7 +179,7 @@ def _wait_ok(env: TwoUsers, user: str, *args: str) -> dict[str, Any]:
 
 def test_each_user_starts_its_own_instance_in_either_order(two_users):
     env = two_users
-    # the workload account comes first; it creates the shared runtime parent
+    # the workload account comes first
     result = env.run(JTM, "up")
     assert result.returncode == 0, result.stderr
     assert "jtm: started" in result.stdout
@@ -196,6 +203,7 @@ def test_each_user_starts_its_own_instance_in_either_order(two_users):
     assert env.run(JAWS, "down").returncode == 0
     assert env.run(JTM, "down").returncode == 0
     shutil.rmtree(env.run_root)
+    _make_shared_parent(env.run_root)
     assert env.run(JAWS, "up").returncode == 0
     assert env.run(JTM, "up").returncode == 0
     _wait_ok(env, JAWS)
@@ -320,26 +328,33 @@ def test_squatted_runtime_dirs_are_refused(two_users):
     for user in (JAWS, JTM):
         env.run(user, "down")
     shutil.rmtree(env.run_root, ignore_errors=True)
-    # someone outside the site creates the shared parent first
-    squat = env.as_user(OTHER, textwrap.dedent(f"""
-        import os
-        os.mkdir({str(env.run_root)!r}); os.chmod({str(env.run_root)!r}, 0o1777)
-        """))
-    assert squat.returncode == 0, squat.stderr
+    # nobody but root made the shared parent (after a reboot): nobody may make it ...
     result = env.run(JTM, "up")
     assert result.returncode == 1
-    assert "belongs to sbt_other, who is not a user of this site" in result.stdout
-    shutil.rmtree(env.run_root)
+    assert "must be made by root" in result.stdout
+    assert f"install -d -m 1777 {env.run_root}" in result.stdout
+    # ... because whoever makes it could move the other account's instance dir: a site user
+    # (sbt_jaws) that made it first, or someone outside the site, is refused alike
+    for squatter in (JAWS, OTHER):
+        squat = env.as_user(squatter, textwrap.dedent(f"""
+            import os
+            os.mkdir({str(env.run_root)!r}); os.chmod({str(env.run_root)!r}, 0o1777)
+            """))
+        assert squat.returncode == 0, squat.stderr
+        result = env.run(JTM, "up")
+        assert result.returncode == 1
+        assert f"it is {squatter}'s, mode 1777" in result.stdout
+        assert not env.runtime("jtm").exists()
+        shutil.rmtree(env.run_root)
 
     # a proper shared parent, but someone outside the site took the instance's own dir
-    env.run_root.mkdir()
-    os.chmod(env.run_root, 0o1777)
+    _make_shared_parent(env.run_root)
     squat = env.as_user(OTHER, f"import os; os.mkdir({str(env.runtime('jtm'))!r}, 0o777)")
     assert squat.returncode == 0, squat.stderr
     result = env.run(JTM, "up")
     assert result.returncode == 1
     assert "jtm: failed" in result.stdout
-    assert "is owned by sbt_other, not sbt_jtm: refusing to use it" in result.stdout
+    assert "belongs to sbt_other: that account could rename or replace it" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     # the other instance is unaffected
     assert env.run(JAWS, "up").returncode == 0
