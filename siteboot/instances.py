@@ -340,6 +340,10 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         _refuse_new_key_while_running(inst, running)
     # wiped under a running supervisord (and not restored yet: the pidfile comes back then)
     runtime_lost = running is not None and not os.path.lexists(inst.pidfile)
+    if running is None:  # a supervisord started afresh gets a new key: a leaked one dies here
+        from siteboot.keys import new_key
+
+        new_key(inst)
     endpoint = own_endpoint(plan, inst)
     try:
         conf = provision(plan, inst, root)
@@ -656,6 +660,39 @@ def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.splitlines())
 
 
+
+
+# ------------------------------------------------------------------------------------------
+# rotate-key
+
+
+def rotate_keys(plan: Plan, root: Path | None, instance: str | None = None,
+                timeout: float = START_TIMEOUT) -> LifecycleResult:
+    """A new key for every instance the invoker owns; a running supervisord is restarted with
+    it (its programs restart too) and a granted key is published again."""
+    return LifecycleResult(each_owned(
+        plan, instance, lambda inst: _rotate_one(plan, inst, root, timeout)))
+
+
+def _rotate_one(plan: Plan, inst: InstancePlan, root: Path | None,
+                timeout: float) -> InstanceOutcome:
+    from siteboot.keys import new_key
+
+    running = find_supervisord(inst)
+    if running is None:
+        key = new_key(inst)
+        provision(plan, inst, root)
+        return InstanceOutcome(inst.name, "rotated", "not running: it starts with the new key",
+                               notes=_publish(inst, key))
+    _refuse_foreign_siteboot(plan, inst, "rotate the key of")
+    stopped = stop_instance(inst, lambda: connect(plan, inst), timeout=None)
+    outcome = _up_one(plan, inst, root, timeout, replace_hung=False)  # starts it on a new key
+    outcome.notes[:0] = stopped.notes
+    if outcome.action == "started":
+        outcome.action = "rotated"
+        outcome.detail = (f"supervisord restarted with the new key (pid {outcome.pid}); its "
+                          "programs restarted")
+    return outcome
 
 
 # ------------------------------------------------------------------------------------------

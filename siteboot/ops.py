@@ -194,6 +194,16 @@ def down(plan: Plan, instance: str | None = None, purge: bool = False,
     return result
 
 
+def rotate_key(plan: Plan, root: Path | None, instance: str | None = None,
+               timeout: float = 30.0) -> LifecycleResult:
+    """A new key per instance you own: running ones restart on it, grants are republished."""
+    from siteboot import instances
+
+    result = instances.rotate_keys(plan, root, instance, timeout)
+    _converge(plan, [o for o in result.outcomes if o.action == "rotated" and o.pid])
+    return result
+
+
 def down_recorded(site_path: Path, env: str) -> LifecycleResult:
     """``down`` when the site file does not parse: stop what the start records say was started
     from that file for ``env``. A broken edit never keeps anyone from stopping the site."""

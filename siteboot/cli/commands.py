@@ -128,7 +128,8 @@ def _print_outcomes(result: LifecycleResult) -> None:
     if result.sources:
         echo(f"using {result.sources}")
     for o in result.outcomes:
-        color = {"started": "green", "stopped": "green", "updated": "green", "skipped": "yellow",
+        color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
+                 "skipped": "yellow",
                  "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
         echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
@@ -289,6 +290,21 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
         echo()
         print_status(result.status)
     sys.exit(result.exit_code)
+
+
+@cli.command(name="rotate-key")
+@site_options
+@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each supervisord to answer again.")
+@json_option
+def rotate_key(site: str, env: str, root: str | None, instance: str | None, timeout: float,
+               as_json: bool) -> None:
+    """Give your instances new keys: a running supervisord restarts on its new key (its
+    programs restart too), and a group grant is published again. Use it when a key may have
+    leaked."""
+    ctx = Ctx(site, env, root)
+    _report(ops.rotate_key(ctx.plan(), ctx.root, instance, timeout), as_json)
 
 
 @cli.command()

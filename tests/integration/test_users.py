@@ -114,7 +114,7 @@ def two_users() -> Iterator[TwoUsers]:
         _make_shared_parent(base / "tmp" / "pv-run")
         shared = base / "shared"
         shared.mkdir()
-        os.chmod(shared, 0o1777)  # a project directory both accounts can write
+        os.chmod(shared, 0o1777)  # a project directory both accounts can write, sticky
         svc_port, jtm_port, web_port = free_ports(3)
         site = base / "pv.toml"
         site.write_text(textwrap.dedent(f"""
@@ -122,7 +122,7 @@ def two_users() -> Iterator[TwoUsers]:
             name = "pv"
             envs = ["dev"]
             runtime_dir = "{base}/tmp/pv-run"
-            shared_dir = "{shared}"
+            shared_dir = "{shared}/{{user}}"
 
             [instances.svc]
             user = "{JAWS}"
@@ -266,7 +266,7 @@ def test_group_grant_lets_the_member_control_the_instance(two_users):
     env = two_users
     assert env.run(JTM, "up").returncode == 0
     assert env.run(JAWS, "up").returncode == 0
-    shared_key = env.base / "shared" / "jtm.key"
+    shared_key = env.base / "shared" / JTM / "jtm.key"
     info = os.stat(shared_key)
     assert info.st_mode & 0o777 == 0o640
     assert grp.getgrgid(info.st_gid).gr_name == JTM
@@ -466,4 +466,63 @@ def test_a_home_of_another_account_is_not_used(two_users):
         assert json.loads(result.stdout)["instances"][0]["state"] == "running"
     finally:
         env.run(JAWS, "down", "-i", "svc")
+
+
+
+
+def test_a_squatted_shared_dir_never_receives_the_key(two_users):
+    """Attack: sbt_other makes the shared_dir first, 0777 with a default ACL for itself."""
+    env = two_users
+    if not shutil.which("setfacl"):
+        pytest.skip("needs setfacl (Debian: acl)")
+    env.run(JTM, "down", "-i", "jtm")
+    published = env.base / "shared" / JTM
+    shutil.rmtree(published, ignore_errors=True)
+    squat = env.as_user(OTHER, f"import os; os.mkdir({str(published)!r}); "
+                               f"os.chmod({str(published)!r}, 0o777)")
+    assert squat.returncode == 0, squat.stderr
+    subprocess.run(["runuser", "-u", OTHER, "--", "setfacl", "-d", "-m", f"u:{OTHER}:r",
+                    str(published)], check=True)
+    try:
+        result = env.run(JTM, "up", "-i", "jtm")
+        assert result.returncode == 0, result.stdout  # the instance runs; only the grant waits
+        assert "members of sbt_jtm cannot control it yet" in result.stdout
+        assert f"shared_dir {published} belongs to {OTHER}" in result.stdout
+        assert not (published / "jtm.key").exists()
+        member = env.run(JAWS, "status", "-i", "jtm", "--json")
+        assert json.loads(member.stdout)["instances"][0]["state"] == "no key"
+    finally:
+        shutil.rmtree(published, ignore_errors=True)
+    # the owner's own dir, but with an ACL on it: refused as well
+    env.as_user(JTM, f"import os; os.mkdir({str(published)!r}, 0o755)")
+    subprocess.run(["runuser", "-u", JTM, "--", "setfacl", "-m", f"u:{OTHER}:rx", str(published)],
+                   check=True)
+    result = env.run(JTM, "up", "-i", "jtm")
+    assert "has an extended ACL" in result.stdout
+    subprocess.run(["runuser", "-u", JTM, "--", "setfacl", "-b", str(published)], check=True)
+    result = env.run(JTM, "up", "-i", "jtm")
+    assert "cannot control it" not in result.stdout
+    assert (published / "jtm.key").exists()
+    _wait_ok(env, JAWS, "-i", "jtm")
+
+
+def test_keys_rotate_and_an_old_key_stops_working(two_users):
+    env = two_users
+    assert env.run(JTM, "up", "-i", "jtm").returncode == 0
+    _wait_ok(env, JAWS, "-i", "jtm")
+    old = env.key_path(JTM, "jtm").read_text().strip()
+    result = env.run(JTM, "rotate-key", "-i", "jtm")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "jtm: rotated: supervisord restarted with the new key" in result.stdout
+    new = env.key_path(JTM, "jtm").read_text().strip()
+    assert new != old
+    assert (env.base / "shared" / JTM / "jtm.key").read_text().strip() == new  # republished
+    _wait_ok(env, JAWS, "-i", "jtm")  # the member follows the grant
+    assert _http_status(env.ports["jtm"], old) == 401  # a leaked key is worth nothing now
+    assert _http_status(env.ports["jtm"], new) == 200
+    # a supervisord started afresh (down, up: a reboot) gets a new key too
+    assert env.run(JTM, "down", "-i", "jtm").returncode == 0
+    assert env.run(JTM, "up", "-i", "jtm").returncode == 0
+    assert env.key_path(JTM, "jtm").read_text().strip() not in (old, new)
+    _wait_ok(env, JAWS, "-i", "jtm")
 
