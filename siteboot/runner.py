@@ -45,10 +45,12 @@ STOP_GRACE = 30.0  # SIGTERM to SIGKILL: gitlab-runner's own default shutdown_ti
 # Runner states (``RunnerStatus.state``)
 RUNNING = "running"
 STARTING = "starting"  # supervised: STARTING or BACKOFF
+STOPPED = "stopped"  # not running, as an operator wanted (as `siteboot status` counts it: OK)
 NOT_RUNNING = "not running"
 NOT_YOURS = "not yours"
 UNKNOWN = "unknown"
-_SEVERITY = {RUNNING: STATUS_OK, STARTING: STATUS_WARNING, NOT_RUNNING: STATUS_CRITICAL}
+_SEVERITY = {RUNNING: STATUS_OK, STOPPED: STATUS_OK, STARTING: STATUS_WARNING,
+             NOT_RUNNING: STATUS_CRITICAL}
 
 Progress = Callable[[str], None]
 
@@ -279,7 +281,7 @@ def _process(view: ProcessView) -> Any | None:
 
 
 # ------------------------------------------------------------------------------------------
-# Records: what siteboot started, and whether an operator stopped it
+# Records: what siteboot started (runner.json), and operator stops
 
 
 def read_record(runner: RunnerPlan) -> dict[str, Any]:
@@ -301,19 +303,23 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def _mark_stopped(plan: Plan, runner: RunnerPlan, how: str) -> None:
-    """An operator stopped it: ``revive(respect_operator_stop=True)`` leaves it stopped."""
-    record = read_record(runner)
-    record["stopped"] = {"how": how, "at": _now(), "by": plan.invoker}
-    _write_record(runner, record)
+def held(plan: Plan, runner: RunnerPlan) -> bool:
+    """An operator drained or stopped it on purpose (and nobody revived it since): ``up`` and
+    ``revive(respect_operator_stop=True)`` leave it stopped. Kept with the instance's other
+    operator stops, under the program's name, in both modes."""
+    from siteboot.records import operator_stops
+
+    return RUNNER_PROGRAM in operator_stops(plan.instance(runner.instance))
 
 
-def _stop_note(record: dict[str, Any]) -> str | None:
-    stopped = record.get("stopped")
-    if not isinstance(stopped, dict):
-        return None
-    return (f"stopped with `siteboot runner {stopped.get('how')}` by {stopped.get('by')} at "
-            f"{stopped.get('at')}")
+def _hold(plan: Plan, runner: RunnerPlan, stopped: bool) -> None:
+    from siteboot.records import mark_stopped
+
+    mark_stopped(plan.instance(runner.instance), [RUNNER_PROGRAM], stopped=stopped)
+
+
+_HELD = ("stopped on purpose (runner drain or stop, or siteboot stop): `siteboot runner revive` "
+         "starts it")
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,7 +334,7 @@ class RunnerStatus:
     instance: str
     user: str
     config: str
-    state: str  # running, starting, not running, not yours, unknown
+    state: str  # running, starting, stopped (on purpose), not running, not yours, unknown
     detail: str = ""
     instance_state: str | None = None  # supervised: the state of the instance's supervisord
     program_state: str | None = None  # supervised: supervisord's state of the runner program
@@ -340,10 +346,10 @@ class RunnerStatus:
 
     @property
     def exit_code(self) -> int:
-        """Monitoring style: 0 running; 1 starting, or running with a problem; 2 not running;
-        3 unknown (also: another account's runner)."""
+        """Monitoring style: 0 running (or stopped on purpose); 1 starting, or a problem;
+        2 not running; 3 unknown (also: another account's runner)."""
         severity = _SEVERITY.get(self.state, STATUS_UNKNOWN)
-        if severity == STATUS_OK and self.problems:
+        if severity in (STATUS_OK, STATUS_WARNING) and self.problems:
             return STATUS_WARNING
         return severity
 
@@ -393,7 +399,7 @@ def status(plan: Plan) -> RunnerStatus:
         result.state = NOT_YOURS
         result.detail = f"owned by {runner.user}: run `siteboot runner status` as {runner.user}"
     else:
-        _detached_status(runner, result)
+        _detached_status(plan, runner, result)
     return result
 
 
@@ -403,7 +409,7 @@ def _doubled(runner: RunnerPlan, views: list[ProcessView]) -> str:
             f"drain the newer ones: kill -QUIT {newer}")
 
 
-def _detached_status(runner: RunnerPlan, result: RunnerStatus) -> None:
+def _detached_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> None:
     result.log = str(runner.log_path)
     try:
         views = find_runners(runner)
@@ -421,16 +427,15 @@ def _detached_status(runner: RunnerPlan, result: RunnerStatus) -> None:
             result.detail = f"started by siteboot at {record.get('started_at')}"
         else:
             result.detail = "not started by siteboot (by hand?)"
+    elif held(plan, runner):
+        result.state, result.detail = STOPPED, _HELD
     else:
         result.state = NOT_RUNNING
         result.detail = (f"no `{runner.executable} run` on {runner.config} runs as {runner.user}: "
                          "`siteboot runner revive` starts one")
-        if record.get("pid"):
-            result.notes.append(f"last started by siteboot at {record.get('started_at')} (pid "
-                                f"{record['pid']}); see its log")
-    note = _stop_note(record)
-    if note:
-        result.notes.append(note)
+    if not views and record.get("pid"):
+        result.notes.append(f"last started by siteboot at {record.get('started_at')} (pid "
+                            f"{record['pid']}); see its log")
 
 
 def _supervised_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> None:
@@ -460,15 +465,15 @@ def _supervised_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> 
         result.state = {"RUNNING": RUNNING, "STARTING": STARTING, "BACKOFF": STARTING}.get(
             row.state, NOT_RUNNING)
         result.detail = f"supervisord: {row.state}" + (f" ({row.spawnerr})" if row.spawnerr else "")
+        if result.state == NOT_RUNNING and plan.owns(inst) and held(plan, runner):
+            result.state = STOPPED
+            result.notes.append(_HELD)
     if plan.invoker == runner.user and runner.resolved is not None:
         outside = [v for v in find_runners(runner) if v.pid not in result.pids]
         if outside:
             pids = [str(v.pid) for v in outside]
             result.problems.append(f"a runner outside supervisord also uses {runner.config}: pid "
                                    f"{', '.join(pids)}; drain it: kill -QUIT {' '.join(pids)}")
-        note = _stop_note(read_record(runner))
-        if note and result.state != RUNNING:
-            result.notes.append(note)
 
 
 # ------------------------------------------------------------------------------------------
@@ -500,14 +505,17 @@ def revive(plan: Plan, respect_operator_stop: bool = False) -> RunnerOutcome:
     with flock(runner.lock_path, timeout=LOCK_TIMEOUT, what="the runner's lock"):
         views = find_runners(runner)
         if views:
+            if not respect_operator_stop:
+                _hold(plan, runner, False)
             notes = [_doubled(runner, views)] if len(views) > 1 else []
             return RunnerOutcome("already running", f"pid {views[0].pid}", [v.pid for v in views],
                                  notes)
-        record = read_record(runner)
-        stopped = _stop_note(record)
-        if respect_operator_stop and stopped:
-            return RunnerOutcome("left stopped", stopped + ": `siteboot runner revive` starts it")
-        return _start_detached(plan, runner)
+        if respect_operator_stop and held(plan, runner):
+            return RunnerOutcome("left stopped", _HELD)
+        outcome = _start_detached(plan, runner)
+        if outcome.ok:
+            _hold(plan, runner, False)
+        return outcome
 
 
 def _start_detached(plan: Plan, runner: RunnerPlan) -> RunnerOutcome:
@@ -546,8 +554,7 @@ def _start_detached(plan: Plan, runner: RunnerPlan) -> RunnerOutcome:
                              notes=["point [runner] executable at gitlab-runner itself, or at a "
                                     "script that stays its parent (no exec)"])
     _write_record(runner, {"mode": runner.mode, "pid": pid, "create_time": view.create_time,
-                           "started_at": _now(), "argv": argv, "log": str(runner.log_path),
-                           "stopped": None})
+                           "started_at": _now(), "argv": argv, "log": str(runner.log_path)})
     return RunnerOutcome("started", f"pid {pid}, log {runner.log_path}", [pid])
 
 
@@ -565,6 +572,8 @@ def _revive_supervised(plan: Plan, runner: RunnerPlan, respect_operator_stop: bo
 
     current = status(plan)
     if current.program_state in ("RUNNING", "STARTING"):
+        if not respect_operator_stop:
+            _hold(plan, runner, False)
         return RunnerOutcome("already running", current.detail, current.pids, current.problems)
     if current.program_state == "BACKOFF":  # supervisord retries it already: say why it fails
         return RunnerOutcome("failed", f"{current.detail}; see {current.log}")
@@ -573,23 +582,15 @@ def _revive_supervised(plan: Plan, runner: RunnerPlan, respect_operator_stop: bo
                              "starts the instance and its runner")
     if current.problems:  # a runner outside supervisord: starting ours would make two
         return RunnerOutcome("failed", current.problems[0])
-    stopped = _stop_note(read_record(runner))
-    if respect_operator_stop and stopped:
-        return RunnerOutcome("left stopped", stopped + ": `siteboot runner revive` starts it")
+    if respect_operator_stop and held(plan, runner):
+        return RunnerOutcome("left stopped", _HELD)
     result = control(plan, "start", [f"{runner.instance}:{RUNNER_PROGRAM}"]).outcomes[0]
     if not result.ok:
         return RunnerOutcome("failed", result.message)
-    _clear_stop_mark(runner)
+    _hold(plan, runner, False)
     pids = status(plan).pids
     return RunnerOutcome("started", f"pid {', '.join(map(str, pids)) or '?'}, by supervisord of "
                          f"{runner.instance}", pids)
-
-
-def _clear_stop_mark(runner: RunnerPlan) -> None:
-    record = read_record(runner)
-    if record.get("stopped"):
-        record["stopped"] = None
-        _write_record(runner, record)
 
 
 # ------------------------------------------------------------------------------------------
@@ -605,18 +606,15 @@ def drain(plan: Plan, timeout: float | None = None, progress: Progress | None = 
         return _drain_supervised(plan, runner, timeout, say)
     import psutil
 
-    from siteboot.proc import send_signal
+    from siteboot.proc import signal_process
 
     views = find_runners(runner)
-    _mark_stopped(plan, runner, "drain")
+    _hold(plan, runner, True)
     procs = [p for p in (_process(v) for v in views) if p is not None]
     if not procs:
         return RunnerOutcome("not running", f"no runner on {runner.config}")
     for proc in procs:
-        try:
-            send_signal(proc, signal.SIGQUIT)
-        except psutil.NoSuchProcess:
-            pass
+        signal_process(proc, signal.SIGQUIT)
     wait = runner.drain_timeout if timeout is None else timeout
     pids = [p.pid for p in procs]
     say(f"sent SIGQUIT to pid {', '.join(map(str, pids))}; waiting up to {wait:g} s for its "
@@ -639,7 +637,7 @@ def stop(plan: Plan, progress: Progress | None = None) -> RunnerOutcome:
     if runner.mode == "supervised":
         return _stop_supervised(plan, runner, say)
     views = find_runners(runner)
-    _mark_stopped(plan, runner, "stop")
+    _hold(plan, runner, True)
     procs = [p for p in (_process(v) for v in views) if p is not None]
     if not procs:
         return RunnerOutcome("not running", f"no runner on {runner.config}")
@@ -676,7 +674,7 @@ def _drain_supervised(plan: Plan, runner: RunnerPlan, timeout: float | None,
         raise UsageError("a supervised runner drains for its stopwaitsecs, which is "
                          f"drain_timeout ({runner.drain_timeout} s) in the rendered config",
                          "change [runner] drain_timeout and run `siteboot up`, or leave out --timeout")
-    _mark_stopped(plan, runner, "drain")
+    _hold(plan, runner, True)
     say(f"asking supervisord of {runner.instance} to stop {RUNNER_PROGRAM} with SIGQUIT; it waits "
         f"up to {runner.drain_timeout} s for running jobs")
     result = control(plan, "stop", [f"{runner.instance}:{RUNNER_PROGRAM}"]).outcomes[0]
@@ -696,7 +694,7 @@ def _stop_supervised(plan: Plan, runner: RunnerPlan, say: Progress) -> RunnerOut
     inst = plan.instance(runner.instance)
     full = f"{inst.group_name}:{RUNNER_PROGRAM}"
     endpoint = connect(plan, inst, timeout=30.0)
-    _mark_stopped(plan, runner, "stop")
+    _hold(plan, runner, True)
     try:
         info = endpoint.call("supervisor.getProcessInfo", full)
         endpoint.call("supervisor.stopProcess", full, False)

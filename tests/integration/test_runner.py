@@ -165,11 +165,12 @@ def test_a_drained_runner_finishes_its_job_then_exits(runner_site):
     assert after.rstrip().endswith("graceful shutdown complete")
 
     status = site.run("runner", "status", "--json")
-    assert status.returncode == 2
-    assert any("stopped with `siteboot runner drain`" in n for n in json_of(status)["notes"])
-    # asked explicitly, revive starts it again (and forgets the drain)
+    assert status.returncode == 0  # stopped on purpose: as `siteboot status` counts it
+    assert json_of(status)["state"] == "stopped"
+    # `siteboot revive` leaves it stopped; asked explicitly, runner revive starts it again
+    assert "gitlab-runner" in json.loads((site.state() / "operator-stops.json").read_text())
     assert json_of(site.run("runner", "revive", "--json", check=True))["action"] == "started"
-    assert json.loads((site.state() / "runner.json").read_text())["stopped"] is None
+    assert "gitlab-runner" not in json.loads((site.state() / "operator-stops.json").read_text())
 
 
 def test_a_drain_longer_than_its_timeout_is_reported_and_stop_ends_it(runner_site):
@@ -233,8 +234,11 @@ def test_supervised_runner_up_status_drain_revive_stop(runner_site):
     assert started == finished
     assert read(log).rstrip().endswith("graceful shutdown complete")
     status = site.run("runner", "status", "--json")
-    assert status.returncode == 2
-    assert json_of(status)["program_state"] == "STOPPED"
+    assert status.returncode == 0
+    assert (json_of(status)["state"], json_of(status)["program_state"]) == ("stopped", "STOPPED")
+    # held like any program an operator stopped: `up` does not start it again
+    site.run("up", check=True)
+    assert json_of(site.run("runner", "status", "--json"))["program_state"] == "STOPPED"
 
     # a runner started by hand on the same config: supervised revive refuses to make it two
     by_hand = subprocess.Popen([str(STAND_IN_RUNNER), "run", "-c", "runner/config.toml"],

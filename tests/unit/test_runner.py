@@ -24,7 +24,6 @@ from siteboot.runner import (
     identity,
     is_runner,
     processes_of,
-    read_record,
 )
 from siteboot.site import load_site, parse_site
 from tests.helpers import STAND_IN_RUNNER as STAND_IN
@@ -371,17 +370,20 @@ def test_status_running_not_running_and_doubled(tmp_path, binary, config, table)
     assert json.loads(json.dumps(data)) == data
 
 
-def test_status_tells_what_siteboot_started_and_who_stopped_it(tmp_path, binary, config, table):
+def test_status_tells_what_siteboot_started_and_an_operators_stop(tmp_path, binary, config, table):
+    from siteboot.records import mark_stopped
+
     plan = detached_plan(tmp_path, binary, config)
     runner = plan.require_runner()
     runner.state_dir.mkdir(parents=True)
-    runner.record_path.write_text(json.dumps({
-        "pid": 11, "create_time": 1.0, "started_at": "T0",
-        "stopped": {"how": "drain", "by": "jaws", "at": "T1"}}))
+    runner.record_path.write_text(json.dumps({"pid": 11, "create_time": 1.0, "started_at": "T0"}))
     report = runner_mod.status(plan)
-    assert report.state == "not running"
-    assert report.notes == ["last started by siteboot at T0 (pid 11); see its log",
-                            "stopped with `siteboot runner drain` by jaws at T1"]
+    assert (report.state, report.exit_code) == ("not running", 2)
+    assert report.notes == ["last started by siteboot at T0 (pid 11); see its log"]
+    mark_stopped(plan.instances["main"], ["gitlab-runner"], stopped=True)
+    report = runner_mod.status(plan)
+    assert (report.state, report.exit_code) == ("stopped", 0)  # as `siteboot status` counts it
+    assert "stopped on purpose" in report.detail
     table.append(view(str(binary), "run", "-c", str(config), exe=str(binary), pid=11))
     assert runner_mod.status(plan).detail == "started by siteboot at T0"
 
@@ -423,17 +425,18 @@ def test_revive_refuses_what_cannot_run(tmp_path, binary, config, table):
 
 
 def test_an_operators_stop_is_respected_only_when_asked(tmp_path, config, table):
+    from siteboot.records import mark_stopped, operator_stops
+
     exits = tmp_path / "bin" / "gitlab-runner"
     exits.parent.mkdir()
     exits.write_text("#!/bin/sh\necho 'no token'\nexit 3\n")
     exits.chmod(0o755)
     plan = detached_plan(tmp_path, exits, config)
     runner = plan.require_runner()
-    runner.state_dir.mkdir(parents=True)
-    runner.record_path.write_text(json.dumps({"stopped": {"how": "drain", "by": "me", "at": "T"}}))
+    mark_stopped(plan.instances["main"], ["gitlab-runner"], stopped=True)
     outcome = runner_mod.revive(plan, respect_operator_stop=True)
     assert outcome.action == "left stopped"
-    assert "stopped with `siteboot runner drain` by me at T" in outcome.detail
+    assert "`siteboot runner revive` starts it" in outcome.detail
     # asked explicitly, it starts: this one exits at once, which is reported with its log
     outcome = runner_mod.revive(plan)
     assert (outcome.action, outcome.exit_code) == ("failed", 1)
@@ -441,17 +444,24 @@ def test_an_operators_stop_is_respected_only_when_asked(tmp_path, config, table)
     assert "no token" in outcome.detail
     assert runner.log_path.stat().st_mode & 0o777 == 0o600
     assert "siteboot runner revive" in runner.log_path.read_text()
+    assert operator_stops(plan.instances["main"]) == {"gitlab-runner"}  # failed: still held
+    table.append(view(str(exits), "run", "-c", str(config), exe=str(exits), pid=11))
+    assert runner_mod.revive(plan, respect_operator_stop=True).action == "already running"
+    assert operator_stops(plan.instances["main"]) == {"gitlab-runner"}
+    assert runner_mod.revive(plan).action == "already running"
+    assert operator_stops(plan.instances["main"]) == set()  # an explicit revive lifts it
 
 
-def test_drain_and_stop_with_nothing_running_mark_the_stop(tmp_path, binary, config, table):
+def test_drain_and_stop_with_nothing_running_hold_it_stopped(tmp_path, binary, config, table):
+    from siteboot.records import operator_stops
+
     plan = detached_plan(tmp_path, binary, config)
     outcome = runner_mod.drain(plan)
     assert (outcome.action, outcome.exit_code) == ("not running", 0)
-    record = read_record(plan.require_runner())
-    assert record["stopped"]["how"] == "drain"
-    assert plan.require_runner().record_path.stat().st_mode & 0o777 == 0o600
+    assert operator_stops(plan.instances["main"]) == {"gitlab-runner"}
     assert runner_mod.stop(plan).action == "not running"
-    assert read_record(plan.require_runner())["stopped"]["how"] == "stop"
+    assert operator_stops(plan.instances["main"]) == {"gitlab-runner"}
+    assert runner_mod.revive(plan, respect_operator_stop=True).action == "left stopped"
 
 
 def test_a_supervised_drain_has_no_timeout_of_its_own(tmp_path, binary):
