@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
 # A stand-in for gitlab-runner (a real one cannot be installed here): see its docstring.
@@ -174,6 +174,17 @@ def children_of(pid: int, count: int = 1, timeout: float = 5.0) -> list[Any]:
             assert len(found) >= count, f"{pid} has children {found}"
             return found
         time.sleep(0.01)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """The first true value of ``predicate()``, polled until ``timeout`` (then an AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            assert value, f"timed out after {timeout:g} s"
+            return value
+        time.sleep(0.05)
 
 
 def dead_pid() -> int:

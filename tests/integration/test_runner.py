@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Callable
 import psutil
 import pytest
 
-from tests.helpers import STAND_IN_RUNNER
+from tests.helpers import STAND_IN_RUNNER, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -39,16 +38,6 @@ def runners(base: Path) -> list[int]:
         if str(STAND_IN_RUNNER) in cmdline and any(str(base) in part for part in cmdline):
             found.append(proc.pid)
     return found
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, "timed out waiting"
-            return value
-        time.sleep(0.05)
 
 
 def read(path: Path) -> str:

@@ -27,7 +27,7 @@ from siteboot.runner import (
 )
 from siteboot.site import load_site, parse_site
 from tests.helpers import STAND_IN_RUNNER as STAND_IN
-from tests.helpers import plan_from, supervisor_parse
+from tests.helpers import plan_from, supervisor_parse, wait_until
 from tests.helpers import runner_site_text as site_text
 
 
@@ -481,20 +481,10 @@ def test_pid_reuse_is_not_the_runner(tmp_path, binary, config):
 # /proc itself
 
 
-def wait_for(predicate: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, "timed out"
-            return value
-        time.sleep(0.02)
-
-
 def test_processes_of_reads_what_psutil_reads(spawn, tmp_path, config):
     proc = spawn(str(STAND_IN), "run", "--config", str(config))
     plan = detached_plan(tmp_path, STAND_IN, config)
-    (found,) = wait_for(lambda: find_runners(plan.require_runner()))
+    (found,) = wait_until(lambda: find_runners(plan.require_runner()))
     assert found.pid == proc.pid
     ps = psutil.Process(proc.pid)
     assert found.cmdline == tuple(ps.cmdline())
@@ -508,7 +498,7 @@ def test_processes_of_reads_what_psutil_reads(spawn, tmp_path, config):
 def test_config_file_from_the_environment(spawn, tmp_path, config):
     proc = spawn("env", f"CONFIG_FILE={config}", str(STAND_IN), "run")
     plan = detached_plan(tmp_path, STAND_IN, config)
-    (found,) = wait_for(lambda: find_runners(plan.require_runner()))
+    (found,) = wait_until(lambda: find_runners(plan.require_runner()))
     assert found.pid == proc.pid
     assert found.config_env == str(config)
 
