@@ -279,10 +279,12 @@ class EnvRevival:
     env: str
     instances: LifecycleResult
     status: StatusResult
+    runner: RunnerOutcome | None = None  # the site's detached gitlab-runner, when it is ours
 
     def as_json(self) -> dict[str, Any]:
         return {"env": self.env, "instances": self.instances.as_json(),
-                "status": self.status.as_json()}
+                "status": self.status.as_json(),
+                "runner": self.runner.as_json() if self.runner else None}
 
 
 @dataclass(frozen=True)
@@ -299,6 +301,8 @@ class ReviveResult:
         for revival in self.envs:
             if any(o.action == "failed" for o in revival.instances.outcomes):
                 return EXIT_FAILED
+            if revival.runner is not None and not revival.runner.ok:
+                return EXIT_FAILED
             for row in revival.status.instances:
                 if row.state != ORPHANED and row.severity != STATUS_OK:
                     return EXIT_FAILED
@@ -314,6 +318,12 @@ class ReviveResult:
                 lines.append(f"{revival.env} {o.instance}: {o.action}"
                              + (f": {o.detail}" if o.detail else ""))
                 lines += [f"  {note}" for note in o.notes]
+            runner = revival.runner
+            if runner is not None and (runner.action not in ("already running", "left stopped")
+                                       or runner.notes):
+                lines.append(f"{revival.env} gitlab-runner: {runner.action}"
+                             + (f": {runner.detail}" if runner.detail else ""))
+                lines += [f"  {note}" for note in runner.notes]
             lines += _still_wrong(revival)
         return lines
 
@@ -367,8 +377,19 @@ def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> R
         result = instances.up(plan, root, None, timeout, replace_hung=True)
         _converge(plan, result.outcomes)
         settled = settle(plan, timeout)
-        revivals.append(EnvRevival(plan.env, result, settled))
+        revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))
     return ReviveResult(plans[0].site.name if plans else "", revivals)
+
+
+def _revive_runner(plan: Plan) -> RunnerOutcome | None:
+    """The site's detached gitlab-runner, when this account runs it (a supervised one is a
+    program of its instance and came back with it). An operator's drain or stop is kept."""
+    runner = plan.runner
+    if runner is None or runner.mode != "detached" or runner.user != plan.invoker:
+        return None
+    from siteboot import runner as runners
+
+    return runners.revive(plan, respect_operator_stop=True)
 
 
 def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = False) -> CronResult:

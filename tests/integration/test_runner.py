@@ -254,3 +254,28 @@ def test_supervised_runner_up_status_drain_revive_stop(runner_site):
     assert "supervisord of alpha: STOPPED" in json_of(stop)["notes"]
     assert runners(site.base) == []
     assert "received SIGTERM: forceful shutdown" in read(log)
+
+
+def test_revive_brings_back_a_killed_detached_runner_and_keeps_a_drained_one_down(runner_site):
+    site = runner_site()
+    result = site.run("revive")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dev gitlab-runner: started" in result.stdout
+    (first,) = wait_until(lambda: runners(site.base) or None)
+    again = site.run("revive")
+    assert (again.returncode, again.stdout.strip()) == (0, "nothing to do")  # alive: untouched
+    assert runners(site.base) == [first]
+
+    os.kill(first, signal.SIGKILL)  # what a maintenance reboot does to it
+    wait_until(lambda: not psutil.pid_exists(first)
+               or psutil.Process(first).status() == psutil.STATUS_ZOMBIE)
+    result = site.run("revive")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "dev gitlab-runner: started" in result.stdout
+    (second,) = wait_until(lambda: runners(site.base) or None)
+    assert second != first
+
+    assert site.run("runner", "drain").returncode == 0
+    assert runners(site.base) == []
+    assert site.run("revive").stdout.strip() == "nothing to do"  # an operator drained it
+    assert runners(site.base) == []
