@@ -11,7 +11,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,13 @@ from siteboot.errors import (
     UsageError,
     describe_os_error,
 )
-from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, flock
+from siteboot.fsutil import (
+    atomic_write,
+    ensure_private_dir,
+    flock,
+    verify_shared_parent,
+    verify_unswappable,
+)
 from siteboot.plan import InstancePlan, Plan, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
@@ -77,6 +83,7 @@ class LifecycleResult:
     """What ``up`` or ``down`` did to each instance; it failed if any instance failed."""
 
     outcomes: list[InstanceOutcome]
+    sources: str = ""  # which site file and template the configs came from (``up``, ``init``)
 
     @property
     def exit_code(self) -> int:
@@ -224,14 +231,20 @@ def stop_orphans(inst: InstancePlan, orphans: list[Any]) -> list[str]:
 # Provisioning: runtime dir, key, config
 
 
-def prepare_runtime_dir(inst: InstancePlan, trusted_uids: Iterable[int] = ()) -> None:
-    """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
+def prepare_runtime_dir(inst: InstancePlan) -> None:
+    """The instance's own runtime dir (0700, its user's) on a path no stranger can swap: under
+    a private parent of its user, or a root-owned sticky one that several accounts share."""
     problem = socket_path_problem(inst)
     if problem:
         raise UsageError(f"instance {inst.name}: {problem}")
-    if inst.runtime_parent is not None:
-        ensure_shared_parent(inst.runtime_parent, trusted_uids, private=inst.runtime_parent_private)
+    owner = os.geteuid()
+    if inst.runtime_parent is not None and not inst.runtime_parent_private:
+        verify_shared_parent(inst.runtime_parent)  # first: its refusal says how to fix it
+    verify_unswappable(inst.runtime_dir, owner)
+    if inst.runtime_parent is not None and inst.runtime_parent_private:
+        ensure_private_dir(inst.runtime_parent)
     ensure_private_dir(inst.runtime_dir)
+    verify_unswappable(inst.runtime_dir, owner)  # again, now that every step exists
     ensure_private_dir(inst.childlogdir)
 
 
@@ -244,7 +257,7 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
     from siteboot.render import render_instance, render_preview
 
     render_preview(plan, inst, root)
-    prepare_runtime_dir(inst, plan.user_uids())
+    prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
@@ -322,8 +335,15 @@ def up(plan: Plan, root: Path | None, instance: str | None = None,
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
             replace_hung: bool) -> InstanceOutcome:
     running = find_supervisord(inst)
+    if running is not None:
+        _refuse_foreign_siteboot(plan, inst, "change")
+        _refuse_new_key_while_running(inst, running)
     # wiped under a running supervisord (and not restored yet: the pidfile comes back then)
     runtime_lost = running is not None and not os.path.lexists(inst.pidfile)
+    if running is None:  # a supervisord started afresh gets a new key: a leaked one dies here
+        from siteboot.keys import new_key
+
+        new_key(inst)
     endpoint = own_endpoint(plan, inst)
     try:
         conf = provision(plan, inst, root)
@@ -517,13 +537,44 @@ def _stop_wait(inst: InstancePlan) -> float:
     return float(max(waits, default=DEFAULT_STOP_WAIT)) + 10.0
 
 
+def _refuse_foreign_siteboot(plan: Plan, inst: InstancePlan, what: str) -> None:
+    """Two checkouts (or tool venvs) of one account share a site's runtime dir and key: the one
+    that did not start an instance must not take it over behind the other's back."""
+    from siteboot.records import started_elsewhere, this_siteboot
+
+    record = started_elsewhere(plan, inst)
+    if record is None:
+        return
+    here, python = this_siteboot()
+    raise InstanceError(
+        f"instance {inst.name} was started by the siteboot in {record.checkout} (python "
+        f"{record.python}); this is {here} (python {python}): refusing to {what} it from here",
+        f"use that siteboot, or move the instance deliberately: `{record.python} -I -m siteboot "
+        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then `siteboot up -i "
+        f"{inst.name}` from here (if that siteboot is gone: remove {record.path})")
+
+
+def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
+    """A running supervisord keeps the key it was started with: a new one would lock everyone
+    out (and `down` would fall back to signals). Missing means a wrong $HOME or a lost file."""
+    if os.path.lexists(inst.key_path):
+        return
+    raise InstanceError(
+        f"supervisord pid {running.pid} of {inst.name} is running, but its key {inst.key_path} "
+        "is missing: siteboot makes no new key for a running instance",
+        "check $HOME (cron and `sudo -u` without -H keep another one) and the state_dir of the "
+        f"site file; to start it afresh with a new key: `siteboot down -i {inst.name}` (signals)")
+
+
 def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> InstanceOutcome:
     from siteboot.records import record_of, remove_start
+
+    _refuse_foreign_siteboot(plan, inst, "stop")
 
     outcome = stop_instance(inst, lambda: connect(plan, inst), timeout)
     remove_start(record_of(plan, inst))
     try:
-        _verify_runtime(inst, plan.user_uids())
+        _verify_runtime(inst)
     except FileNotFoundError:
         return outcome  # nothing left on disk
     except OwnershipError as exc:  # after a /tmp wipe, someone else's files: touch nothing
@@ -593,12 +644,15 @@ def _alive(proc: Any) -> bool:
         return False
 
 
-def _verify_runtime(inst: InstancePlan, trusted_uids: Iterable[int]) -> None:
-    """The runtime dir is still the one ``up`` made: ours, real, under a safe parent."""
-    from siteboot.fsutil import verify_private_dir, verify_shared_parent
+def _verify_runtime(inst: InstancePlan) -> None:
+    """The runtime dir is still the one ``up`` made: ours, real, under a safe path."""
+    from siteboot.fsutil import verify_private_dir
 
-    if inst.runtime_parent is not None:
-        verify_shared_parent(inst.runtime_parent, trusted_uids, inst.runtime_parent_private)
+    verify_unswappable(inst.runtime_dir, os.geteuid())
+    if inst.runtime_parent is not None and inst.runtime_parent_private:
+        verify_private_dir(inst.runtime_parent)
+    elif inst.runtime_parent is not None and os.path.lexists(inst.runtime_parent):
+        verify_shared_parent(inst.runtime_parent)
     verify_private_dir(inst.runtime_dir)
 
 
@@ -606,6 +660,39 @@ def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.splitlines())
 
 
+
+
+# ------------------------------------------------------------------------------------------
+# rotate-key
+
+
+def rotate_keys(plan: Plan, root: Path | None, instance: str | None = None,
+                timeout: float = START_TIMEOUT) -> LifecycleResult:
+    """A new key for every instance the invoker owns; a running supervisord is restarted with
+    it (its programs restart too) and a granted key is published again."""
+    return LifecycleResult(each_owned(
+        plan, instance, lambda inst: _rotate_one(plan, inst, root, timeout)))
+
+
+def _rotate_one(plan: Plan, inst: InstancePlan, root: Path | None,
+                timeout: float) -> InstanceOutcome:
+    from siteboot.keys import new_key
+
+    running = find_supervisord(inst)
+    if running is None:
+        key = new_key(inst)
+        provision(plan, inst, root)
+        return InstanceOutcome(inst.name, "rotated", "not running: it starts with the new key",
+                               notes=_publish(inst, key))
+    _refuse_foreign_siteboot(plan, inst, "rotate the key of")
+    stopped = stop_instance(inst, lambda: connect(plan, inst), timeout=None)
+    outcome = _up_one(plan, inst, root, timeout, replace_hung=False)  # starts it on a new key
+    outcome.notes[:0] = stopped.notes
+    if outcome.action == "started":
+        outcome.action = "rotated"
+        outcome.detail = (f"supervisord restarted with the new key (pid {outcome.pid}); its "
+                          "programs restarted")
+    return outcome
 
 
 # ------------------------------------------------------------------------------------------

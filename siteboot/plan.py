@@ -6,6 +6,7 @@ or re-derives a path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shlex
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.errors import UsageError
-from siteboot.site import Program, Site
+from siteboot.site import RUNNER_PROGRAM, Program, RunnerSpec, Site, default_program_options
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
@@ -43,10 +44,47 @@ def uid_of(user: str) -> int:
 def expand_home(path: str, user: str) -> Path:
     """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
     if path == "~" or path.startswith("~/"):
-        if user == current_user():  # honours $HOME, as every tool does
-            return Path(os.path.expanduser(path))
+        if user == current_user():
+            return own_home() / path[2:] if path != "~" else own_home()
         return Path(os.path.expanduser("~" + user + path[1:]))
     return Path(os.path.expanduser(path))
+
+
+def own_home() -> Path:
+    """The invoker's home: ``$HOME`` as every tool honours it, unless it is plainly not the
+    invoker's (someone else's directory: cron or ``sudo -u`` without ``-H`` keep the caller's),
+    in which case the account database's; ``home_note`` says so."""
+    env_home = os.environ.get("HOME")
+    database = _database_home()
+    if not env_home:
+        return Path(database or "/")
+    if database and wrong_home(env_home):
+        return Path(database)
+    return Path(env_home)
+
+
+def wrong_home(home: str) -> bool:
+    """``home`` exists and belongs to another account."""
+    try:
+        return os.stat(home).st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
+def _database_home() -> str | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:  # a uid without a passwd entry (containers): $HOME is all there is
+        return None
+
+
+def home_note() -> str | None:
+    """What to tell the operator once when ``$HOME`` is not the invoker's."""
+    env_home = os.environ.get("HOME")
+    if env_home and wrong_home(env_home) and _database_home():
+        return (f"note: $HOME ({env_home}) belongs to another account; using {current_user()}'s "
+                f"home {_database_home()} for keys and state")
+    return None
 
 
 @dataclass(frozen=True)
@@ -84,8 +122,8 @@ class InstancePlan:
     user: str
     port: int
     group: str | None
-    runtime_parent: Path | None  # the shared parent siteboot may create sticky, or None
-    runtime_parent_private: bool  # the path names the user or is in a home: 0700, not shared
+    runtime_parent: Path | None  # the parent of the instance dirs, or None ({instance} layout)
+    runtime_parent_private: bool  # only this user's instances live there: 0700, made as needed
     runtime_dir: Path
     state_dir: Path  # the owner's
     shared_key_path: Path | None
@@ -140,12 +178,56 @@ class InstancePlan:
 
 
 @dataclass(frozen=True)
+class RunnerPlan:
+    """``[runner]`` resolved: what to run, as whom, and where its records live."""
+
+    instance: str  # the instance whose account runs it
+    user: str
+    mode: str  # "supervised" or "detached"
+    executable: str  # as declared, placeholders and ~ filled (supervised: rendered as is)
+    resolved: Path | None  # the executable found (PATH for a bare name); None: not found here
+    config: Path
+    working_directory: Path | None
+    cwd: Path  # working_directory, else the owner's home
+    drain_timeout: int
+    state_dir: Path  # the owner's
+
+    def argv(self, executable: str | None = None) -> list[str]:
+        """``gitlab-runner run --config X [--working-directory D]``."""
+        args = [executable or self.executable, "run", "--config", str(self.config)]
+        if self.working_directory is not None:
+            args += ["--working-directory", str(self.working_directory)]
+        return args
+
+    @property
+    def record_path(self) -> Path:
+        """What siteboot started: pid, start time, command line, log."""
+        return self.state_dir / "runner.json"
+
+    @property
+    def log_path(self) -> Path:
+        """stdout and stderr of a detached runner, appended across starts."""
+        return self.state_dir / "gitlab-runner.log"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "locks" / "runner.lock"
+
+
+@dataclass(frozen=True)
 class Plan:
     site: Site
     env: str
     invoker: str
     invoker_state_dir: Path
     instances: dict[str, InstancePlan]
+    runner: RunnerPlan | None = None
+
+    def require_runner(self) -> RunnerPlan:
+        if self.runner is None:
+            raise UsageError(f"site {self.site.name} declares no [runner]",
+                             f"add a [runner] table to {self.site.path} (see the README)")
+        return self.runner
 
     def instance(self, name: str) -> InstancePlan:
         if name not in self.instances:
@@ -195,24 +277,25 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
     common = {"site": site.name, "env": env}
-    # A parent that names its user, or lies in a home, is no place to share: 0700, not 1777.
-    private_parent = "{user}" in site.runtime_dir or site.runtime_dir.startswith("~")
+    # Whose instance dirs share a parent: one account's parent is private (0700); one that
+    # several accounts share must be root's and sticky (``fsutil.verify_shared_parent``).
+    sharing: dict[Path, set[str]] = {}
+    for inst in site.instances.values():
+        parent, _ = _runtime_location(site, env, inst.user or invoker, inst.name)
+        if parent is not None:
+            sharing.setdefault(parent, set()).add(inst.user or invoker)
     plan_instances: dict[str, InstancePlan] = {}
     for inst in site.instances.values():
         user = inst.user or invoker
         values = {**common, "user": user, "instance": inst.name}
-        runtime = _fill(site.runtime_dir, **values)
-        if "{instance}" in site.runtime_dir:
-            parent, runtime_dir = None, expand_home(runtime, user)
-        else:
-            parent = expand_home(runtime, user)
-            runtime_dir = parent / inst.name
+        parent, runtime_dir = _runtime_location(site, env, user, inst.name)
         state_dir = expand_home(_fill(site.state_dir, **values), user)
         shared = (expand_home(_fill(site.shared_dir, **values), user) / f"{inst.name}.key"
                   if site.shared_dir and inst.group else None)
         plan_instances[inst.name] = InstancePlan(
             name=inst.name, user=user, port=inst.port[env], group=inst.group,
-            runtime_parent=parent, runtime_parent_private=private_parent,
+            runtime_parent=parent,
+            runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             group_name=f"{site.name}-{env}", programs=[],
@@ -222,7 +305,22 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
     for program in site.programs.values():
         inst_plan = plan_instances[program.instance]
         inst_plan.programs.append(_program_plan(plan, inst_plan, program))
+    if site.runner is not None:
+        runner = _runner_plan(plan, plan_instances[site.runner.instance], site.runner)
+        plan = dataclasses.replace(plan, runner=runner)
+        if runner.mode == "supervised":
+            plan_instances[runner.instance].programs.append(
+                _runner_program(runner, plan_instances[runner.instance]))
     return plan
+
+
+def _runtime_location(site: Site, env: str, user: str, instance: str) -> tuple[Path | None, Path]:
+    """(the parent of the instance dirs or None, the instance's runtime dir)."""
+    runtime = expand_home(_fill(site.runtime_dir, site=site.name, env=env, user=user,
+                                instance=instance), user)
+    if "{instance}" in site.runtime_dir:
+        return None, runtime
+    return runtime, runtime / instance
 
 
 def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPlan:
@@ -243,6 +341,44 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPl
         directory=_expand(directory, plain) if directory else None,
         environment={k: _expand(v, plain) for k, v in program.environment.items()},
         port=port, venv=venv, options=options, log_dir=inst.childlogdir,
+    )
+
+
+def _runner_plan(plan: Plan, inst: InstancePlan, spec: RunnerSpec) -> RunnerPlan:
+    values = {"site": plan.site.name, "env": plan.env, "user": inst.user,
+              "state_dir": str(inst.state_dir)}
+
+    def path(text: str) -> Path:
+        return expand_home(_fill(text, **values), inst.user)
+
+    executable = _fill(spec.executable, **values)
+    if "/" in executable:
+        executable = str(path(executable))
+        resolved: Path | None = Path(executable)
+    else:
+        import shutil
+
+        found = shutil.which(executable)
+        resolved = Path(found) if found else None
+    working = path(spec.working_directory) if spec.working_directory else None
+    return RunnerPlan(
+        instance=inst.name, user=inst.user, mode=spec.mode, executable=executable,
+        resolved=resolved, config=path(spec.config), working_directory=working,
+        cwd=working or expand_home("~", inst.user), drain_timeout=spec.drain_timeout,
+        state_dir=inst.state_dir,
+    )
+
+
+def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
+    """A supervised runner: one more program of its instance, stopped the way GitLab drains."""
+    options = default_program_options()
+    options.pop("directory")
+    # QUIT: finish running jobs, take no new ones; supervisord kills only after drain_timeout.
+    options.update(stopsignal="QUIT", stopwaitsecs=runner.drain_timeout, autorestart="true",
+                   redirect_stderr=True)
+    return ProgramPlan(
+        name=RUNNER_PROGRAM, command=shlex.join(runner.argv()), directory=str(runner.cwd),
+        environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )
 
 

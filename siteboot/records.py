@@ -47,7 +47,9 @@ class StartRecord:
     started_at: float
     # process name -> stopwaitsecs: what `down` waits for each program before SIGKILL
     stop_waits: dict[str, int] = field(default_factory=dict)
+    # which siteboot started it: its package dir and interpreter (the tool venv's python)
     checkout: str = ""
+    python: str = ""
 
     @property
     def path(self) -> Path:
@@ -91,8 +93,14 @@ def record_of(plan: Plan, inst: InstancePlan) -> Path:
     return record_path(inst.user, plan.site.name, plan.env, inst.name, inst.runtime_dir)
 
 
-def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float,
-                checkout: str = "") -> StartRecord:
+def this_siteboot() -> tuple[str, str]:
+    """(package dir, interpreter) of the siteboot running now."""
+    import sys
+
+    return str(Path(__file__).resolve().parent), sys.executable
+
+
+def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float) -> StartRecord:
     record = StartRecord(
         site=plan.site.name, site_path=str(plan.site.path), env=plan.env, instance=inst.name,
         user=inst.user, port=inst.port, runtime_dir=str(inst.runtime_dir),
@@ -100,7 +108,7 @@ def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float,
         pid=pid, started_at=started_at,
         stop_waits={process: int(program.options["stopwaitsecs"]) for program in inst.programs
                     for process in program.process_names()},
-        checkout=checkout)
+        checkout=this_siteboot()[0], python=this_siteboot()[1])
     ensure_private_dir(records_dir(inst.user))
     atomic_write(record.path, json.dumps(record.as_json(), indent=2) + "\n", mode=0o600)
     return record
@@ -120,20 +128,28 @@ def read_starts(user: str) -> list[StartRecord]:
         names = sorted(os.listdir(folder))
     except OSError:
         return []
-    records = []
-    for name in names:
-        if not name.endswith(".json"):
-            continue
-        try:
-            data = json.loads((folder / name).read_text(encoding="utf-8"))
-            records.append(StartRecord(**data))
-        except (OSError, ValueError, TypeError):
-            continue
-    return records
+    found = (read_start(folder / name) for name in names if name.endswith(".json"))
+    return [record for record in found if record is not None]
 
 
 def starts_of(user: str, site: str, env: str | None = None) -> list[StartRecord]:
     return [r for r in read_starts(user) if r.site == site and (env is None or r.env == env)]
+
+
+def read_start(path: Path) -> StartRecord | None:
+    try:
+        return StartRecord(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def started_elsewhere(plan: Plan, inst: InstancePlan) -> StartRecord | None:
+    """The record of ``inst`` when another siteboot (another checkout, or another tool venv)
+    started it: ``up`` from here would reload it onto this siteboot's python, silently."""
+    record = read_start(record_of(plan, inst))
+    if record is None or not record.checkout or not is_running(record):
+        return None
+    return None if (record.checkout, record.python) == this_siteboot() else record
 
 
 def is_running(record: StartRecord) -> bool:

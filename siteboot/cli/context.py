@@ -53,8 +53,13 @@ class Ctx:
         return self.plan_for(self.env)
 
     def plan_for(self, env: str) -> Plan:
-        from siteboot.plan import make_plan
+        from siteboot.plan import home_note, make_plan
 
         if self._site is None:
             self._site = self.site()
+            note = home_note()
+            if note:
+                from siteboot.cli.output import echo
+
+                echo(note, err=True)
         return make_plan(self._site, env)

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from siteboot.cli.commands import cli
 from siteboot.fsutil import owner_name
 from siteboot.keys import PLACEHOLDER_HASH
-from tests.helpers import MINIMAL_SITE, REPO, own_site_text, supervisor_parse
+from tests.helpers import MINIMAL_SITE, REPO, invoke_cli, own_site_text, supervisor_parse
 
 NOBODY = 65534
 JAWS_PORTS = {
@@ -39,10 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def run(*args: Any) -> Result:
-    result = CliRunner(mix_stderr=False).invoke(cli, [str(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    # expected failures end in SystemExit with a code; anything else is a bug
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    result: Result = invoke_cli(*args)
     return result
 
 
@@ -292,7 +288,7 @@ def test_render_refuses_a_runtime_dir_owned_by_someone_else(tmp_path, short_dir)
     os.chown(parent / "main", NOBODY, NOBODY)
     result = run("render", "--site", path)
     assert result.exit_code == 1
-    assert f"owned by {owner_name(NOBODY)}" in result.stderr
+    assert f"belongs to {owner_name(NOBODY)}" in result.stderr
     assert "refusing" in result.stderr
     assert list((parent / "main").iterdir()) == []
 

@@ -62,7 +62,7 @@ def test_up_status_down_leaves_nothing(site_factory):
 def test_runtime_dirs_and_key_modes(site_factory):
     site = site_factory()
     site.run("up", check=True)
-    assert os.stat(site.base / "run").st_mode & 0o7777 == 0o1777
+    assert os.stat(site.base / "run").st_mode & 0o7777 == 0o700  # one account: private
     for inst in ("alpha", "beta"):
         assert os.stat(site.runtime(inst)).st_mode & 0o777 == 0o700
         key = site.state() / "keys" / f"{inst}.key"

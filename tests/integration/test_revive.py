@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import supervisords
+from tests.helpers import REPO, SITEBOOT, supervisords
 
 pytestmark = pytest.mark.slow
 
@@ -364,3 +364,42 @@ def test_doctor_on_a_healthy_site_and_after_a_kill(site_factory):
     assert "alpha: 1 program process(es) without their supervisord" in result.stdout
     assert "stale pidfile" in result.stdout
     assert "siteboot revive" in result.stdout
+
+
+def test_a_second_checkout_of_the_same_account_does_not_take_instances_over(site_factory, tmp_path):
+    site = site_factory()
+    site.run("up", check=True)
+    site.wait_status(0)
+    clone = tmp_path / "clone"
+    shutil.copytree(REPO / "siteboot", clone / "siteboot",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    other = [sys.executable, "-c",
+             f"import sys; sys.path.insert(0, {str(clone)!r}); from siteboot.cli import main; main()"]
+    pids = program_pids(site)
+    for command in ("up", "down"):
+        result = subprocess.run([*other, command, "-i", "alpha"], env=site.env, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"started by the siteboot in {REPO / 'siteboot'}" in result.stdout
+        assert f"this is {clone / 'siteboot'}" in result.stdout
+    assert program_pids(site) == pids  # nothing was reloaded or stopped
+    assert site.run("down", check=True).returncode == 0
+
+
+def test_no_new_key_for_a_running_instance_under_a_wrong_home(site_factory):
+    site = site_factory()
+    site.run("up", "-i", "alpha", check=True)
+    key = (site.state() / "keys" / "alpha.key").read_bytes()
+    elsewhere = dict(site.env, HOME=str(site.base / "not-home"))
+    # the state dir follows HOME here: the key is "missing" where this run looks for it
+    site.path.write_text(site.path.read_text().replace(f'state_dir = "{site.base}/state"',
+                                                       'state_dir = "~/state"'))
+    result = subprocess.run([*SITEBOOT, "up", "-i", "alpha"], env=elsewhere, capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "siteboot makes no new key for a running instance" in result.stdout
+    assert not (site.base / "not-home" / "state" / "keys" / "alpha.key").exists()
+    site.path.write_text(site.path.read_text().replace('state_dir = "~/state"',
+                                                       f'state_dir = "{site.base}/state"'))
+    assert (site.state() / "keys" / "alpha.key").read_bytes() == key
+    assert site.wait_status(0, "-i", "alpha")
