@@ -373,30 +373,16 @@ def test_a_session_ends_while_a_tail_f_still_streams(upstream):
 # siteboot ctl: supervisorctl (here a stand-in making its calls) behind the relay
 
 
-CTL_SITE = """
-[site]
-name = "t"
-envs = ["dev"]
-runtime_dir = "{base}/run"
-state_dir = "{base}/state"
-
-[instances.mine]
-port = {{ dev = 40001 }}
-
-[instances.theirs]
-user = "someone-else"
-port = {{ dev = 40002 }}
-"""
-
-
 @pytest.fixture
 def ctl_with(monkeypatch, short_dir, serve) -> Any:
     """``ctl_with(instance, *calls)``: run `siteboot ctl` against a fake supervisord, with a
     supervisorctl that makes ``calls`` (method names) through the relay; (exit code, fake)."""
     from siteboot import control, proc
-    from tests.helpers import plan_from
+    from tests.helpers import own_site_text, plan_from
 
-    plan = plan_from(CTL_SITE.format(base=short_dir), short_dir)
+    theirs = ('[instances.theirs]\nuser = "someone-else"\n'
+              'port = { dev = 40011, staging = 40012, prod = 40013 }')
+    plan = plan_from(own_site_text(short_dir, extra=theirs), short_dir)
     server, url = serve(short_dir / "s.sock")
     monkeypatch.setattr(control, "connect", lambda plan, inst: Endpoint(
         url, "s3cret", timeout=5, owner_uid=os.geteuid()))
@@ -420,7 +406,7 @@ def ctl_with(monkeypatch, short_dir, serve) -> Any:
 
 
 def test_ctl_of_the_owner_relays_everything(ctl_with):
-    code, server = ctl_with("mine", "supervisor.getPID", "system.listMethods")
+    code, server = ctl_with("main", "supervisor.getPID", "system.listMethods")
     assert code == 1  # the fake has no listMethods: supervisord's fault, supervisorctl's exit
     methods = [xmlrpc.client.loads(body)[1] for _, _, body in server.requests]
     assert methods == ["supervisor.getAPIVersion", "supervisor.getPID", "system.listMethods"]
