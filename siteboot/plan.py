@@ -255,9 +255,6 @@ class Plan:
         """How the invoker reaches ``inst``: its own over the unix socket, others over 127.0.0.1."""
         return inst.unix_url if self.owns(inst) else inst.http_url
 
-    def client_conf_path(self, inst: InstancePlan) -> Path:
-        return self.invoker_state_dir / f"supervisorctl-{inst.name}.conf"
-
     def lock_path(self, inst: InstancePlan) -> Path:
         return self.invoker_state_dir / "locks" / f"{inst.name}.lock"
 

@@ -130,18 +130,6 @@ def _wait(proc: Any, timeout: float | None) -> int:
         return TIMED_OUT
 
 
-def run_interactive(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
-    """Run ``cmd`` on our terminal (stdin, stdout and stderr inherited); its exit code."""
-    import subprocess
-
-    try:
-        return subprocess.run(list(cmd), env=None if env is None else dict(env),
-                              check=False).returncode
-    except OSError as exc:
-        sys.stderr.write(f"error: cannot run {cmd[0]}: {exc.strerror or exc}\n")
-        return 127
-
-
 def run_foreground(cmd: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     """Run ``cmd`` on our terminal as a shell runs a foreground job; its exit code.
 

@@ -59,7 +59,7 @@ SITE_KEYS: tuple[Key, ...] = (
         "Sockets, pidfiles, rendered configs and logs; a reboot may wipe it. Each instance gets "
         "`<runtime_dir>/<instance>/` unless the value contains `{instance}`."),
     Key("state_dir", "str", "~/.local/state/siteboot/{site}-{env}",
-        "Keys, client configs and records of the instance's user; survives reboots."),
+        "Keys, locks, operator stops and runner records of the instance's user; survives reboots."),
     Key("shared_dir", "str", None,
         "A directory both accounts can reach; only needed for group grants."),
     Key("venv_dir", "str", "~/.local/share/siteboot/{site}-{env}/venvs",
