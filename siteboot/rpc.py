@@ -8,6 +8,7 @@ all three with exit 4).
 from __future__ import annotations
 
 import binascii
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,32 @@ def request_body(method: str, params: tuple[Any, ...]) -> bytes:
             f"<params>{body}</params></methodCall>").encode()
 
 
+# supervisord (xmlrpc.client's marshaller) escapes only &, < and >: a log holding ANSI colours or
+# other C0 controls arrives as XML 1.0 that expat refuses ("not well-formed (invalid token)"),
+# and a CR would come out as LF. Such characters are swapped for a private-use escape before
+# parsing and restored in the parsed text; the escape character itself is escaped too.
+_ESCAPE = "\ue000"
+_XML_UNSAFE = re.compile(rb"[\x00-\x08\x0b-\x1f]|\xef\xbf[\xbe\xbf]|\xee\x80\x80")
+_ESCAPED = re.compile("\ue000(.)", re.DOTALL)
+
+
+def _escape_unsafe(match: re.Match[bytes]) -> bytes:
+    char = match.group().decode("utf-8")
+    code = ord(char)
+    if char == _ESCAPE:
+        return (_ESCAPE + _ESCAPE).encode("utf-8")
+    # C0 controls to U+E100..U+E11F, U+FFFE/U+FFFF to U+E1FE/U+E1FF
+    return (_ESCAPE + chr(0xE100 + (code & 0xFF))).encode("utf-8")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = match.group(1)
+    if char == _ESCAPE:
+        return _ESCAPE
+    code = ord(char) - 0xE100
+    return chr(code) if code < 0x20 else chr(0xFF00 + code)
+
+
 _SCALARS: dict[str, Callable[[str], Any]] = {
     "int": int, "i4": int, "i8": int, "string": str, "double": float,
     "boolean": lambda text: text.strip() == "1", "nil": lambda text: None,
@@ -133,6 +160,8 @@ def decode_response(data: bytes) -> Any:
     def end(tag: str) -> None:
         text = "".join(texts)
         texts.clear()
+        if escaped and _ESCAPE in text:
+            text = _ESCAPED.sub(_unescape, text)
         if tag in _SCALARS:
             add(_SCALARS[tag](text))
         elif tag == "value":
@@ -148,6 +177,9 @@ def decode_response(data: bytes) -> Any:
             struct, _ = stack.pop()
             add(struct)
 
+    escaped = _XML_UNSAFE.search(data) is not None
+    if escaped:
+        data = _XML_UNSAFE.sub(_escape_unsafe, data)
     parser = expat.ParserCreate("utf-8")
     parser.StartElementHandler = start
     parser.EndElementHandler = end
