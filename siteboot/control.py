@@ -433,7 +433,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
         message = {"start": "started", "stop": "stopped", "restart": "restarted"}[action]
         if isinstance(answer, Fault) and action == "start":
             message = "already running"
-        item = _Tracked(process, int(before["pid"] or 0), int(before["start"] or 0), message)
+        item = _Tracked(process, int(before["pid"] or 0), int(before["start"] or 0), message,
+                        start_attempts=int(first == "start"))
         enter(item, phase)
         tracked.append(item)
 

@@ -54,15 +54,16 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
         raise KeyAccessError(f"cannot read key file {path}: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # a directory, FIFO or device holds no key
-            raise KeyAccessError(f"key file {path} is {_file_kind(info.st_mode)}, not a regular "
-                                 "file", "it must be a file holding the instance's key")
         if owner_uid is not None and (info.st_uid != owner_uid or stat.S_IMODE(info.st_mode) & 0o007
-                                      or (gid is not None and info.st_gid != gid)):
+                                      or (gid is not None and info.st_gid != gid)
+                                      or not stat.S_ISREG(info.st_mode)):
             raise KeyAccessError(f"refusing key file {path}: it must be a regular file of uid "
                                  f"{owner_uid}, group {gid}, unreadable by others (it is uid "
                                  f"{info.st_uid}, gid {info.st_gid}, mode {stat.S_IMODE(info.st_mode):o})",
                                  "the instance's owner publishes it with `siteboot up`")
+        if not stat.S_ISREG(info.st_mode):  # a directory, FIFO or device holds no key
+            raise KeyAccessError(f"key file {path} is {_file_kind(info.st_mode)}, not a regular "
+                                 "file", "it must be a file holding the instance's key")
         try:
             key = os.read(fd, _MAX_KEY_BYTES).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:

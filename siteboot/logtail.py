@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -38,8 +39,10 @@ RPC_CHUNK = 256 * 1024
 FINGERPRINT = 256
 # Seconds between reads while the log grows; doubled per quiet read, up to the poll interval.
 _BUSY_PAUSE = 0.005
-# A read supervisord cannot decode (not UTF-8) is retried this many polls, then skipped.
+# A character still unfinished at the log's end after this many polls is skipped.
 _UNDECODABLE_POLLS = 20
+# "... can't decode byte 0xff in position 3: invalid start byte" (UnicodeDecodeError's text)
+_DECODE_POSITION = re.compile(r"in position (\d+)")
 
 
 class _Output:
@@ -136,18 +139,15 @@ class FileFollower:
 
     def poll(self) -> bool:
         """Print what is new; True if anything was."""
+        if self._truncated():  # before reading: what is past our place now is other bytes
+            self.out.notice(f"{self.path} was truncated in place (log_backups = 0 keeps no "
+                            "rotated file): lines may be lost here")
+            assert self.handle is not None
+            self.handle.seek(0)
+            self.seen = b""
         got = self._read_current()
         current = _inode(self.path)
-        if current is None:  # between supervisord's rename and its reopen
-            return got
-        if current == self.inode:
-            if self._truncated():
-                self.out.notice(f"{self.path} was truncated in place (log_backups = 0 keeps no "
-                                "rotated file): lines may be lost here")
-                assert self.handle is not None
-                self.handle.seek(0)
-                self.seen = b""
-                return True
+        if current is None or current == self.inode:  # None: between rename and reopen
             return got
         self._read_current()  # the rest of the file we had, now a backup or unlinked
         self._catch_up()
@@ -239,9 +239,15 @@ class RpcFollower:
     def poll(self) -> bool:
         """Print what is new; True if anything was."""
         seen = self.seen
-        answer = self.read(self.offset - len(seen), len(seen) + self.chunk)
+        start = self.offset - len(seen)
+        answer = self.read(start, len(seen) + self.chunk)
         if isinstance(answer, Fault):
-            return self._undecodable(answer)
+            length = self._decodable_length(answer)
+            if length is None:
+                return self._stuck(answer)
+            answer = self.read(start, length)  # the part before the undecodable bytes
+            if isinstance(answer, Fault):
+                return False
         self.undecodable = 0
         data = str(answer).encode("utf-8")
         if data[:len(seen)] != seen:
@@ -255,14 +261,22 @@ class RpcFollower:
         self._remember(new)
         return bool(new)
 
-    def _undecodable(self, fault: Fault) -> bool:
-        """supervisord decodes what it sends as UTF-8: a window that ends inside a character
-        (being written) fails until the character is complete; one that never does holds bytes
-        that are not UTF-8 and cannot be sent over RPC at all: skipped, one byte at a time."""
+    def _decodable_length(self, fault: Fault) -> int | None:
+        """supervisord decodes what it sends as UTF-8 and names where that failed: the bytes
+        before it can be sent. None when they are all bytes we have seen already."""
         if "UnicodeDecodeError" not in fault.faultString:
             raise fault
+        where = _DECODE_POSITION.search(fault.faultString)
+        position = int(where.group(1)) if where else 0
+        return position if position > len(self.seen) else None
+
+    def _stuck(self, fault: Fault) -> bool:
+        """Undecodable bytes at our offset: a character still being written (wait for its
+        end), or bytes that are not UTF-8 and can never be sent over RPC (skipped, one byte at
+        a time, with a notice)."""
         self.undecodable += 1
-        if self.undecodable < _UNDECODABLE_POLLS:
+        unfinished = "unexpected end of data" in fault.faultString
+        if unfinished and self.undecodable < _UNDECODABLE_POLLS:
             return False
         self.out.notice(f"byte {self.offset} of the log is not UTF-8, which supervisord cannot "
                         "send: skipped")
