@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Union
@@ -28,6 +29,7 @@ from siteboot.errors import (
     UsageError,
 )
 from siteboot.history import MAIN_LOG_TAIL
+from siteboot.logtail import RPC_CHUNK
 from siteboot.plan import Plan
 from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
 from tests.helpers import plan_from
@@ -130,6 +132,7 @@ class FakeEndpoint:
         self.current: dict[str, tuple[str, int]] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.tails: dict[tuple[str, int, int], Any] = {}
+        self.log_bytes = b""
 
     def multicall(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         if self.error is not None:
@@ -168,6 +171,8 @@ class FakeEndpoint:
             return self.process_info(process)
         if method.startswith("supervisor.tailProcess"):
             return self.tails[(params[0], params[1], params[2])]
+        if method.startswith("supervisor.readProcess"):
+            return self.log_bytes[params[1]:params[1] + params[2]].decode()
         raise AssertionError(f"unexpected call {method}{params}")
 
     def process_info(self, process: str) -> dict[str, Any]:
@@ -1055,6 +1060,61 @@ def test_tail_fault_is_a_usage_error(plan, endpoints):
     fake.tails[(f"{GROUP}:web", 0, 4096)] = Fault(10, "BAD_NAME: t-dev:web")
     with pytest.raises(UsageError, match="cannot tail t-dev:web: BAD_NAME"):
         control.tail(plan, "web", print)
+
+
+def test_tail_follow_over_rpc_reads_from_its_offset(plan, endpoints):
+    # supervisord's tailProcessStdoutLog answers the *last* bytes whatever the offset: asked
+    # with a big length it sent the whole log again on every poll (18 lines, 91 printed)
+    fake = endpoints["alpha"] = FakeEndpoint()
+    fake.log_bytes = b"".join(f"line {n}\n".encode() for n in range(18))
+    fake.tails[(f"{GROUP}:web", 0, 256)] = [fake.log_bytes.decode(), len(fake.log_bytes), False]
+    out: list[str] = []
+    stop = threading.Event()
+
+    def write(text: str) -> None:
+        out.append(text)
+        if len(out) < 4:  # the program writes on
+            fake.log_bytes += f"more {len(out)}\n".encode()
+        else:
+            stop.set()
+
+    first = len(fake.log_bytes)
+    control.tail(plan, "web", write, follow=True, nbytes=16, stop=stop, interval=0.01)
+    assert "".join(out) == "line 16\nline 17\nmore 1\nmore 2\nmore 3\n"
+    reads = fake.methods("supervisor.readProcessStdoutLog")
+    # from the offset, less the bytes seen last (all of them here: fewer than 256)
+    assert reads[0] == (f"{GROUP}:web", 0, first + RPC_CHUNK)
+    ends = [start + length - RPC_CHUNK for _, start, length in reads]
+    assert ends == sorted(ends)  # each read starts where the last one ended
+
+
+def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint()
+    log = plan.instances["alpha"].programs[0].log_path("web")
+    log.parent.mkdir(parents=True)
+    log.write_text("old\nnew\n")
+    out: list[str] = []
+    stop = threading.Event()
+
+    def write(text: str) -> None:
+        out.append(text)
+        stop.set()
+
+    control.tail(plan, "web", write, follow=True, nbytes=4, stop=stop, interval=0.01)
+    assert out == ["new\n"]
+    assert endpoints["alpha"].calls == []  # files only
+
+
+def test_tail_an_end_that_starts_inside_a_character(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint()
+    undecodable = Fault(30, "FAILED: <class 'UnicodeDecodeError'>:'utf-8' codec can't decode")
+    fake.tails[(f"{GROUP}:web", 0, 5)] = undecodable
+    fake.tails[(f"{GROUP}:web", 0, 4)] = undecodable
+    fake.tails[(f"{GROUP}:web", 0, 3)] = ["€\n", 9, True]
+    fake.tails[(f"{GROUP}:web", 0, 2)] = undecodable
+    out: list[str] = []
+    control.tail(plan, "web", out.append, nbytes=5)
+    assert out == ["€\n"]
 
 
 # --------------------------------------------------------------------------------------------
