@@ -371,22 +371,24 @@ _START_ATTEMPTS = 3
 _TO_STOP, _TO_START, _STARTING = "stop", "start", "starting"
 
 
-@dataclass
 class _Tracked:
     """One process on its way through start, stop or restart.
 
     Other commands may act on the same process at the same time (two `restart web`): what
     counts is what happened to the process, told by its pid and start time, not who did it.
+    (A plain class: a dataclass costs `status`, which imports this module, a millisecond.)
     """
 
-    process: str
-    pid0: int  # before we asked
-    start0: int  # its start time then (supervisord's clock, whole seconds)
-    message: str  # said when it gets there
-    phase: str = _TO_STOP
-    deadline: float = 0.0
-    limit: int = 0
-    start_attempts: int = 0
+    def __init__(self, process: str, pid0: int, start0: int, message: str,
+                 start_attempts: int = 0) -> None:
+        self.process = process
+        self.pid0 = pid0  # before we asked
+        self.start0 = start0  # its start time then (supervisord's clock, whole seconds)
+        self.message = message  # said when it gets there
+        self.start_attempts = start_attempts
+        self.phase = _TO_STOP
+        self.deadline = 0.0
+        self.limit = 0
 
     def is_new_run(self, info: dict[str, Any]) -> bool:
         """Started since we asked, by us or by anyone else."""
