@@ -46,10 +46,20 @@ time.sleep(1000)
 """
 
 
-def script(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
+def script_site(site_factory: Any, tmp_path: Path, name: str, source: str, args: str,
+                extra: str = "") -> Any:
+    """A site whose alpha runs ``source`` (a Python script) as program ``name``; started."""
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    site = site_factory(f"""
+        [programs.{name}]
+        instance = "alpha"
+        command = "{{python}} -u {path} {args}"
+        startsecs = 0
+        {extra}
+        """)
+    site.run("up", check=True)
+    return site
 
 
 def plan_of(site: Any) -> Plan:
@@ -80,17 +90,8 @@ def check_lines(text: str) -> tuple[list[int], list[str]]:
 
 
 def counter_site(site_factory: Any, tmp_path: Path, pause: float, maxbytes: str = "4KB") -> Any:
-    path = script(tmp_path, "counter.py", COUNTER)
-    site = site_factory(f"""
-        [programs.counter]
-        instance = "alpha"
-        command = "{{python}} -u {path} {pause}"
-        startsecs = 0
-        log_maxbytes = "{maxbytes}"
-        log_backups = 3
-        """)
-    site.run("up", check=True)
-    return site
+    return script_site(site_factory, tmp_path, "counter", COUNTER, str(pause),
+                       f'log_maxbytes = "{maxbytes}"\nlog_backups = 3')
 
 
 def follow_in_process(site: Any, name: str, seconds: float, nbytes: int = 0) -> str:
@@ -155,14 +156,7 @@ def test_tail_follow_over_rpc_without_rotation_gets_every_line(site_factory, tmp
 
 
 def test_control_characters_pass_through_rpc(site_factory, tmp_path):
-    path = script(tmp_path, "printer.py", PRINTER)
-    site = site_factory(f"""
-        [programs.printer]
-        instance = "alpha"
-        command = "{{python}} -u {path} {tmp_path / 'go'}"
-        startsecs = 0
-        """)
-    site.run("up", check=True)
+    site = script_site(site_factory, tmp_path, "printer", PRINTER, str(tmp_path / "go"))
     log = site.runtime("alpha") / "logs" / "printer.out.log"
     deadline = time.monotonic() + 10
     while CONTROLS not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:

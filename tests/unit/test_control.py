@@ -627,19 +627,16 @@ def test_start_of_a_new_run_that_another_command_stopped(plan, endpoints):
         {"alpha:web": (False, "stopped by another command before it was running")}
 
 
-def test_start_of_a_process_another_start_is_starting(plan, endpoints):
+@pytest.mark.parametrize(("script", "expected"), [
+    (["STARTING", "RUNNING"], (True, "already running")),
+    (["BACKOFF", "FATAL"], (False, "FATAL: exited too quickly")),
+])
+def test_start_of_a_process_another_start_is_starting(plan, endpoints, script, expected):
     fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STARTING"},
                                              start_faults={"web": ALREADY_STARTED},
-                                             scripts={"web": ["STARTING", "RUNNING"]})
+                                             scripts={"web": script})
     fake.acted.add("web")  # the other command's start
-    assert results(control.control(plan, "start", ["web"])) == \
-        {"alpha:web": (True, "already running")}
-    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STARTING"},
-                                             start_faults={"web": ALREADY_STARTED},
-                                             scripts={"web": ["BACKOFF", "FATAL"]})
-    fake.acted.add("web")
-    assert results(control.control(plan, "start", ["web"])) == \
-        {"alpha:web": (False, "FATAL: exited too quickly")}
+    assert results(control.control(plan, "start", ["web"])) == {"alpha:web": expected}
 
 
 def test_stop_while_another_command_starts_it_again(plan, endpoints):
