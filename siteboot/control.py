@@ -26,7 +26,16 @@ from siteboot.errors import (
 )
 from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
 from siteboot.plan import InstancePlan, Plan, ProgramPlan
-from siteboot.rpc import NOT_ANSWERING, NOT_RUNNING, Endpoint, Fault, RpcError, connect
+from siteboot.rpc import (
+    FAULT_SHUTDOWN_STATE,
+    NOT_ANSWERING,
+    NOT_RUNNING,
+    Endpoint,
+    Fault,
+    RpcError,
+    connect,
+    url_to,
+)
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
@@ -35,8 +44,12 @@ NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing
 ERROR = "error"  # could not be asked (an unreadable runtime dir, an unknown user): unknown
 
 SHUTTING_DOWN = "shutting down"
+RUNTIME_LOST = "running (runtime dir lost)"
+ORPHANED = "orphaned"  # running, recorded as started by this account, no longer in the site
 # A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, NOT_RUNNING: STATUS_CRITICAL,
+_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, RUNTIME_LOST: STATUS_WARNING,
+                         ORPHANED: STATUS_WARNING,
+                         NOT_RUNNING: STATUS_CRITICAL,
                          NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
 _PROGRAM_WARNING = {"STARTING", "BACKOFF"}
 _PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED"}
@@ -137,18 +150,18 @@ class StatusResult:
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     """One instance's report; whatever keeps it from being asked is its own error, never the
     whole report's (a monitor must get a document for the others)."""
-    url = plan.url_for(inst)
-    result = InstanceStatus(inst.name, inst.user, RUNNING, url)
     try:
-        return _query(plan, inst, result)
+        return _query(plan, inst)
     except (SitebootError, OSError) as exc:
         detail = str(exc) if isinstance(exc, SitebootError) else f"{type(exc).__name__}: {exc}"
-        return InstanceStatus(inst.name, inst.user, ERROR, url, error=detail)
+        return InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
 
 
-def _query(plan: Plan, inst: InstancePlan, result: InstanceStatus) -> InstanceStatus:
+def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     owned = plan.owns(inst)
-    url = result.url
+    url = url_to(plan, inst)
+    socket_lost = url != plan.url_for(inst)
+    result = InstanceStatus(inst.name, inst.user, RUNNING, url)
     try:
         endpoint = connect(plan, inst)
     except KeyAccessError as exc:
@@ -171,15 +184,37 @@ def _query(plan: Plan, inst: InstancePlan, result: InstanceStatus) -> InstanceSt
             log = [_read_main_log_again(endpoint, log[0])]
     except RpcError as exc:
         result.state, result.error = exc.reason, str(exc)
-        if exc.reason == NOT_RUNNING and owned:
+        if exc.reason == NOT_RUNNING and socket_lost:
+            result.error = (f"no socket at {inst.socket_path} and nothing answers at {url}; "
+                            "run `siteboot revive`")
+        elif exc.reason == NOT_RUNNING and owned:
             result.error = f"nothing is listening at {url}; run `siteboot up`"
         return result
+    if socket_lost:  # it serves, but its runtime files are gone (a /tmp cleaner)
+        if os.path.isdir(inst.runtime_dir):
+            result.error = (f"its control socket was lost; siteboot uses {url} until its next "
+                            "restart")
+        else:
+            result.state = RUNTIME_LOST
+            result.error = (f"runtime dir {inst.runtime_dir} is gone while it runs; `siteboot "
+                            "revive` restores it without restarting programs")
     if isinstance(state, Fault) or state.get("statename") != "RUNNING":
-        result.state = SHUTTING_DOWN if not isinstance(state, Fault) else "unknown"
+        # in its shutdown, supervisord answers every call with the SHUTDOWN_STATE fault
+        going = not isinstance(state, Fault) or state.faultCode == FAULT_SHUTDOWN_STATE
+        result.state = SHUTTING_DOWN if going else "unknown"
         result.error = f"supervisord state: {state}"
     result.pid = pid if isinstance(pid, int) else None
-    main_log = log[0] if log and isinstance(log[0], str) else None
-    result.programs = _programs(inst, infos if isinstance(infos, list) else [], main_log)
+    loaded = isinstance(infos, list)
+    # a supervisord going away answers with a fault: its programs are not "not loaded"
+    from siteboot.records import operator_stops
+
+    result.programs = _programs(inst, infos if loaded else [],
+                                fill_missing=loaded and result.state != SHUTTING_DOWN,
+                                held=operator_stops(inst) if owned else set(),
+                                main_log=log[0] if log and isinstance(log[0], str) else None)
+    for row in result.programs:
+        if row.state in _FAILING:
+            row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
     return result
 
 
@@ -195,8 +230,26 @@ def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
     return fault
 
 
-def _programs(inst: InstancePlan, infos: list[dict[str, Any]],
+# A program in these states may be failing because something else holds its port.
+_FAILING = {"BACKOFF", "FATAL", "EXITED"}
+
+
+def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
+    """``message``, plus who holds the process's port when a process outside the site does."""
+    program = next((p for p in inst.programs if process in p.process_names()), None)
+    if program is None or program.port is None:
+        return message
+    from siteboot.ports import foreign_holder  # psutil: only when something is failing
+
+    holder = foreign_holder(program.port, {str(inst.conf_path)})
+    return f"{message}; {holder}" if holder and message else (holder or message)
+
+
+def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: bool = True,
+              held: set[str] | frozenset[str] = frozenset(),
               main_log: str | None = None) -> list[ProgramStatus]:
+    """``held``: processes an operator stopped on purpose: not expected to run. ``main_log``:
+    the end of supervisord's log, where restarts are counted."""
     by_process: dict[str, ProgramPlan] = {}
     for program in inst.programs:
         for process in program.process_names():
@@ -217,12 +270,12 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]],
             uptime_s=int(info["now"] - info["start"]) if running and info["start"] else None,
             exitstatus=None if running or info["statename"] == "STARTING" else info["exitstatus"],
             spawnerr=info.get("spawnerr", "") or "",
-            expected=planned.autostart if planned else True,
+            expected=(planned.autostart if planned else True) and info["name"] not in held,
             history=history(events.get(info["name"], []), info["now"], window, offset)
             if counted else None,
             restart_limit=int(planned.options["crash_loop_restarts"]) if planned else None,
         ))
-    for process, program in by_process.items():
+    for process, program in by_process.items() if fill_missing else ():
         if process not in seen:
             rows.append(ProgramStatus(process, inst.group_name, "NOT LOADED", None, None, None,
                                       "in the site file but not in the running supervisord; "
@@ -254,7 +307,24 @@ def _concurrently(func: Callable[[InstancePlan], Any], insts: list[InstancePlan]
 def status(plan: Plan, instance: str | None = None) -> StatusResult:
     insts = plan.select(instance)
     rows = _concurrently(lambda inst: instance_status(plan, inst), insts)
+    if instance is None:
+        rows += orphaned_rows(plan)
     return StatusResult(plan.site.name, plan.env, rows)
+
+
+def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
+    """Supervisords this account started for the site and env that the site no longer describes
+    (an instance removed, its runtime_dir or port changed): still running, and watched by nobody."""
+    from siteboot.records import is_running, orphaned
+
+    rows = []
+    for record in orphaned(plan):
+        if is_running(record):
+            rows.append(InstanceStatus(
+                record.instance, record.user, ORPHANED, record.instance_plan().unix_url,
+                pid=record.pid, error=f"started from {record.site_path} with runtime dir "
+                f"{record.runtime_dir}, no longer in the site: run `siteboot down --orphans`"))
+    return rows
 
 
 # ------------------------------------------------------------------------------------------
@@ -625,7 +695,7 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
         if exc.reason == NOT_RUNNING and not plan.owns(inst):
             exc.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
         raise
-    conf = write_client_conf(plan, inst, key)
+    conf = write_client_conf(plan, inst, key, url_to(plan, inst))
     return run_interactive(supervisor_command("supervisorctl", conf, *args))
 
 
@@ -638,3 +708,46 @@ def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monoton
         if report.exit_code != STATUS_WARNING or clock() >= deadline:
             return report
         sleep(0.2)
+
+
+# ------------------------------------------------------------------------------------------
+# converge: what should run, runs
+
+
+_NOT_RUNNING_STATES = {"FATAL", "EXITED", "STOPPED"}
+_RUNNING_STATES = {"RUNNING", "STARTING", "BACKOFF"}
+
+
+@dataclass
+class Convergence:
+    """What ``converge`` did to one instance's programs."""
+
+    notes: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
+    """Start every process that should run (``autostart``) and does not, except those an operator
+    stopped (``held``); stop held ones that an edit or a fresh supervisord started again."""
+    endpoint = connect(plan, inst, timeout=30.0)
+    planned = {process: program for program in inst.programs
+               for process in program.process_names()}
+    infos = endpoint.call("supervisor.getAllProcessInfo")
+    states = {i["name"]: i["statename"] for i in infos if i["name"] in planned}
+    to_start = [p for p, state in states.items()
+                if state in _NOT_RUNNING_STATES and planned[p].autostart and p not in held]
+    to_stop = [p for p, state in states.items() if state in _RUNNING_STATES and p in held]
+    result = Convergence()
+    for step, processes in (("stop", to_stop), ("start", to_start)):
+        if not processes:
+            continue
+        for process, (ok, message) in _apply(endpoint, inst, step, processes).items():
+            was = states[process]
+            if ok and step == "start":
+                result.notes.append(f"started {process} (was {was})")
+            elif ok:
+                result.notes.append(f"stopped {process} again: an operator stopped it "
+                                    f"(`siteboot start {inst.name}:{process}` lifts that)")
+            else:
+                result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
+    return result

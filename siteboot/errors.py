@@ -79,6 +79,14 @@ class BootstrapError(SitebootError):
     """The tool or an application virtualenv could not be built."""
 
 
+def describe_os_error(exc: OSError) -> str:
+    """An OS error as an operator reads it: what failed, on which file."""
+    what = exc.strerror or str(exc)
+    if exc.filename:
+        return f"{what}: {exc.filename}"
+    return f"{type(exc).__name__}: {what}"
+
+
 def did_you_mean(name: str, choices: Iterable[str], template: str = "'{}'") -> str:
     """`` (did you mean 'x'?)`` for the closest of ``choices``, or "" when none is close."""
     import difflib  # not at the top: the status path never needs it

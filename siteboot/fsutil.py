@@ -8,7 +8,7 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -25,7 +25,10 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
     import tempfile
 
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    except OSError as exc:
+        raise _naming(exc, path) from None
     try:
         if gid is not None:
             os.fchown(fd, -1, gid)
@@ -35,12 +38,19 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not exc.filename:  # a full disk says ENOSPC, not where
+            raise _naming(exc, path) from None
         raise
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` with ``path`` as its file name (errors of write() and fsync() carry none)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
 
 
 # Where flock cannot work (some NFS mounts, odd file systems): best effort goes on unlocked.
@@ -141,47 +151,66 @@ def ensure_private_dir(path: Path, mode: int = 0o700) -> Path:
     return path
 
 
-def verify_shared_parent(path: Path, trusted_uids: Iterable[int] = (), private: bool = False) -> None:
-    """``path`` and every directory above it are safe to keep instance dirs in.
+def unmapped_uid() -> int | None:
+    """In a user namespace, the uid shown for ids it does not map (root outside it, usually);
+    None in the initial namespace, where that uid is a real account ("nobody")."""
+    try:
+        with open("/proc/self/uid_map") as handle:
+            if handle.read().split() == ["0", "0", "4294967295"]:
+                return None
+        with open("/proc/sys/kernel/overflowuid") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
 
-    Each must belong to root, the invoker or a site user (``trusted_uids``), and one that
-    everybody may write must be sticky, so that nobody can swap a directory under us.
+
+def verify_unswappable(path: Path, owner_uid: int) -> None:
+    """No directory on the way to ``path`` (itself included) can be renamed or replaced by
+    anyone but root and ``owner_uid``.
+
+    A directory can be swapped by whoever may write its parent: so every directory from / down
+    must belong to root or the owner (or, in a user namespace, to the unmapped outside), and one
+    that others may write must be sticky (then only the owner of an entry can move it). A
+    symlink on the way must be root's or the owner's, and so must everything it leads through.
     """
-    trusted = {0, os.geteuid(), *trusted_uids}
-    for ancestor in reversed(path.parents):
-        # Who owns an ancestor varies (project dirs, user namespaces where / is "nobody"); what
-        # matters is that strangers cannot swap what lies below: no symlink of theirs, and no
-        # directory everybody may write without the sticky bit.
-        info = os.lstat(ancestor)
+    allowed = {0, owner_uid, unmapped_uid()}
+    for step in (*reversed(path.parents), path):
+        try:
+            info = os.lstat(step)
+        except FileNotFoundError:
+            return  # what does not exist yet will be made by the owner
         if stat.S_ISLNK(info.st_mode):
-            if info.st_uid not in trusted:
-                raise _refuse(path, f"lies under {ancestor}, a symlink of {owner_name(info.st_uid)}")
+            if info.st_uid not in allowed:
+                raise _refuse(path, f"lies under {step}, a symlink of {owner_name(info.st_uid)}")
+            verify_unswappable(Path(os.path.realpath(step)), owner_uid)
             continue
-        if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-            raise _refuse(path, f"lies under {ancestor}, which anyone may write (no sticky bit)")
-    if private:
-        verify_private_dir(path)
-        return
+        if info.st_uid not in allowed:
+            where = "belongs to" if step == path else f"lies under {step}, which belongs to"
+            raise _refuse(path, f"{where} {owner_name(info.st_uid)}: that account could rename or "
+                          "replace it")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not info.st_mode & stat.S_ISVTX \
+                and step != path:
+            who = "anyone" if info.st_mode & stat.S_IWOTH else "its group"
+            raise _refuse(path, f"lies under {step}, which {who} may write without the sticky bit")
+
+
+def verify_shared_parent(path: Path) -> None:
+    """A parent that several accounts' instance dirs share must be root's and sticky (like
+    /tmp): its owner could otherwise move another account's instance dir. Root may make it."""
+    fix = (f"as root: `install -d -m 1777 {path}` (a tmpfiles.d entry keeps it across reboots), "
+           "or put {user} into runtime_dir so that each account has its own parent")
+    if not os.path.lexists(path):
+        if os.geteuid() != 0:
+            raise OwnershipError(f"{path} would hold the instance dirs of several accounts, so it "
+                                 "must be made by root (sticky, like /tmp), and it does not exist",
+                                 fix)
+        _mkdir(path, 0o700)
+        os.chmod(path, 0o1777)
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise _refuse(path, "is not a directory (a symlink?)")
-    if info.st_uid not in trusted:
-        raise _refuse(path, f"belongs to {owner_name(info.st_uid)}, who is not a user of this site")
-    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
-        raise _refuse(path, "is world-writable without the sticky bit")
-
-
-def ensure_shared_parent(path: Path, trusted_uids: Iterable[int] = (), private: bool = False) -> None:
-    """The parent of the site's instance dirs, made by whichever of its users comes first.
-
-    Shared: sticky and world-writable like /tmp, so no user can move another's instance dir.
-    ``private`` (the path names one user): 0700 and the invoker's.
-    """
-    if private:
-        ensure_private_dir(path, 0o700)
-    elif not os.path.lexists(path):
-        _mkdir(path, 0o700)
-        info = os.lstat(path)
-        if info.st_uid == os.geteuid() and stat.S_ISDIR(info.st_mode):
-            os.chmod(path, 0o1777)  # only if we created it; another user may have won the race
-    verify_shared_parent(path, trusted_uids, private)
+    if info.st_uid != 0 or not info.st_mode & stat.S_ISVTX:
+        raise OwnershipError(
+            f"{path} holds the instance dirs of several accounts, so it must be root's and sticky "
+            f"like /tmp (it is {owner_name(info.st_uid)}'s, mode {stat.S_IMODE(info.st_mode):o}):"
+            " its owner could move another account's instance dir", fix)

@@ -9,28 +9,58 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from siteboot.errors import EXIT_FAILED, EXIT_OK, InstanceError, OwnershipError, SitebootError, UsageError
-from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, flock
+from siteboot.concurrency import concurrently
+from siteboot.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    InstanceError,
+    OwnershipError,
+    SitebootError,
+    UsageError,
+    describe_os_error,
+)
+from siteboot.fsutil import (
+    atomic_write,
+    ensure_private_dir,
+    flock,
+    verify_shared_parent,
+    verify_unswappable,
+)
 from siteboot.plan import InstancePlan, Plan, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
     file_tail,
     pid_alive,
     run_command,
+    signal_process,
     supervisor_command,
     terminate_tree,
 )
-from siteboot.rpc import NOT_RUNNING, SUPERVISOR_RUNNING, Endpoint, RpcError, connect
+from siteboot.rpc import (
+    FAULT_SHUTDOWN_STATE,
+    NOT_ANSWERING,
+    NOT_RUNNING,
+    SUPERVISOR_RUNNING,
+    Endpoint,
+    Fault,
+    RpcError,
+    connect,
+)
+
+if TYPE_CHECKING:
+    from siteboot.records import StartRecord
 
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
+DEFAULT_STOP_WAIT = 10  # supervisord's own default stopwaitsecs
 
 
 @dataclass
@@ -53,6 +83,7 @@ class LifecycleResult:
     """What ``up`` or ``down`` did to each instance; it failed if any instance failed."""
 
     outcomes: list[InstanceOutcome]
+    sources: str = ""  # which site file and template the configs came from (``up``, ``init``)
 
     @property
     def exit_code(self) -> int:
@@ -146,18 +177,74 @@ def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
     return notes
 
 
+def find_orphans(inst: InstancePlan, running: Any | None = None) -> list[Any]:
+    """Processes that a supervisord of this instance started and no longer supervises.
+
+    After a supervisord is SIGKILLed its programs live on (ppid 1), holding ports. They are
+    recognised by what supervisord put in their environment, pointing at this instance's socket,
+    never by name, and only among the invoker's own processes. Children of the live supervisord
+    ``running`` are not orphans.
+    """
+    import psutil
+
+    uid = os.geteuid()
+    supervised: set[int] = set()
+    if running is not None:
+        try:
+            supervised = {running.pid, *(p.pid for p in running.children(recursive=True))}
+        except psutil.Error:
+            supervised = {running.pid}
+    found = []
+    for proc in psutil.process_iter(["uids"]):
+        try:
+            if proc.pid in supervised or not proc.info["uids"] or proc.info["uids"].real != uid:
+                continue
+            if proc.environ().get("SUPERVISOR_SERVER_URL") == inst.unix_url:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return found
+
+
+def stop_orphans(inst: InstancePlan, orphans: list[Any]) -> list[str]:
+    """SIGTERM ``orphans``, wait their programs' ``stopwaitsecs``, then SIGKILL; what was done."""
+    import psutil
+
+    if not orphans:
+        return []
+    waits = {process: int(program.options["stopwaitsecs"]) for program in inst.programs
+             for process in program.process_names()}
+    names = {}
+    for proc in orphans:
+        try:
+            names[proc.pid] = proc.environ().get("SUPERVISOR_PROCESS_NAME", "?")
+        except psutil.Error:
+            names[proc.pid] = "?"
+    grace = max((waits.get(name, DEFAULT_STOP_WAIT) for name in names.values()),
+                default=DEFAULT_STOP_WAIT)
+    terminate_tree(orphans[0], extra=orphans[1:], grace=float(grace))
+    listed = ", ".join(f"{name} (pid {pid})" for pid, name in sorted(names.items()))
+    return [f"stopped {len(orphans)} orphaned process(es) left by an earlier supervisord: {listed}"]
+
+
 # ------------------------------------------------------------------------------------------
 # Provisioning: runtime dir, key, config
 
 
-def prepare_runtime_dir(inst: InstancePlan, trusted_uids: Iterable[int] = ()) -> None:
-    """The instance's own runtime dir (0700, its user's) under a sticky shared parent."""
+def prepare_runtime_dir(inst: InstancePlan) -> None:
+    """The instance's own runtime dir (0700, its user's) on a path no stranger can swap: under
+    a private parent of its user, or a root-owned sticky one that several accounts share."""
     problem = socket_path_problem(inst)
     if problem:
         raise UsageError(f"instance {inst.name}: {problem}")
-    if inst.runtime_parent is not None:
-        ensure_shared_parent(inst.runtime_parent, trusted_uids, private=inst.runtime_parent_private)
+    owner = os.geteuid()
+    if inst.runtime_parent is not None and not inst.runtime_parent_private:
+        verify_shared_parent(inst.runtime_parent)  # first: its refusal says how to fix it
+    verify_unswappable(inst.runtime_dir, owner)
+    if inst.runtime_parent is not None and inst.runtime_parent_private:
+        ensure_private_dir(inst.runtime_parent)
     ensure_private_dir(inst.runtime_dir)
+    verify_unswappable(inst.runtime_dir, owner)  # again, now that every step exists
     ensure_private_dir(inst.childlogdir)
 
 
@@ -170,9 +257,10 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
     from siteboot.render import render_instance, render_preview
 
     render_preview(plan, inst, root)
-    prepare_runtime_dir(inst, plan.user_uids())
+    prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
-    atomic_write(inst.conf_path, text, mode=0o600)
+    if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
+        atomic_write(inst.conf_path, text, mode=0o600)
     return inst.conf_path
 
 
@@ -193,6 +281,8 @@ def probe(endpoint: Endpoint) -> str | None:
         state = endpoint.call("supervisor.getState")
     except RpcError as exc:
         return exc.reason
+    except Fault as fault:  # in its shutdown, supervisord answers every call with this fault
+        return SHUTTING_DOWN if fault.faultCode == FAULT_SHUTDOWN_STATE else fault.faultString
     if state.get("statecode") != SUPERVISOR_RUNNING:
         return f"in state {state.get('statename')}"
     return None
@@ -203,57 +293,141 @@ def probe(endpoint: Endpoint) -> str | None:
 
 
 def each_owned(plan: Plan, instance: str | None,
-               action: Callable[[InstancePlan], InstanceOutcome]) -> list[InstanceOutcome]:
-    """``action`` under the instance's lock for each instance the invoker owns; others skipped."""
-    import psutil
+               action: Callable[[InstancePlan], InstanceOutcome],
+               parallel: bool = False) -> list[InstanceOutcome]:
+    """``action`` under the instance's lock for each instance the invoker owns; others skipped.
 
-    outcomes = []
-    for inst in plan.select(instance):
+    ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
+    and the slowest program's stop wait is paid once, not once per instance).
+    """
+    def one(inst: InstancePlan) -> InstanceOutcome:
+        import psutil
+
         if not plan.owns(inst):
-            outcomes.append(InstanceOutcome(inst.name, "skipped",
-                                            f"owned by {inst.user}: run as {inst.user}"))
-            continue
+            return InstanceOutcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}")
         try:
             with instance_lock(plan, inst):
-                outcomes.append(action(inst))
+                return action(inst)
         except SitebootError as exc:  # one instance failing must not keep the others down
-            outcomes.append(InstanceOutcome(inst.name, "failed", str(exc)))
-        except (OSError, psutil.Error) as exc:
-            outcomes.append(InstanceOutcome(inst.name, "failed", f"{type(exc).__name__}: {exc}"))
-    return outcomes
+            return InstanceOutcome(inst.name, "failed", str(exc))
+        except OSError as exc:
+            return InstanceOutcome(inst.name, "failed", describe_os_error(exc))
+        except psutil.Error as exc:
+            return InstanceOutcome(inst.name, "failed", f"{type(exc).__name__}: {exc}")
+
+    selected = plan.select(instance)
+    if not parallel or len(selected) < 2:
+        return [one(inst) for inst in selected]
+    return concurrently(one, selected)
 
 
 def up(plan: Plan, root: Path | None, instance: str | None = None,
-       timeout: float = START_TIMEOUT) -> LifecycleResult:
-    """Start every instance the invoker owns; the others are reported as skipped."""
-    return LifecycleResult(each_owned(plan, instance, lambda inst: _up_one(plan, inst, root, timeout)))
+       timeout: float = START_TIMEOUT, replace_hung: bool = False) -> LifecycleResult:
+    """Start every instance the invoker owns; the others are reported as skipped.
+
+    ``replace_hung`` (``revive``): a supervisord of ours that does not answer even after SIGCONT
+    is replaced; ``up`` leaves it alone, since its programs may still be serving.
+    """
+    return LifecycleResult(each_owned(
+        plan, instance, lambda inst: _up_one(plan, inst, root, timeout, replace_hung)))
 
 
-def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float) -> InstanceOutcome:
-    conf = provision(plan, inst, root)
-    endpoint = own_endpoint(plan, inst)
+def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
+            replace_hung: bool) -> InstanceOutcome:
     running = find_supervisord(inst)
+    if running is not None:
+        _refuse_foreign_siteboot(plan, inst, "change")
+        _refuse_new_key_while_running(inst, running)
+    # wiped under a running supervisord (and not restored yet: the pidfile comes back then)
+    runtime_lost = running is not None and not os.path.lexists(inst.pidfile)
+    if running is None:  # a supervisord started afresh gets a new key: a leaked one dies here
+        from siteboot.keys import new_key
+
+        new_key(inst)
+    endpoint = own_endpoint(plan, inst)
+    try:
+        conf = provision(plan, inst, root)
+    except OSError as exc:
+        problem = f"cannot write its runtime files: {describe_os_error(exc)}"
+        if running is not None and probe(endpoint) is None:  # serving: not a failure of it
+            return InstanceOutcome(inst.name, "already running", f"still serving, but {problem}",
+                                   running.pid)
+        raise InstanceError(f"{inst.name}: {problem}", "free space on that file system (or fix "
+                            "its permissions), then run `siteboot up` again") from None
     notes = _publish(inst, endpoint.key)
     if running is not None:
         why = probe(endpoint)
+        if why == NOT_ANSWERING and replace_hung:
+            signal_process(running, signal.SIGCONT)  # SIGSTOPped: let it answer before judging
+            why = probe(endpoint)
         if why is None:
+            if runtime_lost:
+                notes += _restore_runtime(plan, inst, running)
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path))
+            _record(plan, inst, running)
             if not changes:
-                return InstanceOutcome(inst.name, "already running", "nothing to do", running.pid, notes)
+                detail = "runtime dir restored" if runtime_lost else "nothing to do"
+                return InstanceOutcome(inst.name, "updated" if runtime_lost else "already running",
+                                       detail, running.pid, notes)
             return InstanceOutcome(inst.name, "updated", "; ".join(changes), running.pid, notes)
-        if why != NOT_RUNNING:
+        if why == SHUTTING_DOWN:
+            notes.append(_wait_for_shutdown(inst, running))
+        elif why == NOT_RUNNING or (why == NOT_ANSWERING and replace_hung):
+            # Ours by identity, but unreachable on socket and port alike, or hung: replace it.
+            notes.append(f"supervisord pid {running.pid} was {why}: replaced it")
+            notes += stop_instance(inst, lambda: endpoint, timeout=5.0).notes
+        else:
             # Busy, stopped, or refusing this key: its programs may be fine; never kill on a guess.
             raise InstanceError(f"supervisord pid {running.pid} of {inst.name} is running but "
                                 f"{why}", "see `siteboot status`; to replace it: `siteboot down "
-                                f"-i {inst.name}` then `siteboot up -i {inst.name}`")
-        # Ours by identity, but its socket is gone (a /tmp cleaner): replace it.
-        notes.append(f"supervisord pid {running.pid} had lost its socket; stopped it")
-        terminate_tree(running)
-        running = None
-    notes += clear_stale(inst, running)
-    pid = launch(inst, conf, timeout, endpoint)
+                                f"-i {inst.name}` then `siteboot up -i {inst.name}`, or `siteboot "
+                                "revive`, which replaces one that does not answer")
+    notes += stop_orphans(inst, find_orphans(inst))
+    notes += clear_stale(inst, None)
+    # the new supervisord is reached on its socket (whatever a record or a stale port says)
+    pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
+    _record(plan, inst, find_supervisord(inst))
     return InstanceOutcome(inst.name, "started", f"pid {pid}, {inst.unix_url}", pid, notes)
+
+
+SHUTTING_DOWN = "in state SHUTDOWN"
+
+
+def _wait_for_shutdown(inst: InstancePlan, running: Any) -> str:
+    """A supervisord already on its way out: let it finish (its programs' stop waits), then go on."""
+    import psutil
+
+    _, alive = psutil.wait_procs([running], timeout=_stop_wait(inst))
+    if alive:
+        raise InstanceError(f"supervisord pid {running.pid} of {inst.name} has been shutting down "
+                            f"for over {_stop_wait(inst):g} s",
+                            f"`siteboot down -i {inst.name}` stops it for good")
+    return f"waited for supervisord pid {running.pid} to finish shutting down"
+
+
+def _restore_runtime(plan: Plan, inst: InstancePlan, running: Any) -> list[str]:
+    """After a /tmp cleaner: dirs and config are back (``provision``); put back the pidfile and
+    make supervisord reopen its logs (SIGUSR2). Its programs keep running. The control socket
+    cannot be recreated without restarting it: until then siteboot talks to its port."""
+    atomic_write(inst.pidfile, f"{running.pid}\n", mode=0o644)
+    atomic_write(inst.started_conf_path, inst.conf_path.read_bytes(), mode=0o600)
+    signal_process(running, signal.SIGUSR2)
+    return [f"runtime dir {inst.runtime_dir} was lost while supervisord kept running: restored "
+            f"(pidfile, config, logs reopened) without restarting programs; its control socket "
+            f"returns with its next restart, until then siteboot uses 127.0.0.1:{inst.port}"]
+
+
+def _record(plan: Plan, inst: InstancePlan, running: Any | None) -> None:
+    """Remember what runs, so that a later site edit cannot make it invisible (``records``)."""
+    if running is None:
+        return
+    from siteboot.records import write_start
+
+    try:
+        write_start(plan, inst, running.pid, running.create_time())
+    except OSError:
+        pass  # a full disk must not turn a healthy start into a failure; `status` still sees it
 
 
 def _read_text(path: Path) -> str:
@@ -353,34 +527,54 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
 def down(plan: Plan, instance: str | None = None, purge: bool = False,
          timeout: float | None = None) -> LifecycleResult:
     """Stop every instance the invoker owns; the others are reported as skipped."""
-    return LifecycleResult(each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout)))
+    return LifecycleResult(each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout),
+                                      parallel=True))
 
 
 def _stop_wait(inst: InstancePlan) -> float:
+    """How long supervisord may take to stop everything: the longest stopwaitsecs, and a margin."""
     waits = [int(p.options["stopwaitsecs"]) for p in inst.programs]
-    return float(max(waits, default=10)) + 10.0
+    return float(max(waits, default=DEFAULT_STOP_WAIT)) + 10.0
+
+
+def _refuse_foreign_siteboot(plan: Plan, inst: InstancePlan, what: str) -> None:
+    """Two checkouts (or tool venvs) of one account share a site's runtime dir and key: the one
+    that did not start an instance must not take it over behind the other's back."""
+    from siteboot.records import started_elsewhere, this_siteboot
+
+    record = started_elsewhere(plan, inst)
+    if record is None:
+        return
+    here, python = this_siteboot()
+    raise InstanceError(
+        f"instance {inst.name} was started by the siteboot in {record.checkout} (python "
+        f"{record.python}); this is {here} (python {python}): refusing to {what} it from here",
+        f"use that siteboot, or move the instance deliberately: `{record.python} -I -m siteboot "
+        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then `siteboot up -i "
+        f"{inst.name}` from here (if that siteboot is gone: remove {record.path})")
+
+
+def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
+    """A running supervisord keeps the key it was started with: a new one would lock everyone
+    out (and `down` would fall back to signals). Missing means a wrong $HOME or a lost file."""
+    if os.path.lexists(inst.key_path):
+        return
+    raise InstanceError(
+        f"supervisord pid {running.pid} of {inst.name} is running, but its key {inst.key_path} "
+        "is missing: siteboot makes no new key for a running instance",
+        "check $HOME (cron and `sudo -u` without -H keep another one) and the state_dir of the "
+        f"site file; to start it afresh with a new key: `siteboot down -i {inst.name}` (signals)")
 
 
 def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> InstanceOutcome:
-    import psutil
+    from siteboot.records import record_of, remove_start
 
-    running = find_supervisord(inst)  # identified by uid and command line, not by its files
-    outcome = InstanceOutcome(inst.name, "not running")
-    if running is not None:
-        descendants = running.children(recursive=True)
-        try:
-            connect(plan, inst).call("supervisor.shutdown")
-            how = "shut down over RPC"
-        except (SitebootError, OSError) as exc:
-            # Signals do the job without the key or the socket; never leave it running.
-            how = f"RPC unavailable ({getattr(exc, 'reason', None) or exc})"
-        _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
-        if alive:
-            how += "; escalated"
-        terminate_tree(running, extra=descendants)
-        outcome = InstanceOutcome(inst.name, "stopped", how, running.pid)
+    _refuse_foreign_siteboot(plan, inst, "stop")
+
+    outcome = stop_instance(inst, lambda: connect(plan, inst), timeout)
+    remove_start(record_of(plan, inst))
     try:
-        _verify_runtime(plan, inst)
+        _verify_runtime(inst)
     except FileNotFoundError:
         return outcome  # nothing left on disk
     except OwnershipError as exc:  # after a /tmp wipe, someone else's files: touch nothing
@@ -395,12 +589,70 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
     return outcome
 
 
-def _verify_runtime(plan: Plan, inst: InstancePlan) -> None:
-    """The runtime dir is still the one ``up`` made: ours, real, under a safe parent."""
-    from siteboot.fsutil import verify_private_dir, verify_shared_parent
+def stop_instance(inst: InstancePlan, endpoint: Callable[[], Endpoint],
+                  timeout: float | None = None) -> InstanceOutcome:
+    """Stop ``inst``'s supervisord, its programs and any orphans it left; forget its record.
 
-    if inst.runtime_parent is not None:
-        verify_shared_parent(inst.runtime_parent, plan.user_uids(), inst.runtime_parent_private)
+    Over RPC when it answers (supervisord stops each program with its stopsignal and waits its
+    stopwaitsecs); otherwise SIGTERM at once, which supervisord handles the same way. Whatever
+    is left after that wait is killed; programs that outlive their supervisord are orphans and
+    get their own stopwaitsecs.
+    """
+    import psutil
+
+    running = find_supervisord(inst)  # identified by uid and command line, not by its files
+    outcome = InstanceOutcome(inst.name, "not running")
+    if running is not None:
+        descendants = running.children(recursive=True)
+        how = _ask_to_shut_down(endpoint, running)
+        _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
+        if alive:
+            how += f"; still running after {timeout or _stop_wait(inst):g} s: killed"
+            signal_process(running, signal.SIGKILL)
+            psutil.wait_procs([running], timeout=5)
+        outcome = InstanceOutcome(inst.name, "stopped", how, running.pid)
+        left = [p for p in descendants if _alive(p)]
+        if left:  # programs that outlived it (killed supervisord, or one that ignores TERM)
+            outcome.notes += stop_orphans(inst, left)
+    outcome.notes += stop_orphans(inst, find_orphans(inst))
+    return outcome
+
+
+def _ask_to_shut_down(endpoint: Callable[[], Endpoint], running: Any) -> str:
+    """``supervisor.shutdown`` over RPC, else SIGTERM (supervisord's own graceful shutdown)."""
+    try:
+        endpoint().call("supervisor.shutdown")
+        return "shut down over RPC"
+    except Fault as fault:
+        if fault.faultCode == FAULT_SHUTDOWN_STATE:
+            return "was already shutting down"
+        why = f"RPC refused shutdown ({fault.faultString})"
+    except (SitebootError, OSError) as exc:
+        # Signals do the job without the key or the socket; never leave it running.
+        why = f"RPC unavailable ({getattr(exc, 'reason', None) or exc})"
+    signal_process(running, signal.SIGCONT)  # a stopped (SIGSTOP) one cannot act on SIGTERM
+    signal_process(running, signal.SIGTERM)
+    return f"{why}; sent SIGTERM"
+
+
+def _alive(proc: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _verify_runtime(inst: InstancePlan) -> None:
+    """The runtime dir is still the one ``up`` made: ours, real, under a safe path."""
+    from siteboot.fsutil import verify_private_dir
+
+    verify_unswappable(inst.runtime_dir, os.geteuid())
+    if inst.runtime_parent is not None and inst.runtime_parent_private:
+        verify_private_dir(inst.runtime_parent)
+    elif inst.runtime_parent is not None and os.path.lexists(inst.runtime_parent):
+        verify_shared_parent(inst.runtime_parent)
     verify_private_dir(inst.runtime_dir)
 
 
@@ -408,3 +660,58 @@ def _indent(text: str) -> str:
     return "\n".join(f"    {line}" for line in text.splitlines())
 
 
+
+
+# ------------------------------------------------------------------------------------------
+# rotate-key
+
+
+def rotate_keys(plan: Plan, root: Path | None, instance: str | None = None,
+                timeout: float = START_TIMEOUT) -> LifecycleResult:
+    """A new key for every instance the invoker owns; a running supervisord is restarted with
+    it (its programs restart too) and a granted key is published again."""
+    return LifecycleResult(each_owned(
+        plan, instance, lambda inst: _rotate_one(plan, inst, root, timeout)))
+
+
+def _rotate_one(plan: Plan, inst: InstancePlan, root: Path | None,
+                timeout: float) -> InstanceOutcome:
+    from siteboot.keys import new_key
+
+    running = find_supervisord(inst)
+    if running is None:
+        key = new_key(inst)
+        provision(plan, inst, root)
+        return InstanceOutcome(inst.name, "rotated", "not running: it starts with the new key",
+                               notes=_publish(inst, key))
+    _refuse_foreign_siteboot(plan, inst, "rotate the key of")
+    stopped = stop_instance(inst, lambda: connect(plan, inst), timeout=None)
+    outcome = _up_one(plan, inst, root, timeout, replace_hung=False)  # starts it on a new key
+    outcome.notes[:0] = stopped.notes
+    if outcome.action == "started":
+        outcome.action = "rotated"
+        outcome.detail = (f"supervisord restarted with the new key (pid {outcome.pid}); its "
+                          "programs restarted")
+    return outcome
+
+
+# ------------------------------------------------------------------------------------------
+# Records: instances started earlier that the site no longer describes
+
+
+def stop_recorded(record: StartRecord, timeout: float | None = None) -> InstanceOutcome:
+    """Stop a supervisord from its start record alone (the site may not even parse any more)."""
+    from siteboot.keys import read_own_key
+    from siteboot.records import remove_start
+
+    inst = record.instance_plan()
+
+    def endpoint() -> Endpoint:
+        url = inst.unix_url if os.path.lexists(inst.socket_path) else inst.http_url
+        return Endpoint(url, read_own_key(inst), owner_uid=os.geteuid())
+
+    outcome = stop_instance(inst, endpoint, timeout)
+    remove_start(record.path)
+    outcome.notes.insert(0, f"recorded as started from {record.site_path} (env {record.env}), "
+                            f"runtime dir {record.runtime_dir}")
+    return outcome

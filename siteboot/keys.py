@@ -54,6 +54,11 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
         raise KeyAccessError(f"cannot read key file {path}: {exc.strerror or exc}") from None
     try:
         info = os.fstat(fd)
+        acl = _acl(fd) if owner_uid is not None else None
+        if acl:
+            raise KeyAccessError(f"refusing key file {path}: it {acl}",
+                                 f"its owner removes the ACL (`setfacl -b {path}`), then runs "
+                                 "`siteboot rotate-key`: anyone it named may have the key")
         if owner_uid is not None and (info.st_uid != owner_uid or stat.S_IMODE(info.st_mode) & 0o007
                                       or (gid is not None and info.st_gid != gid)
                                       or not stat.S_ISREG(info.st_mode)):
@@ -75,6 +80,52 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
     return key
 
 
+_ACL_ATTRIBUTES = ("system.posix_acl_access", "system.posix_acl_default")
+
+
+def _acl(target: int | Path) -> str | None:
+    """How an extended ACL (setfacl) on ``target`` (a path or an open fd) widens its mode."""
+    try:
+        names = os.listxattr(target) if isinstance(target, int) else \
+            os.listxattr(target, follow_symlinks=False)
+    except OSError:  # no xattrs on this file system: no ACLs either
+        return None
+    found = [n for n in names if n in _ACL_ATTRIBUTES]
+    if not found:
+        return None
+    return ("has an extended ACL (setfacl), which may grant more than its mode shows ("
+            + ", ".join(found) + ")")
+
+
+def verify_shared_dir(inst: InstancePlan) -> Path:
+    """``shared_dir`` may hold a granted key only if nobody but root and the instance's user can
+    change it or widen who reads it: theirs, unswappable all the way down, no extended ACL.
+    (An account that made it first with a default ACL for itself would read every key.)"""
+    from siteboot.errors import OwnershipError
+    from siteboot.fsutil import owner_name, verify_unswappable
+
+    assert inst.shared_key_path
+    folder = inst.shared_key_path.parent
+    owner = uid_of(inst.user)
+    verify_unswappable(folder, owner)
+    info = os.lstat(folder)
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a directory (a symlink?)"
+    elif info.st_uid not in (0, owner):
+        problem = f"belongs to {owner_name(info.st_uid)}, not {inst.user} or root"
+    elif info.st_mode & stat.S_IWOTH:
+        problem = "is writable by everyone"
+    else:
+        problem = _acl(folder)
+    if problem:
+        raise OwnershipError(f"shared_dir {folder} {problem}: no key is published or read there",
+                             f"as {inst.user}: remove it (or its ACL: `setfacl -bk {folder}`) and "
+                             f"run `siteboot up -i {inst.name}`, which makes it 0755; then "
+                             "`siteboot rotate-key` if a key was ever published there")
+    return folder
+
+
 def _group_gid(inst: InstancePlan) -> int:
     import grp
 
@@ -88,19 +139,28 @@ def _group_gid(inst: InstancePlan) -> int:
 
 def ensure_key(inst: InstancePlan) -> str:
     """The owner's key for ``inst``, created (0600, atomically) on first need."""
+    from siteboot.fsutil import ensure_private_dir
+
+    ensure_private_dir(inst.state_dir)
+    ensure_private_dir(inst.key_path.parent)
+    if os.path.lexists(inst.key_path):
+        if stat.S_ISREG(os.lstat(inst.key_path).st_mode) and inst.key_path.stat().st_mode & 0o077:
+            os.chmod(inst.key_path, 0o600)
+        return _read(inst.key_path)
+    return new_key(inst)
+
+
+def new_key(inst: InstancePlan) -> str:
+    """A fresh key for ``inst`` in place of the old one (0600, atomically): a supervisord started
+    from now on accepts only this one, so a key that may have leaked stops working."""
     import secrets
 
     from siteboot.fsutil import atomic_write, ensure_private_dir
 
     ensure_private_dir(inst.state_dir)
     ensure_private_dir(inst.key_path.parent)
-    if inst.key_path.exists():
-        if inst.key_path.stat().st_mode & 0o077:
-            os.chmod(inst.key_path, 0o600)
-        key = _read(inst.key_path)
-    else:
-        key = secrets.token_urlsafe(32)
-        atomic_write(inst.key_path, key + "\n", mode=0o600)
+    key = secrets.token_urlsafe(32)
+    atomic_write(inst.key_path, key + "\n", mode=0o600)
     return key
 
 
@@ -119,6 +179,7 @@ def publish_key(inst: InstancePlan, key: str) -> None:
         # Straight into shared_dir: the rename below replaces whatever another user may have
         # put at this name (a symlink included) without following it.
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        verify_shared_dir(inst)
         try:
             if _read(path, os.geteuid(), gid) == key:
                 return
@@ -130,26 +191,32 @@ def publish_key(inst: InstancePlan, key: str) -> None:
                             f"{exc.strerror or exc}", "check shared_dir in the site file") from None
 
 
+def read_own_key(inst: InstancePlan) -> str:
+    """The owner's key of ``inst`` from its state dir (never created here)."""
+    if not inst.key_path.exists():
+        raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
+                             "run `siteboot up` to create it and start the instance")
+    try:
+        return _read(inst.key_path)
+    except FileNotFoundError:  # removed since the check above
+        raise KeyAccessError(f"no key for instance {inst.name} ({inst.key_path} is gone)",
+                             "run `siteboot up` to create it") from None
+    except PermissionError:
+        raise KeyAccessError(f"cannot read key file {inst.key_path}: permission denied",
+                             f"it must be readable by {inst.user} (mode 0600, in a 0700 "
+                             "state dir)") from None
+
+
 def read_key(plan: Plan, inst: InstancePlan) -> str:
     """The key the invoking user may use for ``inst``: its own, or one granted to its group."""
     if plan.owns(inst):
-        if not inst.key_path.exists():
-            raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
-                                 "run `siteboot up` to create it and start the instance")
-        try:
-            return _read(inst.key_path)
-        except FileNotFoundError:  # removed since the check above
-            raise KeyAccessError(f"no key for instance {inst.name} ({inst.key_path} is gone)",
-                                 "run `siteboot up` to create it") from None
-        except PermissionError:
-            raise KeyAccessError(f"cannot read key file {inst.key_path}: permission denied",
-                                 f"it must be readable by {inst.user} (mode 0600, in a 0700 "
-                                 "state dir)") from None
+        return read_own_key(inst)
     if not inst.group or not inst.shared_key_path:
         raise KeyAccessError(f"instance {inst.name} belongs to {inst.user} and grants no group: "
                              "not yours and no grant",
                              f"run as {inst.user}, or add group = \"...\" to [instances.{inst.name}]")
     try:
+        verify_shared_dir(inst)
         return _read(inst.shared_key_path, uid_of(inst.user), _group_gid(inst))
     except FileNotFoundError:
         raise KeyAccessError(f"{inst.user} has not published the key of {inst.name} "
@@ -161,11 +228,11 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
                              f"ask for membership of {inst.group}, or run as {inst.user}") from None
 
 
-def write_client_conf(plan: Plan, inst: InstancePlan, key: str) -> Path:
-    """A 0600 supervisorctl config for ``inst``, so the key never appears on a command line."""
+def write_client_conf(plan: Plan, inst: InstancePlan, key: str, url: str) -> Path:
+    """A 0600 supervisorctl config for ``inst`` at ``url``, so the key never appears on a
+    command line."""
     from siteboot.fsutil import atomic_write, ensure_private_dir
 
-    url = plan.url_for(inst)
     path = plan.client_conf_path(inst)
     ensure_private_dir(path.parent)
     text = (f"; written by siteboot for {inst.identifier}; holds the key, keep it 0600\n"

@@ -19,7 +19,9 @@ from siteboot.errors import EXIT_OK
 
 if TYPE_CHECKING:
     from siteboot.control import ControlResult, StatusResult
-    from siteboot.instances import LifecycleResult
+    from siteboot.cron import CronResult
+    from siteboot.doctor import DoctorResult
+    from siteboot.instances import InstanceOutcome, LifecycleResult
     from siteboot.plan import Plan
     from siteboot.ports import CheckResult
     from siteboot.site import Site
@@ -76,8 +78,8 @@ class InitResult:
         return self.status.exit_code
 
     def as_json(self) -> dict[str, Any]:
-        return {"venvs": [v.as_json() for v in self.venvs], "instances": self.instances.as_json(),
-                "status": self.status.as_json()}
+        return {"sources": self.instances.sources, "venvs": [v.as_json() for v in self.venvs],
+                "instances": self.instances.as_json(), "status": self.status.as_json()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,10 +132,44 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
 
 def up(plan: Plan, root: Path | None, instance: str | None = None,
        timeout: float = 30.0) -> LifecycleResult:
-    """Start the supervisord of every instance the invoker owns (the others: skipped)."""
+    """Start the supervisord of every instance the invoker owns (the others: skipped), then
+    every program that should run and does not, except those an operator stopped."""
     from siteboot import instances
 
-    return instances.up(plan, root, instance, timeout)
+    result = instances.up(plan, root, instance, timeout)
+    _converge(plan, result.outcomes)
+    result.sources = sources(plan, root)
+    return result
+
+
+def sources(plan: Plan, root: Path | None) -> str:
+    """Which site file and template a command used: a planted root must never go unnoticed."""
+    from siteboot.render import CONFIG_TEMPLATE
+    from siteboot.resources import config_template
+
+    return f"site file {plan.site.path}, template {config_template(root, CONFIG_TEMPLATE)}"
+
+
+def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
+    from siteboot.control import converge
+    from siteboot.records import operator_stops
+    from siteboot.rpc import RpcError
+
+    for outcome in outcomes:
+        if outcome.action not in ("started", "already running", "updated"):
+            continue
+        inst = plan.instance(outcome.instance)
+        try:
+            done = converge(plan, inst, operator_stops(inst))
+        except RpcError as exc:
+            outcome.action, outcome.detail = "failed", f"cannot check its programs: {exc.message}"
+            continue
+        outcome.notes += done.notes
+        if done.failed:
+            outcome.action = "failed"
+            outcome.detail = "programs that should run do not: " + "; ".join(done.failed)
+        elif done.notes and outcome.action == "already running":
+            outcome.action, outcome.detail = "updated", "programs started or stopped"
 
 
 def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
@@ -144,11 +180,40 @@ def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
     exec_replace(instances.foreground_argv(plan, root, instance))
 
 
-def down(plan: Plan, instance: str | None = None, purge: bool = False) -> LifecycleResult:
-    """Stop every instance the invoker owns; ``purge`` also deletes its runtime dir and logs."""
+def down(plan: Plan, instance: str | None = None, purge: bool = False,
+         orphans: bool = False) -> LifecycleResult:
+    """Stop every instance the invoker owns; ``purge`` also deletes its runtime dir and logs;
+    ``orphans``: also what this account started for the site and env that the site no longer
+    describes (from the start records)."""
+    from siteboot import instances
+    from siteboot.records import orphaned
+
+    drifted = orphaned(plan) if orphans else []  # before `down` changes the records
+    result = instances.down(plan, instance, purge)
+    result.outcomes += [instances.stop_recorded(record) for record in drifted]
+    return result
+
+
+def rotate_key(plan: Plan, root: Path | None, instance: str | None = None,
+               timeout: float = 30.0) -> LifecycleResult:
+    """A new key per instance you own: running ones restart on it, grants are republished."""
     from siteboot import instances
 
-    return instances.down(plan, instance, purge)
+    result = instances.rotate_keys(plan, root, instance, timeout)
+    _converge(plan, [o for o in result.outcomes if o.action == "rotated" and o.pid])
+    return result
+
+
+def down_recorded(site_path: Path, env: str) -> LifecycleResult:
+    """``down`` when the site file does not parse: stop what the start records say was started
+    from that file for ``env``. A broken edit never keeps anyone from stopping the site."""
+    from siteboot import instances
+    from siteboot.plan import current_user
+    from siteboot.records import read_starts
+
+    records = [r for r in read_starts(current_user())
+               if r.site_path == str(site_path) and r.env == env]
+    return instances.LifecycleResult([instances.stop_recorded(r) for r in records])
 
 
 def status(plan: Plan, instance: str | None = None) -> StatusResult:
@@ -159,10 +224,20 @@ def status(plan: Plan, instance: str | None = None) -> StatusResult:
 
 
 def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
-    """``start``, ``stop`` or ``restart`` processes and wait until each got there."""
-    from siteboot.control import control as act
+    """``start``, ``stop`` or ``restart`` processes and wait until each got there.
 
-    return act(plan, action, list(names))
+    A stop by an operator is remembered (in the owner's state) so that ``up`` and ``revive``
+    leave that process stopped; a start or restart of it lifts that.
+    """
+    from siteboot.control import control as act
+    from siteboot.records import mark_stopped
+
+    result = act(plan, action, list(names))
+    for inst in plan.instances.values():
+        done = [o.process for o in result.outcomes if o.instance == inst.name and o.ok]
+        if done and plan.owns(inst):
+            mark_stopped(inst, done, stopped=action == "stop")
+    return result
 
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
@@ -189,4 +264,126 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
 
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
     outcomes = instances.up(plan, root, None, timeout)
+    _converge(plan, outcomes.outcomes)
+    outcomes.sources = sources(plan, root)
     return InitResult(venvs, outcomes, settle(plan, timeout))
+
+
+# ------------------------------------------------------------------------------------------
+# revive and cron
+
+
+@dataclass(frozen=True)
+class EnvRevival:
+    env: str
+    instances: LifecycleResult
+    status: StatusResult
+
+    def as_json(self) -> dict[str, Any]:
+        return {"env": self.env, "instances": self.instances.as_json(),
+                "status": self.status.as_json()}
+
+
+@dataclass(frozen=True)
+class ReviveResult:
+    site: str
+    envs: list[EnvRevival]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when everything of the invoker's that should run does, afterwards."""
+        from siteboot.control import ORPHANED
+        from siteboot.errors import EXIT_FAILED, STATUS_OK
+
+        for revival in self.envs:
+            if any(o.action == "failed" for o in revival.instances.outcomes):
+                return EXIT_FAILED
+            for row in revival.status.instances:
+                if row.state != ORPHANED and row.severity != STATUS_OK:
+                    return EXIT_FAILED
+        return EXIT_OK
+
+    def actions(self) -> list[str]:
+        """One line per thing done (or failed); nothing when all was well."""
+        lines = []
+        for revival in self.envs:
+            for o in revival.instances.outcomes:
+                if o.action in ("already running", "skipped") and not o.notes:
+                    continue
+                lines.append(f"{revival.env} {o.instance}: {o.action}"
+                             + (f": {o.detail}" if o.detail else ""))
+                lines += [f"  {note}" for note in o.notes]
+            lines += _still_wrong(revival)
+        return lines
+
+    def others(self) -> list[str]:
+        """Instances of other accounts: listed, not acted on, not an error."""
+        return [f"{revival.env} {o.instance}: {o.detail}" for revival in self.envs
+                for o in revival.instances.outcomes if o.action == "skipped"]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"site": self.site, "ok": self.exit_code == EXIT_OK,
+                "envs": [e.as_json() for e in self.envs]}
+
+
+def _still_wrong(revival: EnvRevival) -> list[str]:
+    """What the status after reviving still finds wrong, so a failed revive says why."""
+    from siteboot.control import ORPHANED
+    from siteboot.errors import STATUS_OK
+
+    lines = []
+    for row in revival.status.instances:
+        if row.state == ORPHANED or row.severity == STATUS_OK:
+            continue
+        if row.state != "running":
+            lines.append(f"{revival.env} {row.name}: {row.state}: {row.error or ''}".rstrip(": "))
+        for p in row.programs:
+            if p.severity != STATUS_OK:
+                lines.append(f"{revival.env} {row.name}: {p.name} {p.state}"
+                             + (f": {p.spawnerr}" if p.spawnerr else ""))
+    return lines
+
+
+def revive_envs(plan: Plan, all_envs: bool) -> list[str]:
+    """The envs ``revive`` acts on: every env this account has started the site in (from the
+    start records) with ``all_envs``, else the plan's own."""
+    from siteboot.records import starts_of
+
+    if not all_envs:
+        return [plan.env]
+    recorded = {r.env for r in starts_of(plan.invoker, plan.site.name)}
+    return [env for env in plan.site.envs if env in recorded] or [plan.env]
+
+
+def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> ReviveResult:
+    """After maintenance or a fault: make every instance of the invoker's run, and what should
+    run in it, without restarting what already runs. Safe to run from cron every few minutes."""
+    from siteboot import instances
+    from siteboot.control import settle
+
+    revivals = []
+    for plan in plans:
+        result = instances.up(plan, root, None, timeout, replace_hung=True)
+        _converge(plan, result.outcomes)
+        settled = settle(plan, timeout)
+        revivals.append(EnvRevival(plan.env, result, settled))
+    return ReviveResult(plans[0].site.name if plans else "", revivals)
+
+
+def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = False) -> CronResult:
+    """The crontab block that revives the site at boot and every five minutes; with ``install``
+    or ``remove``, put it into (or take it out of) the invoker's crontab, idempotently."""
+    from siteboot import cron as crontab
+    from siteboot.fsutil import ensure_private_dir
+    from siteboot.records import records_dir
+
+    log = ensure_private_dir(records_dir(plan.invoker)).parent / f"{plan.site.name}-revive.log"
+    lines = crontab.block(plan.site.name, plan.site.path, root, log)
+    return crontab.apply(plan.site.name, lines, install, remove, log)
+
+
+def doctor(plan: Plan, root: Path | None) -> DoctorResult:
+    """What went wrong after maintenance, each with its fix; changes nothing."""
+    from siteboot.doctor import examine
+
+    return examine(plan, root)

@@ -43,10 +43,47 @@ def uid_of(user: str) -> int:
 def expand_home(path: str, user: str) -> Path:
     """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
     if path == "~" or path.startswith("~/"):
-        if user == current_user():  # honours $HOME, as every tool does
-            return Path(os.path.expanduser(path))
+        if user == current_user():
+            return own_home() / path[2:] if path != "~" else own_home()
         return Path(os.path.expanduser("~" + user + path[1:]))
     return Path(os.path.expanduser(path))
+
+
+def own_home() -> Path:
+    """The invoker's home: ``$HOME`` as every tool honours it, unless it is plainly not the
+    invoker's (someone else's directory: cron or ``sudo -u`` without ``-H`` keep the caller's),
+    in which case the account database's; ``home_note`` says so."""
+    env_home = os.environ.get("HOME")
+    database = _database_home()
+    if not env_home:
+        return Path(database or "/")
+    if database and wrong_home(env_home):
+        return Path(database)
+    return Path(env_home)
+
+
+def wrong_home(home: str) -> bool:
+    """``home`` exists and belongs to another account."""
+    try:
+        return os.stat(home).st_uid != os.geteuid()
+    except OSError:
+        return False
+
+
+def _database_home() -> str | None:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:  # a uid without a passwd entry (containers): $HOME is all there is
+        return None
+
+
+def home_note() -> str | None:
+    """What to tell the operator once when ``$HOME`` is not the invoker's."""
+    env_home = os.environ.get("HOME")
+    if env_home and wrong_home(env_home) and _database_home():
+        return (f"note: $HOME ({env_home}) belongs to another account; using {current_user()}'s "
+                f"home {_database_home()} for keys and state")
+    return None
 
 
 @dataclass(frozen=True)
@@ -84,8 +121,8 @@ class InstancePlan:
     user: str
     port: int
     group: str | None
-    runtime_parent: Path | None  # the shared parent siteboot may create sticky, or None
-    runtime_parent_private: bool  # the path names the user or is in a home: 0700, not shared
+    runtime_parent: Path | None  # the parent of the instance dirs, or None ({instance} layout)
+    runtime_parent_private: bool  # only this user's instances live there: 0700, made as needed
     runtime_dir: Path
     state_dir: Path  # the owner's
     shared_key_path: Path | None
@@ -195,24 +232,25 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
     common = {"site": site.name, "env": env}
-    # A parent that names its user, or lies in a home, is no place to share: 0700, not 1777.
-    private_parent = "{user}" in site.runtime_dir or site.runtime_dir.startswith("~")
+    # Whose instance dirs share a parent: one account's parent is private (0700); one that
+    # several accounts share must be root's and sticky (``fsutil.verify_shared_parent``).
+    sharing: dict[Path, set[str]] = {}
+    for inst in site.instances.values():
+        parent, _ = _runtime_location(site, env, inst.user or invoker, inst.name)
+        if parent is not None:
+            sharing.setdefault(parent, set()).add(inst.user or invoker)
     plan_instances: dict[str, InstancePlan] = {}
     for inst in site.instances.values():
         user = inst.user or invoker
         values = {**common, "user": user, "instance": inst.name}
-        runtime = _fill(site.runtime_dir, **values)
-        if "{instance}" in site.runtime_dir:
-            parent, runtime_dir = None, expand_home(runtime, user)
-        else:
-            parent = expand_home(runtime, user)
-            runtime_dir = parent / inst.name
+        parent, runtime_dir = _runtime_location(site, env, user, inst.name)
         state_dir = expand_home(_fill(site.state_dir, **values), user)
         shared = (expand_home(_fill(site.shared_dir, **values), user) / f"{inst.name}.key"
                   if site.shared_dir and inst.group else None)
         plan_instances[inst.name] = InstancePlan(
             name=inst.name, user=user, port=inst.port[env], group=inst.group,
-            runtime_parent=parent, runtime_parent_private=private_parent,
+            runtime_parent=parent,
+            runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             group_name=f"{site.name}-{env}", programs=[],
@@ -223,6 +261,15 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         inst_plan = plan_instances[program.instance]
         inst_plan.programs.append(_program_plan(plan, inst_plan, program))
     return plan
+
+
+def _runtime_location(site: Site, env: str, user: str, instance: str) -> tuple[Path | None, Path]:
+    """(the parent of the instance dirs or None, the instance's runtime dir)."""
+    runtime = expand_home(_fill(site.runtime_dir, site=site.name, env=env, user=user,
+                                instance=instance), user)
+    if "{instance}" in site.runtime_dir:
+        return None, runtime
+    return runtime, runtime / instance
 
 
 def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPlan:

@@ -83,9 +83,12 @@ def belongs_to_site(pid: int, config_paths: set[str]) -> bool:
 
 
 def in_use_problems(site: Site, level: str, probe: ListenerProbe = probe_listeners,
-                    ours: Callable[[int, set[str]], bool] = belongs_to_site) -> list[Problem]:
-    """A port of the site bound by a process outside the site: a warning (or error if strict)."""
-    owners: dict[int, tuple[str, str]] = {port: (owner, env) for owner, env, port in site.port_users()}
+                    ours: Callable[[int, set[str]], bool] = belongs_to_site,
+                    envs: set[str] | None = None) -> list[Problem]:
+    """A port of the site (of ``envs``, default all) bound by a process outside the site: a
+    warning (or error if strict)."""
+    owners: dict[int, tuple[str, str]] = {port: (owner, env) for owner, env, port in site.port_users()
+                                          if envs is None or env in envs}
     listeners = probe(set(owners))
     if not listeners:
         return []
@@ -156,3 +159,17 @@ def check(paths: Sequence[Path], strict: bool = False, probe: ListenerProbe = pr
     for site in sites:
         problems.extend(in_use_problems(site, "error" if strict else "warning", probe, ours))
     return CheckResult([str(p) for p in paths], problems)
+
+
+def foreign_holder(port: int, config_paths: set[str], probe: ListenerProbe = probe_listeners,
+                   ours: Callable[[int, set[str]], bool] = belongs_to_site) -> str | None:
+    """Who holds ``port`` if not a process of the supervisords with ``config_paths``, said as
+    an operator needs it (pid, command, user); None when it is free or ours."""
+    for listener in probe({port}):
+        if listener.pid and ours(listener.pid, config_paths):
+            continue
+        if listener.pid:
+            return (f"port {port} is held by pid {listener.pid} ({listener.name or '?'}, "
+                    f"user {listener.user or '?'}), not by this site")
+        return f"port {port} is held by a process of another user (pid not visible)"
+    return None

@@ -81,6 +81,21 @@ def run_command(cmd: Sequence[str], *, cwd: Path | None = None, output: Path | N
     return RunResult(captured.returncode, out)
 
 
+def run_with_input(cmd: Sequence[str], text: str, timeout: float = 60.0) -> RunResult:
+    """Run ``cmd`` with ``text`` on its stdin (``crontab -``); stdout and stderr together."""
+    import subprocess
+
+    try:
+        done = subprocess.run(list(cmd), input=text, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace",
+                              timeout=timeout, check=False)
+    except OSError as exc:
+        return RunResult(127, f"cannot run {cmd[0]}: {exc.strerror or exc}")
+    except subprocess.TimeoutExpired:
+        return RunResult(TIMED_OUT, f"(killed after {timeout:g} s)\n")
+    return RunResult(done.returncode, done.stdout)
+
+
 def _wait(proc: Any, timeout: float | None) -> int:
     import subprocess
 
@@ -152,6 +167,18 @@ def pid_alive(pid: int) -> bool:
 
 def send_signal(proc: Any, signum: int) -> None:
     proc.send_signal(signum)
+
+
+def signal_process(proc: Any, signum: int) -> bool:
+    """Send ``signum`` to ``proc`` (a psutil.Process the caller identified); False if it is gone
+    or not ours to signal."""
+    import psutil
+
+    try:
+        proc.send_signal(signum)
+    except (psutil.Error, ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def terminate_tree(proc: Any, extra: Sequence[Any] = (), grace: float = 5.0,

@@ -94,8 +94,10 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
 
 def _environment(plan_dirs: list[Path]) -> Any:
     import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
 
-    env = jinja2.Environment(
+    # A template is data, not code: a site root's own template cannot reach Python internals.
+    env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader([str(d) for d in plan_dirs]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,

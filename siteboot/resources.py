@@ -38,8 +38,11 @@ def find_root(explicit: str | None = None, cwd: Path | None = None,
               notice: Callable[[str], None] | None = None) -> Path | None:
     """The site root, or None when only the shipped defaults are available.
 
-    A ``sites/`` found by walking up that is not to be trusted is passed over, and ``notice``
-    is told so (the CLI prints it), so a folder planted in /tmp neither runs nor blocks.
+    A site root found by walking up is used only when nobody but the invoker, root or the owner
+    of the siteboot being run could have changed it (``untrusted``): a folder planted in /tmp,
+    or one holding a ``sites`` symlink into a trusted checkout beside its own templates, neither
+    runs nor blocks. ``notice`` is told why it was passed over (the CLI prints it). A root named
+    explicitly (``--root``, ``SITEBOOT_ROOT``) is the operator's own choice and is used as is.
     """
     chosen = explicit or os.environ.get("SITEBOOT_ROOT")
     if chosen:
@@ -53,34 +56,74 @@ def find_root(explicit: str | None = None, cwd: Path | None = None,
         try:
             if not (candidate / "sites").is_dir():
                 continue
-            why = _distrust(candidate / "sites")
+            why = untrusted(candidate)
         except OSError:
             continue
         if why:
             if notice is not None:
-                notice(f"note: ignoring {candidate / 'sites'}: it {why}; to use it anyway, "
+                notice(f"note: ignoring the site root {candidate}: {why}; to use it anyway, "
                        f"pass --root {candidate}")
             continue
         return candidate
     return None
 
 
-def _distrust(folder: Path) -> str | None:
-    """Why a ``sites/`` found by walking up is not to be used implicitly (None: it is fine).
+def trusted_uids() -> set[int]:
+    """Whose files siteboot may read as code or configuration: root, the invoker, and the owner
+    of the siteboot being run (its code runs anyway: one account's checkout used by both)."""
+    return {0, os.geteuid(), PACKAGE_DIR.stat().st_uid}
 
-    It must be the invoker's, root's, or belong to whoever owns the siteboot being run (its
-    code runs anyway: the JAWS model, one account's checkout used by both), and not be
-    writable by everyone: in /tmp anybody could plant one."""
+
+def untrusted(root: Path) -> str | None:
+    """Why the site root ``root`` must not be used implicitly, or None: the folder itself,
+    ``sites/``, ``templates/`` and every file below them must be of a trusted owner and not
+    writable by others; a symlink only counts when the link and its target both are."""
+    why = _untrusted_entry(root, root)
+    if why:
+        return why
+    for folder in (root / "sites", root / "templates"):
+        if not os.path.lexists(folder):
+            continue
+        why = _untrusted_entry(folder, root)
+        if why:
+            return why
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            for name in sorted(dirnames + filenames):
+                why = _untrusted_entry(Path(dirpath) / name, root)
+                if why:
+                    return why
+    return None
+
+
+def _untrusted_entry(path: Path, root: Path) -> str | None:
     import stat
 
     from siteboot.fsutil import owner_name
 
-    info = folder.stat()
-    if info.st_uid not in (0, os.geteuid(), PACKAGE_DIR.stat().st_uid):
-        return f"belongs to {owner_name(info.st_uid)}"
-    if info.st_mode & stat.S_IWOTH:
-        return "is writable by everyone"
+    allowed = trusted_uids()
+    info = os.lstat(path)
+    where = str(path.relative_to(root)) if path != root else str(path)
+    if stat.S_ISLNK(info.st_mode):
+        if info.st_uid not in allowed:
+            return f"{where} is a symlink of {owner_name(info.st_uid)}"
+        info = os.stat(path)  # and what it points at must pass as well
+        where = f"{where} (-> {os.path.realpath(path)})"
+    if info.st_uid not in allowed:
+        return f"{where} belongs to {owner_name(info.st_uid)}"
+    # The root itself may be a sticky shared folder (like /tmp): nobody can swap what lies in
+    # it, and whatever a stranger adds there (a templates/ of theirs) fails the checks below.
+    shared_root = path == root and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
+    if info.st_mode & stat.S_IWOTH and not shared_root:
+        return f"{where} is writable by everyone"
     return None
+
+
+def config_template(root: Path | None, name: str) -> Path:
+    """The template file ``name`` that rendering uses: the site root's, else the shipped one."""
+    for folder in template_dirs(root):
+        if (folder / name).is_file():
+            return folder / name
+    return shipped_templates() / name
 
 
 def template_dirs(root: Path | None) -> list[Path]:

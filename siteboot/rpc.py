@@ -8,6 +8,7 @@ all three with exit 4).
 from __future__ import annotations
 
 import binascii
+import os
 import re
 import socket
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ DEFAULT_TIMEOUT = 10.0
 
 # supervisord's own state codes (supervisor.states.SupervisorStates)
 SUPERVISOR_RUNNING = 1
+# supervisor.xmlrpc.Faults: every call a supervisord answers while it shuts down
+FAULT_SHUTDOWN_STATE = 6
 
 # Reasons an instance cannot be reached, as shown to operators and in JSON.
 NOT_RUNNING = "not running"
@@ -281,6 +284,18 @@ class Endpoint:
         return out
 
 
+def url_to(plan: Plan, inst: InstancePlan) -> str:
+    """Where the invoker reaches ``inst`` now: ``Plan.url_for``, except that an owner whose socket
+    is gone while the record says its supervisord was started (a /tmp cleaner wiped the runtime
+    dir under it) uses its port: the key still goes only to a server running as the owner."""
+    if plan.owns(inst) and not os.path.lexists(inst.socket_path):
+        from siteboot.records import record_of
+
+        if record_of(plan, inst).exists():
+            return inst.http_url
+    return plan.url_for(inst)
+
+
 def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | None = None) -> Endpoint:
     """The one way to reach an instance: its owner over the unix socket, a granted member over
     127.0.0.1; either way the key only goes to a server running as the instance's user."""
@@ -288,7 +303,7 @@ def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | Non
         from siteboot.keys import read_key
 
         key = read_key(plan, inst)
-    return Endpoint(plan.url_for(inst), key, timeout, owner_uid=uid_of(inst.user))
+    return Endpoint(url_to(plan, inst), key, timeout, owner_uid=uid_of(inst.user))
 
 
 def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:

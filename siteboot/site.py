@@ -55,7 +55,7 @@ class Key:
 SITE_KEYS: tuple[Key, ...] = (
     Key("name", "str", None, "Site name; defaults to the file name without `.toml`."),
     Key("envs", "str_list", ["dev", "staging", "prod"], "The environments every port table must cover."),
-    Key("runtime_dir", "str", "/tmp/{site}-supervisord-{env}",
+    Key("runtime_dir", "str", "/tmp/{site}-{user}-supervisord-{env}",
         "Sockets, pidfiles, rendered configs and logs; a reboot may wipe it. Each instance gets "
         "`<runtime_dir>/<instance>/` unless the value contains `{instance}`."),
     Key("state_dir", "str", "~/.local/state/siteboot/{site}-{env}",

@@ -166,6 +166,22 @@ def _write_stamp(venv: Path, spec: VenvSpec, python: str, version: str, digest: 
     atomic_write(venv / STAMP_NAME, json.dumps(stamp, indent=2) + "\n", mode=0o644)
 
 
+def broken_reason(path: Path, runner: Runner = run) -> str | None:
+    """Why the app venv at the stable ``path`` cannot serve its programs, or None when it can."""
+    if not os.path.lexists(path):
+        return "missing (never built for this account?)"
+    target = _link_target(path)
+    if target is None or not target.is_dir():
+        return f"{path} points at nothing (its build {target} is gone)"
+    stamp = read_stamp(path)
+    if stamp is None:
+        return "an incomplete build (no stamp)"
+    if runner([str(path / "bin" / "python"), "-c", "pass"]).returncode != 0:
+        return (f"its python does not run: the interpreter it was built with ({stamp.get('python')}) "
+                "moved or was upgraded (a module system?)")
+    return None
+
+
 def _usable(venv: Path, digest: str, runner: Runner) -> bool:
     """A complete build of ``digest`` whose python runs."""
     stamp = read_stamp(venv)

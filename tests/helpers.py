@@ -115,6 +115,18 @@ def kill_all(pids: list[int]) -> None:
             pass
 
 
+def supervisords(base: Path) -> list[int]:
+    """Pids of the supervisords whose command line mentions ``base``."""
+    import psutil
+
+    pids = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if any("supervisord" in part for part in cmdline[:4]) and any(str(base) in p for p in cmdline):
+            pids.append(proc.pid)
+    return pids
+
+
 def children_of(pid: int, count: int = 1, timeout: float = 5.0) -> list[Any]:
     """At least ``count`` descendants of ``pid`` (psutil processes), waiting up to ``timeout``."""
     import psutil

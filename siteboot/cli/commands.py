@@ -17,7 +17,7 @@ from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import echo, error, print_json, print_status, styled, table
-from siteboot.errors import SitebootError, exit_code_for
+from siteboot.errors import SitebootError, SiteFileError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 if TYPE_CHECKING:
@@ -125,8 +125,11 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
 
 
 def _print_outcomes(result: LifecycleResult) -> None:
+    if result.sources:
+        echo(f"using {result.sources}")
     for o in result.outcomes:
-        color = {"started": "green", "stopped": "green", "updated": "green", "skipped": "yellow",
+        color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
+                 "skipped": "yellow",
                  "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
         echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
@@ -165,11 +168,26 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
 @site_options
 @click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
 @click.option("--purge", is_flag=True, help="Also delete the runtime dir with its logs.")
+@click.option("--orphans", is_flag=True, help="Also stop what you started for this site and env "
+              "that the site no longer describes (see `status`).")
 @json_option
-def down(site: str, env: str, root: str | None, instance: str | None, purge: bool,
+def down(site: str, env: str, root: str | None, instance: str | None, purge: bool, orphans: bool,
          as_json: bool) -> None:
-    """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays."""
-    _report(ops.down(Ctx(site, env, root).plan(), instance, purge), as_json)
+    """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays.
+
+    A site file that no longer parses does not block this: what the start records say was
+    started from it is stopped.
+    """
+    ctx = Ctx(site, env, root)
+    try:
+        plan = ctx.plan()
+    except SiteFileError as exc:
+        result = ops.down_recorded(ctx.site_path(), env)
+        if not result.outcomes:
+            raise
+        error(f"{exc.message}\n  stopping what the records say was started from it")
+        _report(result, as_json)
+    _report(ops.down(plan, instance, purge, orphans), as_json)
 
 
 @cli.command()
@@ -271,4 +289,88 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
         _print_outcomes(result.instances)
         echo()
         print_status(result.status)
+    sys.exit(result.exit_code)
+
+
+@cli.command(name="rotate-key")
+@site_options
+@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each supervisord to answer again.")
+@json_option
+def rotate_key(site: str, env: str, root: str | None, instance: str | None, timeout: float,
+               as_json: bool) -> None:
+    """Give your instances new keys: a running supervisord restarts on its new key (its
+    programs restart too), and a group grant is published again. Use it when a key may have
+    leaked."""
+    ctx = Ctx(site, env, root)
+    _report(ops.rotate_key(ctx.plan(), ctx.root, instance, timeout), as_json)
+
+
+@cli.command()
+@site_options
+@click.option("--all-envs", is_flag=True,
+              help="Every env you have started this site in (from your start records).")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for each supervisord, and for programs to settle.")
+@json_option
+def revive(site: str, env: str, root: str | None, all_envs: bool, timeout: float,
+           as_json: bool) -> None:
+    """After maintenance, a reboot or a fault: bring back everything of yours, safely re-runnable.
+
+    Starts supervisords that are down, killed, hung or lost their runtime dir (cleaning up
+    orphaned programs first), restores a wiped runtime dir without restarting programs, and
+    starts programs that should run (not those an operator stopped). Exit 0 when all runs.
+    """
+    ctx = Ctx(site, env, root)
+    first = ctx.plan()
+    plans = [first if e == first.env else ctx.plan_for(e) for e in ops.revive_envs(first, all_envs)]
+    result = ops.revive(plans, ctx.root, timeout)
+    if as_json:
+        print_json(result.as_json())
+    else:
+        for line in result.others():
+            echo(line)
+        for line in result.actions() or ["nothing to do"]:
+            echo(line)
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@site_options
+@click.option("--install", is_flag=True, help="Add the lines to your crontab (idempotent).")
+@click.option("--remove", is_flag=True, help="Take them out of your crontab.")
+@json_option
+def cron(site: str, env: str, root: str | None, install: bool, remove: bool, as_json: bool) -> None:
+    """Print (or install) crontab lines that run `siteboot revive` at boot and every 5 minutes."""
+    if install and remove:
+        raise click.UsageError("--install and --remove exclude each other")
+    ctx = Ctx(site, env, root)
+    result = ops.cron(ctx.plan(), ctx.root, install=install, remove=remove)
+    if as_json:
+        print_json(result.as_json())
+    elif result.action == "printed":
+        echo("\n".join(result.lines))
+    else:
+        echo(f"crontab: {result.action} ({len(result.lines) - 2} lines for site {result.site}; "
+             f"log: {result.log})")
+
+
+@cli.command()
+@site_options
+@json_option
+def doctor(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """Explain what is wrong after maintenance (dirs, keys, ports, stale files, orphans, venvs,
+    crontab), each with its fix. Changes nothing. Exit 0 when healthy, 1 otherwise."""
+    ctx = Ctx(site, env, root)
+    result = ops.doctor(ctx.plan(), ctx.root)
+    if as_json:
+        print_json(result.as_json())
+    else:
+        for finding in result.findings:
+            mark = styled(f"{'ok':>7}", fg="green") if finding.ok else styled("problem", fg="red")
+            echo(f"{mark}  {finding.check}: {finding.message}")
+            if finding.fix:
+                echo(f"         fix: {finding.fix}")
+        echo(f"{len(result.problems)} problem(s)" if result.problems else "healthy")
     sys.exit(result.exit_code)

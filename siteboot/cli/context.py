@@ -26,6 +26,7 @@ class Ctx:
         self.env = env
         self.root_arg = root
         self._root: object = _UNSET
+        self._site: Site | None = None
 
     @property
     def root(self) -> Path | None:
@@ -49,6 +50,16 @@ class Ctx:
         return load_site(self.site_path())
 
     def plan(self) -> Plan:
-        from siteboot.plan import make_plan
+        return self.plan_for(self.env)
 
-        return make_plan(self.site(), self.env)
+    def plan_for(self, env: str) -> Plan:
+        from siteboot.plan import home_note, make_plan
+
+        if self._site is None:
+            self._site = self.site()
+            note = home_note()
+            if note:
+                from siteboot.cli.output import echo
+
+                echo(note, err=True)
+        return make_plan(self._site, env)

@@ -292,7 +292,7 @@ def test_render_refuses_a_runtime_dir_owned_by_someone_else(tmp_path, short_dir)
     os.chown(parent / "main", NOBODY, NOBODY)
     result = run("render", "--site", path)
     assert result.exit_code == 1
-    assert f"owned by {owner_name(NOBODY)}" in result.stderr
+    assert f"belongs to {owner_name(NOBODY)}" in result.stderr
     assert "refusing" in result.stderr
     assert list((parent / "main").iterdir()) == []
 

@@ -41,10 +41,10 @@ class SiteUnderTest:
         result = self.run("status", "--json", *args)
         return result.returncode, json.loads(result.stdout)
 
-    def wait_status(self, code: int, timeout: float = 20) -> dict[str, Any]:
+    def wait_status(self, code: int, *args: str, timeout: float = 20) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            rc, data = self.status()
+            rc, data = self.status(*args)
             if rc == code or time.monotonic() > deadline:
                 assert rc == code, data
                 return data

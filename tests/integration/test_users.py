@@ -62,8 +62,8 @@ class TwoUsers:
         return subprocess.run(["runuser", "-u", user, "--", str(self.python), "-c", code],
                               capture_output=True, text=True, timeout=60, check=False)
 
-    def status(self, user: str) -> tuple[int, dict[str, Any]]:
-        result = self.run(user, "status", "--json")
+    def status(self, user: str, *args: str) -> tuple[int, dict[str, Any]]:
+        result = self.run(user, "status", "--json", *args)
         return result.returncode, json.loads(result.stdout)
 
     def runtime(self, instance: str) -> Path:
@@ -111,9 +111,10 @@ def two_users() -> Iterator[TwoUsers]:
         python = _install(base)
         (base / "tmp").mkdir()
         os.chmod(base / "tmp", 0o1777)  # stands in for /tmp
+        _make_shared_parent(base / "tmp" / "pv-run")
         shared = base / "shared"
         shared.mkdir()
-        os.chmod(shared, 0o1777)  # a project directory both accounts can write
+        os.chmod(shared, 0o1777)  # a project directory both accounts can write, sticky
         svc_port, jtm_port, web_port = free_ports(3)
         site = base / "pv.toml"
         site.write_text(textwrap.dedent(f"""
@@ -121,7 +122,7 @@ def two_users() -> Iterator[TwoUsers]:
             name = "pv"
             envs = ["dev"]
             runtime_dir = "{base}/tmp/pv-run"
-            shared_dir = "{shared}"
+            shared_dir = "{shared}/{{user}}"
 
             [instances.svc]
             user = "{JAWS}"
@@ -158,12 +159,18 @@ def two_users() -> Iterator[TwoUsers]:
         assert not leftovers, f"processes left running: {leftovers}"
 
 
-def _wait_ok(env: TwoUsers, user: str) -> dict[str, Any]:
+def _make_shared_parent(path: Path) -> None:
+    """What an admin does for a runtime dir two accounts share (root's, sticky, like /tmp)."""
+    path.mkdir()
+    os.chmod(path, 0o1777)
+
+
+def _wait_ok(env: TwoUsers, user: str, *args: str) -> dict[str, Any]:
     import time
 
     deadline = time.monotonic() + 20
     while True:
-        rc, data = env.status(user)
+        rc, data = env.status(user, *args)
         if rc == 0 or time.monotonic() > deadline:
             assert rc == 0, data
             return data
@@ -172,7 +179,7 @@ def _wait_ok(env: TwoUsers, user: str) -> dict[str, Any]:
 
 def test_each_user_starts_its_own_instance_in_either_order(two_users):
     env = two_users
-    # the workload account comes first; it creates the shared runtime parent
+    # the workload account comes first
     result = env.run(JTM, "up")
     assert result.returncode == 0, result.stderr
     assert "jtm: started" in result.stdout
@@ -196,6 +203,7 @@ def test_each_user_starts_its_own_instance_in_either_order(two_users):
     assert env.run(JAWS, "down").returncode == 0
     assert env.run(JTM, "down").returncode == 0
     shutil.rmtree(env.run_root)
+    _make_shared_parent(env.run_root)
     assert env.run(JAWS, "up").returncode == 0
     assert env.run(JTM, "up").returncode == 0
     _wait_ok(env, JAWS)
@@ -258,7 +266,7 @@ def test_group_grant_lets_the_member_control_the_instance(two_users):
     env = two_users
     assert env.run(JTM, "up").returncode == 0
     assert env.run(JAWS, "up").returncode == 0
-    shared_key = env.base / "shared" / "jtm.key"
+    shared_key = env.base / "shared" / JTM / "jtm.key"
     info = os.stat(shared_key)
     assert info.st_mode & 0o777 == 0o640
     assert grp.getgrgid(info.st_gid).gr_name == JTM
@@ -320,26 +328,33 @@ def test_squatted_runtime_dirs_are_refused(two_users):
     for user in (JAWS, JTM):
         env.run(user, "down")
     shutil.rmtree(env.run_root, ignore_errors=True)
-    # someone outside the site creates the shared parent first
-    squat = env.as_user(OTHER, textwrap.dedent(f"""
-        import os
-        os.mkdir({str(env.run_root)!r}); os.chmod({str(env.run_root)!r}, 0o1777)
-        """))
-    assert squat.returncode == 0, squat.stderr
+    # nobody but root made the shared parent (after a reboot): nobody may make it ...
     result = env.run(JTM, "up")
     assert result.returncode == 1
-    assert "belongs to sbt_other, who is not a user of this site" in result.stdout
-    shutil.rmtree(env.run_root)
+    assert "must be made by root" in result.stdout
+    assert f"install -d -m 1777 {env.run_root}" in result.stdout
+    # ... because whoever makes it could move the other account's instance dir: a site user
+    # (sbt_jaws) that made it first, or someone outside the site, is refused alike
+    for squatter in (JAWS, OTHER):
+        squat = env.as_user(squatter, textwrap.dedent(f"""
+            import os
+            os.mkdir({str(env.run_root)!r}); os.chmod({str(env.run_root)!r}, 0o1777)
+            """))
+        assert squat.returncode == 0, squat.stderr
+        result = env.run(JTM, "up")
+        assert result.returncode == 1
+        assert f"it is {squatter}'s, mode 1777" in result.stdout
+        assert not env.runtime("jtm").exists()
+        shutil.rmtree(env.run_root)
 
     # a proper shared parent, but someone outside the site took the instance's own dir
-    env.run_root.mkdir()
-    os.chmod(env.run_root, 0o1777)
+    _make_shared_parent(env.run_root)
     squat = env.as_user(OTHER, f"import os; os.mkdir({str(env.runtime('jtm'))!r}, 0o777)")
     assert squat.returncode == 0, squat.stderr
     result = env.run(JTM, "up")
     assert result.returncode == 1
     assert "jtm: failed" in result.stdout
-    assert "is owned by sbt_other, not sbt_jtm: refusing to use it" in result.stdout
+    assert "belongs to sbt_other: that account could rename or replace it" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     # the other instance is unaffected
     assert env.run(JAWS, "up").returncode == 0
@@ -360,6 +375,156 @@ def test_no_key_on_any_command_line(two_users):
         except OSError:
             continue
         assert not any(key in text for key in keys), cmdline
+
+
+def test_cron_installs_revive_lines_idempotently_in_the_accounts_crontab(two_users):
+    env = two_users
+    if not shutil.which("crontab"):
+        pytest.skip("needs crontab (Debian: cron)")
+    own_line = "0 3 * * * echo kept by the owner"
+    subprocess.run(["crontab", "-u", OTHER, "-"], input=own_line + "\n", text=True, check=True)
+    try:
+        printed = env.run(OTHER, "cron")
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout.count("revive --all-envs --site") == 2
+        assert printed.stdout.splitlines()[1].startswith("@reboot ")
+        assert printed.stdout.splitlines()[2].startswith("*/5 * * * * ")
+
+        first = env.run(OTHER, "cron", "--install")
+        assert first.returncode == 0, first.stderr
+        assert "crontab: installed" in first.stdout
+        again = env.run(OTHER, "cron", "--install")
+        assert "crontab: already installed" in again.stdout
+        installed = subprocess.run(["crontab", "-u", OTHER, "-l"], capture_output=True, text=True,
+                                   check=True).stdout.splitlines()
+        assert installed[0] == own_line  # the account's own lines are untouched
+        assert installed[1:] == printed.stdout.splitlines()
+        doctor = env.run(OTHER, "doctor", "--json")
+        cron = [f for f in json.loads(doctor.stdout)["findings"] if f["check"] == "cron"]
+        assert cron == [{"check": "cron", "ok": True, "fix": "",
+                         "message": "the crontab revives the site at boot and every 5 minutes"}]
+
+        removed = env.run(OTHER, "cron", "--remove")
+        assert "crontab: removed" in removed.stdout
+        assert subprocess.run(["crontab", "-u", OTHER, "-l"], capture_output=True, text=True,
+                              check=True).stdout.splitlines() == [own_line]
+        assert "not installed" in env.run(OTHER, "cron", "--remove").stdout
+    finally:
+        subprocess.run(["crontab", "-u", OTHER, "-r"], capture_output=True, check=False)
+
+
+def test_a_planted_site_root_runs_nothing_as_the_victim(two_users):
+    """Attack: a folder of sbt_other's holding `sites -> <trusted sites/>` and its own templates
+    with Jinja2 code and an extra [program:...]; sbt_jaws works below it."""
+    env = two_users
+    planted = env.base / "tmp" / "planted"
+    proof = env.base / "tmp" / "pwned"
+    script = (f"import os\nos.makedirs('{planted}/templates')\nos.makedirs('{planted}/work')\n"
+              f"os.symlink('{env.base}/src/sites', '{planted}/sites')\n"
+              f"open('{planted}/templates/supervisord.conf.j2', 'w').write("
+              f"\"{{{{ ''.__class__.__mro__[1].__subclasses__() }}}}\\n"
+              f"[program:evil]\\ncommand = touch {proof}\\n\")\n")
+    made = env.as_user(OTHER, script)
+    assert made.returncode == 0, made.stderr
+    out = env.base / "tmp" / "victim-out"
+    cmd = ["runuser", "-u", JAWS, "--", "env", f"HOME={pwd.getpwnam(JAWS).pw_dir}", "NO_COLOR=1",
+           f"SITEBOOT_SITE={env.site}", str(env.python), "-c",
+           "from siteboot.cli import main; main()", "render", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(planted / "work"),
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert f"ignoring the site root {planted}" in result.stderr
+    assert f"{planted} belongs to sbt_other" in result.stderr
+    rendered = "".join(p.read_text() for p in out.iterdir())
+    assert "[program:evil]" not in rendered
+    assert "__subclasses__" not in rendered
+    assert not proof.exists()
+    # and `up` from there says which site file and template it used: the shipped ones
+    up = subprocess.run([*cmd[:-3], "up", "-i", "svc"], capture_output=True, text=True,
+                        cwd=str(planted / "work"), timeout=120, check=False)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert f"using site file {env.site}, template {env.base}/src/templates/supervisord.conf.j2" \
+        in up.stdout
+    assert not proof.exists()
+    env.run(JAWS, "down", "-i", "svc")
+
+
+def test_a_home_of_another_account_is_not_used(two_users):
+    """cron or `sudo -u sbt_jaws` without -H: $HOME still names the caller's home."""
+    env = two_users
+    assert env.run(JAWS, "up", "-i", "svc").returncode == 0
+    try:
+        _wait_ok(env, JAWS, "-i", "svc")
+        cmd = ["runuser", "-u", JAWS, "--", "env", f"HOME={pwd.getpwnam(JTM).pw_dir}", "NO_COLOR=1",
+               f"SITEBOOT_SITE={env.site}", str(env.python), "-c",
+               "from siteboot.cli import main; main()", "status", "-i", "svc", "--json"]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(env.base), timeout=60,
+                                check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert f"$HOME ({pwd.getpwnam(JTM).pw_dir}) belongs to another account; using " \
+               f"{JAWS}'s home {pwd.getpwnam(JAWS).pw_dir}" in result.stderr
+        assert json.loads(result.stdout)["instances"][0]["state"] == "running"
+    finally:
+        env.run(JAWS, "down", "-i", "svc")
+
+
+
+
+def test_a_squatted_shared_dir_never_receives_the_key(two_users):
+    """Attack: sbt_other makes the shared_dir first, 0777 with a default ACL for itself."""
+    env = two_users
+    if not shutil.which("setfacl"):
+        pytest.skip("needs setfacl (Debian: acl)")
+    env.run(JTM, "down", "-i", "jtm")
+    published = env.base / "shared" / JTM
+    shutil.rmtree(published, ignore_errors=True)
+    squat = env.as_user(OTHER, f"import os; os.mkdir({str(published)!r}); "
+                               f"os.chmod({str(published)!r}, 0o777)")
+    assert squat.returncode == 0, squat.stderr
+    subprocess.run(["runuser", "-u", OTHER, "--", "setfacl", "-d", "-m", f"u:{OTHER}:r",
+                    str(published)], check=True)
+    try:
+        result = env.run(JTM, "up", "-i", "jtm")
+        assert result.returncode == 0, result.stdout  # the instance runs; only the grant waits
+        assert "members of sbt_jtm cannot control it yet" in result.stdout
+        assert f"shared_dir {published} belongs to {OTHER}" in result.stdout
+        assert not (published / "jtm.key").exists()
+        member = env.run(JAWS, "status", "-i", "jtm", "--json")
+        assert json.loads(member.stdout)["instances"][0]["state"] == "no key"
+    finally:
+        shutil.rmtree(published, ignore_errors=True)
+    # the owner's own dir, but with an ACL on it: refused as well
+    env.as_user(JTM, f"import os; os.mkdir({str(published)!r}, 0o755)")
+    subprocess.run(["runuser", "-u", JTM, "--", "setfacl", "-m", f"u:{OTHER}:rx", str(published)],
+                   check=True)
+    result = env.run(JTM, "up", "-i", "jtm")
+    assert "has an extended ACL" in result.stdout
+    subprocess.run(["runuser", "-u", JTM, "--", "setfacl", "-b", str(published)], check=True)
+    result = env.run(JTM, "up", "-i", "jtm")
+    assert "cannot control it" not in result.stdout
+    assert (published / "jtm.key").exists()
+    _wait_ok(env, JAWS, "-i", "jtm")
+
+
+def test_keys_rotate_and_an_old_key_stops_working(two_users):
+    env = two_users
+    assert env.run(JTM, "up", "-i", "jtm").returncode == 0
+    _wait_ok(env, JAWS, "-i", "jtm")
+    old = env.key_path(JTM, "jtm").read_text().strip()
+    result = env.run(JTM, "rotate-key", "-i", "jtm")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "jtm: rotated: supervisord restarted with the new key" in result.stdout
+    new = env.key_path(JTM, "jtm").read_text().strip()
+    assert new != old
+    assert (env.base / "shared" / JTM / "jtm.key").read_text().strip() == new  # republished
+    _wait_ok(env, JAWS, "-i", "jtm")  # the member follows the grant
+    assert _http_status(env.ports["jtm"], old) == 401  # a leaked key is worth nothing now
+    assert _http_status(env.ports["jtm"], new) == 200
+    # a supervisord started afresh (down, up: a reboot) gets a new key too
+    assert env.run(JTM, "down", "-i", "jtm").returncode == 0
+    assert env.run(JTM, "up", "-i", "jtm").returncode == 0
+    assert env.key_path(JTM, "jtm").read_text().strip() not in (old, new)
+    _wait_ok(env, JAWS, "-i", "jtm")
 
 
 def test_an_unreadable_own_key_leaves_the_rest_of_the_report(two_users):

@@ -1151,3 +1151,44 @@ def test_settle_gives_up_at_the_deadline(plan, endpoints):
     report = control.settle(plan, 2, clock=lambda: now[0], sleep=sleep)
     assert report.exit_code == STATUS_WARNING
     assert 2.0 <= now[0] < 2.5
+
+
+# --------------------------------------------------------------------------------------------
+# converge: what should run is started, what an operator stopped stays stopped
+
+
+def test_starts_what_should_run_and_leaves_the_rest(plan: Plan, endpoints: dict[str, Any]):
+    fake = endpoints["alpha"] = FakeEndpoint(
+        infos=[info("web", "FATAL"), info("idle", "STOPPED")],  # idle: autostart = false
+        scripts={"web": ["STARTING", "RUNNING"]})
+    done = control.converge(plan, plan.instances["alpha"], held=set())
+    assert done.notes == ["started web (was FATAL)"]
+    assert done.failed == []
+    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
+
+
+def test_operator_stops_are_respected_and_restored(plan: Plan, endpoints: dict[str, Any]):
+    fake = endpoints["beta"] = FakeEndpoint(
+        infos=[info("worker_00", "RUNNING", pid=5), info("worker_01", "EXITED")],
+        scripts={"worker_00": ["STOPPED"]})
+    done = control.converge(plan, plan.instances["beta"], held={"worker_00", "worker_01"})
+    assert fake.methods("supervisor.startProcess") == []
+    assert fake.methods("supervisor.stopProcess") == [(f"{GROUP}:worker_00", False)]
+    assert done.notes[0].startswith("stopped worker_00 again: an operator stopped it")
+    assert "siteboot start beta:worker_00" in done.notes[0]
+
+
+def test_a_program_that_will_not_start_is_a_failure(plan: Plan, endpoints: dict[str, Any]):
+    endpoints["alpha"] = FakeEndpoint(infos=[info("web", "EXITED")],
+                                      scripts={"web": ["STARTING", "BACKOFF", "FATAL"]})
+    done = control.converge(plan, plan.instances["alpha"], held=set())
+    assert done.notes == []
+    assert done.failed == ["web: FATAL: exited too quickly"]
+
+
+def test_nothing_to_do(plan: Plan, endpoints: dict[str, Any]):
+    fake = endpoints["alpha"] = FakeEndpoint(infos=[info("web", "RUNNING", pid=3),
+                                                    info("idle", "STOPPED")])
+    done = control.converge(plan, plan.instances["alpha"], held={"idle"})
+    assert (done.notes, done.failed) == ([], [])
+    assert [m for m, _ in fake.calls] == ["supervisor.getAllProcessInfo"]

@@ -11,7 +11,7 @@ import pytest
 
 from siteboot import ops
 from siteboot.errors import EXIT_USAGE, KeyAccessError, OwnershipError, SitebootError
-from siteboot.fsutil import atomic_write, ensure_private_dir, ensure_shared_parent, owner_name
+from siteboot.fsutil import atomic_write, ensure_private_dir, owner_name
 from siteboot.instances import prepare_runtime_dir
 from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash, read_key
 from siteboot.plan import Plan, make_plan
@@ -61,7 +61,7 @@ def test_render_in_place(write_site, short_dir):
     assert not item.preview
     assert item.path == inst.conf_path
     assert inst.runtime_parent == short_dir / "rt-dev"
-    assert mode(inst.runtime_parent) == 0o1777
+    assert mode(inst.runtime_parent) == 0o700  # only this account's instances live there
     assert mode(inst.runtime_dir) == 0o700
     assert inst.runtime_dir.stat().st_uid == os.geteuid()
     assert mode(inst.childlogdir) == 0o700
@@ -83,14 +83,14 @@ def test_runtime_dir_of_another_user_is_refused(write_site, short_dir):
     plan = own_plan(write_site, short_dir)
     inst = plan.instances["main"]
     assert inst.runtime_parent is not None
-    ensure_shared_parent(inst.runtime_parent)
+    inst.runtime_parent.mkdir(mode=0o700)
     inst.runtime_dir.mkdir()
     os.chown(inst.runtime_dir, NOBODY, NOBODY)
     with pytest.raises(OwnershipError) as info:
         ops.render(plan, None)
     message = str(info.value)
     assert str(inst.runtime_dir) in message
-    assert f"owned by {owner_name(NOBODY)}" in message
+    assert f"belongs to {owner_name(NOBODY)}" in message
     assert "refusing" in message
     assert not inst.conf_path.exists()
     assert inst.runtime_dir.stat().st_uid == NOBODY  # left alone
@@ -119,16 +119,6 @@ def test_private_dir_is_tightened_and_checked(short_dir):
         ensure_private_dir(path)
 
 
-def test_shared_parent_is_sticky_and_an_existing_one_is_left_alone(short_dir):
-    path = short_dir / "p" / "shared"
-    ensure_shared_parent(path)
-    assert mode(path) == 0o1777
-    other = short_dir / "existing"
-    other.mkdir(mode=0o755)
-    ensure_shared_parent(other)
-    assert mode(other) == 0o755
-
-
 def test_atomic_write_mode_and_no_leftovers(short_dir):
     path = short_dir / "f"
     old = os.umask(0)
@@ -146,6 +136,25 @@ def test_atomic_write_mode_and_no_leftovers(short_dir):
 def test_owner_name_of_an_unknown_uid():
     assert owner_name(os.geteuid()) != ""
     assert owner_name(2**31 - 7) == str(2**31 - 7)
+
+
+def test_atomic_write_names_the_file_when_the_disk_is_full(tmp_path, monkeypatch):
+    import errno
+
+    from siteboot import fsutil
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("siteboot.fsutil.os.fsync", full)
+    target = tmp_path / "supervisord.conf"
+    target.write_text("old\n")
+    with pytest.raises(OSError, match="No space left") as info:
+        fsutil.atomic_write(target, "new\n")
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == str(target)
+    assert target.read_text() == "old\n"  # the previous file stands
+    assert [p.name for p in tmp_path.iterdir()] == ["supervisord.conf"]  # no temp file left
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from siteboot.fsutil import owner_name
+from siteboot.plan import current_user
 from siteboot.ports import Listener, check, matrix
 from siteboot.resources import all_site_paths
 from siteboot.site import load_site
@@ -120,7 +121,7 @@ def test_the_sites_own_processes_are_not_reported(write_site):
     assert report.problems == []
     ((pid, config_paths),) = seen
     assert pid == 99
-    assert "/tmp/t-supervisord-dev/main/supervisord-main.conf" in config_paths
+    assert f"/tmp/t-{current_user()}-supervisord-dev/main/supervisord-main.conf" in config_paths
     assert len(config_paths) == 3  # one config per env
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from siteboot.proc import (
     TIMED_OUT,
@@ -150,3 +151,18 @@ def test_terminate_tree_of_a_process_already_gone(spawn):
     assert kill.sent == []
 
 
+
+
+def test_run_with_input_feeds_stdin():
+    from siteboot.proc import run_with_input
+
+    assert run_with_input(["cat"], "a line\n") == (0, "a line\n")
+    assert run_with_input(["/nonexistent/x"], "").returncode == 127
+
+
+def test_concurrently_keeps_order_and_raises_the_first_error():
+    from siteboot.concurrency import concurrently
+
+    assert concurrently(lambda n: n * 2, [1, 2, 3]) == [2, 4, 6]
+    with pytest.raises(ValueError, match="3"):
+        concurrently(lambda n: n if n != 3 else int("x3"[1:] + "y"), [1, 3])

@@ -313,3 +313,15 @@ def test_previews_go_only_into_out(write_site, tmp_path):
     assert (item.path.stat().st_mode & 0o777) == 0o600
     assert not (tmp_path / "rt-dev").exists()
     assert not (tmp_path / "state").exists()
+
+
+def test_a_template_is_data_not_code(tmp_path: Path, short_dir: Path):
+    """Rendered in Jinja2's sandbox: a site root's template cannot reach Python internals."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "supervisord.conf.j2").write_text(
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}\n")
+    plan = make_plan(load_site(REPO / "sites" / "local.toml"), "dev")
+    inst = next(iter(plan.instances.values()))
+    with pytest.raises(RenderError, match="unsafe"):
+        render_instance(plan, inst, PLACEHOLDER_HASH, True, tmp_path)

@@ -1,0 +1,50 @@
+"""The one error translation: messages, exit codes, suggestions."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from siteboot.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    STATUS_UNKNOWN,
+    SitebootError,
+    UsageError,
+    describe_os_error,
+    did_you_mean,
+    exit_code_for,
+)
+
+
+def test_did_you_mean():
+    assert did_you_mean("prot", ["port", "env"]) == " (did you mean 'port'?)"
+    assert did_you_mean("stie", ["site"], "'[{}]'") == " (did you mean '[site]'?)"
+    assert did_you_mean("zzz", ["port"]) == ""
+
+
+def test_describe_os_error_names_the_file():
+    full = OSError(errno.ENOSPC, "No space left on device", "/tmp/x/supervisord.conf")
+    assert describe_os_error(full) == "No space left on device: /tmp/x/supervisord.conf"
+    assert describe_os_error(PermissionError(errno.EACCES, "Permission denied")) == \
+        "PermissionError: Permission denied"
+
+
+def test_exit_code_for_each_kind_of_failure():
+    said: list[str] = []
+    assert exit_code_for(UsageError("bad", "try this"), debug=False, error=said.append) == 2
+    assert said.pop() == "bad\n  hint: try this"
+    assert exit_code_for(KeyboardInterrupt(), debug=False, error=said.append) == EXIT_INTERRUPTED
+    assert said == []
+    assert exit_code_for(ValueError("boom"), debug=False, error=said.append) == EXIT_FAILED
+    assert said.pop().startswith("internal error: ValueError: boom\n  rerun with --debug")
+    assert exit_code_for(ValueError("boom"), debug=False, error=said.append,
+                         internal_code=STATUS_UNKNOWN) == STATUS_UNKNOWN
+
+
+def test_exit_code_for_reraises_with_debug_and_for_exits():
+    with pytest.raises(SitebootError):
+        exit_code_for(SitebootError("x"), debug=True, error=print)
+    with pytest.raises(SystemExit):
+        exit_code_for(SystemExit(3), debug=False, error=print)
