@@ -101,6 +101,15 @@ def request_body(method: str, params: tuple[Any, ...]) -> bytes:
 _ESCAPE = "\ue000"
 _XML_UNSAFE = re.compile(rb"[\x00-\x08\x0b-\x1f]|\xef\xbf[\xbe\xbf]|\xee\x80\x80")
 _ESCAPED = re.compile("\ue000(.)", re.DOTALL)
+_C0_UNSAFE = bytes(range(0x20)).translate(None, b"\t\n")  # CR included: XML turns it into LF
+_UNSAFE_SEQUENCES = (b"\xef\xbf\xbe", b"\xef\xbf\xbf", b"\xee\x80\x80")
+
+
+def _needs_escaping(data: bytes) -> bool:
+    """Whether ``data`` holds what ``_XML_UNSAFE`` matches; C-speed scans (a 64 KB log tail
+    takes the regular expression a millisecond)."""
+    return (len(data.translate(None, _C0_UNSAFE)) != len(data)
+            or any(sequence in data for sequence in _UNSAFE_SEQUENCES))
 
 
 def _escape_unsafe(match: re.Match[bytes]) -> bytes:
@@ -180,10 +189,12 @@ def decode_response(data: bytes) -> Any:
             struct, _ = stack.pop()
             add(struct)
 
-    escaped = _XML_UNSAFE.search(data) is not None
+    escaped = _needs_escaping(data)
     if escaped:
         data = _XML_UNSAFE.sub(_escape_unsafe, data)
     parser = expat.ParserCreate("utf-8")
+    parser.buffer_text = True  # a log's text in one call, not one per line
+    parser.buffer_size = max(len(data), 8192)
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = texts.append
