@@ -436,7 +436,8 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
 _STOPPED = {"STOPPED", "EXITED", "FATAL"}
 _METHODS = {"start": "supervisor.startProcess", "stop": "supervisor.stopProcess"}
 # A start that reaches a process while another command stops it is lost (supervisord's spawn
-# returns at once while the old pid is still there): asked again this many times at most.
+# returns at once while the old pid is still there), and a concurrent restart may stop what we
+# started: a start is asked again this many times at most.
 _START_ATTEMPTS = 3
 _TO_STOP, _TO_START, _STARTING = "stop", "start", "starting"
 
@@ -583,9 +584,11 @@ def _progress(item: _Tracked, info: Any, action: str,
             # only a process that got to RUNNING can be EXITED (startsecs = 0)
             return True, f"started, then exited with status {info['exitstatus']}"
         if state == "STOPPED":
-            if item.is_new_run(info) or item.start_attempts >= _START_ATTEMPTS:
-                return False, "stopped by another command before it was running"
-            enter(item, _TO_START)  # our start met another command's stop: ask again
+            # another command's stop: it met our start (which then did nothing), or the process
+            # we started (a concurrent restart, which starts it again too): ask again
+            if item.start_attempts >= _START_ATTEMPTS:
+                return False, "another command stopped it each time it was started"
+            enter(item, _TO_START)
             return None
     if time.monotonic() > item.deadline:
         return False, (f"still {state} after {item.limit} s"

@@ -616,15 +616,19 @@ def test_start_lost_to_another_stop_is_asked_again(plan, endpoints):
 def test_start_that_another_command_keeps_stopping_gives_up(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"}, scripts={"web": ["STOPPED"]})
     assert results(control.control(plan, "start", ["web"])) == \
-        {"alpha:web": (False, "stopped by another command before it was running")}
+        {"alpha:web": (False, "another command stopped it each time it was started")}
     assert len(fake.methods("supervisor.startProcess")) == 3
 
 
-def test_start_of_a_new_run_that_another_command_stopped(plan, endpoints):
-    endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
-                                      scripts={"web": ["STARTING", "STOPPED"]})
-    assert results(control.control(plan, "start", ["web"])) == \
-        {"alpha:web": (False, "stopped by another command before it was running")}
+def test_restart_whose_new_process_another_restart_stopped(plan, endpoints):
+    # three `restart worker` at once: ours started it, a third one's stop hit our new process
+    # (and that one starts it again too): ask again, it comes up
+    fake = endpoints["alpha"] = FakeEndpoint(
+        start_faults={"web": [True, ALREADY_STARTED]},
+        scripts={"web": ["STOPPED", ("STARTING", 1), ("STOPPING", 1), "STOPPED", ("STARTING", 2),
+                         ("RUNNING", 2)]})
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    assert len(fake.methods("supervisor.startProcess")) == 2
 
 
 @pytest.mark.parametrize(("script", "expected"), [
