@@ -56,6 +56,7 @@ _PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED
 
 # supervisor.xmlrpc.Faults
 FAULT_BAD_NAME = 10
+FAULT_NO_FILE = 20
 FAULT_ALREADY_STARTED = 60
 FAULT_NOT_RUNNING = 70
 
@@ -655,10 +656,18 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
     if not follow:
         return
     method = f"supervisor.readProcess{stream}Log"
-    follower = logtail.RpcFollower(lambda start, length: endpoint.multicall(
-        [(method, (full, start, length))])[0], write, notice)
+
+    def read(start: int, length: int) -> Any:
+        answer = endpoint.multicall([(method, (full, start, length))])[0]
+        # no log file (yet, or any more): nothing to read; it may come back
+        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
+
+    follower = logtail.RpcFollower(read, write, notice)
     follower.start(offset, data)
-    logtail.follow(follower.poll, interval, stop)
+    try:
+        logtail.follow(follower.poll, interval, stop)
+    except Fault as fault:
+        raise UsageError(f"cannot follow {full}: {fault.faultString}") from None
 
 
 def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[str, int]:

@@ -1089,6 +1089,22 @@ def test_tail_follow_over_rpc_reads_from_its_offset(plan, endpoints):
     assert ends == sorted(ends)  # each read starts where the last one ended
 
 
+def test_tail_follow_over_rpc_of_a_log_that_is_not_there(plan, endpoints):
+    answers = iter([Fault(20, "NO_FILE: /x/web.out.log"), "late\n",
+                    Fault(30, "FAILED: <class 'PermissionError'>:...")])
+
+    class Missing(FakeEndpoint):
+        def one(self, method: str, params: tuple[Any, ...]) -> Any:
+            return next(answers) if "readProcess" in method else super().one(method, params)
+
+    fake = endpoints["alpha"] = Missing()
+    fake.tails[(f"{GROUP}:web", 0, 4096)] = ["", 0, False]  # supervisord's answer: no file
+    out: list[str] = []
+    with pytest.raises(UsageError, match="cannot follow t-dev:web: FAILED"):
+        control.tail(plan, "web", out.append, follow=True, interval=0.01)
+    assert "".join(out) == "late\n"
+
+
 def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
     endpoints["alpha"] = FakeEndpoint()
     log = plan.instances["alpha"].programs[0].log_path("web")
