@@ -193,9 +193,11 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
         from siteboot.bootstrap.stamp import is_current
 
         venv = tool_venv_path(checkout)
-        if not is_current(checkout, venv):
-            findings.append(Finding("venvs", False, f"the tool venv {venv} is missing or out of date "
-                                    "(its python moved, or siteboot's dependencies changed)",
+        # no tool venv at all is fine (siteboot runs from another environment); a broken one
+        # is what a module upgrade or a moved python leaves behind
+        if os.path.lexists(venv) and not is_current(checkout, venv):
+            findings.append(Finding("venvs", False, f"the tool venv {venv} is out of date or "
+                                    "broken (its python moved, or siteboot's dependencies changed)",
                                     "`python3 -m siteboot init` rebuilds it"))
     seen: set[Path] = set()
     for inst in _owned(plan):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from siteboot.instances import InstanceOutcome, LifecycleResult
     from siteboot.plan import Plan
     from siteboot.ports import CheckResult
+    from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
     from siteboot.venvs import VenvOutcome
 
@@ -278,10 +279,12 @@ class EnvRevival:
     env: str
     instances: LifecycleResult
     status: StatusResult
+    runner: RunnerOutcome | None = None  # the site's detached gitlab-runner, when it is ours
 
     def as_json(self) -> dict[str, Any]:
         return {"env": self.env, "instances": self.instances.as_json(),
-                "status": self.status.as_json()}
+                "status": self.status.as_json(),
+                "runner": self.runner.as_json() if self.runner else None}
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,8 @@ class ReviveResult:
         for revival in self.envs:
             if any(o.action == "failed" for o in revival.instances.outcomes):
                 return EXIT_FAILED
+            if revival.runner is not None and not revival.runner.ok:
+                return EXIT_FAILED
             for row in revival.status.instances:
                 if row.state != ORPHANED and row.severity != STATUS_OK:
                     return EXIT_FAILED
@@ -313,6 +318,12 @@ class ReviveResult:
                 lines.append(f"{revival.env} {o.instance}: {o.action}"
                              + (f": {o.detail}" if o.detail else ""))
                 lines += [f"  {note}" for note in o.notes]
+            runner = revival.runner
+            if runner is not None and (runner.action not in ("already running", "left stopped")
+                                       or runner.notes):
+                lines.append(f"{revival.env} gitlab-runner: {runner.action}"
+                             + (f": {runner.detail}" if runner.detail else ""))
+                lines += [f"  {note}" for note in runner.notes]
             lines += _still_wrong(revival)
         return lines
 
@@ -366,8 +377,19 @@ def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> R
         result = instances.up(plan, root, None, timeout, replace_hung=True)
         _converge(plan, result.outcomes)
         settled = settle(plan, timeout)
-        revivals.append(EnvRevival(plan.env, result, settled))
+        revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))
     return ReviveResult(plans[0].site.name if plans else "", revivals)
+
+
+def _revive_runner(plan: Plan) -> RunnerOutcome | None:
+    """The site's detached gitlab-runner, when this account runs it (a supervised one is a
+    program of its instance and came back with it). An operator's drain or stop is kept."""
+    runner = plan.runner
+    if runner is None or runner.mode != "detached" or runner.user != plan.invoker:
+        return None
+    from siteboot import runner as runners
+
+    return runners.revive(plan, respect_operator_stop=True)
 
 
 def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = False) -> CronResult:
@@ -387,3 +409,36 @@ def doctor(plan: Plan, root: Path | None) -> DoctorResult:
     from siteboot.doctor import examine
 
     return examine(plan, root)
+
+
+# ------------------------------------------------------------------------------------------
+# gitlab-runner (``[runner]``)
+
+
+def runner_status(plan: Plan) -> RunnerStatus:
+    """Whether the site's gitlab-runner runs; monitoring exit codes."""
+    from siteboot import runner
+
+    return runner.status(plan)
+
+
+def runner_revive(plan: Plan) -> RunnerOutcome:
+    """Start the runner unless one runs (never two on one config); clears an operator's stop."""
+    from siteboot import runner
+
+    return runner.revive(plan)
+
+
+def runner_drain(plan: Plan, timeout: float | None = None,
+                 progress: Progress | None = None) -> RunnerOutcome:
+    """SIGQUIT: finish running jobs, take no new ones; wait up to ``timeout`` and report."""
+    from siteboot import runner
+
+    return runner.drain(plan, timeout, progress)
+
+
+def runner_stop(plan: Plan, progress: Progress | None = None) -> RunnerOutcome:
+    """SIGTERM now (jobs are aborted), SIGKILL if it lingers."""
+    from siteboot import runner
+
+    return runner.stop(plan, progress)

@@ -6,6 +6,7 @@ or re-derives a path.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import shlex
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.errors import UsageError
-from siteboot.site import Program, Site
+from siteboot.site import RUNNER_PROGRAM, Program, RunnerSpec, Site, default_program_options
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
@@ -177,12 +178,56 @@ class InstancePlan:
 
 
 @dataclass(frozen=True)
+class RunnerPlan:
+    """``[runner]`` resolved: what to run, as whom, and where its records live."""
+
+    instance: str  # the instance whose account runs it
+    user: str
+    mode: str  # "supervised" or "detached"
+    executable: str  # as declared, placeholders and ~ filled (supervised: rendered as is)
+    resolved: Path | None  # the executable found (PATH for a bare name); None: not found here
+    config: Path
+    working_directory: Path | None
+    cwd: Path  # working_directory, else the owner's home
+    drain_timeout: int
+    state_dir: Path  # the owner's
+
+    def argv(self, executable: str | None = None) -> list[str]:
+        """``gitlab-runner run --config X [--working-directory D]``."""
+        args = [executable or self.executable, "run", "--config", str(self.config)]
+        if self.working_directory is not None:
+            args += ["--working-directory", str(self.working_directory)]
+        return args
+
+    @property
+    def record_path(self) -> Path:
+        """What siteboot started: pid, start time, command line, log."""
+        return self.state_dir / "runner.json"
+
+    @property
+    def log_path(self) -> Path:
+        """stdout and stderr of a detached runner, appended across starts."""
+        return self.state_dir / "gitlab-runner.log"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.state_dir / "locks" / "runner.lock"
+
+
+@dataclass(frozen=True)
 class Plan:
     site: Site
     env: str
     invoker: str
     invoker_state_dir: Path
     instances: dict[str, InstancePlan]
+    runner: RunnerPlan | None = None
+
+    def require_runner(self) -> RunnerPlan:
+        if self.runner is None:
+            raise UsageError(f"site {self.site.name} declares no [runner]",
+                             f"add a [runner] table to {self.site.path} (see the README)")
+        return self.runner
 
     def instance(self, name: str) -> InstancePlan:
         if name not in self.instances:
@@ -260,6 +305,12 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
     for program in site.programs.values():
         inst_plan = plan_instances[program.instance]
         inst_plan.programs.append(_program_plan(plan, inst_plan, program))
+    if site.runner is not None:
+        runner = _runner_plan(plan, plan_instances[site.runner.instance], site.runner)
+        plan = dataclasses.replace(plan, runner=runner)
+        if runner.mode == "supervised":
+            plan_instances[runner.instance].programs.append(
+                _runner_program(runner, plan_instances[runner.instance]))
     return plan
 
 
@@ -290,6 +341,44 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPl
         directory=_expand(directory, plain) if directory else None,
         environment={k: _expand(v, plain) for k, v in program.environment.items()},
         port=port, venv=venv, options=options, log_dir=inst.childlogdir,
+    )
+
+
+def _runner_plan(plan: Plan, inst: InstancePlan, spec: RunnerSpec) -> RunnerPlan:
+    values = {"site": plan.site.name, "env": plan.env, "user": inst.user,
+              "state_dir": str(inst.state_dir)}
+
+    def path(text: str) -> Path:
+        return expand_home(_fill(text, **values), inst.user)
+
+    executable = _fill(spec.executable, **values)
+    if "/" in executable:
+        executable = str(path(executable))
+        resolved: Path | None = Path(executable)
+    else:
+        import shutil
+
+        found = shutil.which(executable)
+        resolved = Path(found) if found else None
+    working = path(spec.working_directory) if spec.working_directory else None
+    return RunnerPlan(
+        instance=inst.name, user=inst.user, mode=spec.mode, executable=executable,
+        resolved=resolved, config=path(spec.config), working_directory=working,
+        cwd=working or expand_home("~", inst.user), drain_timeout=spec.drain_timeout,
+        state_dir=inst.state_dir,
+    )
+
+
+def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
+    """A supervised runner: one more program of its instance, stopped the way GitLab drains."""
+    options = default_program_options()
+    options.pop("directory")
+    # QUIT: finish running jobs, take no new ones; supervisord kills only after drain_timeout.
+    options.update(stopsignal="QUIT", stopwaitsecs=runner.drain_timeout, autorestart="true",
+                   redirect_stderr=True)
+    return ProgramPlan(
+        name=RUNNER_PROGRAM, command=shlex.join(runner.argv()), directory=str(runner.cwd),
+        environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )
 
 

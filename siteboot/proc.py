@@ -18,6 +18,8 @@ from typing import IO, Any, Callable, NamedTuple
 _FOREIGN_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME")
 
 
+_DETACHED: list[Any] = []  # children started by start_detached
+
 TIMED_OUT = 124  # the exit code of a command killed for outliving its timeout, as timeout(1) says
 
 
@@ -94,6 +96,27 @@ def run_with_input(cmd: Sequence[str], text: str, timeout: float = 60.0) -> RunR
     except subprocess.TimeoutExpired:
         return RunResult(TIMED_OUT, f"(killed after {timeout:g} s)\n")
     return RunResult(done.returncode, done.stdout)
+
+
+def start_detached(cmd: Sequence[str], *, cwd: Path, log: Path,
+                   env: Mapping[str, str] | None = None) -> int:
+    """Start ``cmd`` to outlive us, as ``nohup cmd >>log 2>&1 &`` would; its pid.
+
+    It leads its own session (no terminal hangup reaches it), reads /dev/null, and appends
+    stdout and stderr to ``log`` (created 0600). OSError when it cannot be started.
+    """
+    import subprocess
+
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        child = subprocess.Popen(list(cmd), stdin=subprocess.DEVNULL, stdout=fd,
+                                 stderr=subprocess.STDOUT, cwd=cwd,
+                                 env=None if env is None else dict(env), start_new_session=True)
+    finally:
+        os.close(fd)
+    # Held, not dropped: a dropped Popen of a live child warns, and it is meant to outlive us.
+    _DETACHED.append(child)
+    return int(child.pid)
 
 
 def _wait(proc: Any, timeout: float | None) -> int:

@@ -108,6 +108,35 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "count off.", minimum=0),
 )
 
+RUNNER_MODES = ("supervised", "detached")
+RUNNER_PROGRAM = "gitlab-runner"  # the program a supervised runner becomes in its instance
+RUNNER_PLACEHOLDERS = ("site", "env", "user", "state_dir")
+
+RUNNER_KEYS: tuple[Key, ...] = (
+    Key("instance", "str", None,
+        "The instance whose account runs the runner; `supervised`: its supervisord runs it as "
+        f"program `{RUNNER_PROGRAM}`.", required=True),
+    Key("mode", "choice", "supervised",
+        "`supervised`: a program of that instance (`stopsignal = QUIT`); `detached`: a process "
+        "of its own that `siteboot runner revive` starts once (JAWS's `nohup`).",
+        choices=RUNNER_MODES),
+    Key("executable", "str", "gitlab-runner",
+        "The gitlab-runner binary: an absolute path or a name looked up on PATH (cron's PATH is "
+        "short: prefer a path). In the three paths: `~` is the owner's home; placeholders "
+        + " ".join("{" + p + "}" for p in RUNNER_PLACEHOLDERS) + "."),
+    Key("config", "str", "~/.gitlab-runner/config.toml",
+        "Its `config.toml`, passed as `--config`; the default is gitlab-runner's own for a "
+        "non-root account."),
+    Key("working_directory", "str", None,
+        "Passed as `--working-directory` and used as its current directory (it must exist); "
+        "omitted: the owner's home."),
+    Key("drain_timeout", "int", 7200,
+        "Seconds a drain (SIGQUIT: finish running jobs, take no new ones) waits for them: "
+        "`runner drain` then reports; supervised, it is the `stopwaitsecs` after which "
+        "supervisord kills it. At least your longest job timeout; 7200 is the `TimeoutStopSec` "
+        "GitLab documents for systemd.", minimum=0),
+)
+
 VENV_KEYS: tuple[Key, ...] = (
     Key("requirements", "str_list", [], "pip requirement specifiers.", required=True),
     Key("python", "str", None, "Interpreter for the venv; omitted: the one running siteboot."),
@@ -121,6 +150,7 @@ TABLES: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[instances.NAME]", INSTANCE_KEYS),
     ("[programs.NAME]", PROGRAM_KEYS),
     ("[venvs.NAME]", VENV_KEYS),
+    ("[runner]", RUNNER_KEYS),
 )
 
 
@@ -151,6 +181,18 @@ class VenvSpec:
 
 
 @dataclass(frozen=True)
+class RunnerSpec:
+    """``[runner]``: a gitlab-runner of one instance's account (paths still hold placeholders)."""
+
+    instance: str
+    mode: str
+    executable: str
+    config: str
+    working_directory: str | None
+    drain_timeout: int
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     path: Path
@@ -162,6 +204,7 @@ class Site:
     instances: dict[str, Instance]
     programs: dict[str, Program]
     venvs: dict[str, VenvSpec] = field(default_factory=dict)
+    runner: RunnerSpec | None = None
 
     def port_users(self) -> list[tuple[str, str, int]]:
         """Every port of the site as (owner label, env, port): programs and supervisords."""
@@ -376,7 +419,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
     """Read and validate a site file. Returns the model (None if unusable) and every problem."""
     data = read_toml(path)
     v = _Validator(path)
-    known_top = ("site", "instances", "programs", "venvs")
+    known_top = ("site", "instances", "programs", "venvs", "runner")
     for top in data:
         if top not in known_top:
             hint = did_you_mean(top, known_top, "'[{}]'")
@@ -438,6 +481,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         instances=instances,
         programs=programs,
         venvs=venvs,
+        runner=_runner(v, data, envs, instances, programs),
     )
     _check_paths(v, site)
     for inst in instances.values():
@@ -493,22 +537,56 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
                 v.error(table, key, f"'{key}' uses {{venv}} but the program names no 'venv'")
 
 
+def default_program_options() -> dict[str, Any]:
+    """``Program.options`` of a program that sets none of them."""
+    return {k.name: k.default for k in PROGRAM_KEYS if k.name not in _STRUCTURAL}
+
+
+def _runner(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
+            instances: Mapping[str, Instance], programs: Mapping[str, Program]) -> RunnerSpec | None:
+    if "runner" not in data:
+        return None
+    values = v.table("runner", data["runner"], RUNNER_KEYS, envs)
+    runner = RunnerSpec(values["instance"] or "", values["mode"], values["executable"],
+                        values["config"], values["working_directory"], values["drain_timeout"])
+    if runner.instance and runner.instance not in instances:
+        v.error("runner", "instance", f"instance '{runner.instance}' is not declared"
+                f"{did_you_mean(runner.instance, instances)}")
+    if runner.mode == "supervised" and RUNNER_PROGRAM in programs:
+        v.error("runner", "mode", f"a supervised runner is the program '{RUNNER_PROGRAM}', and "
+                f"[programs.{RUNNER_PROGRAM}] exists already: rename that program, or use "
+                "mode = \"detached\"")
+    for key in ("executable", "config", "working_directory"):
+        if values[key] is not None:
+            _check_path(v, "runner", key, values[key], RUNNER_PLACEHOLDERS,
+                        name_ok=key == "executable")
+    return runner
+
+
 def _check_paths(v: _Validator, site: Site) -> None:
     for key in ("runtime_dir", "state_dir", "shared_dir", "venv_dir"):
         value = getattr(site, key)
-        if value is None:
-            continue
-        try:
-            fields = placeholder_fields(value)
-        except ValueError as exc:
-            v.error("site", key, f"'{key}': {exc}")
-            continue
-        allowed = {"site", "env", "user"} | ({"instance"} if key == "runtime_dir" else set())
-        for name in fields - allowed:
-            v.error("site", key, f"'{key}' uses undefined placeholder {{{name}}}; "
-                    f"allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}")
-        if not (value.startswith("/") or value.startswith("~")):
-            v.error("site", key, f"'{key}' must be an absolute path (or start with ~), not {value!r}")
+        if value is not None:
+            extra = ("instance",) if key == "runtime_dir" else ()
+            _check_path(v, "site", key, value, ("site", "env", "user", *extra))
+
+
+def _check_path(v: _Validator, table: str, key: str, value: str, allowed: Sequence[str],
+                name_ok: bool = False) -> None:
+    """Only ``allowed`` placeholders, and absolute (``~``, or ``{state_dir}``, which is); with
+    ``name_ok`` also a bare name (a program looked up on PATH)."""
+    try:
+        fields = placeholder_fields(value)
+    except ValueError as exc:
+        v.error(table, key, f"'{key}': {exc}")
+        return
+    for name in sorted(fields - set(allowed)):
+        v.error(table, key, f"'{key}' uses undefined placeholder {{{name}}}; "
+                f"allowed: {', '.join('{' + a + '}' for a in sorted(allowed))}")
+    absolute = ("/", "~", "{state_dir}") if "state_dir" in allowed else ("/", "~")
+    if not (value.startswith(absolute) or (name_ok and "/" not in value)):
+        what = "an absolute path (or start with ~)" + (", or a name on PATH" if name_ok else "")
+        v.error(table, key, f"'{key}' must be {what}, not {value!r}")
 
 
 def placeholder_fields(text: str) -> set[str]:

@@ -10,9 +10,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
+# A stand-in for gitlab-runner (a real one cannot be installed here): see its docstring.
+STAND_IN_RUNNER = REPO / "tests" / "fixtures" / "gitlab-runner"
 # The CLI in a fresh interpreter of the test venv (no stage 0: the test venv has the dependencies).
 SITEBOOT = [sys.executable, "-c", "from siteboot.cli import main; main()"]
 
@@ -47,6 +49,37 @@ def own_site_text(short_dir: Path, runtime: str = "", extra: str = "") -> str:
         port = {{ dev = 41001, staging = 41002, prod = 41003 }}
         {extra}
         """
+
+
+def runner_site_text(folder: Path, runner: str, instance: str = "", extra: str = "") -> str:
+    """A site with one instance, ``main`` (env dev, every path under ``folder``), and a
+    ``[runner]`` table whose keys are ``runner``."""
+    return textwrap.dedent(f"""
+        [site]
+        name = "t"
+        envs = ["dev"]
+        runtime_dir = "{folder}/run"
+        state_dir = "{folder}/state"
+
+        [instances.main]
+        port = {{ dev = 40001 }}
+        {instance}
+
+        [runner]
+        """) + textwrap.dedent(runner) + textwrap.dedent(extra)
+
+
+def invoke_cli(*args: object) -> Any:
+    """The click CLI in this process (a ``click.testing.Result``); never a traceback."""
+    from click.testing import CliRunner
+
+    from siteboot.cli.commands import cli
+
+    result = CliRunner(mix_stderr=False).invoke(cli, [str(a) for a in args])
+    assert "Traceback" not in result.stdout + result.stderr
+    # expected failures end in SystemExit with a code; anything else is a bug
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result
 
 
 def plan_from(text: str, folder: Path, env: str = "dev") -> Any:
@@ -141,6 +174,17 @@ def children_of(pid: int, count: int = 1, timeout: float = 5.0) -> list[Any]:
             assert len(found) >= count, f"{pid} has children {found}"
             return found
         time.sleep(0.01)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    """The first true value of ``predicate()``, polled until ``timeout`` (then an AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            assert value, f"timed out after {timeout:g} s"
+            return value
+        time.sleep(0.05)
 
 
 def dead_pid() -> int:

@@ -17,11 +17,12 @@ from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import echo, error, print_json, print_status, styled, table
-from siteboot.errors import SitebootError, SiteFileError, exit_code_for
+from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
+    from siteboot.runner import RunnerOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -374,3 +375,95 @@ def doctor(site: str, env: str, root: str | None, as_json: bool) -> None:
                 echo(f"         fix: {finding.fix}")
         echo(f"{len(result.problems)} problem(s)" if result.problems else "healthy")
     sys.exit(result.exit_code)
+
+
+# ------------------------------------------------------------------------------------------
+# gitlab-runner
+
+
+@cli.group()
+def runner() -> None:
+    """The site's gitlab-runner ([runner] in the site file): status, revive, drain, stop.
+
+    \b
+    Only its account (the owner of its instance) may revive, drain or stop it.
+    """
+
+
+@runner.command(name="status")
+@site_options
+@json_option
+def runner_status(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """Whether the runner runs (pid, uptime, mode, config; two runners on one config).
+
+    \b
+    Exit codes (monitoring plugins): 0 running; 1 starting, or running with a problem;
+    2 not running (or no [runner]); 3 unknown.
+    """
+    try:
+        plan = Ctx(site, env, root).plan()
+    except SitebootError as exc:  # a bad site file is no verdict: unknown, as `siteboot status`
+        exc.exit_code = STATUS_UNKNOWN
+        raise
+    result = ops.runner_status(plan)
+    if as_json:
+        print_json(result.as_json())
+        sys.exit(result.exit_code)
+    color = {0: "green", 1: "yellow", 2: "red"}.get(result.exit_code)
+    head = f"gitlab-runner ({result.mode}, instance {result.instance}, user {result.user}): "
+    pids = f", pid {', '.join(map(str, result.pids))}" if result.pids else ""
+    uptime = f", uptime {result.uptime_s}s" if result.uptime_s is not None else ""
+    echo(styled(head, bold=True) + styled(result.state, fg=color) + pids + uptime)
+    if result.detail:
+        echo(f"  {result.detail}")
+    echo(f"  config: {result.config}")
+    if result.log:
+        echo(f"  log: {result.log}")
+    for problem in result.problems:
+        echo(styled(f"  problem: {problem}", fg="yellow"))
+    for note in result.notes:
+        echo(f"  {note}")
+    sys.exit(result.exit_code)
+
+
+def _print_runner_outcome(result: RunnerOutcome, as_json: bool) -> None:
+    if as_json:
+        print_json(result.as_json())
+    else:
+        color = "red" if not result.ok else "yellow" if result.action == "left stopped" else "green"
+        echo("gitlab-runner: " + styled(result.action, fg=color)
+             + (f": {result.detail}" if result.detail else ""))
+        for note in result.notes:
+            echo(f"  {note}")
+    sys.exit(result.exit_code)
+
+
+def _progress(as_json: bool) -> Callable[[str], None] | None:
+    return None if as_json else lambda line: echo(line, err=True)
+
+
+@runner.command(name="revive")
+@site_options
+@json_option
+def runner_revive(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """Start the runner unless one runs: never two on one config, however many revive at once."""
+    _print_runner_outcome(ops.runner_revive(Ctx(site, env, root).plan()), as_json)
+
+
+@runner.command(name="drain")
+@site_options
+@click.option("--timeout", type=float, default=None, metavar="SECONDS",
+              help="How long to wait for running jobs [default: drain_timeout; detached only].")
+@json_option
+def runner_drain(site: str, env: str, root: str | None, timeout: float | None, as_json: bool) -> None:
+    """Graceful shutdown (SIGQUIT): finish running jobs, take no new ones; wait and report."""
+    _print_runner_outcome(ops.runner_drain(Ctx(site, env, root).plan(), timeout, _progress(as_json)),
+                          as_json)
+
+
+@runner.command(name="stop")
+@site_options
+@json_option
+def runner_stop(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """Stop the runner now (SIGTERM: running jobs are aborted; SIGKILL if it lingers)."""
+    _print_runner_outcome(ops.runner_stop(Ctx(site, env, root).plan(), _progress(as_json)), as_json)

@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
 
-from siteboot.cli.commands import cli
 from siteboot.fsutil import owner_name
 from siteboot.keys import PLACEHOLDER_HASH
-from tests.helpers import MINIMAL_SITE, REPO, own_site_text, supervisor_parse
+from tests.helpers import MINIMAL_SITE, REPO, invoke_cli, own_site_text, supervisor_parse
 
 NOBODY = 65534
 JAWS_PORTS = {
@@ -39,10 +38,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def run(*args: Any) -> Result:
-    result = CliRunner(mix_stderr=False).invoke(cli, [str(a) for a in args])
-    assert "Traceback" not in result.stdout + result.stderr
-    # expected failures end in SystemExit with a code; anything else is a bug
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    result: Result = invoke_cli(*args)
     return result
 
 

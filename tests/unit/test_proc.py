@@ -19,6 +19,7 @@ from siteboot.proc import (
     pid_alive,
     python_module,
     run_command,
+    start_detached,
     supervisor_command,
     terminate_tree,
 )
@@ -55,6 +56,24 @@ def test_run_command_new_session():
     code = "import os; print(os.getsid(0) == os.getpid())"
     assert run_command([sys.executable, "-c", code], new_session=True).output.strip() == "True"
     assert run_command([sys.executable, "-c", code]).output.strip() == "False"
+
+
+def test_start_detached_is_nohup_with_a_private_appended_log(tmp_path: Path):
+    log = tmp_path / "out.log"
+    code = ("import os, sys; print(os.getsid(0) == os.getpid(), repr(sys.stdin.read()), os.getcwd(), "
+            "os.environ.get('MARK'), flush=True); print('err', file=sys.stderr)")
+    pid = start_detached([sys.executable, "-c", code], cwd=tmp_path, log=log, env={"MARK": "1"})
+    assert psutil.Process(pid).wait(timeout=30) == 0
+    assert log.read_text().split() == ["True", "''", str(tmp_path), "1", "err"]
+    assert os.stat(log).st_mode & 0o777 == 0o600
+    pid = start_detached([sys.executable, "-c", "print('again')"], cwd=tmp_path, log=log)
+    assert psutil.Process(pid).wait(timeout=30) == 0
+    assert log.read_text().split()[-2:] == ["err", "again"]  # appended
+
+
+def test_start_detached_that_cannot_start_raises(tmp_path: Path):
+    with pytest.raises(FileNotFoundError):
+        start_detached(["/nonexistent/program"], cwd=tmp_path, log=tmp_path / "log")
 
 
 def test_clean_env_drops_foreign_python_paths():
