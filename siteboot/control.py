@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import (
@@ -25,6 +24,7 @@ from siteboot.errors import (
     UsageError,
     did_you_mean,
 )
+from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
 from siteboot.plan import InstancePlan, Plan, ProgramPlan
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
@@ -41,6 +41,7 @@ from siteboot.rpc import (
 RUNNING = "running"
 NO_KEY = "no key"
 NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing to monitor
+ERROR = "error"  # could not be asked (an unreadable runtime dir, an unknown user): unknown
 
 SHUTTING_DOWN = "shutting down"
 RUNTIME_LOST = "running (runtime dir lost)"
@@ -55,6 +56,7 @@ _PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED
 
 # supervisor.xmlrpc.Faults
 FAULT_BAD_NAME = 10
+FAULT_NO_FILE = 20
 FAULT_ALREADY_STARTED = 60
 FAULT_NOT_RUNNING = 70
 
@@ -69,9 +71,24 @@ class ProgramStatus:
     exitstatus: int | None
     spawnerr: str
     expected: bool  # should be running (autostart)
+    history: History | None = None  # restarts from supervisord's log; None: not counted
+    restart_limit: int | None = None  # more restarts than this in the window: a crash loop
+
+    @property
+    def restarts(self) -> int | None:
+        return self.history.restarts if self.history else None
+
+    @property
+    def crash_looping(self) -> bool:
+        return (self.history is not None and self.restart_limit is not None
+                and self.history.restarts > self.restart_limit)
 
     @property
     def severity(self) -> int:
+        own = self._state_severity()
+        return worst([own, STATUS_WARNING]) if self.crash_looping else own
+
+    def _state_severity(self) -> int:
         if self.state == "RUNNING":
             return STATUS_OK
         if self.state in _PROGRAM_WARNING:
@@ -81,8 +98,10 @@ class ProgramStatus:
         return STATUS_OK
 
     def as_json(self) -> dict[str, Any]:
+        last_exit = self.history.last_exit if self.history else None
         return {"name": self.name, "group": self.group, "state": self.state, "pid": self.pid,
-                "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr}
+                "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr,
+                "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None}
 
 
 @dataclass
@@ -130,6 +149,16 @@ class StatusResult:
 
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
+    """One instance's report; whatever keeps it from being asked is its own error, never the
+    whole report's (a monitor must get a document for the others)."""
+    try:
+        return _query(plan, inst)
+    except (SitebootError, OSError) as exc:
+        detail = str(exc) if isinstance(exc, SitebootError) else f"{type(exc).__name__}: {exc}"
+        return InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+
+
+def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     owned = plan.owns(inst)
     url = url_to(plan, inst)
     socket_lost = url != plan.url_for(inst)
@@ -144,10 +173,16 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         else:
             result.state, result.error = NO_KEY, str(exc)
         return result
-    try:
-        state, pid, infos = endpoint.multicall([("supervisor.getState", ()),
+    calls: list[tuple[str, tuple[Any, ...]]] = [("supervisor.getState", ()),
                                                 ("supervisor.getPID", ()),
-                                                ("supervisor.getAllProcessInfo", ())])
+                                                ("supervisor.getAllProcessInfo", ())]
+    counting = any(int(p.options["crash_loop_window"]) > 0 for p in inst.programs)
+    if counting:  # in the same request: the restart count costs no round trip
+        calls.append(("supervisor.readLog", (-MAIN_LOG_TAIL, 0)))
+    try:
+        state, pid, infos, *log = endpoint.multicall(calls)
+        if log and isinstance(log[0], Fault):
+            log = [_read_main_log_again(endpoint, log[0])]
     except RpcError as exc:
         result.state, result.error = exc.reason, str(exc)
         if exc.reason == NOT_RUNNING and socket_lost:
@@ -176,11 +211,24 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
 
     result.programs = _programs(inst, infos if loaded else [],
                                 fill_missing=loaded and result.state != SHUTTING_DOWN,
-                                held=operator_stops(inst) if owned else set())
+                                held=operator_stops(inst) if owned else set(),
+                                main_log=log[0] if log and isinstance(log[0], str) else None)
     for row in result.programs:
         if row.state in _FAILING:
             row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
     return result
+
+
+def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
+    """supervisord decodes the tail it sends as UTF-8: a tail that begins inside a character
+    fails. One of the next three starting points is a character's start."""
+    if "UnicodeDecodeError" not in fault.faultString:
+        return fault  # no main log (NO_FILE): nothing to count
+    for text in endpoint.multicall([("supervisor.readLog", (-MAIN_LOG_TAIL - extra, 0))
+                                    for extra in (1, 2, 3)]):
+        if isinstance(text, str):
+            return text
+    return fault
 
 
 # A program in these states may be failing because something else holds its port.
@@ -199,18 +247,24 @@ def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
 
 
 def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: bool = True,
-              held: set[str] | frozenset[str] = frozenset()) -> list[ProgramStatus]:
-    """``held``: processes an operator stopped on purpose: not expected to run."""
+              held: set[str] | frozenset[str] = frozenset(),
+              main_log: str | None = None) -> list[ProgramStatus]:
+    """``held``: processes an operator stopped on purpose: not expected to run. ``main_log``:
+    the end of supervisord's log, where restarts are counted."""
     by_process: dict[str, ProgramPlan] = {}
     for program in inst.programs:
         for process in program.process_names():
             by_process[process] = program
+    events = parse_events(main_log) if main_log is not None else {}
+    offset = clock_offset(events, infos)
     rows = []
     seen = set()
     for info in infos:
         planned = by_process.get(info["name"])
         seen.add(info["name"])
         running = info["statename"] == "RUNNING"
+        window = int(planned.options["crash_loop_window"]) if planned else 0
+        counted = main_log is not None and window > 0
         rows.append(ProgramStatus(
             name=info["name"], group=info["group"], state=info["statename"],
             pid=info["pid"] or None,
@@ -218,6 +272,9 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
             exitstatus=None if running or info["statename"] == "STARTING" else info["exitstatus"],
             spawnerr=info.get("spawnerr", "") or "",
             expected=(planned.autostart if planned else True) and info["name"] not in held,
+            history=history(events.get(info["name"], []), info["now"], window, offset)
+            if counted else None,
+            restart_limit=int(planned.options["crash_loop_restarts"]) if planned else None,
         ))
     for process, program in by_process.items() if fill_missing else ():
         if process not in seen:
@@ -367,14 +424,9 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
 
     def run(inst: InstancePlan) -> list[ProcessOutcome]:
         processes = targets[inst.name]
-        steps = ["stop", "start"] if action == "restart" else [action]
-        outcome: dict[str, tuple[bool, str]] = {}
         try:
             endpoint = connect(plan, inst, timeout=30.0)
-            for step in steps:
-                todo = [p for p in processes if outcome.get(p, (True, ""))[0]]
-                for process, (ok, msg) in _apply(endpoint, inst, step, todo).items():
-                    outcome[process] = (ok, "restarted" if ok and action == "restart" else msg)
+            outcome = _apply(endpoint, inst, action, processes)
         except (RpcError, KeyAccessError) as exc:
             return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
         return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
@@ -383,54 +435,166 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
 
 
 _STOPPED = {"STOPPED", "EXITED", "FATAL"}
+_METHODS = {"start": "supervisor.startProcess", "stop": "supervisor.stopProcess"}
+# A start that reaches a process while another command stops it is lost (supervisord's spawn
+# returns at once while the old pid is still there), and a concurrent restart may stop what we
+# started: a start is asked again this many times at most.
+_START_ATTEMPTS = 3
+_TO_STOP, _TO_START, _STARTING = "stop", "start", "starting"
 
 
-def _apply(endpoint: Endpoint, inst: InstancePlan, step: str,
+class _Tracked:
+    """One process on its way through start, stop or restart.
+
+    Other commands may act on the same process at the same time (two `restart web`): what
+    counts is what happened to the process, told by its pid and start time, not who did it.
+    (A plain class: a dataclass costs `status`, which imports this module, a millisecond.)
+    """
+
+    def __init__(self, process: str, pid0: int, start0: int, message: str,
+                 start_attempts: int = 0) -> None:
+        self.process = process
+        self.pid0 = pid0  # before we asked
+        self.start0 = start0  # its start time then (supervisord's clock, whole seconds)
+        self.message = message  # said when it gets there
+        self.start_attempts = start_attempts
+        self.phase = _TO_STOP
+        self.deadline = 0.0
+        self.limit = 0
+
+    def is_new_run(self, info: dict[str, Any]) -> bool:
+        """Started since we asked, by us or by anyone else."""
+        pid, start = int(info["pid"] or 0), int(info["start"] or 0)
+        return pid not in (0, self.pid0) or start > self.start0
+
+
+def _limits(inst: InstancePlan) -> dict[str, int]:
+    options = [p.options for p in inst.programs]
+    startsecs = max((int(o["startsecs"]) for o in options), default=0) + 10
+    stopwait = max((int(o["stopwaitsecs"]) for o in options), default=0) + 10
+    return {_TO_STOP: stopwait, _TO_START: startsecs, _STARTING: startsecs}
+
+
+def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
            processes: list[str]) -> dict[str, tuple[bool, str]]:
-    """Ask for ``step`` on all processes at once, then poll until each has got there.
+    """Ask for ``action`` on all processes at once, then poll until each has got there.
 
     Polling instead of supervisord's ``wait`` keeps a multicall from waiting out every
     process's startsecs one after another.
     """
-    group = inst.group_name
-    method = "supervisor.startProcess" if step == "start" else "supervisor.stopProcess"
-    results = endpoint.multicall([(method, (f"{group}:{p}", False)) for p in processes])
+    full = {p: f"{inst.group_name}:{p}" for p in processes}
+    limits = _limits(inst)
+    first = "start" if action == "start" else "stop"
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    for process in processes:  # each process's state just before the request, in one call
+        calls += [("supervisor.getProcessInfo", (full[process],)),
+                  (_METHODS[first], (full[process], False))]
+    answers = endpoint.multicall(calls)
     outcome: dict[str, tuple[bool, str]] = {}
-    pending = []
-    for process, res in zip(processes, results):
-        if isinstance(res, Fault):
-            outcome[process] = _fault_message(step, res)
-        else:
-            pending.append(process)
-    options = [p.options for p in inst.programs]
-    limit = max((int(o["startsecs"] if step == "start" else o["stopwaitsecs"]) for o in options),
-                default=10) + 10
-    deadline = time.monotonic() + limit
-    while pending:
-        infos = endpoint.multicall([("supervisor.getProcessInfo", (f"{group}:{p}",))
-                                    for p in pending])
+    tracked: list[_Tracked] = []
+
+    def enter(item: _Tracked, phase: str) -> None:
+        item.phase, item.limit = phase, limits[phase]
+        item.deadline = time.monotonic() + item.limit
+
+    for n, process in enumerate(processes):
+        before, answer = answers[2 * n], answers[2 * n + 1]
+        verdict, phase = _first_answer(action, before, answer)
+        if verdict is not None:
+            outcome[process] = verdict
+            continue
+        assert isinstance(before, dict)
+        message = {"start": "started", "stop": "stopped", "restart": "restarted"}[action]
+        if isinstance(answer, Fault) and action == "start":
+            message = "already running"
+        item = _Tracked(process, int(before["pid"] or 0), int(before["start"] or 0), message,
+                        start_attempts=int(first == "start"))
+        enter(item, phase)
+        tracked.append(item)
+
+    while tracked:
+        starting = [t for t in tracked if t.phase == _TO_START]
+        if starting:
+            answers = endpoint.multicall([(_METHODS["start"], (full[t.process], False))
+                                          for t in starting])
+            for item, answer in zip(starting, answers):
+                item.start_attempts += 1
+                if isinstance(answer, Fault) and answer.faultCode != FAULT_ALREADY_STARTED:
+                    outcome[item.process] = (False, answer.faultString)
+                else:  # started, by us or (ALREADY_STARTED) by another command
+                    enter(item, _STARTING)
+            tracked = [t for t in tracked if t.process not in outcome]
+            if not tracked:
+                break
+        infos = endpoint.multicall([("supervisor.getProcessInfo", (full[t.process],))
+                                    for t in tracked])
         waiting = []
-        for process, info in zip(pending, infos):
-            if isinstance(info, Fault):
-                outcome[process] = (False, info.faultString)
-            elif step == "start" and info["statename"] == "RUNNING":
-                outcome[process] = (True, "started")
-            elif step == "start" and info["statename"] == "FATAL":
-                outcome[process] = (False, f"FATAL: {info['spawnerr'] or 'exited too quickly'}")
-            elif step == "start" and info["statename"] == "EXITED":
-                # only a process that got to RUNNING can be EXITED (startsecs = 0)
-                outcome[process] = (True, f"started, then exited with status {info['exitstatus']}")
-            elif step == "stop" and info["statename"] in _STOPPED:
-                outcome[process] = (True, "stopped")
-            elif time.monotonic() > deadline:
-                outcome[process] = (False, f"still {info['statename']} after {limit} s"
-                                    + (f": {info['spawnerr']}" if info["spawnerr"] else ""))
+        for item, info in zip(tracked, infos):
+            verdict = _progress(item, info, action, enter)
+            if verdict is None:
+                waiting.append(item)
             else:
-                waiting.append(process)
-        pending = waiting
-        if pending:
+                outcome[item.process] = verdict
+        tracked = waiting
+        if tracked and not any(t.phase == _TO_START for t in tracked):
             time.sleep(0.1)
     return outcome
+
+
+def _first_answer(action: str, before: Any, answer: Any) -> tuple[tuple[bool, str] | None, str]:
+    """The verdict at once (a failure, or nothing to wait for), or the phase to wait in."""
+    first = "start" if action == "start" else "stop"
+    if isinstance(before, Fault):
+        return (False, _fault_message(first, before)[1]), ""
+    if not isinstance(answer, Fault):
+        return None, _STARTING if first == "start" else _TO_STOP
+    ok, message = _fault_message(first, answer)
+    if not ok:
+        return (False, message), ""
+    if action == "start":  # ALREADY_STARTED: running, or on its way there (another start)
+        return ((True, message), "") if before["statename"] == "RUNNING" else (None, _STARTING)
+    if action == "stop" and before["statename"] in _STOPPED:  # NOT_RUNNING
+        return (True, message), ""
+    # being stopped by another command, or a restart of a stopped process: wait until it is down
+    return None, _TO_STOP
+
+
+def _progress(item: _Tracked, info: Any, action: str,
+              enter: Callable[[_Tracked, str], None]) -> tuple[bool, str] | None:
+    """Where one polled process stands: a verdict, or None to keep waiting."""
+    if isinstance(info, Fault):
+        return False, info.faultString
+    state = info["statename"]
+    if item.phase == _TO_STOP:
+        if item.is_new_run(info):  # another command started it again since we asked
+            if action == "stop":
+                return True, "stopped (and started again since by another command)"
+            enter(item, _STARTING)  # a restart: someone else's start counts as ours
+            return None
+        if state in _STOPPED:
+            if action == "stop":
+                return True, "stopped"
+            enter(item, _TO_START)
+            return None
+    elif item.phase == _STARTING:
+        if state == "RUNNING":
+            return True, item.message
+        if state == "FATAL":
+            return False, f"FATAL: {info['spawnerr'] or 'exited too quickly'}"
+        if state == "EXITED":
+            # only a process that got to RUNNING can be EXITED (startsecs = 0)
+            return True, f"started, then exited with status {info['exitstatus']}"
+        if state == "STOPPED":
+            # another command's stop: it met our start (which then did nothing), or the process
+            # we started (a concurrent restart, which starts it again too): ask again
+            if item.start_attempts >= _START_ATTEMPTS:
+                return False, "another command stopped it each time it was started"
+            enter(item, _TO_START)
+            return None
+    if time.monotonic() > item.deadline:
+        return False, (f"still {state} after {item.limit} s"
+                       + (f": {info['spawnerr']}" if info["spawnerr"] else ""))
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -452,63 +616,76 @@ def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
          follow: bool = False, nbytes: int = 4096, interval: float = 0.25,
-         stop: threading.Event | None = None) -> None:
-    """Print the end of a process log; with ``follow``, keep printing across rotations."""
+         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None) -> None:
+    """Print the end of a process log; with ``follow``, every byte written after it, once and
+    in order, across rotations, or a notice line (``notice``, else ``==> ... <==`` through
+    ``write``) where bytes were lost. The owner follows the files (backups included), anyone
+    else the current file over RPC."""
+    from siteboot import logtail
+
     inst, program, process = _find_process(plan, name)
+    log_path = program.log_path(process, "stderr" if stderr else "stdout")
+    if not (follow and os.access(log_path, os.R_OK)):
+        tail_over_rpc(plan, name, write, stderr, follow, nbytes, interval, stop, notice)
+        return
+    connect(plan, inst)  # the same checks (a key, a site of ours) as over RPC
+    follower = logtail.FileFollower(log_path, int(program.options["log_backups"]), write, notice)
+    try:
+        follower.start(nbytes)
+        logtail.follow(follower.poll, interval, stop)
+    finally:
+        follower.close()
+
+
+def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
+                  follow: bool = False, nbytes: int = 4096, interval: float = 0.25,
+                  stop: threading.Event | None = None,
+                  notice: Callable[[str], None] | None = None) -> None:
+    """``tail`` through supervisord alone: what a granted member, who cannot read the owner's
+    files, gets."""
+    from siteboot import logtail
+
+    inst, _program, process = _find_process(plan, name)
     endpoint = connect(plan, inst, timeout=10.0)
     full = f"{inst.group_name}:{process}"
-    method = "supervisor.tailProcessStderrLog" if stderr else "supervisor.tailProcessStdoutLog"
-    log_path = program.log_path(process, "stderr" if stderr else "stdout")
-
-    def call(offset: int, length: int) -> tuple[str, int]:
-        try:
-            data, new_offset, _overflow = endpoint.call(method, full, offset, length)
-        except Fault as fault:
-            raise UsageError(f"cannot tail {full}: {fault.faultString}") from None
-        return str(data), int(new_offset)
-
-    data, offset = call(0, nbytes)
-    write(data)
+    stream = "Stderr" if stderr else "Stdout"
+    # following needs the last bytes before the offset, to recognise the file the next time
+    want = max(nbytes, logtail.FINGERPRINT) if follow else nbytes
+    data, offset = _tail_end(endpoint, full, f"supervisor.tailProcess{stream}Log", want)
+    write(logtail.last_bytes(data, nbytes) if want != nbytes else data)
     if not follow:
         return
-    if os.access(log_path, os.R_OK):
-        _follow_file(log_path, offset, write, interval, stop)
-        return
-    chunk = 1 << 20
-    while not (stop is not None and stop.is_set()):
-        time.sleep(interval)
-        data, new_offset = call(offset, chunk)
-        if new_offset < offset:
-            # Rotated (the log shrank): supervisord's tail cannot see the old file's rest.
-            data, new_offset = call(0, new_offset)
-        write(data)
-        offset = new_offset
+    method = f"supervisor.readProcess{stream}Log"
 
+    def read(start: int, length: int) -> Any:
+        answer = endpoint.multicall([(method, (full, start, length))])[0]
+        # no log file (yet, or any more): nothing to read; it may come back
+        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
 
-def _follow_file(path: Path, offset: int, write: Callable[[str], None], interval: float,
-                 stop: threading.Event | None) -> None:
-    """``tail -F``: keep the old file open across a rotation, drain it, then reopen."""
-    handle = open(path, "rb")  # noqa: SIM115 - swapped on rotation
+    follower = logtail.RpcFollower(read, write, notice)
+    follower.start(offset, data)
     try:
-        handle.seek(offset)
-        inode = os.fstat(handle.fileno()).st_ino
-        while not (stop is not None and stop.is_set()):
-            data = handle.read()
-            if data:
-                write(data.decode("utf-8", errors="replace"))
-            try:
-                current = os.stat(path).st_ino
-            except FileNotFoundError:
-                current = inode
-            if current != inode:
-                write(handle.read().decode("utf-8", errors="replace"))
-                handle.close()
-                handle = open(path, "rb")  # noqa: SIM115
-                inode = os.fstat(handle.fileno()).st_ino
-                continue
-            time.sleep(interval)
-    finally:
-        handle.close()
+        logtail.follow(follower.poll, interval, stop)
+    except Fault as fault:
+        raise UsageError(f"cannot follow {full}: {fault.faultString}") from None
+
+
+def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[str, int]:
+    """The last ``nbytes`` of a log and its size, over RPC.
+
+    supervisord decodes what it sends as UTF-8, so an end that begins inside a character fails;
+    one of the next three shorter ends begins at a character.
+    """
+    lengths = [nbytes] + [nbytes - n for n in (1, 2, 3) if nbytes - n > 0]
+    answers = endpoint.multicall([(method, (full, 0, lengths[0]))])
+    if isinstance(answers[0], Fault) and "UnicodeDecodeError" in answers[0].faultString:
+        answers = endpoint.multicall([(method, (full, 0, n)) for n in lengths[1:]]) or answers
+    for answer in answers:
+        if not isinstance(answer, Fault):
+            data, size, _overflow = answer
+            return str(data), int(size)
+    fault = answers[0]
+    raise UsageError(f"cannot tail {full}: {fault.faultString}")
 
 
 # ------------------------------------------------------------------------------------------

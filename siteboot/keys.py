@@ -26,19 +26,35 @@ def password_hash(key: str) -> str:
     return "{SHA}" + hashlib.sha1(key.encode("utf-8")).hexdigest()
 
 
+_MAX_KEY_BYTES = 4096  # a key is 43 characters; a bigger file is not a key file
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> str:
     """The key in ``path``, not through a symlink; with ``owner_uid``, only from a file of that
-    owner (and group ``gid``) that others cannot read: a shared dir is not ours to trust."""
+    owner (and group ``gid``) that others cannot read: a shared dir is not ours to trust.
+
+    A missing or unreadable file raises ``FileNotFoundError``/``PermissionError`` (callers say
+    what that means for them); anything else that is not a readable key is a ``KeyAccessError``.
+    """
     try:
         # O_NONBLOCK: a FIFO planted at the key's name must not hang us
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
     except (FileNotFoundError, PermissionError):
         raise
-    except OSError as exc:  # a symlink (ELOOP), a directory, a dead NFS handle, ...
+    except OSError as exc:  # a symlink (ELOOP), a socket (ENXIO), a dead NFS handle, ...
         raise KeyAccessError(f"cannot read key file {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        acl = _acl(handle.fileno()) if owner_uid is not None else None
+    try:
+        info = os.fstat(fd)
+        acl = _acl(fd) if owner_uid is not None else None
         if acl:
             raise KeyAccessError(f"refusing key file {path}: it {acl}",
                                  f"its owner removes the ACL (`setfacl -b {path}`), then runs "
@@ -50,10 +66,15 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
                                  f"{owner_uid}, group {gid}, unreadable by others (it is uid "
                                  f"{info.st_uid}, gid {info.st_gid}, mode {stat.S_IMODE(info.st_mode):o})",
                                  "the instance's owner publishes it with `siteboot up`")
+        if not stat.S_ISREG(info.st_mode):  # a directory, FIFO or device holds no key
+            raise KeyAccessError(f"key file {path} is {_file_kind(info.st_mode)}, not a regular "
+                                 "file", "it must be a file holding the instance's key")
         try:
-            key = handle.read().decode("utf-8").strip()
+            key = os.read(fd, _MAX_KEY_BYTES).decode("utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise KeyAccessError(f"cannot read key file {path}: {exc}") from None
+    finally:
+        os.close(fd)
     if not key:
         raise KeyAccessError(f"key file {path} is empty", "remove it and run `siteboot up`")
     return key
@@ -175,7 +196,15 @@ def read_own_key(inst: InstancePlan) -> str:
     if not inst.key_path.exists():
         raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
                              "run `siteboot up` to create it and start the instance")
-    return _read(inst.key_path)
+    try:
+        return _read(inst.key_path)
+    except FileNotFoundError:  # removed since the check above
+        raise KeyAccessError(f"no key for instance {inst.name} ({inst.key_path} is gone)",
+                             "run `siteboot up` to create it") from None
+    except PermissionError:
+        raise KeyAccessError(f"cannot read key file {inst.key_path}: permission denied",
+                             f"it must be readable by {inst.user} (mode 0600, in a 0700 "
+                             "state dir)") from None
 
 
 def read_key(plan: Plan, inst: InstancePlan) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import binascii
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,41 @@ def request_body(method: str, params: tuple[Any, ...]) -> bytes:
             f"<params>{body}</params></methodCall>").encode()
 
 
+# supervisord (xmlrpc.client's marshaller) escapes only &, < and >: a log holding ANSI colours or
+# other C0 controls arrives as XML 1.0 that expat refuses ("not well-formed (invalid token)"),
+# and a CR would come out as LF. Such characters are swapped for a private-use escape before
+# parsing and restored in the parsed text; the escape character itself is escaped too.
+_ESCAPE = "\ue000"
+_XML_UNSAFE = re.compile(rb"[\x00-\x08\x0b-\x1f]|\xef\xbf[\xbe\xbf]|\xee\x80\x80")
+_ESCAPED = re.compile("\ue000(.)", re.DOTALL)
+_C0_UNSAFE = bytes(range(0x20)).translate(None, b"\t\n")  # CR included: XML turns it into LF
+_UNSAFE_SEQUENCES = (b"\xef\xbf\xbe", b"\xef\xbf\xbf", b"\xee\x80\x80")
+
+
+def _needs_escaping(data: bytes) -> bool:
+    """Whether ``data`` holds what ``_XML_UNSAFE`` matches; C-speed scans (a 64 KB log tail
+    takes the regular expression a millisecond)."""
+    return (len(data.translate(None, _C0_UNSAFE)) != len(data)
+            or any(sequence in data for sequence in _UNSAFE_SEQUENCES))
+
+
+def _escape_unsafe(match: re.Match[bytes]) -> bytes:
+    char = match.group().decode("utf-8")
+    code = ord(char)
+    if char == _ESCAPE:
+        return (_ESCAPE + _ESCAPE).encode("utf-8")
+    # C0 controls to U+E100..U+E11F, U+FFFE/U+FFFF to U+E1FE/U+E1FF
+    return (_ESCAPE + chr(0xE100 + (code & 0xFF))).encode("utf-8")
+
+
+def _unescape(match: re.Match[str]) -> str:
+    char = match.group(1)
+    if char == _ESCAPE:
+        return _ESCAPE
+    code = ord(char) - 0xE100
+    return chr(code) if code < 0x20 else chr(0xFF00 + code)
+
+
 _SCALARS: dict[str, Callable[[str], Any]] = {
     "int": int, "i4": int, "i8": int, "string": str, "double": float,
     "boolean": lambda text: text.strip() == "1", "nil": lambda text: None,
@@ -136,6 +172,8 @@ def decode_response(data: bytes) -> Any:
     def end(tag: str) -> None:
         text = "".join(texts)
         texts.clear()
+        if escaped and _ESCAPE in text:
+            text = _ESCAPED.sub(_unescape, text)
         if tag in _SCALARS:
             add(_SCALARS[tag](text))
         elif tag == "value":
@@ -151,7 +189,12 @@ def decode_response(data: bytes) -> Any:
             struct, _ = stack.pop()
             add(struct)
 
+    escaped = _needs_escaping(data)
+    if escaped:
+        data = _XML_UNSAFE.sub(_escape_unsafe, data)
     parser = expat.ParserCreate("utf-8")
+    parser.buffer_text = True  # a log's text in one call, not one per line
+    parser.buffer_size = max(len(data), 8192)
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = texts.append

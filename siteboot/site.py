@@ -100,6 +100,12 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         supervisor="redirect_stderr"),
     Key("log_maxbytes", "str", "10MB", "Rotate each log (stdout, stderr) at this size."),
     Key("log_backups", "int", 5, "Rotated logs kept per stream.", minimum=0),
+    Key("crash_loop_restarts", "int", 3,
+        "`status` warns (exit 1) when the program was restarted after exiting more often than "
+        "this within `crash_loop_window`.", minimum=0),
+    Key("crash_loop_window", "int", 300,
+        "Seconds over which `status` counts restarts (read from supervisord's log); 0 turns the "
+        "count off.", minimum=0),
 )
 
 RUNNER_MODES = ("supervised", "detached")

@@ -59,6 +59,21 @@ def error(message: str) -> None:
 _STATE_COLORS = {"RUNNING": "green", "STARTING": "yellow", "BACKOFF": "yellow"}
 
 
+def _program_detail(p: Any) -> str:
+    detail = f"uptime {p.uptime_s}s" if p.uptime_s is not None else (p.spawnerr or (
+        f"exit {p.exitstatus}" if p.exitstatus is not None else ""))
+    history = p.history
+    notes = [detail] if detail else []
+    if history is not None and p.crash_looping:
+        notes.append(f"crash loop: {history.restarts} restarts in {history.window_s}s "
+                     f"(more than {p.restart_limit})")
+    if history is not None and history.last_exit is not None:
+        last = history.last_exit
+        notes.append(f"last exit {last.ago_s}s ago: {last.reason}"
+                     + ("" if last.expected else ", not expected"))
+    return "; ".join(notes)
+
+
 def print_status(report: Any) -> None:
     for inst in report.instances:
         head = f"{inst.name} ({inst.user}) {inst.state}"
@@ -66,11 +81,16 @@ def print_status(report: Any) -> None:
         echo(styled(head, bold=True) + f"  {inst.url}")
         if inst.error:
             echo(styled(f"  {inst.error}", fg="red"))
+        counted = any(p.restarts is not None for p in inst.programs)
         rows = []
         for p in inst.programs:
-            detail = f"uptime {p.uptime_s}s" if p.uptime_s is not None else (p.spawnerr or (
-                f"exit {p.exitstatus}" if p.exitstatus is not None else ""))
-            rows.append(["  " + p.name, p.state, p.pid or "", detail])
+            restarts = ([] if not counted else
+                        ["" if p.restarts is None else str(p.restarts) + ("!" if p.crash_looping else "")])
+            rows.append(["  " + p.name, p.state, p.pid or "", *restarts, _program_detail(p)])
         if rows:
-            echo(table(["  program", "state", "pid", ""], rows,
-                       {1: lambda state: _STATE_COLORS.get(state, "red")}))
+            headers = ["  program", "state", "pid", *(["restarts"] if counted else []), ""]
+            colors: dict[int, Callable[[str], str | None]] = {
+                1: lambda state: _STATE_COLORS.get(state, "red")}
+            if counted:
+                colors[3] = lambda cell: "yellow" if cell.endswith("!") else None
+            echo(table(headers, rows, colors))

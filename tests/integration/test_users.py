@@ -682,3 +682,50 @@ def test_keys_rotate_and_an_old_key_stops_working(two_users):
     assert env.key_path(JTM, "jtm").read_text().strip() not in (old, new)
     _wait_ok(env, JAWS, "-i", "jtm")
 
+
+def test_an_unreadable_own_key_leaves_the_rest_of_the_report(two_users):
+    """Issue 11, defect 5: one key file its owner cannot read (a stray chmod) was `internal
+    error: PermissionError` and no JSON; now that instance says so and the rest is shown."""
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    assert env.run(JAWS, "up").returncode == 0
+    _wait_ok(env, JAWS)
+    key = env.key_path(JAWS, "svc")
+    os.chmod(key, 0)
+    try:
+        result = env.run(JAWS, "status", "--json")
+        assert result.returncode == 3, result.stdout + result.stderr  # UNKNOWN
+        assert "internal error" not in result.stderr
+        svc, jtm = json.loads(result.stdout)["instances"]
+        assert svc["state"] == "no key"
+        assert f"cannot read key file {key}: permission denied" in svc["error"]
+        assert jtm["state"] == "running"
+        assert [p["state"] for p in jtm["programs"]] == ["RUNNING"]
+    finally:
+        os.chmod(key, 0o600)
+    _wait_ok(env, JAWS)
+
+
+def test_a_granted_member_follows_a_log_over_rpc(two_users):
+    """Issue 11, defect 2: a member cannot read the owner's files; `tail -f` goes over RPC and
+    prints each line once (it used to print the whole log again on every poll)."""
+    import subprocess
+    import time
+
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    _wait_ok(env, JTM)
+    home = pwd.getpwnam(JAWS).pw_dir
+    follower = subprocess.Popen(
+        ["runuser", "-u", JAWS, "--", "env", f"HOME={home}", "NO_COLOR=1",
+         f"SITEBOOT_SITE={env.site}", str(env.python), "-c", "from siteboot.cli import main; main()",
+         "tail", "-f", "runner", "--bytes", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(env.base))
+    try:
+        time.sleep(4.5)
+    finally:
+        follower.terminate()
+        out, err = follower.communicate(timeout=10)
+    beats = [int(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "heartbeat" in line]
+    assert len(beats) >= 3, out + err
+    assert beats == list(range(beats[0], beats[0] + len(beats)))

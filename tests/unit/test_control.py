@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import pytest
 
@@ -25,6 +28,8 @@ from siteboot.errors import (
     KeyAccessError,
     UsageError,
 )
+from siteboot.history import MAIN_LOG_TAIL
+from siteboot.logtail import RPC_CHUNK
 from siteboot.plan import Plan
 from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
 from tests.helpers import plan_from
@@ -90,28 +95,44 @@ def info(name: str, statename: str, pid: int = 0, start: int = 0, now: int = 100
             "stdout_logfile": "", "stderr_logfile": "", "pid": pid}
 
 
+_DOWN = {"STOPPED", "EXITED", "FATAL", "BACKOFF"}
+_UP = {"STARTING", "RUNNING", "STOPPING"}
+Step = Union[str, tuple[str, int]]
+
+
 class FakeEndpoint:
     """A scripted supervisord.
 
-    ``scripts[process]`` is the list of states getProcessInfo walks through after a start or
-    stop (the last one repeats); ``start_faults``/``stop_faults`` answer those calls with a
-    fault instead.
+    A process is in its ``before`` state (default RUNNING, run 0) until it is started or
+    stopped; then ``scripts[process]`` is the list of states getProcessInfo walks through (the
+    last one repeats). A state may carry its run number, ``("RUNNING", 1)``, else a STARTING
+    after another state, or a RUNNING after a stopped one, begins a new run. A run's pid is
+    ``100 + run`` while it is up and its start time ``1000 + run``: a new run is what another
+    command's start looks like. ``start_faults``/``stop_faults`` answer those calls with a
+    fault (``start_faults`` values may be lists: one per call).
     """
 
     def __init__(self, infos: list[dict[str, Any]] | None = None,
-                 scripts: dict[str, list[str]] | None = None,
-                 start_faults: dict[str, Fault] | None = None,
+                 scripts: dict[str, list[Step]] | None = None,
+                 start_faults: dict[str, Any] | None = None,
                  stop_faults: dict[str, Fault] | None = None,
                  state: dict[str, Any] | Fault | None = None,
-                 error: Exception | None = None) -> None:
+                 error: Exception | None = None,
+                 before: dict[str, Step] | None = None,
+                 main_log: Any = "") -> None:
         self.infos = infos or []
         self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
         self.start_faults = start_faults or {}
         self.stop_faults = stop_faults or {}
         self.state = state if state is not None else {"statecode": 1, "statename": "RUNNING"}
         self.error = error
+        self.before = before or {}
+        self.main_log = main_log
+        self.acted: set[str] = set()
+        self.current: dict[str, tuple[str, int]] = {}
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.tails: dict[tuple[str, int, int], Any] = {}
+        self.log_bytes = b""
 
     def multicall(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         if self.error is not None:
@@ -135,19 +156,44 @@ class FakeEndpoint:
             return 4242
         if method == "supervisor.getAllProcessInfo":
             return self.infos
+        if method == "supervisor.readLog":
+            return self.main_log(params) if callable(self.main_log) else self.main_log
         if method == "supervisor.startProcess":
-            return self.start_faults.get(process, True)
+            self.acted.add(process)
+            fault = self.start_faults.get(process)
+            if isinstance(fault, list):
+                fault = fault.pop(0) if len(fault) > 1 else fault[0]
+            return True if fault is None else fault
         if method == "supervisor.stopProcess":
+            self.acted.add(process)
             return self.stop_faults.get(process, True)
         if method == "supervisor.getProcessInfo":
-            script = self.scripts[process]
-            state = script.pop(0) if len(script) > 1 else script[0]
-            spawnerr = "can't find command 'nope'" if state == "FATAL" and "spawnerr" in process \
-                else ""
-            return info(process, state, pid=99 if state == "RUNNING" else 0, spawnerr=spawnerr)
+            return self.process_info(process)
         if method.startswith("supervisor.tailProcess"):
             return self.tails[(params[0], params[1], params[2])]
+        if method.startswith("supervisor.readProcess"):
+            return self.log_bytes[params[1]:params[1] + params[2]].decode()
         raise AssertionError(f"unexpected call {method}{params}")
+
+    def process_info(self, process: str) -> dict[str, Any]:
+        state, run = self.current.get(process) or self._explicit(self.before.get(process, "RUNNING"), 0)
+        if process in self.acted:
+            script = self.scripts[process]
+            step = script.pop(0) if len(script) > 1 else script[0]
+            new_state, new_run = self._explicit(step, None)
+            if new_run is None:
+                fresh = (new_state == "STARTING" and state != "STARTING") or \
+                    (new_state == "RUNNING" and state in _DOWN)
+                new_run = run + 1 if fresh else run
+            state, run = new_state, new_run
+        self.current[process] = (state, run)
+        spawnerr = "can't find command 'nope'" if state == "FATAL" and "spawnerr" in process else ""
+        return info(process, state, pid=100 + run if state in _UP else 0, start=1000 + run,
+                    spawnerr=spawnerr)
+
+    @staticmethod
+    def _explicit(step: Step, run: Any) -> Any:
+        return step if isinstance(step, tuple) else (step, run)
 
     def methods(self, name: str) -> list[tuple[Any, ...]]:
         return [params for method, params in self.calls if method == name]
@@ -262,9 +308,10 @@ def test_report_exit_code_and_json_keys():
     assert first == {"name": "alpha", "user": "me", "state": "running", "pid": 7,
                      "url": "unix:///a", "error": None, "programs": [
                          {"name": "web", "group": GROUP, "state": "RUNNING", "pid": 12,
-                          "uptime_s": 30, "exitstatus": None, "spawnerr": ""}]}
+                          "uptime_s": 30, "exitstatus": None, "spawnerr": "",
+                          "restarts": None, "last_exit": None}]}
     assert set(first["programs"][0]) == {"name", "group", "state", "pid", "uptime_s",
-                                         "exitstatus", "spawnerr"}
+                                         "exitstatus", "spawnerr", "restarts", "last_exit"}
     assert data["instances"][1]["error"] == "nothing there"
     assert data["instances"][1]["programs"] == []
 
@@ -397,11 +444,14 @@ def results(result: control.ControlResult) -> dict[str, tuple[bool, str]]:
 
 
 def test_start_goes_starting_then_running(plan, endpoints):
-    fake = endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STARTING", "STARTING", "RUNNING"]})
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
+                                             scripts={"web": ["STARTING", "STARTING", "RUNNING"]})
     rows = control.control(plan, "start", ["web"])
     assert results(rows) == {"alpha:web": (True, "started")}
     assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
-    assert len(fake.methods("supervisor.getProcessInfo")) == 3
+    # the state just before the request (in the same multicall), then three polls
+    assert len(fake.methods("supervisor.getProcessInfo")) == 4
+    assert [m for m, _ in fake.calls[:2]] == ["supervisor.getProcessInfo", "supervisor.startProcess"]
 
 
 def test_start_that_goes_fatal(plan, endpoints):
@@ -421,11 +471,12 @@ def test_start_already_running_is_ok_and_not_polled(plan, endpoints):
         start_faults={"web": Fault(60, f"ALREADY_STARTED: {GROUP}:web")})
     assert results(control.control(plan, "start", ["web"])) == \
         {"alpha:web": (True, "already running")}
-    assert fake.methods("supervisor.getProcessInfo") == []
+    assert len(fake.methods("supervisor.getProcessInfo")) == 1  # the state before; no polling
 
 
 def test_stop_not_running_is_ok(plan, endpoints):
-    endpoints["alpha"] = FakeEndpoint(stop_faults={"web": Fault(70, f"NOT_RUNNING: {GROUP}:web")})
+    endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
+                                      stop_faults={"web": Fault(70, f"NOT_RUNNING: {GROUP}:web")})
     assert results(control.control(plan, "stop", ["web"])) == \
         {"alpha:web": (True, "already stopped")}
 
@@ -495,9 +546,11 @@ def test_restart_stops_then_starts(plan, endpoints):
 
 
 def test_restart_of_a_stopped_process(plan, endpoints):
-    endpoints["alpha"] = FakeEndpoint(stop_faults={"web": Fault(70, "NOT_RUNNING: x")},
-                                      scripts={"web": ["RUNNING"]})
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
+                                             stop_faults={"web": Fault(70, "NOT_RUNNING: x")},
+                                             scripts={"web": ["STOPPED", "STARTING", "RUNNING"]})
     assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
 
 
 def test_restart_that_fails_to_start(plan, endpoints):
@@ -515,6 +568,104 @@ def test_restart_does_not_start_what_failed_to_stop(plan, endpoints):
     assert "not loaded" in rows["beta:worker_00"][1]
     assert rows["beta:worker_01"] == (True, "restarted")
     assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:worker_01", False)]
+
+
+# Other commands acting on the same processes at the same time (issue 11, defect 9): what
+# counts is the process's pid and start time, not who moved it.
+
+ALREADY_STARTED = Fault(60, f"ALREADY_STARTED: {GROUP}:web")
+NOT_RUNNING_FAULT = Fault(70, f"NOT_RUNNING: {GROUP}:web")
+
+
+def test_restart_that_another_restart_finished_first(plan, endpoints, clock):
+    # we asked for the stop; before we saw STOPPED another restart had started a new process
+    fake = endpoints["alpha"] = FakeEndpoint(scripts={"web": [("STARTING", 1), ("RUNNING", 1)]})
+    before = clock.now
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    assert fake.methods("supervisor.startProcess") == []  # its start counts as ours
+    assert clock.now - before < 1  # no waiting for a STOPPED that never comes
+
+
+def test_restart_that_another_restart_is_stopping(plan, endpoints):
+    # our stop finds it STOPPING (NOT_RUNNING); the other command starts it again
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPING"},
+                                             stop_faults={"web": NOT_RUNNING_FAULT},
+                                             scripts={"web": ["STOPPING", ("RUNNING", 1)]})
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    assert fake.methods("supervisor.startProcess") == []
+
+
+def test_restart_whose_start_another_restart_made(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint(start_faults={"web": ALREADY_STARTED},
+                                             scripts={"web": ["STOPPED", ("STARTING", 1),
+                                                              ("RUNNING", 1)]})
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    assert len(fake.methods("supervisor.startProcess")) == 1
+
+
+def test_start_lost_to_another_stop_is_asked_again(plan, endpoints):
+    # our start reached the process while another command stopped it: supervisord's spawn
+    # did nothing, the process ends up STOPPED with its old start time
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPING"},
+                                             scripts={"web": ["STOPPING", "STOPPED", "STARTING",
+                                                              "RUNNING"]})
+    assert results(control.control(plan, "start", ["web"])) == {"alpha:web": (True, "started")}
+    assert len(fake.methods("supervisor.startProcess")) == 2
+
+
+def test_start_that_another_command_keeps_stopping_gives_up(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"}, scripts={"web": ["STOPPED"]})
+    assert results(control.control(plan, "start", ["web"])) == \
+        {"alpha:web": (False, "another command stopped it each time it was started")}
+    assert len(fake.methods("supervisor.startProcess")) == 3
+
+
+def test_restart_whose_new_process_another_restart_stopped(plan, endpoints):
+    # three `restart worker` at once: ours started it, a third one's stop hit our new process
+    # (and that one starts it again too): ask again, it comes up
+    fake = endpoints["alpha"] = FakeEndpoint(
+        start_faults={"web": [True, ALREADY_STARTED]},
+        scripts={"web": ["STOPPED", ("STARTING", 1), ("STOPPING", 1), "STOPPED", ("STARTING", 2),
+                         ("RUNNING", 2)]})
+    assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
+    assert len(fake.methods("supervisor.startProcess")) == 2
+
+
+@pytest.mark.parametrize(("script", "expected"), [
+    (["STARTING", "RUNNING"], (True, "already running")),
+    (["BACKOFF", "FATAL"], (False, "FATAL: exited too quickly")),
+])
+def test_start_of_a_process_another_start_is_starting(plan, endpoints, script, expected):
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STARTING"},
+                                             start_faults={"web": ALREADY_STARTED},
+                                             scripts={"web": script})
+    fake.acted.add("web")  # the other command's start
+    assert results(control.control(plan, "start", ["web"])) == {"alpha:web": expected}
+
+
+def test_stop_while_another_command_starts_it_again(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STOPPING", ("STARTING", 1)]})
+    assert results(control.control(plan, "stop", ["web"])) == \
+        {"alpha:web": (True, "stopped (and started again since by another command)")}
+
+
+def test_stop_of_a_process_another_command_is_stopping(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPING"},
+                                             stop_faults={"web": NOT_RUNNING_FAULT},
+                                             scripts={"web": ["STOPPING", "STOPPED"]})
+    fake.acted.add("web")
+    assert results(control.control(plan, "stop", ["web"])) == {"alpha:web": (True, "stopped")}
+
+
+def test_a_process_that_vanished_before_the_request(plan, endpoints):
+    class Vanished(FakeEndpoint):
+        def process_info(self, process: str) -> Any:
+            return Fault(10, f"BAD_NAME: {GROUP}:{process}")
+
+    endpoints["alpha"] = Vanished(scripts={"web": ["RUNNING"]})
+    ((ok, message),) = results(control.control(plan, "restart", ["web"])).values()
+    assert not ok
+    assert "not loaded" in message
 
 
 def test_instances_fail_independently(plan, endpoints):
@@ -573,8 +724,10 @@ def test_status_all_running(plan, endpoints):
     report = control.status(plan, "beta")
     assert report.exit_code == STATUS_OK
     assert [p.name for p in report.instances[0].programs] == ["worker_00", "worker_01"]
-    calls = [m for m, _ in endpoints["beta"].calls]
-    assert calls == ["supervisor.getState", "supervisor.getPID", "supervisor.getAllProcessInfo"]
+    # one request: the restart count comes from the main log's tail in the same multicall
+    assert endpoints["beta"].calls == [
+        ("supervisor.getState", ()), ("supervisor.getPID", ()),
+        ("supervisor.getAllProcessInfo", ()), ("supervisor.readLog", (-MAIN_LOG_TAIL, 0))]
 
 
 @pytest.mark.parametrize(("second", "code"), [
@@ -688,6 +841,194 @@ def test_unexpected_errors_reach_the_caller(plan, endpoints):
 
 
 # --------------------------------------------------------------------------------------------
+# restarts and crash loops (issue 11, defect 11), from supervisord's main log
+
+NOW = 1_700_000_000
+
+
+def log_line(at: float, text: str, level: str = "INFO") -> str:
+    """A line as supervisord's logger writes it: local time, milliseconds, level, message."""
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))},123 {level} {text}\n"
+
+
+def crash_log(name: str, exits: list[float], pid: int = 500, first: float = NOW - 3600) -> str:
+    """A process spawned at ``first``, then exiting at each of ``exits`` and respawned 1 s later."""
+    text = log_line(first, f"spawned: '{name}' with pid {pid}")
+    for n, at in enumerate(exits, start=1):
+        text += log_line(at, f"exited: {name} (exit status 3; not expected)", "WARN")
+        text += log_line(at + 1, f"spawned: '{name}' with pid {pid + n}")
+        text += log_line(at + 2, f"success: {name} entered RUNNING state, process has stayed "
+                         "up for > than 1 seconds (startsecs)")
+    return text
+
+
+def beta_with_log(main_log: Any, worker_pid: int = 504) -> FakeEndpoint:
+    return FakeEndpoint(infos=[info("worker_00", "RUNNING", pid=worker_pid, start=NOW - 5, now=NOW),
+                               info("worker_01", "RUNNING", pid=22, start=NOW - 4000, now=NOW)],
+                        main_log=main_log)
+
+
+def test_a_crash_loop_longer_than_startsecs_is_a_warning(plan, endpoints):
+    # each run reaches RUNNING (so no BACKOFF/FATAL), but 4 restarts in 300 s is more than 3
+    log = crash_log("worker_00", [NOW - 200, NOW - 150, NOW - 100, NOW - 8]) + \
+        log_line(NOW - 4000, "spawned: 'worker_01' with pid 22")
+    endpoints["beta"] = beta_with_log(log)
+    report = control.status(plan, "beta")
+    worker_00, worker_01 = report.instances[0].programs
+    assert (worker_00.restarts, worker_00.crash_looping) == (4, True)
+    assert worker_00.severity == STATUS_WARNING
+    assert (worker_01.restarts, worker_01.crash_looping) == (0, False)
+    assert report.exit_code == STATUS_WARNING
+    data = report.as_json()["instances"][0]["programs"]
+    assert data[0]["restarts"] == 4
+    assert data[0]["last_exit"] == {"ago_s": 8, "reason": "exit status 3", "expected": False}
+    assert data[0]["state"] == "RUNNING"  # every field there was is still there
+    assert (data[1]["restarts"], data[1]["last_exit"]) == (0, None)
+
+
+def test_restarts_outside_the_window_or_at_the_limit_are_fine(plan, endpoints):
+    endpoints["beta"] = beta_with_log(crash_log("worker_00", [NOW - 900, NOW - 800, NOW - 100,
+                                                              NOW - 50, NOW - 8]))
+    report = control.status(plan, "beta")
+    assert report.instances[0].programs[0].restarts == 3  # not more than 3
+    assert report.exit_code == STATUS_OK
+
+
+def test_operator_restarts_are_not_crashes(plan, endpoints):
+    log = log_line(NOW - 100, "spawned: 'worker_00' with pid 500")
+    for n in range(1, 6):  # five `siteboot restart`s
+        log += log_line(NOW - 100 + n * 10, "stopped: worker_00 (terminated by SIGTERM)")
+        log += log_line(NOW - 99 + n * 10, f"spawned: 'worker_00' with pid {500 + n}")
+    endpoints["beta"] = beta_with_log(log, worker_pid=505)
+    (worker_00, _) = control.status(plan, "beta").instances[0].programs
+    assert worker_00.restarts == 0
+    assert worker_00.history is not None
+    assert worker_00.history.last_exit is None
+
+
+def test_a_log_written_in_another_time_zone(plan, endpoints):
+    # supervisord ran with TZ an hour off ours: its spawn of the running pid tells the offset
+    hour = 3600
+    log = crash_log("worker_00", [NOW - 200 - hour, NOW - 150 - hour, NOW - 100 - hour,
+                                  NOW - 8 - hour], first=NOW - 2 * hour)
+    endpoints["beta"] = beta_with_log(log, worker_pid=504)
+    endpoints["beta"].infos[0]["start"] = NOW - 7  # spawned 1 s after the last exit
+    (worker_00, _) = control.status(plan, "beta").instances[0].programs
+    assert worker_00.restarts == 4
+    assert worker_00.history is not None
+    assert worker_00.history.last_exit is not None
+    assert worker_00.history.last_exit.ago_s == 8
+
+
+def test_without_a_main_log_restarts_are_unknown(plan, endpoints):
+    endpoints["beta"] = beta_with_log(Fault(60, "NO_FILE: /x/supervisord.log"))
+    report = control.status(plan, "beta")
+    assert [p.restarts for p in report.instances[0].programs] == [None, None]
+    assert report.exit_code == STATUS_OK
+    assert report.as_json()["instances"][0]["programs"][0]["restarts"] is None
+
+
+def test_a_log_tail_that_starts_inside_a_character_is_read_again(plan, endpoints):
+    log = crash_log("worker_00", [NOW - 200, NOW - 150, NOW - 100, NOW - 8])
+
+    def read(params: tuple[Any, ...]) -> Any:
+        if params[0] in (-MAIN_LOG_TAIL, -MAIN_LOG_TAIL - 1):
+            return Fault(30, "FAILED: <class 'UnicodeDecodeError'>:'utf-8' codec can't decode")
+        return log
+
+    endpoints["beta"] = fake = beta_with_log(read)
+    (worker_00, _) = control.status(plan, "beta").instances[0].programs
+    assert worker_00.restarts == 4
+    assert [params for params in fake.methods("supervisor.readLog")] == [
+        (-MAIN_LOG_TAIL, 0), (-MAIN_LOG_TAIL - 1, 0), (-MAIN_LOG_TAIL - 2, 0),
+        (-MAIN_LOG_TAIL - 3, 0)]
+
+
+def test_counting_turned_off(short_dir: Path, endpoints):
+    plan = plan_from(SITE.format(base=short_dir).replace(
+        'numprocs = 2', 'numprocs = 2\ncrash_loop_window = 0'), short_dir)
+    endpoints["beta"] = fake = beta_with_log(crash_log("worker_00", [NOW - 3, NOW - 2, NOW - 1,
+                                                                     NOW - 0.5]))
+    report = control.status(plan, "beta")
+    assert [p.restarts for p in report.instances[0].programs] == [None, None]
+    assert fake.methods("supervisor.readLog") == []  # not even read
+
+
+def test_the_limit_is_per_program(short_dir: Path, endpoints):
+    plan = plan_from(SITE.format(base=short_dir).replace(
+        'numprocs = 2', 'numprocs = 2\ncrash_loop_restarts = 0\ncrash_loop_window = 60'), short_dir)
+    endpoints["beta"] = beta_with_log(crash_log("worker_00", [NOW - 100, NOW - 8]))
+    report = control.status(plan, "beta")
+    assert report.instances[0].programs[0].restarts == 1  # the one 100 s ago is outside 60 s
+    assert report.exit_code == STATUS_WARNING
+
+
+# --------------------------------------------------------------------------------------------
+# one instance that cannot be asked never hides the others (issue 11, defect 5)
+
+
+@pytest.mark.parametrize("error", [
+    PermissionError(13, "Permission denied"),
+    UsageError("user jaws does not exist on this host"),
+])
+def test_an_instance_that_cannot_be_asked_reports_its_own_error(plan, endpoints, error):
+    endpoints["alpha"] = error
+    endpoints["beta"] = running_beta()
+    endpoints["gamma"] = FakeEndpoint(infos=[info("web2", "RUNNING", pid=3)])
+    report = control.status(plan)
+    alpha, beta, gamma = report.instances
+    assert alpha.state == control.ERROR
+    assert str(error.args[-1] if isinstance(error, OSError) else error) in (alpha.error or "")
+    assert (beta.state, gamma.state) == (RUNNING, RUNNING)
+    assert report.exit_code == STATUS_UNKNOWN
+    endpoints["beta"] = running_beta("FATAL")
+    assert control.status(plan).exit_code == STATUS_CRITICAL  # CRITICAL still wins
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "unreadable"])
+def test_a_key_file_that_is_no_key_file(plan, endpoints, monkeypatch, kind):
+    from siteboot import rpc
+
+    alpha = plan.instances["alpha"]
+    alpha.runtime_dir.mkdir(parents=True)
+    alpha.socket_path.write_text("")  # it runs: the key is the problem
+    alpha.key_path.parent.mkdir(parents=True)
+    if kind == "directory":
+        alpha.key_path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(alpha.key_path)
+    else:
+        alpha.key_path.write_text("k\n")
+        real_open = os.open
+
+        def refuse(path: Any, *args: Any) -> int:
+            if Path(path) == alpha.key_path:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args)
+
+        monkeypatch.setattr(os, "open", refuse)
+
+    def some_connect(plan_: Plan, inst: Any, timeout: float = 5.0) -> Any:
+        if inst.name == "alpha":
+            return rpc.connect(plan_, inst, timeout)
+        return running_beta() if inst.name == "beta" else \
+            FakeEndpoint(infos=[info("web2", "RUNNING", pid=3)])
+
+    monkeypatch.setattr(control, "connect", some_connect)
+    report = control.status(plan, None)
+    alpha_row, beta_row, _gamma = report.instances
+    assert alpha_row.state == NO_KEY
+    expected = {"directory": "is a directory, not a regular file",
+                "fifo": "is a FIFO, not a regular file", "unreadable": "permission denied"}[kind]
+    assert expected in (alpha_row.error or "")
+    assert str(alpha.key_path) in (alpha_row.error or "")
+    assert beta_row.state == RUNNING
+    assert len(beta_row.programs) == 2
+    assert report.exit_code == STATUS_UNKNOWN
+    assert report.as_json()["instances"][0]["state"] == "no key"
+
+
+# --------------------------------------------------------------------------------------------
 # tail
 
 
@@ -720,6 +1061,77 @@ def test_tail_fault_is_a_usage_error(plan, endpoints):
     fake.tails[(f"{GROUP}:web", 0, 4096)] = Fault(10, "BAD_NAME: t-dev:web")
     with pytest.raises(UsageError, match="cannot tail t-dev:web: BAD_NAME"):
         control.tail(plan, "web", print)
+
+
+def test_tail_follow_over_rpc_reads_from_its_offset(plan, endpoints):
+    # supervisord's tailProcessStdoutLog answers the *last* bytes whatever the offset: asked
+    # with a big length it sent the whole log again on every poll (18 lines, 91 printed)
+    fake = endpoints["alpha"] = FakeEndpoint()
+    fake.log_bytes = b"".join(f"line {n}\n".encode() for n in range(18))
+    fake.tails[(f"{GROUP}:web", 0, 256)] = [fake.log_bytes.decode(), len(fake.log_bytes), False]
+    out: list[str] = []
+    stop = threading.Event()
+
+    def write(text: str) -> None:
+        out.append(text)
+        if len(out) < 4:  # the program writes on
+            fake.log_bytes += f"more {len(out)}\n".encode()
+        else:
+            stop.set()
+
+    first = len(fake.log_bytes)
+    control.tail(plan, "web", write, follow=True, nbytes=16, stop=stop, interval=0.01)
+    assert "".join(out) == "line 16\nline 17\nmore 1\nmore 2\nmore 3\n"
+    reads = fake.methods("supervisor.readProcessStdoutLog")
+    # from the offset, less the bytes seen last (all of them here: fewer than 256)
+    assert reads[0] == (f"{GROUP}:web", 0, first + RPC_CHUNK)
+    ends = [start + length - RPC_CHUNK for _, start, length in reads]
+    assert ends == sorted(ends)  # each read starts where the last one ended
+
+
+def test_tail_follow_over_rpc_of_a_log_that_is_not_there(plan, endpoints):
+    answers = iter([Fault(20, "NO_FILE: /x/web.out.log"), "late\n",
+                    Fault(30, "FAILED: <class 'PermissionError'>:...")])
+
+    class Missing(FakeEndpoint):
+        def one(self, method: str, params: tuple[Any, ...]) -> Any:
+            return next(answers) if "readProcess" in method else super().one(method, params)
+
+    fake = endpoints["alpha"] = Missing()
+    fake.tails[(f"{GROUP}:web", 0, 4096)] = ["", 0, False]  # supervisord's answer: no file
+    out: list[str] = []
+    with pytest.raises(UsageError, match="cannot follow t-dev:web: FAILED"):
+        control.tail(plan, "web", out.append, follow=True, interval=0.01)
+    assert "".join(out) == "late\n"
+
+
+def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint()
+    log = plan.instances["alpha"].programs[0].log_path("web")
+    log.parent.mkdir(parents=True)
+    log.write_text("old\nnew\n")
+    out: list[str] = []
+    stop = threading.Event()
+
+    def write(text: str) -> None:
+        out.append(text)
+        stop.set()
+
+    control.tail(plan, "web", write, follow=True, nbytes=4, stop=stop, interval=0.01)
+    assert out == ["new\n"]
+    assert endpoints["alpha"].calls == []  # files only
+
+
+def test_tail_an_end_that_starts_inside_a_character(plan, endpoints):
+    fake = endpoints["alpha"] = FakeEndpoint()
+    undecodable = Fault(30, "FAILED: <class 'UnicodeDecodeError'>:'utf-8' codec can't decode")
+    fake.tails[(f"{GROUP}:web", 0, 5)] = undecodable
+    fake.tails[(f"{GROUP}:web", 0, 4)] = undecodable
+    fake.tails[(f"{GROUP}:web", 0, 3)] = ["€\n", 9, True]
+    fake.tails[(f"{GROUP}:web", 0, 2)] = undecodable
+    out: list[str] = []
+    control.tail(plan, "web", out.append, nbytes=5)
+    assert out == ["€\n"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from siteboot import ops
-from siteboot.errors import EXIT_USAGE, OwnershipError, SitebootError
+from siteboot.errors import EXIT_USAGE, KeyAccessError, OwnershipError, SitebootError
 from siteboot.fsutil import atomic_write, ensure_private_dir, owner_name
 from siteboot.instances import prepare_runtime_dir
-from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash
+from siteboot.keys import PLACEHOLDER_HASH, ensure_key, password_hash, read_key
 from siteboot.plan import Plan, make_plan
 from siteboot.site import load_site
 from tests.helpers import own_site_text, supervisor_parse
@@ -155,3 +155,71 @@ def test_atomic_write_names_the_file_when_the_disk_is_full(tmp_path, monkeypatch
     assert info.value.filename == str(target)
     assert target.read_text() == "old\n"  # the previous file stands
     assert [p.name for p in tmp_path.iterdir()] == ["supervisord.conf"]  # no temp file left
+
+
+# --------------------------------------------------------------------------------------------
+# a key path that holds no key is a clear error of its own (issue 11, defect 5)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _bound_socket(path: Path) -> None:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(path))
+    sock.close()
+
+
+@pytest.mark.parametrize(("make", "kind"), [
+    (lambda path: path.mkdir(), "a directory"),
+    (os.mkfifo, "a FIFO"),
+    (_bound_socket, "a socket"),
+])
+def test_a_key_path_that_is_no_file(write_site, short_dir, make, kind):
+    plan = own_plan(write_site, short_dir)
+    inst = plan.instances["main"]
+    inst.key_path.parent.mkdir(parents=True)
+    make(inst.key_path)
+    fds = _open_fds()
+    with pytest.raises(KeyAccessError) as info:
+        read_key(plan, inst)
+    assert str(inst.key_path) in str(info.value)
+    assert kind in str(info.value) or "No such device" in str(info.value)  # a socket: ENXIO
+    assert _open_fds() == fds  # nothing left open
+
+
+def test_a_device_is_not_read(write_site, short_dir):
+    from siteboot.keys import _read
+
+    with pytest.raises(KeyAccessError, match="is a character device, not a regular file"):
+        _read(Path("/dev/zero"))  # would never end
+
+
+def test_an_unreadable_own_key_names_the_file(write_site, short_dir, monkeypatch):
+    plan = own_plan(write_site, short_dir)
+    inst = plan.instances["main"]
+    ensure_key(inst)
+    real_open = os.open
+
+    def refuse(path, *args):
+        if Path(path) == inst.key_path:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args)
+
+    monkeypatch.setattr(os, "open", refuse)  # root reads any file: refuse as a user's kernel would
+    with pytest.raises(KeyAccessError) as info:
+        read_key(plan, inst)
+    assert f"cannot read key file {inst.key_path}: permission denied" in str(info.value)
+    assert "0600" in str(info.value)
+
+
+def test_an_oversized_key_file_is_not_read_whole(write_site, short_dir):
+    plan = own_plan(write_site, short_dir)
+    inst = plan.instances["main"]
+    key = ensure_key(inst)
+    assert read_key(plan, inst) == key
+    inst.key_path.write_text("x" * 10_000)
+    assert len(read_key(plan, inst)) == 4096

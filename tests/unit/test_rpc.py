@@ -150,6 +150,36 @@ def test_decode_non_ascii_bytes():
     assert decode_response(data) == "ünïcode ✓"
 
 
+CONTROL_TEXTS = [
+    "\x1b[31mred\x1b[0m plain \x1b[1;32mbold green\x1b[0m",  # ANSI colours
+    "".join(chr(c) for c in range(32)),  # every C0 control, tab and newline included
+    "progress 10%\rprogress 20%\r\n",  # CR would come out of an XML parser as LF
+    "not XML: \ufffe \uffff",
+    "\ue000 \ue100\ue000\ue11b, the escape itself, next to what it stands for",
+    "ü ✓ \x07 ✓",
+]
+
+
+@pytest.mark.parametrize("text", CONTROL_TEXTS)
+def test_decode_what_supervisord_sends_with_control_characters(text):
+    # supervisord marshals with xmlrpc.client, which escapes only & < >: this is what arrives
+    data = xmlrpc.client.dumps(([text, {"k": text}, 3],), methodresponse=True).encode()
+    assert decode_response(data) == [text, {"k": text}, 3]
+
+
+def test_an_xml_parser_alone_refuses_them():
+    data = xmlrpc.client.dumps((CONTROL_TEXTS[0],), methodresponse=True).encode()
+    with pytest.raises(Exception, match="not well-formed"):
+        xmlrpc.client.loads(data)
+
+
+def test_decode_control_characters_in_a_fault():
+    data = xmlrpc.client.dumps(xmlrpc.client.Fault(30, "FAILED: \x1b[31m\r")).encode()
+    with pytest.raises(Fault) as ours:
+        decode_response(data)
+    assert ours.value.faultString == "FAILED: \x1b[31m\r"
+
+
 @pytest.mark.parametrize(("code", "text"), [
     (60, "ALREADY_STARTED: t-dev:web"),
     (10, "BAD_NAME: t-dev:nope"),

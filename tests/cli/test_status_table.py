@@ -1,0 +1,37 @@
+"""The status table: restarts and the last exit beside each program (issue 11, defect 11)."""
+
+from __future__ import annotations
+
+from siteboot.cli.output import print_status
+from siteboot.control import RUNNING, InstanceStatus, ProgramStatus, StatusResult
+from siteboot.history import History, LastExit
+
+
+def report(*programs: ProgramStatus) -> StatusResult:
+    return StatusResult("t", "dev", [InstanceStatus("alpha", "me", RUNNING, "unix:///a", pid=7,
+                                                    programs=list(programs))])
+
+
+def test_restarts_column_and_last_exit(capsys, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    looping = ProgramStatus("web", "t-dev", "RUNNING", 12, 2, None, "", True,
+                            history=History(4, 300, LastExit(8, "exit status 3", False)),
+                            restart_limit=3)
+    steady = ProgramStatus("worker", "t-dev", "RUNNING", 13, 900, None, "", True,
+                           history=History(0, 300, None), restart_limit=3)
+    unknown = ProgramStatus("other", "t-dev", "STOPPED", None, None, 0, "", False)
+    print_status(report(looping, steady, unknown))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["program", "state", "pid", "restarts"]
+    assert lines[2].split()[:4] == ["web", "RUNNING", "12", "4!"]
+    assert lines[2].endswith("uptime 2s; crash loop: 4 restarts in 300s (more than 3); "
+                             "last exit 8s ago: exit status 3, not expected")
+    assert lines[3].split() == ["worker", "RUNNING", "13", "0", "uptime", "900s"]
+    assert lines[4].split() == ["other", "STOPPED", "exit", "0"]
+
+
+def test_no_restarts_column_when_nothing_is_counted(capsys, monkeypatch):
+    monkeypatch.setenv("NO_COLOR", "1")
+    print_status(report(ProgramStatus("web", "t-dev", "RUNNING", 12, 2, None, "", True)))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].split() == ["program", "state", "pid"]
