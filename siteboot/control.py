@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from siteboot.concurrency import concurrently
 from siteboot.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -138,14 +139,20 @@ class StatusResult:
     site: str
     env: str
     instances: list[InstanceStatus]
+    runner: Any | None = None  # the site's detached gitlab-runner (a ``runner.RunnerStatus``)
 
     @property
     def exit_code(self) -> int:
-        return worst([i.severity for i in self.instances])
+        runner = [] if self.runner is None or self.runner.state == "not yours" \
+            else [self.runner.exit_code]
+        return worst([i.severity for i in self.instances] + runner)
 
     def as_json(self) -> dict[str, Any]:
-        return {"site": self.site, "env": self.env, "ok": self.exit_code == STATUS_OK,
+        data = {"site": self.site, "env": self.env, "ok": self.exit_code == STATUS_OK,
                 "instances": [i.as_json() for i in self.instances]}
+        if self.runner is not None:
+            data["runner"] = self.runner.as_json()
+        return data
 
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
@@ -284,33 +291,22 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
     return rows
 
 
-def _concurrently(func: Callable[[InstancePlan], Any], insts: list[InstancePlan]) -> list[Any]:
-    results: list[Any] = [None] * len(insts)
-
-    def work(i: int, inst: InstancePlan) -> None:
-        try:
-            results[i] = func(inst)
-        except BaseException as exc:  # re-raised in the caller's thread
-            results[i] = exc
-
-    threads = [threading.Thread(target=work, args=(i, inst), daemon=True)
-               for i, inst in enumerate(insts)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results
-
-
 def status(plan: Plan, instance: str | None = None) -> StatusResult:
     insts = plan.select(instance)
-    rows = _concurrently(lambda inst: instance_status(plan, inst), insts)
+    rows = concurrently(lambda inst: instance_status(plan, inst), insts)
     if instance is None:
         rows += orphaned_rows(plan)
-    return StatusResult(plan.site.name, plan.env, rows)
+    return StatusResult(plan.site.name, plan.env, rows, _runner_status(plan, instance))
+
+
+def _runner_status(plan: Plan, instance: str | None) -> Any | None:
+    """The site's detached gitlab-runner (a supervised one is a program in its instance's rows)."""
+    runner = plan.runner
+    if runner is None or runner.mode != "detached" or instance not in (None, runner.instance):
+        return None
+    from siteboot import runner as runners  # reads /proc: no psutil on the status path
+
+    return runners.status(plan)
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
@@ -318,8 +314,13 @@ def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
     (an instance removed, its runtime_dir or port changed): still running, and watched by nobody."""
     from siteboot.records import is_running, orphaned
 
+    try:
+        drifted = orphaned(plan)
+    except OSError:  # the records are a convenience: never what keeps a monitor from a verdict
+        return []
+
     rows = []
-    for record in orphaned(plan):
+    for record in drifted:
         if is_running(record):
             rows.append(InstanceStatus(
                 record.instance, record.user, ORPHANED, record.instance_plan().unix_url,
@@ -431,7 +432,7 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
             return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
         return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
 
-    return ControlResult([row for rows in _concurrently(run, insts) for row in rows])
+    return ControlResult([row for rows in concurrently(run, insts) for row in rows])
 
 
 _STOPPED = {"STOPPED", "EXITED", "FATAL"}

@@ -18,7 +18,7 @@ from siteboot.plan import InstancePlan, Plan
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # which check: site, runtime, state, ports, stale, orphans, venvs, cron
+    check: str  # which check: site, runtime, state, ports, stale, orphans, venvs, runner, cron
     ok: bool
     message: str
     fix: str = ""
@@ -213,6 +213,25 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
     return findings
 
 
+def check_runner(plan: Plan, root: Path | None) -> list[Finding]:
+    """The site's detached gitlab-runner: running, once (a supervised one is a program)."""
+    runner = plan.runner
+    if runner is None or runner.mode != "detached" or runner.user != plan.invoker:
+        return []
+    from siteboot import runner as runners
+
+    found = runners.status(plan)
+    findings = [Finding("runner", False, problem, "stop the extra one: `siteboot runner stop`, then "
+                        + _hint(plan, "runner revive")) for problem in found.problems]
+    if found.state == "not running":
+        findings.append(Finding("runner", False, f"the gitlab-runner for {runner.config} is not "
+                                "running", _hint(plan, "runner revive")))
+    elif not findings:
+        findings.append(Finding("runner", True, f"gitlab-runner {found.state}"
+                                + (f" (pid {', '.join(map(str, found.pids))})" if found.pids else "")))
+    return findings
+
+
 def check_cron(plan: Plan, root: Path | None) -> list[Finding]:
     """After a reboot nothing comes back unless cron revives it."""
     from siteboot.cron import markers, read_crontab
@@ -231,7 +250,7 @@ def check_cron(plan: Plan, root: Path | None) -> list[Finding]:
 
 CHECKS: list[Callable[[Plan, Path | None], list[Finding]]] = [
     check_site, check_runtime, check_state, check_ports, check_stale, check_orphans, check_venvs,
-    check_cron]
+    check_runner, check_cron]
 
 
 def _owned(plan: Plan) -> list[InstancePlan]:

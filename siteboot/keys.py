@@ -215,9 +215,13 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
         raise KeyAccessError(f"instance {inst.name} belongs to {inst.user} and grants no group: "
                              "not yours and no grant",
                              f"run as {inst.user}, or add group = \"...\" to [instances.{inst.name}]")
+    from siteboot.errors import OwnershipError
+
     try:
         verify_shared_dir(inst)
         return _read(inst.shared_key_path, uid_of(inst.user), _group_gid(inst))
+    except OwnershipError as exc:  # a shared_dir nobody should trust holds no usable key
+        raise KeyAccessError(exc.message, exc.hint) from None
     except FileNotFoundError:
         raise KeyAccessError(f"{inst.user} has not published the key of {inst.name} "
                              f"({inst.shared_key_path} missing)",

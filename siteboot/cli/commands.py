@@ -200,7 +200,8 @@ def status(site: str, env: str, root: str | None, instance: str | None, as_json:
 
     \b
     Exit codes (monitoring plugins): 0 all that should run are RUNNING; 1 some are
-    STARTING/BACKOFF; 2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown.
+    STARTING/BACKOFF or crash-looping, a runtime dir was wiped, an instance is orphaned;
+    2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown.
     """
     sys.exit(show_status(Ctx(site, env, root), instance, as_json))
 

@@ -75,6 +75,7 @@ def _program_detail(p: Any) -> str:
 
 
 def print_status(report: Any) -> None:
+    runner = getattr(report, "runner", None)
     for inst in report.instances:
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""
@@ -94,3 +95,10 @@ def print_status(report: Any) -> None:
             if counted:
                 colors[3] = lambda cell: "yellow" if cell.endswith("!") else None
             echo(table(headers, rows, colors))
+    if runner is not None:
+        pids = ", ".join(map(str, runner.pids))
+        head = f"gitlab-runner ({runner.user}, {runner.mode}) {runner.state}"
+        echo(styled(head + (f", pid {pids}" if pids else ""), bold=True) + f"  {runner.config}")
+        for line in [runner.detail, *runner.problems]:
+            if line:
+                echo(styled(f"  {line}", fg=None if runner.exit_code == 0 else "red"))

@@ -262,6 +262,10 @@ def test_revive_brings_back_a_killed_detached_runner_and_keeps_a_drained_one_dow
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dev gitlab-runner: started" in result.stdout
     (first,) = wait_until(lambda: runners(site.base) or None)
+    shown = json_of(site.run("status", "--json"))["runner"]
+    assert (shown["state"], shown["pids"]) == ("running", [first])
+    assert "gitlab-runner (" in site.run("status").stdout
+    assert "runner: gitlab-runner running" in site.run("doctor").stdout
     again = site.run("revive")
     assert (again.returncode, again.stdout.strip()) == (0, "nothing to do")  # alive: untouched
     assert runners(site.base) == [first]
@@ -269,6 +273,9 @@ def test_revive_brings_back_a_killed_detached_runner_and_keeps_a_drained_one_dow
     os.kill(first, signal.SIGKILL)  # what a maintenance reboot does to it
     wait_until(lambda: not psutil.pid_exists(first)
                or psutil.Process(first).status() == psutil.STATUS_ZOMBIE)
+    rc, shown = site.status()
+    assert (rc, shown["runner"]["state"]) == (2, "not running")  # monitoring sees it
+    assert "is not running" in site.run("doctor").stdout
     result = site.run("revive")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "dev gitlab-runner: started" in result.stdout

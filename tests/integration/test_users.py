@@ -643,7 +643,7 @@ def test_a_squatted_shared_dir_never_receives_the_key(two_users):
         result = env.run(JTM, "up", "-i", "jtm")
         assert result.returncode == 0, result.stdout  # the instance runs; only the grant waits
         assert "members of sbt_jtm cannot control it yet" in result.stdout
-        assert f"shared_dir {published} belongs to {OTHER}" in result.stdout
+        assert f"{published} belongs to {OTHER}" in result.stdout
         assert not (published / "jtm.key").exists()
         member = env.run(JAWS, "status", "-i", "jtm", "--json")
         assert json.loads(member.stdout)["instances"][0]["state"] == "no key"
