@@ -296,17 +296,7 @@ def status(plan: Plan, instance: str | None = None) -> StatusResult:
     rows = concurrently(lambda inst: instance_status(plan, inst), insts)
     if instance is None:
         rows += orphaned_rows(plan)
-    return StatusResult(plan.site.name, plan.env, rows, _runner_status(plan, instance))
-
-
-def _runner_status(plan: Plan, instance: str | None) -> Any | None:
-    """The site's detached gitlab-runner (a supervised one is a program in its instance's rows)."""
-    runner = plan.runner
-    if runner is None or runner.mode != "detached" or instance not in (None, runner.instance):
-        return None
-    from siteboot import runner as runners  # reads /proc: no psutil on the status path
-
-    return runners.status(plan)
+    return StatusResult(plan.site.name, plan.env, rows)
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:

@@ -221,7 +221,14 @@ def status(plan: Plan, instance: str | None = None) -> StatusResult:
     """Every instance and program of the env, queried concurrently."""
     from siteboot.control import status as query
 
-    return query(plan, instance)
+    result = query(plan, instance)
+    runner = plan.runner
+    # a supervised runner is a program in its instance's rows; a detached one is shown apart
+    if runner is not None and runner.mode == "detached" and instance in (None, runner.instance):
+        from siteboot import runner as runners  # reads /proc: no psutil on the status path
+
+        result.runner = runners.status(plan)
+    return result
 
 
 def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
