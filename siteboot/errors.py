@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the operation was attempted and failed
 EXIT_USAGE = 2  # bad usage or a bad site file: nothing was attempted
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away, as shells report SIGPIPE
 
 # Exit codes of `siteboot status`, as monitoring plugins (Nagios, Icinga) read them.
 STATUS_OK = 0  # every program that should run is RUNNING
@@ -105,6 +106,9 @@ def exit_code_for(exc: BaseException, *, debug: bool, error: Callable[[str], Non
     """
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): quietly, as shells do
+        silence_stdout()
+        return EXIT_BROKEN_PIPE
     if debug or not isinstance(exc, Exception):
         raise exc
     if isinstance(exc, SitebootError):
@@ -113,3 +117,17 @@ def exit_code_for(exc: BaseException, *, debug: bool, error: Callable[[str], Non
     error(f"internal error: {type(exc).__name__}: {exc}\n"
           "  rerun with --debug (or SITEBOOT_DEBUG=1) for the traceback")
     return internal_code
+
+
+def silence_stdout() -> None:
+    """After the reader of our stdout went away (``| head``): send the rest, and what Python
+    flushes at exit, nowhere, instead of a second BrokenPipeError."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from siteboot.cli.context import Ctx
-from siteboot.errors import STATUS_UNKNOWN, SitebootError
+from siteboot.errors import STATUS_UNKNOWN, SitebootError, silence_stdout
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 
@@ -27,10 +27,13 @@ def show_status(ctx: Ctx, instance: str | None, as_json: bool) -> int:
     except SitebootError as exc:
         exc.exit_code = STATUS_UNKNOWN
         raise
-    if as_json:
-        print_json(report.as_json())
-    else:
-        print_status(report)
+    try:
+        if as_json:
+            print_json(report.as_json())
+        else:
+            print_status(report)
+    except BrokenPipeError:  # `siteboot status | head -1`: the verdict stands
+        silence_stdout()
     return report.exit_code
 
 

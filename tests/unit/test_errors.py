@@ -48,3 +48,30 @@ def test_exit_code_for_reraises_with_debug_and_for_exits():
         exit_code_for(SitebootError("x"), debug=True, error=print)
     with pytest.raises(SystemExit):
         exit_code_for(SystemExit(3), debug=False, error=print)
+
+
+def test_a_closed_pipe_is_quiet(monkeypatch):
+    silenced: list[bool] = []
+    monkeypatch.setattr("siteboot.errors.silence_stdout", lambda: silenced.append(True))
+    said: list[str] = []
+    assert exit_code_for(BrokenPipeError(), debug=False, error=said.append) == 141
+    assert (said, silenced) == ([], [True])
+
+
+def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
+    """`siteboot status | head -1`: exit 0-3 as the report says, not an internal error."""
+    from siteboot.cli import fast
+    from siteboot.control import StatusResult
+
+    def closed(report: object) -> None:
+        raise BrokenPipeError
+
+    monkeypatch.setattr("siteboot.ops.status", lambda plan, instance: StatusResult("t", "dev", []))
+    monkeypatch.setattr("siteboot.cli.output.print_status", closed)
+    monkeypatch.setattr(fast, "silence_stdout", lambda: None)
+
+    class FakeCtx:
+        def plan(self) -> None:
+            return None
+
+    assert fast.show_status(FakeCtx(), None, as_json=False) == 0  # type: ignore[arg-type]
