@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
 DEFAULT_STOP_WAIT = 10  # supervisord's own default stopwaitsecs
+HUNG_AFTER = 30.0  # seconds of silence (after SIGCONT) before `revive` replaces a supervisord
 
 
 @dataclass
@@ -152,10 +153,22 @@ def find_supervisord(inst: InstancePlan) -> Any | None:
 
 
 def read_pidfile(inst: InstancePlan) -> int | None:
+    """The pid in the instance's pidfile, if it is a small regular file: read before the runtime
+    dir is verified, so a FIFO or a symlink to /dev/zero planted there must not hang us."""
+    import stat
+
     try:
-        return int(inst.pidfile.read_text().strip())
+        fd = os.open(inst.pidfile, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return int(os.read(fd, 64).decode("ascii", "replace").strip())
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
 
 
 def clear_stale(inst: InstancePlan, running: Any | None) -> list[str]:
@@ -310,6 +323,8 @@ def each_owned(plan: Plan, instance: str | None,
                 return action(inst)
         except SitebootError as exc:  # one instance failing must not keep the others down
             return InstanceOutcome(inst.name, "failed", str(exc))
+        except Fault as fault:  # e.g. it began to shut down, or cannot re-read its config
+            return InstanceOutcome(inst.name, "failed", f"supervisord answered: {fault.faultString}")
         except OSError as exc:
             return InstanceOutcome(inst.name, "failed", describe_os_error(exc))
         except psutil.Error as exc:
@@ -345,6 +360,9 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
 
         new_key(inst)
     endpoint = own_endpoint(plan, inst)
+    if running is not None and not os.path.lexists(inst.socket_path):
+        # its socket was wiped (and maybe no record says it runs): its port still answers
+        endpoint = dataclasses.replace(endpoint, url=inst.http_url)
     try:
         conf = provision(plan, inst, root)
     except OSError as exc:
@@ -359,7 +377,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         why = probe(endpoint)
         if why == NOT_ANSWERING and replace_hung:
             signal_process(running, signal.SIGCONT)  # SIGSTOPped: let it answer before judging
-            why = probe(endpoint)
+            # an overloaded login node is slow, not hung: a long look before replacing it
+            why = probe(dataclasses.replace(endpoint, timeout=HUNG_AFTER))
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
@@ -489,8 +508,11 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
             + ":\n" + _indent(file_tail(inst.launch_log) or "(no output)"),
             f"config: {conf}")
     # What it was started with: ``up`` compares server settings against this, not the file that
-    # a later ``render`` may have rewritten.
-    atomic_write(inst.started_conf_path, conf.read_bytes(), mode=0o600)
+    # a later ``render`` may have rewritten. A full disk must not fail a start that worked.
+    try:
+        atomic_write(inst.started_conf_path, conf.read_bytes(), mode=0o600)
+    except OSError:
+        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if probe(endpoint) is None:

@@ -114,8 +114,8 @@ def verify_shared_dir(inst: InstancePlan) -> Path:
         problem = "is not a directory (a symlink?)"
     elif info.st_uid not in (0, owner):
         problem = f"belongs to {owner_name(info.st_uid)}, not {inst.user} or root"
-    elif info.st_mode & stat.S_IWOTH:
-        problem = "is writable by everyone"
+    elif info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
+        problem = "is writable by " + ("everyone" if info.st_mode & stat.S_IWOTH else "its group")
     else:
         problem = _acl(folder)
     if problem:

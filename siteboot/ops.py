@@ -154,7 +154,7 @@ def sources(plan: Plan, root: Path | None) -> str:
 def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
     from siteboot.control import converge
     from siteboot.records import operator_stops
-    from siteboot.rpc import RpcError
+    from siteboot.rpc import Fault, RpcError
 
     for outcome in outcomes:
         if outcome.action not in ("started", "already running", "updated"):
@@ -164,6 +164,9 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
             done = converge(plan, inst, operator_stops(inst))
         except RpcError as exc:
             outcome.action, outcome.detail = "failed", f"cannot check its programs: {exc.message}"
+            continue
+        except Fault as fault:  # it began to shut down meanwhile
+            outcome.action, outcome.detail = "failed", f"supervisord answered: {fault.faultString}"
             continue
         outcome.notes += done.notes
         if done.failed:

@@ -29,9 +29,12 @@ class RunResult(NamedTuple):
 
 
 def clean_env(environ: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """``environ`` (default: ours) without PYTHONPATH/PYTHONHOME, plus ``extra``."""
+    """``environ`` (default: ours) without PYTHONPATH/PYTHONHOME, and without the SUPERVISOR_*
+    variables siteboot may have inherited from a supervised program (they would mark what it
+    starts as that program's orphan), plus ``extra``."""
     source = os.environ if environ is None else environ
-    env = {k: v for k, v in source.items() if k not in _FOREIGN_PYTHON_VARS}
+    env = {k: v for k, v in source.items()
+           if k not in _FOREIGN_PYTHON_VARS and not k.startswith("SUPERVISOR_")}
     env.update(extra)
     return env
 

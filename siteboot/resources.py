@@ -110,11 +110,12 @@ def _untrusted_entry(path: Path, root: Path) -> str | None:
         where = f"{where} (-> {os.path.realpath(path)})"
     if info.st_uid not in allowed:
         return f"{where} belongs to {owner_name(info.st_uid)}"
-    # The root itself may be a sticky shared folder (like /tmp): nobody can swap what lies in
-    # it, and whatever a stranger adds there (a templates/ of theirs) fails the checks below.
-    shared_root = path == root and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX
-    if info.st_mode & stat.S_IWOTH and not shared_root:
+    # Not even a sticky shared folder (like /tmp) will do as a root: a stranger could add a
+    # templates/ of theirs after this check.
+    if info.st_mode & stat.S_IWOTH:
         return f"{where} is writable by everyone"
+    if info.st_mode & stat.S_IWGRP:
+        return f"{where} is writable by its group"
     return None
 
 

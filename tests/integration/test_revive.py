@@ -403,3 +403,17 @@ def test_no_new_key_for_a_running_instance_under_a_wrong_home(site_factory):
                                                        f'state_dir = "{site.base}/state"'))
     assert (site.state() / "keys" / "alpha.key").read_bytes() == key
     assert site.wait_status(0, "-i", "alpha")
+
+
+def test_a_wiped_instance_without_a_start_record_is_restored_not_replaced(site_factory):
+    """Started by a siteboot from before the records (or the record write hit a full disk)."""
+    site = site_factory()
+    site.run("up", "-i", "alpha", check=True)
+    site.wait_status(0, "-i", "alpha")
+    before = program_pids(site)["web"]
+    shutil.rmtree(site.base / "home" / ".local" / "state" / "siteboot" / "started")
+    shutil.rmtree(site.base / "run")
+    result = site.run("up", "-i", "alpha")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "runtime dir restored" in result.stdout
+    assert program_pids(site)["web"] == before

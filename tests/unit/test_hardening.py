@@ -134,7 +134,7 @@ def test_publishing_replaces_a_planted_symlink_without_following_it(short_dir: P
 def test_a_sites_folder_anyone_could_write_is_not_a_site_root(short_dir: Path):
     shared = short_dir / "tmp"
     shared.mkdir()
-    os.chmod(shared, 0o1777)
+    os.chmod(shared, 0o755)
     planted = shared / "sites"
     planted.mkdir()
     os.chmod(planted, 0o777)
@@ -143,8 +143,16 @@ def test_a_sites_folder_anyone_could_write_is_not_a_site_root(short_dir: Path):
     assert find_root(cwd=shared / "work", notice=notes.append) != shared
     assert notes == [f"note: ignoring the site root {shared}: sites is writable by everyone; to "
                      f"use it anyway, pass --root {shared}"]
+    os.chmod(planted, 0o775)
+    assert find_root(cwd=shared / "work", notice=notes.append) != shared
+    assert "sites is writable by its group" in notes[-1]
     os.chmod(planted, 0o755)
     assert find_root(cwd=shared / "work") == shared
+    # a sticky shared folder (like /tmp) is no root either: templates/ could appear in it later
+    os.chmod(shared, 0o1777)
+    assert find_root(cwd=shared / "work", notice=notes.append) != shared
+    assert f"{shared} is writable by everyone" in notes[-1]
+    os.chmod(shared, 0o755)
     os.chown(planted, NOBODY, NOBODY)
     notes.clear()
     assert find_root(cwd=shared / "work", notice=notes.append) != shared
@@ -159,7 +167,6 @@ def test_a_planted_root_with_a_symlink_to_trusted_sites_and_its_own_templates(sh
     (trusted / "sites" / "t.toml").write_text("")
     planted = short_dir / "tmp"
     planted.mkdir()
-    os.chmod(planted, 0o1777)
     (planted / "sites").symlink_to(trusted / "sites")
     (planted / "templates").mkdir()
     evil = planted / "templates" / "supervisord.conf.j2"

@@ -271,3 +271,15 @@ def test_lock_is_released_when_the_holder_dies(plan, alpha, spawn):
     holder.wait()
     with instance_lock(plan, alpha, timeout=1):
         pass
+
+
+def test_a_planted_pidfile_never_hangs_or_floods(alpha):
+    """Read before the runtime dir is verified: a FIFO, or a link to /dev/zero, is no pid."""
+    os.mkfifo(alpha.pidfile)
+    assert read_pidfile(alpha) is None  # returns at once: O_NONBLOCK, and not a regular file
+    alpha.pidfile.unlink()
+    alpha.pidfile.symlink_to("/dev/zero")
+    assert read_pidfile(alpha) is None  # O_NOFOLLOW
+    alpha.pidfile.unlink()
+    alpha.pidfile.write_text("4242\n")
+    assert read_pidfile(alpha) == 4242

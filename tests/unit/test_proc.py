@@ -78,7 +78,9 @@ def test_start_detached_that_cannot_start_raises(tmp_path: Path):
 
 
 def test_clean_env_drops_foreign_python_paths():
-    env = clean_env({"PYTHONPATH": "/x", "PYTHONHOME": "/y", "PIP_INDEX_URL": "z"}, EXTRA="1")
+    env = clean_env({"PYTHONPATH": "/x", "PYTHONHOME": "/y", "PIP_INDEX_URL": "z",
+                     "SUPERVISOR_SERVER_URL": "unix:///run/a.sock",
+                     "SUPERVISOR_PROCESS_NAME": "web"}, EXTRA="1")
     assert env == {"PIP_INDEX_URL": "z", "EXTRA": "1"}
 
 
