@@ -625,7 +625,10 @@ def stop_instance(inst: InstancePlan, endpoint: Callable[[], Endpoint],
     running = find_supervisord(inst)  # identified by uid and command line, not by its files
     outcome = InstanceOutcome(inst.name, "not running")
     if running is not None:
-        descendants = running.children(recursive=True)
+        try:
+            descendants = running.children(recursive=True)
+        except psutil.Error:  # it exited between being found and now: nothing of it is left
+            descendants = []
         how = _ask_to_shut_down(endpoint, running)
         _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
         if alive:
