@@ -37,7 +37,9 @@ from siteboot.fsutil import (
 from siteboot.plan import InstancePlan, Plan, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
+    alive,
     file_tail,
+    is_supervisord,
     pid_alive,
     run_command,
     signal_process,
@@ -110,13 +112,6 @@ def instance_lock(plan: Plan, inst: InstancePlan, timeout: float = LOCK_TIMEOUT)
 
 # ------------------------------------------------------------------------------------------
 # Identity
-
-
-def is_supervisord(cmdline: list[str]) -> bool:
-    """The program itself, not any argument: the config's own name contains "supervisord",
-    so `tail -f .../supervisord-NAME.conf` must not pass."""
-    return any(arg == "supervisor.supervisord" or os.path.basename(arg) == "supervisord"
-               for arg in cmdline[:4])
 
 
 def _is_supervisord_of(cmdline: list[str], inst: InstancePlan) -> bool:
@@ -417,8 +412,8 @@ def _wait_for_shutdown(inst: InstancePlan, running: Any) -> str:
     """A supervisord already on its way out: let it finish (its programs' stop waits), then go on."""
     import psutil
 
-    _, alive = psutil.wait_procs([running], timeout=_stop_wait(inst))
-    if alive:
+    _, lingering = psutil.wait_procs([running], timeout=_stop_wait(inst))
+    if lingering:
         raise InstanceError(f"supervisord pid {running.pid} of {inst.name} has been shutting down "
                             f"for over {_stop_wait(inst):g} s",
                             f"`siteboot down -i {inst.name}` stops it for good")
@@ -630,13 +625,13 @@ def stop_instance(inst: InstancePlan, endpoint: Callable[[], Endpoint],
         except psutil.Error:  # it exited between being found and now: nothing of it is left
             descendants = []
         how = _ask_to_shut_down(endpoint, running)
-        _, alive = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
-        if alive:
+        _, lingering = psutil.wait_procs([running], timeout=timeout or _stop_wait(inst))
+        if lingering:
             how += f"; still running after {timeout or _stop_wait(inst):g} s: killed"
             signal_process(running, signal.SIGKILL)
             psutil.wait_procs([running], timeout=5)
         outcome = InstanceOutcome(inst.name, "stopped", how, running.pid)
-        left = [p for p in descendants if _alive(p)]
+        left = [p for p in descendants if alive(p)]
         if left:  # programs that outlived it (killed supervisord, or one that ignores TERM)
             outcome.notes += stop_orphans(inst, left)
     outcome.notes += stop_orphans(inst, find_orphans(inst))
@@ -658,15 +653,6 @@ def _ask_to_shut_down(endpoint: Callable[[], Endpoint], running: Any) -> str:
     signal_process(running, signal.SIGCONT)  # a stopped (SIGSTOP) one cannot act on SIGTERM
     signal_process(running, signal.SIGTERM)
     return f"{why}; sent SIGTERM"
-
-
-def _alive(proc: Any) -> bool:
-    import psutil
-
-    try:
-        return bool(proc.is_running()) and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _verify_runtime(inst: InstancePlan) -> None:

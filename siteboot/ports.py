@@ -68,7 +68,7 @@ def belongs_to_site(pid: int, config_paths: set[str]) -> bool:
     """True if ``pid`` is one of the site's supervisords or runs under one."""
     import psutil
 
-    from siteboot.instances import is_supervisord
+    from siteboot.proc import is_supervisord
 
     try:
         proc: Any = psutil.Process(pid)

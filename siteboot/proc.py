@@ -210,6 +210,23 @@ def file_tail(path: Path, count: int = 15) -> str:
 # Signals (psutil is imported where used: stage 0 never signals anything)
 
 
+def is_supervisord(cmdline: Sequence[str]) -> bool:
+    """The program itself, not any argument: the config's own name contains "supervisord",
+    so `tail -f .../supervisord-NAME.conf` must not pass."""
+    return any(arg == "supervisor.supervisord" or os.path.basename(arg) == "supervisord"
+               for arg in cmdline[:4])
+
+
+def alive(proc: Any) -> bool:
+    """A psutil.Process that still runs (a zombie does not: it only waits to be reaped)."""
+    import psutil
+
+    try:
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -24,6 +24,7 @@ from typing import Any
 
 from siteboot.fsutil import atomic_write, ensure_private_dir
 from siteboot.plan import InstancePlan, Plan, ProgramPlan, expand_home
+from siteboot.proc import is_supervisord
 
 RECORDS_DIR = "~/.local/state/siteboot/started"
 STOPS_FILE = "operator-stops.json"
@@ -163,8 +164,7 @@ def is_running(record: StartRecord) -> bool:
             argv = handle.read().decode("utf-8", "replace").split("\0")
     except OSError:
         return False
-    return conf in argv and any(arg == "supervisor.supervisord"
-                                or os.path.basename(arg) == "supervisord" for arg in argv[:4])
+    return conf in argv and is_supervisord(argv)
 
 
 def orphaned(plan: Plan) -> list[StartRecord]:

@@ -645,25 +645,17 @@ def stop(plan: Plan, progress: Progress | None = None) -> RunnerOutcome:
 
 
 def _terminate(procs: list[Any], say: Progress) -> RunnerOutcome:
+    from siteboot.proc import alive as proc_alive
     from siteboot.proc import terminate_tree
 
     pids = [p.pid for p in procs]
     say(f"sending SIGTERM to pid {', '.join(map(str, pids))} (SIGKILL after {STOP_GRACE:g} s)")
     for proc in procs:
         terminate_tree(proc, grace=STOP_GRACE)
-    alive = [p.pid for p in procs if _alive(p)]
+    alive = [p.pid for p in procs if proc_alive(p)]
     if alive:
         return RunnerOutcome("failed", f"pid {', '.join(map(str, alive))} survived SIGKILL", pids)
     return RunnerOutcome("stopped", f"pid {', '.join(map(str, pids))}", pids)
-
-
-def _alive(proc: Any) -> bool:
-    import psutil
-
-    try:
-        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
 
 
 def _drain_supervised(plan: Plan, runner: RunnerPlan, timeout: float | None,
