@@ -220,8 +220,7 @@ def stop_orphans(inst: InstancePlan, orphans: list[Any]) -> list[str]:
 
     if not orphans:
         return []
-    waits = {process: int(program.options["stopwaitsecs"]) for program in inst.programs
-             for process in program.process_names()}
+    waits = inst.stop_waits()
     names = {}
     for proc in orphans:
         try:
@@ -550,8 +549,7 @@ def down(plan: Plan, instance: str | None = None, purge: bool = False,
 
 def _stop_wait(inst: InstancePlan) -> float:
     """How long supervisord may take to stop everything: the longest stopwaitsecs, and a margin."""
-    waits = [int(p.options["stopwaitsecs"]) for p in inst.programs]
-    return float(max(waits, default=DEFAULT_STOP_WAIT)) + 10.0
+    return float(max(inst.stop_waits().values(), default=DEFAULT_STOP_WAIT)) + 10.0
 
 
 def _refuse_foreign_siteboot(plan: Plan, inst: InstancePlan, what: str) -> None:

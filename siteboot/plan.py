@@ -173,6 +173,11 @@ class InstancePlan:
     def unix_url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    def stop_waits(self) -> dict[str, int]:
+        """process name -> its program's ``stopwaitsecs``: how long a stop may take."""
+        return {process: int(program.options["stopwaitsecs"]) for program in self.programs
+                for process in program.process_names()}
+
     def program(self, name: str) -> ProgramPlan | None:
         return next((p for p in self.programs if p.name == name), None)
 

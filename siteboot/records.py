@@ -102,14 +102,13 @@ def this_siteboot() -> tuple[str, str]:
 
 
 def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float) -> StartRecord:
+    checkout, python = this_siteboot()
     record = StartRecord(
         site=plan.site.name, site_path=str(plan.site.path), env=plan.env, instance=inst.name,
         user=inst.user, port=inst.port, runtime_dir=str(inst.runtime_dir),
         state_dir=str(inst.state_dir), identifier=inst.identifier, group_name=inst.group_name,
         pid=pid, started_at=started_at,
-        stop_waits={process: int(program.options["stopwaitsecs"]) for program in inst.programs
-                    for process in program.process_names()},
-        checkout=this_siteboot()[0], python=this_siteboot()[1])
+        stop_waits=inst.stop_waits(), checkout=checkout, python=python)
     ensure_private_dir(records_dir(inst.user))
     atomic_write(record.path, json.dumps(record.as_json(), indent=2) + "\n", mode=0o600)
     return record
