@@ -60,6 +60,8 @@ FAULT_BAD_NAME = 10
 FAULT_NO_FILE = 20
 FAULT_ALREADY_STARTED = 60
 FAULT_NOT_RUNNING = 70
+# the process died before supervisord looked: where it lands (BACKOFF, FATAL) says more
+FAULT_SPAWN_ERROR = 50
 
 
 @dataclass
@@ -496,7 +498,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
             continue
         assert isinstance(before, dict)
         message = {"start": "started", "stop": "stopped", "restart": "restarted"}[action]
-        if isinstance(answer, Fault) and action == "start":
+        if isinstance(answer, Fault) and answer.faultCode == FAULT_ALREADY_STARTED \
+                and action == "start":
             message = "already running"
         item = _Tracked(process, int(before["pid"] or 0), int(before["start"] or 0), message,
                         start_attempts=int(first == "start"))
@@ -510,7 +513,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
                                           for t in starting])
             for item, answer in zip(starting, answers):
                 item.start_attempts += 1
-                if isinstance(answer, Fault) and answer.faultCode != FAULT_ALREADY_STARTED:
+                if isinstance(answer, Fault) and answer.faultCode not in (FAULT_ALREADY_STARTED,
+                                                                          FAULT_SPAWN_ERROR):
                     outcome[item.process] = (False, answer.faultString)
                 else:  # started, by us or (ALREADY_STARTED) by another command
                     enter(item, _STARTING)
@@ -537,7 +541,8 @@ def _first_answer(action: str, before: Any, answer: Any) -> tuple[tuple[bool, st
     first = "start" if action == "start" else "stop"
     if isinstance(before, Fault):
         return (False, _fault_message(first, before)[1]), ""
-    if not isinstance(answer, Fault):
+    if not isinstance(answer, Fault) or (first == "start"
+                                         and answer.faultCode == FAULT_SPAWN_ERROR):
         return None, _STARTING if first == "start" else _TO_STOP
     ok, message = _fault_message(first, answer)
     if not ok:

@@ -460,6 +460,20 @@ def test_start_that_goes_fatal(plan, endpoints):
     assert results(rows) == {"alpha:web": (False, "FATAL: exited too quickly")}
 
 
+def test_spawn_error_is_followed_to_where_the_process_lands(plan, endpoints):
+    # supervisord answers SPAWN_ERROR when the process died before it looked; the state it
+    # then reaches (FATAL, or RUNNING after a retry) is the answer
+    endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
+                                      start_faults={"web": Fault(50, f"SPAWN_ERROR: {GROUP}:web")},
+                                      scripts={"web": ["BACKOFF", "FATAL"]})
+    assert results(control.control(plan, "start", ["web"])) == \
+        {"alpha:web": (False, "FATAL: exited too quickly")}
+    endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
+                                      start_faults={"web": Fault(50, f"SPAWN_ERROR: {GROUP}:web")},
+                                      scripts={"web": ["BACKOFF", "STARTING", "RUNNING"]})
+    assert results(control.control(plan, "start", ["web"])) == {"alpha:web": (True, "started")}
+
+
 def test_fatal_shows_spawnerr(plan):
     fake = FakeEndpoint(scripts={"spawnerr": ["FATAL"]})
     result = control._apply(fake, plan.instances["alpha"], "start", ["spawnerr"])  # type: ignore[arg-type]
@@ -499,10 +513,10 @@ def test_bad_name_is_not_ok(plan, endpoints):
 
 @pytest.mark.parametrize("action", ["start", "stop"])
 def test_other_faults_show_their_text(plan, endpoints, action):
-    fault = Fault(50, f"SPAWN_ERROR: {GROUP}:web")
+    fault = Fault(20, f"NO_FILE: {GROUP}:web")
     endpoints["alpha"] = FakeEndpoint(start_faults={"web": fault}, stop_faults={"web": fault})
     assert results(control.control(plan, action, ["web"])) == \
-        {"alpha:web": (False, f"SPAWN_ERROR: {GROUP}:web")}
+        {"alpha:web": (False, f"NO_FILE: {GROUP}:web")}
 
 
 def test_already_started_on_stop_is_not_treated_as_ok(plan, endpoints):
