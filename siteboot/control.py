@@ -287,7 +287,7 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
         ))
     for process, program in by_process.items() if fill_missing else ():
         if process not in seen:
-            rows.append(ProgramStatus(process, inst.group_name, "NOT LOADED", None, None, None,
+            rows.append(ProgramStatus(process, program.name, "NOT LOADED", None, None, None,
                                       "in the site file but not in the running supervisord; "
                                       "restart the instance to load it", program.autostart))
     return rows
@@ -475,7 +475,7 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
     Polling instead of supervisord's ``wait`` keeps a multicall from waiting out every
     process's startsecs one after another.
     """
-    full = {p: f"{inst.group_name}:{p}" for p in processes}
+    full = {p: inst.address(p) for p in processes}
     limits = _limits(inst)
     first = "start" if action == "start" else "stop"
     calls: list[tuple[str, tuple[Any, ...]]] = []
@@ -643,7 +643,7 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
 
     inst, _program, process = _find_process(plan, name)
     endpoint = connect(plan, inst, timeout=10.0)
-    full = f"{inst.group_name}:{process}"
+    full = inst.address(process)
     stream = "Stderr" if stderr else "Stdout"
     # following needs the last bytes before the offset, to recognise the file the next time
     want = max(nbytes, logtail.FINGERPRINT) if follow else nbytes

@@ -58,6 +58,7 @@ from siteboot.rpc import (
 )
 
 if TYPE_CHECKING:
+    from siteboot.changes import ConfigChanges
     from siteboot.records import StartRecord
 
 LOCK_TIMEOUT = 120.0
@@ -260,15 +261,28 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
 
     A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
     """
-    from siteboot.keys import ensure_key, password_hash
-    from siteboot.render import render_instance, render_preview
+    from siteboot.keys import ensure_key
+    from siteboot.render import render_preview
 
     render_preview(plan, inst, root)
     prepare_runtime_dir(inst)
-    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
+    text = rendered(plan, inst, root, ensure_key(inst))
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
     return inst.conf_path
+
+
+def rendered(plan: Plan, inst: InstancePlan, root: Path | None, key: str) -> str:
+    """The config of ``inst`` as the checkout renders it now: its key's hash, the programs an
+    operator stopped held, the digests of what each program runs (``siteboot.content``)."""
+    from siteboot.content import content_digests
+    from siteboot.keys import password_hash
+    from siteboot.records import operator_stops
+    from siteboot.render import held_programs, render_instance
+
+    return render_instance(plan, inst, password_hash(key), preview=False, root=root,
+                           held=held_programs(inst, operator_stops(inst)),
+                           content=content_digests(plan, inst))
 
 
 # ------------------------------------------------------------------------------------------
@@ -376,8 +390,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
-            changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
-                                   _read_text(inst.conf_path))
+            changes = apply_config(inst, endpoint).lines(inst.name)
             _record(plan, inst, running)
             if not changes:
                 detail = "runtime dir restored" if runtime_lost else "nothing to do"
@@ -424,7 +437,8 @@ def _restore_runtime(plan: Plan, inst: InstancePlan, running: Any) -> list[str]:
     make supervisord reopen its logs (SIGUSR2). Its programs keep running. The control socket
     cannot be recreated without restarting it: until then siteboot talks to its port."""
     atomic_write(inst.pidfile, f"{running.pid}\n", mode=0o644)
-    atomic_write(inst.started_conf_path, inst.conf_path.read_bytes(), mode=0o600)
+    for copy in (inst.started_conf_path, inst.applied_conf_path):  # as good a guess as any
+        atomic_write(copy, inst.conf_path.read_bytes(), mode=0o600)
     signal_process(running, signal.SIGUSR2)
     return [f"runtime dir {inst.runtime_dir} was lost while supervisord kept running: restored "
             f"(pidfile, config, logs reopened) without restarting programs; its control socket "
@@ -450,31 +464,89 @@ def _read_text(path: Path) -> str:
         return ""
 
 
-def _server_part(config: str) -> str:
-    return config.split("\n[program:", 1)[0]
+@dataclass
+class Applied:
+    """What ``apply_config`` did to one running supervisord."""
+
+    changes: ConfigChanges
+    restarted: list[str] = field(default_factory=list)  # removed and added again
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    not_started: list[str] = field(default_factory=list)  # autostart = false (or held)
+
+    def lines(self, instance: str = "") -> list[str]:
+        """One line per program touched, and the server settings left for the operator."""
+        by_name = {c.program: c for c in self.changes.programs}
+        lines = [f"removed {name}" for name in self.removed]
+        for name in self.restarted:
+            keys = f" ({', '.join(by_name[name].keys)})" if name in by_name else ""
+            lines.append(f"reloaded {name}{keys}, not started (autostart = false)"
+                         if name in self.not_started else f"restarted {name}{keys}")
+        lines += [f"added {name}" for name in self.added]
+        if self.changes.server:
+            where = f" -i {instance}" if instance else ""
+            lines.append(f"server settings changed ({', '.join(self.changes.server)}): apply "
+                         f"with `siteboot down{where}` then `siteboot up{where}`")
+        return lines
+
+    def as_json(self) -> dict[str, Any]:
+        return {"changes": self.changes.as_json(), "restarted": self.restarted,
+                "added": self.added, "removed": self.removed}
 
 
-def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current: str) -> list[str]:
-    """Bring a running supervisord up to its rewritten config, as ``supervisorctl update`` does.
+def loaded_changes(inst: InstancePlan, text: str, endpoint: Endpoint | None = None) -> ConfigChanges:
+    """How the config ``text`` differs from what the running supervisord has loaded: the copies
+    of its start and last apply, and (``endpoint``) the programs it has in use
+    (``getAllConfigInfo``, whose word on what runs beats the copies')."""
+    from siteboot.changes import compare
 
-    Program changes are applied per group (supervisord restarts a changed group's programs);
-    server settings (ports, paths) need a restart of supervisord itself, which is left to the
-    operator rather than done behind their back.
+    running = None
+    if endpoint is not None:
+        running = {str(info["group"]) for info in endpoint.call("supervisor.getAllConfigInfo")
+                   if info.get("inuse")}
+    started = _read_text(inst.started_conf_path)
+    return compare(started, _read_text(inst.applied_conf_path) or started, text, running)
+
+
+def apply_config(inst: InstancePlan, endpoint: Endpoint) -> Applied:
+    """Bring a running supervisord's programs up to its rewritten config, restarting exactly
+    the programs that changed (each program is a group of its own).
+
+    supervisord re-reads the file (``reloadConfig``), which says which groups are new and which
+    are gone; which of the others changed is siteboot's own comparison with the copy of what was
+    applied, since supervisord cannot see a rebuilt venv or a changed file (``content``) and
+    would restart on changes that need no restart (``autostart``). Server settings (ports,
+    paths) need a restart of supervisord itself, which is left to the operator.
     """
-    changes: list[str] = []
-    if previous and _server_part(previous) != _server_part(current):
-        changes.append(f"server settings changed: apply with `siteboot down -i {inst.name}` "
-                       f"then `siteboot up -i {inst.name}`")
+    from siteboot.changes import programs_of
+
+    current = programs_of(_read_text(inst.conf_path))
+    changes = loaded_changes(inst, _read_text(inst.conf_path))
+    known = bool(_read_text(inst.applied_conf_path) or _read_text(inst.started_conf_path))
     slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
     added, changed, removed = slow.call("supervisor.reloadConfig")[0]
-    for group in removed + changed:
+    in_use = [name for name in current if name not in added]
+    # without a copy of what was applied, supervisord's own comparison is all there is
+    wanted = set(changes.to_restart()) if known else set(changed)
+    restart = [name for name in in_use if name in wanted]
+    for group in removed + restart:
         slow.call("supervisor.stopProcessGroup", group, True)
         slow.call("supervisor.removeProcessGroup", group)
-    for group in changed + added:
+    for group in restart + added:
         slow.call("supervisor.addProcessGroup", group)
-    changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
-                                                   for g in changed] + [f"added {g}" for g in added]
-    return changes
+    _keep_applied_copy(inst)
+    not_started = [name for name, options in current.items() if options.get("autostart") == "false"]
+    return Applied(changes, restart, list(added), list(removed), not_started)
+
+
+def _keep_applied_copy(inst: InstancePlan) -> None:
+    """The config whose programs now run; a full disk must not fail what was applied."""
+    try:
+        text = inst.conf_path.read_bytes()
+        if not inst.applied_conf_path.exists() or inst.applied_conf_path.read_bytes() != text:
+            atomic_write(inst.applied_conf_path, text, mode=0o600)
+    except OSError:
+        pass
 
 
 def _publish(inst: InstancePlan, key: str) -> list[str]:
@@ -504,7 +576,8 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
     # What it was started with: ``up`` compares server settings against this, not the file that
     # a later ``render`` may have rewritten. A full disk must not fail a start that worked.
     try:
-        atomic_write(inst.started_conf_path, conf.read_bytes(), mode=0o600)
+        for copy in (inst.started_conf_path, inst.applied_conf_path):
+            atomic_write(copy, conf.read_bytes(), mode=0o600)
     except OSError:
         pass
     deadline = time.monotonic() + timeout

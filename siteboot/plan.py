@@ -128,7 +128,6 @@ class InstancePlan:
     state_dir: Path  # the owner's
     shared_key_path: Path | None
     identifier: str
-    group_name: str
     programs: list[ProgramPlan]
 
     @property
@@ -139,6 +138,11 @@ class InstancePlan:
     def started_conf_path(self) -> Path:
         """A copy of the config supervisord was last started with."""
         return self.runtime_dir / f"supervisord-{self.name}.started.conf"
+
+    @property
+    def applied_conf_path(self) -> Path:
+        """A copy of the config whose programs supervisord runs now (the last start or apply)."""
+        return self.runtime_dir / f"supervisord-{self.name}.applied.conf"
 
     @property
     def socket_path(self) -> Path:
@@ -180,6 +184,12 @@ class InstancePlan:
 
     def program(self, name: str) -> ProgramPlan | None:
         return next((p for p in self.programs if p.name == name), None)
+
+    def address(self, process: str) -> str:
+        """supervisord's ``group:process`` name of ``process``: every program is a group of its
+        own (so that supervisord's update unit is the program), named after it."""
+        program = next((p for p in self.programs if process in p.process_names()), None)
+        return f"{program.name if program else process}:{process}"
 
 
 @dataclass(frozen=True)
@@ -299,8 +309,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent=parent,
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
-            shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[],
+            shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}", programs=[],
         )
     plan = Plan(site, env, invoker,
                 expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,6 @@ class StartRecord:
     runtime_dir: str
     state_dir: str
     identifier: str
-    group_name: str
     pid: int
     started_at: float
     # process name -> stopwaitsecs: what `down` waits for each program before SIGKILL
@@ -70,7 +69,7 @@ class StartRecord:
             name=self.instance, user=self.user, port=self.port, group=None, runtime_parent=None,
             runtime_parent_private=True, runtime_dir=Path(self.runtime_dir),
             state_dir=Path(self.state_dir), shared_key_path=None, identifier=self.identifier,
-            group_name=self.group_name, programs=programs)
+            programs=programs)
 
     def matches(self, inst: InstancePlan) -> bool:
         """Does the site, as it reads now, still describe this supervisord (same files, port)?"""
@@ -106,8 +105,7 @@ def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float) -> 
     record = StartRecord(
         site=plan.site.name, site_path=str(plan.site.path), env=plan.env, instance=inst.name,
         user=inst.user, port=inst.port, runtime_dir=str(inst.runtime_dir),
-        state_dir=str(inst.state_dir), identifier=inst.identifier, group_name=inst.group_name,
-        pid=pid, started_at=started_at,
+        state_dir=str(inst.state_dir), identifier=inst.identifier, pid=pid, started_at=started_at,
         stop_waits=inst.stop_waits(), checkout=checkout, python=python)
     ensure_private_dir(records_dir(inst.user))
     atomic_write(record.path, json.dumps(record.as_json(), indent=2) + "\n", mode=0o600)
@@ -137,9 +135,13 @@ def starts_of(user: str, site: str, env: str | None = None) -> list[StartRecord]
 
 
 def read_start(path: Path) -> StartRecord | None:
+    """A record, also one an older siteboot wrote (keys it no longer knows, e.g. the one group
+    all programs once formed, are passed over: the supervisord it names must stay stoppable)."""
     try:
-        return StartRecord(**json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, TypeError):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(StartRecord)}
+        return StartRecord(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
 
 

@@ -111,19 +111,34 @@ def _environment(plan_dirs: list[Path]) -> Any:
     return env
 
 
-def generic_options(program: ProgramPlan) -> list[tuple[str, Any]]:
-    """(supervisord option, value) for every declared key that maps straight onto one."""
+def generic_options(program: ProgramPlan, held: bool = False) -> list[tuple[str, Any]]:
+    """(supervisord option, value) for every declared key that maps straight onto one.
+
+    ``held``: an operator stopped every process of it; a supervisord started afresh must not
+    start it, not even for the moment before siteboot would stop it again.
+    """
     rows = []
     for key in PROGRAM_KEYS:
         if key.supervisor:
-            value = program.options[key.name]
+            value = False if held and key.name == "autostart" else program.options[key.name]
             rows.append((key.supervisor, str(value).lower() if isinstance(value, bool) else value))
     return rows
 
 
+def held_programs(inst: InstancePlan, stopped: set[str] | frozenset[str]) -> frozenset[str]:
+    """Programs of ``inst`` all of whose processes an operator stopped (``stopped``: processes)."""
+    return frozenset(p.name for p in inst.programs
+                     if set(p.process_names()) <= set(stopped))
+
+
 def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool,
-                    root: Path | None) -> str:
+                    root: Path | None, held: frozenset[str] = frozenset(),
+                    content: dict[str, dict[str, str]] | None = None) -> str:
     """The supervisord config text of ``inst``; ``password`` is a ``{SHA}`` hash.
+
+    ``held``: programs an operator stopped (rendered ``autostart = false``); ``content``:
+    program -> {name: digest} of what it runs beyond its section (``siteboot.content``),
+    rendered as comments that siteboot compares and supervisord ignores.
 
     Refuses (``RenderError``, exit 2) what supervisord could not carry unchanged, before any
     directory, key or file exists: callers validate with a preview first.
@@ -146,7 +161,8 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
         template = _environment(template_dirs(root)).get_template(CONFIG_TEMPLATE)
         return str(template.render(
             version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
-            username=RPC_USERNAME, password=password, generic_options=generic_options,
+            username=RPC_USERNAME, password=password, content=content or {},
+            generic_options=lambda program: generic_options(program, program.name in held),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",
@@ -160,10 +176,12 @@ def template_context_names() -> dict[str, str]:
     return {
         "site": "the Site model (name, envs, instances, programs)",
         "env": "the env being rendered",
-        "inst": "the InstancePlan: paths, port, identifier, group_name, programs",
+        "inst": "the InstancePlan: paths, port, identifier, programs",
         "preview": "true when the password is a placeholder",
         "username": "the RPC user name",
         "password": "the {SHA} hash of the instance key (or the placeholder)",
+        "content": "program name -> {name: digest} of its venv build and files",
+        "generic_options": "generic_options(program): (supervisord option, value) pairs",
     }
 
 

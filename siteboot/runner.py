@@ -684,7 +684,7 @@ def _stop_supervised(plan: Plan, runner: RunnerPlan, say: Progress) -> RunnerOut
     from siteboot.rpc import Fault, connect
 
     inst = plan.instance(runner.instance)
-    full = f"{inst.group_name}:{RUNNER_PROGRAM}"
+    full = inst.address(RUNNER_PROGRAM)
     endpoint = connect(plan, inst, timeout=30.0)
     _hold(plan, runner, True)
     try:

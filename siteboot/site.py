@@ -64,6 +64,9 @@ SITE_KEYS: tuple[Key, ...] = (
         "A directory both accounts can reach; only needed for group grants."),
     Key("venv_dir", "str", "~/.local/share/siteboot/{site}-{env}/venvs",
         "Where application virtualenvs (`[venvs.*]`) are built, per user."),
+    Key("keep_releases", "int", 5,
+        "Releases `siteboot deploy` keeps in the deployer's state dir (the current and the "
+        "previous one are never deleted).", minimum=2),
 )
 
 INSTANCE_KEYS: tuple[Key, ...] = (
@@ -205,6 +208,7 @@ class Site:
     programs: dict[str, Program]
     venvs: dict[str, VenvSpec] = field(default_factory=dict)
     runner: RunnerSpec | None = None
+    keep_releases: int = 5
 
     def port_users(self) -> list[tuple[str, str, int]]:
         """Every port of the site as (owner label, env, port): programs and supervisords."""
@@ -482,6 +486,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         programs=programs,
         venvs=venvs,
         runner=_runner(v, data, envs, instances, programs),
+        keep_releases=site_values["keep_releases"],
     )
     _check_paths(v, site)
     for inst in instances.values():

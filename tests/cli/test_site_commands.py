@@ -314,8 +314,9 @@ def test_render_round_trips_tricky_values(tmp_path, short_dir):
     result = run("render", "--site", path, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.stderr
     opts = supervisor_parse(tmp_path / "out" / "supervisord-main.conf")
-    (group,) = opts.process_group_configs
-    tricky = next(pc for pc in group.process_configs if pc.name == "tricky")
+    groups = {group.name: group for group in opts.process_group_configs}
+    assert set(groups) == {"web", "tricky"}  # one group per program
+    (tricky,) = groups["tricky"].process_configs
     assert tricky.environment == {"MSG": '50% off, "quoted" and spaces, too'}
     assert tricky.command == f"""sh -c 'echo "100% done, ok"' --run '{short_dir}/r 1%-dev/main'"""
     assert tricky.stdout_logfile == f"{short_dir}/r 1%-dev/main/logs/tricky.out.log"

@@ -219,9 +219,9 @@ def test_a_broken_key_file_is_that_instance_s_error_only(site_factory, kind):
         assert table.returncode == 3
         assert "worker_00" in table.stdout
         # stopped behind siteboot's back (not an operator stop it records): CRITICAL still wins
-        site.run("ctl", "-i", "beta", "--", "stop", "it-dev:worker_00", check=True)
+        site.run("ctl", "-i", "beta", "--", "stop", "worker:worker_00", check=True)
         assert site.status()[0] == 2
-        site.run("ctl", "-i", "beta", "--", "start", "it-dev:worker_00", check=True)
+        site.run("ctl", "-i", "beta", "--", "start", "worker:worker_00", check=True)
     finally:
         if key.is_dir():
             key.rmdir()

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.helpers import SITEBOOT, Interactive, processes_under, supervisords
+from tests.integration.conftest import DEFAULT_PROGRAMS
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +36,7 @@ def test_up_status_down_leaves_nothing(site_factory):
     program = alpha["programs"][0]
     assert set(program) == {"name", "group", "state", "pid", "uptime_s", "exitstatus", "spawnerr",
                             "restarts", "last_exit"}
-    assert program["group"] == "it-dev"
+    assert program["group"] == "web"  # every program a group of its own
     assert program["state"] == "RUNNING"
     workers = [p["name"] for p in data["instances"][1]["programs"]]
     assert workers == ["worker_00", "worker_01"]
@@ -125,7 +126,7 @@ def test_status_exit_codes_for_each_state(site_factory):
 
     # STOPPED (of a program that should run, stopped behind siteboot's back) -> 2
     site.run("start", "crash")  # leave FATAL behind: stop it from counting
-    site.run("ctl", "-i", "alpha", "--", "stop", "it-dev:web", check=True)
+    site.run("ctl", "-i", "alpha", "--", "stop", "web", check=True)
     rc, data = site.status("-i", "alpha")
     assert rc == 2
     assert data["instances"][0]["programs"][0]["state"] == "STOPPED"
@@ -300,14 +301,14 @@ def test_ctl_runs_real_supervisorctl_through_the_relay(site_factory):
     site.wait_status(0)
     result = site.run("ctl", "-i", "alpha", "--", "status")
     assert result.returncode == 0, result.stderr
-    assert "it-dev:web" in result.stdout
+    assert "web" in result.stdout
     assert "RUNNING" in result.stdout
-    assert site.run("ctl", "-i", "alpha", "--", "stop", "it-dev:web").stdout == "it-dev:web: stopped\n"
-    assert site.run("ctl", "-i", "alpha", "--", "start", "it-dev:web").stdout == "it-dev:web: started\n"
-    result = site.run("ctl", "-i", "alpha", "--", "tail", "it-dev:web")
+    assert site.run("ctl", "-i", "alpha", "--", "stop", "web").stdout == "web: stopped\n"
+    assert site.run("ctl", "-i", "alpha", "--", "start", "web").stdout == "web: started\n"
+    result = site.run("ctl", "-i", "alpha", "--", "tail", "web")
     assert "serving on 127.0.0.1" in result.stdout
     # the owner keeps everything, shutting the instance down included
-    assert site.run("ctl", "-i", "alpha", "--", "avail").stdout.startswith("it-dev:web ")
+    assert site.run("ctl", "-i", "alpha", "--", "avail").stdout.startswith("web ")
     assert not list(site.state().glob("supervisorctl-*"))  # no client config with the key
 
 
@@ -317,7 +318,7 @@ def test_ctl_session_never_holds_the_key(site_factory):
     key = (site.state() / "keys" / "alpha.key").read_text().strip()
     session = Interactive([*SITEBOOT, "ctl", "-i", "alpha"], env=site.env)
     try:
-        assert "it-dev:web" in session.expect("it-alpha-dev> ")  # it starts with `status`
+        assert "web" in session.expect("it-alpha-dev> ")  # it starts with `status`
         supervisorctl = next(p for p in psutil.Process(session.proc.pid).children(recursive=True)
                              if "supervisor.supervisorctl" in p.cmdline())
         conf = Path(supervisorctl.cmdline()[supervisorctl.cmdline().index("-c") + 1])
@@ -331,7 +332,7 @@ def test_ctl_session_never_holds_the_key(site_factory):
                 assert key not in " ".join((proc.info["environ"] or {}).values())
             except psutil.AccessDenied:
                 continue
-        session.send("tail it-dev:web")
+        session.send("tail web")
         assert "serving on" in session.expect("it-alpha-dev> ")
         code, _ = session.finish()
     finally:
@@ -374,7 +375,7 @@ port = { dev = SPARE }
 startsecs = 1
 """.replace("SPARE", str(site.ports["spare"])))
     result = site.run("up", check=True)
-    assert "alpha: updated: reloaded it-dev (its programs restarted)" in result.stdout
+    assert "alpha: updated: added api" in result.stdout
     assert "beta: already running" in result.stdout
     data = site.wait_status(0)
     assert [p["name"] for p in data["instances"][0]["programs"]] == ["api", "web"]
@@ -383,6 +384,53 @@ startsecs = 1
         f"dev = {site.ports['beta']}", f"dev = {site.ports['beta'] + 1}"))
     result = site.run("up", "-i", "beta", check=True)
     assert "server settings changed" in result.stdout
+
+
+def pids(site) -> dict[str, int]:
+    return {p["name"]: p["pid"] for i in site.status()[1]["instances"] for p in i["programs"]}
+
+
+def test_up_on_an_edited_site_restarts_only_the_changed_programs(site_factory):
+    site = site_factory(DEFAULT_PROGRAMS + """
+        [programs.idle]
+        instance = "beta"
+        command = "{python} -m siteboot.demo work --interval 1"
+        startsecs = 1
+        """)
+    site.run("up", check=True)
+    site.wait_status(0)
+    before = pids(site)
+    site.path.write_text(site.path.read_text().replace("--interval 1", "--interval 2"))
+    result = site.run("up", check=True)
+    assert "beta: updated: restarted idle (command)" in result.stdout
+    assert "alpha: already running" in result.stdout
+    site.wait_status(0)
+    after = pids(site)
+    assert after["idle"] != before["idle"]
+    assert {k: v for k, v in after.items() if k != "idle"} == \
+        {k: v for k, v in before.items() if k != "idle"}
+    again = site.run("up", check=True)  # applied: nothing left to do
+    assert again.stdout.count("already running") == 2
+
+
+def test_an_operator_stop_survives_a_fresh_supervisord_without_a_start(site_factory):
+    site = site_factory()
+    site.run("up", check=True)
+    site.wait_status(0)
+    site.run("stop", "web", check=True)
+    site.run("down", "-i", "alpha", check=True)
+    log = site.runtime("alpha") / "logs" / "web.out.log"
+    log.unlink()
+    site.run("up", "-i", "alpha", check=True)
+    rc, data = site.status("-i", "alpha")
+    assert rc == 0
+    assert data["instances"][0]["programs"][0]["state"] == "STOPPED"
+    assert not log.exists()  # it never ran, not even for a moment
+    site.run("start", "web", check=True)
+    before = pids(site)["web"]
+    result = site.run("up", "-i", "alpha", check=True)  # autostart back to true: no restart
+    assert "alpha: already running" in result.stdout
+    assert pids(site)["web"] == before
 
 
 def test_a_busy_supervisord_is_never_killed_on_a_guess(site_factory):

@@ -158,14 +158,14 @@ def test_an_operator_stop_survives_revive_up_and_edits(site_factory):
     assert rc == 0  # stopped on purpose: nothing for a monitor to report
     assert [p["state"] for p in data["instances"][1]["programs"]] == ["STOPPED", "STOPPED"]
 
-    # a fresh supervisord (after a kill) and an edit both start programs: stopped again
+    # a fresh supervisord (after a kill) and an edit never start it: rendered autostart = false
     kill9([supervisord_of(site, "beta")])
     result = site.run("revive")
     assert result.returncode == 0, result.stdout
-    assert "stopped worker_00 again" in result.stdout
+    assert "again" not in result.stdout
     site.path.write_text(site.path.read_text().replace("--interval 0.5", "--interval 0.4"))
     result = site.run("up", check=True)
-    assert "stopped worker_01 again" in result.stdout
+    assert "reloaded worker (command), not started (autostart = false)" in result.stdout
     assert [p["state"] for p in site.status()[1]["instances"][1]["programs"]] == \
         ["STOPPED", "STOPPED"]
 

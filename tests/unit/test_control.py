@@ -363,7 +363,7 @@ def test_programs_not_loaded_and_unplanned(plan):
     assert by_name["web"].uptime_s is None  # start == 0: unknown
     assert by_name["leftover"].expected is True
     assert by_name["idle"].state == "NOT LOADED"
-    assert by_name["idle"].group == GROUP
+    assert by_name["idle"].group == "idle"
     assert "restart the instance" in by_name["idle"].spawnerr
     assert by_name["idle"].expected is False
     assert by_name["idle"].severity == STATUS_OK
@@ -448,7 +448,7 @@ def test_start_goes_starting_then_running(plan, endpoints):
                                              scripts={"web": ["STARTING", "STARTING", "RUNNING"]})
     rows = control.control(plan, "start", ["web"])
     assert results(rows) == {"alpha:web": (True, "started")}
-    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
+    assert fake.methods("supervisor.startProcess") == [("web:web", False)]
     # the state just before the request (in the same multicall), then three polls
     assert len(fake.methods("supervisor.getProcessInfo")) == 4
     assert [m for m, _ in fake.calls[:2]] == ["supervisor.getProcessInfo", "supervisor.startProcess"]
@@ -464,12 +464,12 @@ def test_spawn_error_is_followed_to_where_the_process_lands(plan, endpoints):
     # supervisord answers SPAWN_ERROR when the process died before it looked; the state it
     # then reaches (FATAL, or RUNNING after a retry) is the answer
     endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
-                                      start_faults={"web": Fault(50, f"SPAWN_ERROR: {GROUP}:web")},
+                                      start_faults={"web": Fault(50, "SPAWN_ERROR: web:web")},
                                       scripts={"web": ["BACKOFF", "FATAL"]})
     assert results(control.control(plan, "start", ["web"])) == \
         {"alpha:web": (False, "FATAL: exited too quickly")}
     endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
-                                      start_faults={"web": Fault(50, f"SPAWN_ERROR: {GROUP}:web")},
+                                      start_faults={"web": Fault(50, "SPAWN_ERROR: web:web")},
                                       scripts={"web": ["BACKOFF", "STARTING", "RUNNING"]})
     assert results(control.control(plan, "start", ["web"])) == {"alpha:web": (True, "started")}
 
@@ -482,7 +482,7 @@ def test_fatal_shows_spawnerr(plan):
 
 def test_start_already_running_is_ok_and_not_polled(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint(
-        start_faults={"web": Fault(60, f"ALREADY_STARTED: {GROUP}:web")})
+        start_faults={"web": Fault(60, "ALREADY_STARTED: web:web")})
     assert results(control.control(plan, "start", ["web"])) == \
         {"alpha:web": (True, "already running")}
     assert len(fake.methods("supervisor.getProcessInfo")) == 1  # the state before; no polling
@@ -490,7 +490,7 @@ def test_start_already_running_is_ok_and_not_polled(plan, endpoints):
 
 def test_stop_not_running_is_ok(plan, endpoints):
     endpoints["alpha"] = FakeEndpoint(before={"web": "STOPPED"},
-                                      stop_faults={"web": Fault(70, f"NOT_RUNNING: {GROUP}:web")})
+                                      stop_faults={"web": Fault(70, "NOT_RUNNING: web:web")})
     assert results(control.control(plan, "stop", ["web"])) == \
         {"alpha:web": (True, "already stopped")}
 
@@ -500,12 +500,12 @@ def test_stop_waits_for_stopped(plan, endpoints):
         scripts={"worker_00": ["STOPPING", "STOPPED"], "worker_01": ["EXITED"]})
     assert results(control.control(plan, "stop", ["worker"])) == {
         "beta:worker_00": (True, "stopped"), "beta:worker_01": (True, "stopped")}
-    assert fake.methods("supervisor.stopProcess") == [(f"{GROUP}:worker_00", False),
-                                                      (f"{GROUP}:worker_01", False)]
+    assert fake.methods("supervisor.stopProcess") == [("worker:worker_00", False),
+                                                      ("worker:worker_01", False)]
 
 
 def test_bad_name_is_not_ok(plan, endpoints):
-    endpoints["alpha"] = FakeEndpoint(start_faults={"web": Fault(10, f"BAD_NAME: {GROUP}:web")})
+    endpoints["alpha"] = FakeEndpoint(start_faults={"web": Fault(10, "BAD_NAME: web:web")})
     ((ok, message),) = results(control.control(plan, "start", ["web"])).values()
     assert not ok
     assert "not loaded" in message
@@ -513,10 +513,10 @@ def test_bad_name_is_not_ok(plan, endpoints):
 
 @pytest.mark.parametrize("action", ["start", "stop"])
 def test_other_faults_show_their_text(plan, endpoints, action):
-    fault = Fault(20, f"NO_FILE: {GROUP}:web")
+    fault = Fault(20, "NO_FILE: web:web")
     endpoints["alpha"] = FakeEndpoint(start_faults={"web": fault}, stop_faults={"web": fault})
     assert results(control.control(plan, action, ["web"])) == \
-        {"alpha:web": (False, f"NO_FILE: {GROUP}:web")}
+        {"alpha:web": (False, "NO_FILE: web:web")}
 
 
 def test_already_started_on_stop_is_not_treated_as_ok(plan, endpoints):
@@ -564,7 +564,7 @@ def test_restart_of_a_stopped_process(plan, endpoints):
                                              stop_faults={"web": Fault(70, "NOT_RUNNING: x")},
                                              scripts={"web": ["STOPPED", "STARTING", "RUNNING"]})
     assert results(control.control(plan, "restart", ["web"])) == {"alpha:web": (True, "restarted")}
-    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
+    assert fake.methods("supervisor.startProcess") == [("web:web", False)]
 
 
 def test_restart_that_fails_to_start(plan, endpoints):
@@ -581,14 +581,14 @@ def test_restart_does_not_start_what_failed_to_stop(plan, endpoints):
     assert rows["beta:worker_00"][0] is False
     assert "not loaded" in rows["beta:worker_00"][1]
     assert rows["beta:worker_01"] == (True, "restarted")
-    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:worker_01", False)]
+    assert fake.methods("supervisor.startProcess") == [("worker:worker_01", False)]
 
 
 # Other commands acting on the same processes at the same time (issue 11, defect 9): what
 # counts is the process's pid and start time, not who moved it.
 
-ALREADY_STARTED = Fault(60, f"ALREADY_STARTED: {GROUP}:web")
-NOT_RUNNING_FAULT = Fault(70, f"NOT_RUNNING: {GROUP}:web")
+ALREADY_STARTED = Fault(60, "ALREADY_STARTED: web:web")
+NOT_RUNNING_FAULT = Fault(70, "NOT_RUNNING: web:web")
 
 
 def test_restart_that_another_restart_finished_first(plan, endpoints, clock):
@@ -674,7 +674,7 @@ def test_stop_of_a_process_another_command_is_stopping(plan, endpoints):
 def test_a_process_that_vanished_before_the_request(plan, endpoints):
     class Vanished(FakeEndpoint):
         def process_info(self, process: str) -> Any:
-            return Fault(10, f"BAD_NAME: {GROUP}:{process}")
+            return Fault(10, f"BAD_NAME: {process}:{process}")
 
     endpoints["alpha"] = Vanished(scripts={"web": ["RUNNING"]})
     ((ok, message),) = results(control.control(plan, "restart", ["web"])).values()
@@ -1048,16 +1048,16 @@ def test_a_key_file_that_is_no_key_file(plan, endpoints, monkeypatch, kind):
 
 def test_tail_once(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint()
-    fake.tails[(f"{GROUP}:web", 0, 100)] = ["last lines\n", 100, False]
+    fake.tails[("web:web", 0, 100)] = ["last lines\n", 100, False]
     out: list[str] = []
     control.tail(plan, "web", out.append, nbytes=100)
     assert out == ["last lines\n"]
-    assert fake.calls == [("supervisor.tailProcessStdoutLog", (f"{GROUP}:web", 0, 100))]
+    assert fake.calls == [("supervisor.tailProcessStdoutLog", ("web:web", 0, 100))]
 
 
 def test_tail_stderr_of_one_numprocs_process(plan, endpoints):
     fake = endpoints["beta"] = FakeEndpoint()
-    fake.tails[(f"{GROUP}:worker_01", 0, 4096)] = ["err\n", 4, False]
+    fake.tails[("worker:worker_01", 0, 4096)] = ["err\n", 4, False]
     out: list[str] = []
     control.tail(plan, "beta:worker_01", out.append, stderr=True)
     assert out == ["err\n"]
@@ -1072,8 +1072,8 @@ def test_tail_needs_exactly_one_process(plan, endpoints):
 
 def test_tail_fault_is_a_usage_error(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint()
-    fake.tails[(f"{GROUP}:web", 0, 4096)] = Fault(10, "BAD_NAME: t-dev:web")
-    with pytest.raises(UsageError, match="cannot tail t-dev:web: BAD_NAME"):
+    fake.tails[("web:web", 0, 4096)] = Fault(10, "BAD_NAME: web:web")
+    with pytest.raises(UsageError, match="cannot tail web:web: BAD_NAME"):
         control.tail(plan, "web", print)
 
 
@@ -1082,7 +1082,7 @@ def test_tail_follow_over_rpc_reads_from_its_offset(plan, endpoints):
     # with a big length it sent the whole log again on every poll (18 lines, 91 printed)
     fake = endpoints["alpha"] = FakeEndpoint()
     fake.log_bytes = b"".join(f"line {n}\n".encode() for n in range(18))
-    fake.tails[(f"{GROUP}:web", 0, 256)] = [fake.log_bytes.decode(), len(fake.log_bytes), False]
+    fake.tails[("web:web", 0, 256)] = [fake.log_bytes.decode(), len(fake.log_bytes), False]
     out: list[str] = []
     stop = threading.Event()
 
@@ -1098,7 +1098,7 @@ def test_tail_follow_over_rpc_reads_from_its_offset(plan, endpoints):
     assert "".join(out) == "line 16\nline 17\nmore 1\nmore 2\nmore 3\n"
     reads = fake.methods("supervisor.readProcessStdoutLog")
     # from the offset, less the bytes seen last (all of them here: fewer than 256)
-    assert reads[0] == (f"{GROUP}:web", 0, first + RPC_CHUNK)
+    assert reads[0] == ("web:web", 0, first + RPC_CHUNK)
     ends = [start + length - RPC_CHUNK for _, start, length in reads]
     assert ends == sorted(ends)  # each read starts where the last one ended
 
@@ -1112,9 +1112,9 @@ def test_tail_follow_over_rpc_of_a_log_that_is_not_there(plan, endpoints):
             return next(answers) if "readProcess" in method else super().one(method, params)
 
     fake = endpoints["alpha"] = Missing()
-    fake.tails[(f"{GROUP}:web", 0, 4096)] = ["", 0, False]  # supervisord's answer: no file
+    fake.tails[("web:web", 0, 4096)] = ["", 0, False]  # supervisord's answer: no file
     out: list[str] = []
-    with pytest.raises(UsageError, match="cannot follow t-dev:web: FAILED"):
+    with pytest.raises(UsageError, match="cannot follow web:web: FAILED"):
         control.tail(plan, "web", out.append, follow=True, interval=0.01)
     assert "".join(out) == "late\n"
 
@@ -1139,10 +1139,10 @@ def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
 def test_tail_an_end_that_starts_inside_a_character(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint()
     undecodable = Fault(30, "FAILED: <class 'UnicodeDecodeError'>:'utf-8' codec can't decode")
-    fake.tails[(f"{GROUP}:web", 0, 5)] = undecodable
-    fake.tails[(f"{GROUP}:web", 0, 4)] = undecodable
-    fake.tails[(f"{GROUP}:web", 0, 3)] = ["€\n", 9, True]
-    fake.tails[(f"{GROUP}:web", 0, 2)] = undecodable
+    fake.tails[("web:web", 0, 5)] = undecodable
+    fake.tails[("web:web", 0, 4)] = undecodable
+    fake.tails[("web:web", 0, 3)] = ["€\n", 9, True]
+    fake.tails[("web:web", 0, 2)] = undecodable
     out: list[str] = []
     control.tail(plan, "web", out.append, nbytes=5)
     assert out == ["€\n"]
@@ -1198,7 +1198,7 @@ def test_starts_what_should_run_and_leaves_the_rest(plan: Plan, endpoints: dict[
     done = control.converge(plan, plan.instances["alpha"], held=set())
     assert done.notes == ["started web (was FATAL)"]
     assert done.failed == []
-    assert fake.methods("supervisor.startProcess") == [(f"{GROUP}:web", False)]
+    assert fake.methods("supervisor.startProcess") == [("web:web", False)]
 
 
 def test_operator_stops_are_respected_and_restored(plan: Plan, endpoints: dict[str, Any]):
@@ -1207,7 +1207,7 @@ def test_operator_stops_are_respected_and_restored(plan: Plan, endpoints: dict[s
         scripts={"worker_00": ["STOPPED"]})
     done = control.converge(plan, plan.instances["beta"], held={"worker_00", "worker_01"})
     assert fake.methods("supervisor.startProcess") == []
-    assert fake.methods("supervisor.stopProcess") == [(f"{GROUP}:worker_00", False)]
+    assert fake.methods("supervisor.stopProcess") == [("worker:worker_00", False)]
     assert done.notes[0].startswith("stopped worker_00 again: an operator stopped it")
     assert "siteboot start beta:worker_00" in done.notes[0]
 

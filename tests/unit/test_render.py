@@ -250,7 +250,7 @@ def test_config_shape(write_site, tmp_path):
     assert Path(sv.pidfile).parent == Path(sv.logfile).parent == inst.runtime_dir
     assert Path(sv.childlogdir).parent == inst.runtime_dir
     (group,) = opts.process_group_configs
-    assert group.name == "t-dev"
+    assert group.name == "web"  # every program a group of its own
     (pc,) = group.process_configs
     assert pc.stopasgroup
     assert pc.killasgroup
