@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from siteboot.concurrency import concurrently
 from siteboot.errors import (
@@ -37,6 +37,9 @@ from siteboot.rpc import (
     connect,
     url_to,
 )
+
+if TYPE_CHECKING:
+    from siteboot.instances import InstanceOutcome
 
 # Instance states beyond the rpc reasons
 RUNNING = "running"
@@ -771,3 +774,46 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
             else:
                 result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
     return result
+
+
+def converge_outcomes(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
+    """``converge`` each instance that ``up`` left running; a program that should run and does
+    not turns its instance's outcome into a failure, saying which and why."""
+    from siteboot.records import operator_stops
+
+    for outcome in outcomes:
+        if outcome.action not in ("started", "already running", "updated"):
+            continue
+        inst = plan.instance(outcome.instance)
+        try:
+            done = converge(plan, inst, operator_stops(inst))
+        except RpcError as exc:
+            outcome.action, outcome.detail = "failed", f"cannot check its programs: {exc.message}"
+            continue
+        except Fault as fault:  # it began to shut down meanwhile
+            outcome.action, outcome.detail = "failed", f"supervisord answered: {fault.faultString}"
+            continue
+        outcome.notes += done.notes
+        if done.failed:
+            outcome.action = "failed"
+            outcome.detail = "programs that should run do not: " + "; ".join(done.failed)
+        elif done.notes and outcome.action == "already running":
+            outcome.action, outcome.detail = "updated", "programs started or stopped"
+
+
+def status_problems(report: StatusResult, instances: set[str] | None = None) -> list[str]:
+    """One line per thing ``report`` finds wrong (of ``instances`` only, when given): an
+    instance that does not run, a program that should run and does not."""
+    lines = []
+    for row in report.instances:
+        if row.state == ORPHANED or row.severity == STATUS_OK:
+            continue
+        if instances is not None and row.name not in instances:
+            continue
+        if row.state != RUNNING:
+            lines.append(f"{row.name}: {row.state}: {row.error or ''}".rstrip(": "))
+        for p in row.programs:
+            if p.severity != STATUS_OK:
+                lines.append(f"{row.name}: {p.name} {p.state}"
+                             + (f": {p.spawnerr}" if p.spawnerr else ""))
+    return lines

@@ -20,6 +20,7 @@ from siteboot.errors import EXIT_OK
 if TYPE_CHECKING:
     from siteboot.control import ControlResult, StatusResult
     from siteboot.cron import CronResult
+    from siteboot.deploy import DeployResult, DiffResult, ReleasesResult, RollbackResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
     from siteboot.plan import Plan
@@ -152,28 +153,9 @@ def sources(plan: Plan, root: Path | None) -> str:
 
 
 def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
-    from siteboot.control import converge
-    from siteboot.records import operator_stops
-    from siteboot.rpc import Fault, RpcError
+    from siteboot.control import converge_outcomes
 
-    for outcome in outcomes:
-        if outcome.action not in ("started", "already running", "updated"):
-            continue
-        inst = plan.instance(outcome.instance)
-        try:
-            done = converge(plan, inst, operator_stops(inst))
-        except RpcError as exc:
-            outcome.action, outcome.detail = "failed", f"cannot check its programs: {exc.message}"
-            continue
-        except Fault as fault:  # it began to shut down meanwhile
-            outcome.action, outcome.detail = "failed", f"supervisord answered: {fault.faultString}"
-            continue
-        outcome.notes += done.notes
-        if done.failed:
-            outcome.action = "failed"
-            outcome.detail = "programs that should run do not: " + "; ".join(done.failed)
-        elif done.notes and outcome.action == "already running":
-            outcome.action, outcome.detail = "updated", "programs started or stopped"
+    converge_outcomes(plan, outcomes)
 
 
 def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
@@ -281,6 +263,42 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
 
 
 # ------------------------------------------------------------------------------------------
+# diff, deploy, releases, rollback
+
+
+def diff(plan: Plan, root: Path | None) -> DiffResult:
+    """What the checkout renders against what each of your running instances has loaded."""
+    from siteboot.deploy import diff as compare
+
+    return compare(plan, root)
+
+
+def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 60.0,
+           lock_timeout: float = 600.0, progress: Progress | None = None) -> DeployResult:
+    """Venvs, a new release, apply (exactly the changed programs restart), verify; on failure
+    the previous release is applied again."""
+    from siteboot.deploy import deploy as bring
+
+    return bring(plan, root, wheelhouse, timeout, lock_timeout, progress)
+
+
+def releases(plan: Plan) -> ReleasesResult:
+    """The releases of the site and env, the current and previous one named."""
+    from siteboot.deploy import releases as listing
+
+    return listing(plan)
+
+
+def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
+             timeout: float = 60.0, lock_timeout: float = 600.0,
+             progress: Progress | None = None) -> RollbackResult:
+    """Apply an earlier release again (default: the previous one)."""
+    from siteboot.deploy import rollback as back
+
+    return back(plan, to, wheelhouse, timeout, lock_timeout, progress)
+
+
+# ------------------------------------------------------------------------------------------
 # revive and cron
 
 
@@ -349,20 +367,9 @@ class ReviveResult:
 
 def _still_wrong(revival: EnvRevival) -> list[str]:
     """What the status after reviving still finds wrong, so a failed revive says why."""
-    from siteboot.control import ORPHANED
-    from siteboot.errors import STATUS_OK
+    from siteboot.control import status_problems
 
-    lines = []
-    for row in revival.status.instances:
-        if row.state == ORPHANED or row.severity == STATUS_OK:
-            continue
-        if row.state != "running":
-            lines.append(f"{revival.env} {row.name}: {row.state}: {row.error or ''}".rstrip(": "))
-        for p in row.programs:
-            if p.severity != STATUS_OK:
-                lines.append(f"{revival.env} {row.name}: {p.name} {p.state}"
-                             + (f": {p.spawnerr}" if p.spawnerr else ""))
-    return lines
+    return [f"{revival.env} {line}" for line in status_problems(revival.status)]
 
 
 def revive_envs(plan: Plan, all_envs: bool) -> list[str]:

@@ -273,6 +273,16 @@ class Plan:
     def lock_path(self, inst: InstancePlan) -> Path:
         return self.invoker_state_dir / "locks" / f"{inst.name}.lock"
 
+    @property
+    def deploy_lock_path(self) -> Path:
+        """One deploy (or rollback) of this site and env at a time."""
+        return self.invoker_state_dir / "locks" / f"deploy-{self.site.name}-{self.env}.lock"
+
+    @property
+    def releases_dir(self) -> Path:
+        """The deployer's releases of this site and env: one folder each, and the pointers."""
+        return self.invoker_state_dir / "releases" / f"{self.site.name}-{self.env}"
+
     def venv_path(self, name: str, user: str | None = None) -> Path:
         base = _fill(self.site.venv_dir, site=self.site.name, env=self.env,
                      user=user or self.invoker)

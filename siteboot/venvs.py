@@ -201,19 +201,37 @@ def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = ru
     ``wheelhouse``: install only from this directory (``pip --no-index --find-links``).
     ``progress`` is told before each build starts (builds can take a while).
     """
-    results: list[VenvOutcome] = []
-    done: set[Path] = set()
+    return [ensure_venv(spec, path, wheelhouse, runner, site_path=plan.site.path,
+                        progress=progress) for spec, path in owned_venvs(plan)]
+
+
+def owned_venvs(plan: Plan) -> list[tuple[VenvSpec, Path]]:
+    """(spec, stable path) of every venv a program of the invoker's instances uses, once each."""
+    found: list[tuple[VenvSpec, Path]] = []
     for inst in plan.instances.values():
         if not plan.owns(inst):
             continue
         for program in inst.programs:
-            name = plan.site.programs[program.name].venv
-            if name is None or program.venv is None or program.venv in done:
+            spec = plan.site.programs.get(program.name)
+            if spec is None or spec.venv is None or program.venv is None \
+                    or program.venv in [path for _, path in found]:
                 continue
-            done.add(program.venv)
-            results.append(ensure_venv(plan.site.venvs[name], program.venv, wheelhouse, runner,
-                                       site_path=plan.site.path, progress=progress))
-    return results
+            found.append((plan.site.venvs[spec.venv], program.venv))
+    return found
+
+
+def venv_drift(plan: Plan, runner: Runner = run) -> dict[str, str]:
+    """venv name -> why its current build is not what the site asks for now (a deploy builds it)."""
+    drift = {}
+    for spec, path in owned_venvs(plan):
+        stamp = read_stamp(path)
+        if stamp is None:
+            drift[spec.name] = "not built"
+            continue
+        python, version = interpreter(spec, runner)
+        if stamp.get("hash") != venv_hash(spec.requirements, python, version):
+            drift[spec.name] = "requirements or interpreter changed: the next deploy rebuilds it"
+    return drift
 
 
 def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runner: Runner = run,

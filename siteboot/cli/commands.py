@@ -21,6 +21,7 @@ from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_c
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 if TYPE_CHECKING:
+    from siteboot.deploy import Applied
     from siteboot.instances import LifecycleResult
     from siteboot.runner import RunnerOutcome
 
@@ -292,6 +293,126 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
         _print_outcomes(result.instances)
         echo()
         print_status(result.status)
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@site_options
+@json_option
+def diff(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """What the checkout renders against what each of your running instances has loaded.
+
+    Programs added, removed and changed (which keys; `content venv.NAME` is the venv build),
+    server settings, venvs a deploy would rebuild. Exit 0 when nothing differs, 1 otherwise.
+    """
+    ctx = Ctx(site, env, root)
+    result = ops.diff(ctx.plan(), ctx.root)
+    if as_json:
+        print_json(result.as_json())
+        sys.exit(result.exit_code)
+    for item in result.instances:
+        color = {"same": "green", "skipped": "yellow"}.get(item.state, "red")
+        detail = f": {item.detail}" if item.detail else ""
+        echo(f"{item.instance}: " + styled(item.state, fg=color) + detail)
+        for line in item.lines():
+            echo(f"  {line}")
+    for name, why in result.venvs.items():
+        echo(f"venv {name}: {why}")
+    sys.exit(result.exit_code)
+
+
+def _print_applied(applied: Applied, heading: str) -> None:
+    echo(heading)
+    for o in applied.instances.outcomes:
+        echo(f"  {o.instance}: {o.action}" + (f": {o.detail}" if o.detail else ""))
+        for note in o.notes:
+            echo(f"    {note}")
+
+
+@cli.command()
+@site_options
+@click.option("--wheelhouse", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              envvar="SITEBOOT_WHEELHOUSE", help="Install from these wheels only (offline nodes).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for each supervisord, and for programs to settle.")
+@click.option("--lock-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for another deploy of the site and env to finish.")
+@json_option
+def deploy(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout: float,
+           lock_timeout: float, as_json: bool) -> None:
+    """Bring the env to this checkout, restarting exactly what changed; roll back on failure.
+
+    Builds the venvs, records a release, starts your instances that are down, applies the new
+    configs to the others, waits until the programs settled and checks the status. If that
+    fails, the previous release is applied again and the exit code is 1.
+    """
+    ctx = Ctx(site, env, root)
+    result = ops.deploy(ctx.plan(), ctx.root, wheelhouse, timeout, lock_timeout,
+                        progress=_progress(as_json))
+    if as_json:
+        print_json(result.as_json())
+        sys.exit(result.exit_code)
+    for v in result.venvs:
+        echo(f"venv {v.name}: {v.action} ({v.path})")
+    if result.applied is not None:
+        _print_applied(result.applied, f"release {result.release}:")
+    if not result.failures:
+        echo(styled(f"deployed {result.release}", fg="green")
+             + (f" (previous: {result.previous})" if result.previous else ""))
+        sys.exit(result.exit_code)
+    error(f"deploy of {result.release} failed:\n" + "\n".join(f"  {f}" for f in result.failures))
+    if result.rollback is None:
+        error("nothing was rolled back: " + ("no release was applied" if result.applied is None
+                                              else "there is no previous release"))
+    elif result.rolled_back:
+        _print_applied(result.rollback, f"rolled back to {result.rollback.release}:")
+        error(f"rolled back to {result.rollback.release}, which runs again")
+    else:
+        error(f"the rollback to {result.rollback.release} failed too:\n"
+              + "\n".join(f"  {f}" for f in result.rollback.failures))
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@site_options
+@json_option
+def releases(site: str, env: str, root: str | None, as_json: bool) -> None:
+    """The releases `deploy` made for the site and env (current and previous marked)."""
+    result = ops.releases(Ctx(site, env, root).plan())
+    if as_json:
+        print_json(result.as_json())
+        return
+    marks = {result.pointers.current: "current", result.pointers.previous: "previous"}
+    rows = [[r.id, marks.get(r.id, "failed" if r.failed else ""), r.commit, r.source]
+            for r in result.releases]
+    echo(table(["release", "", "commit", "from"], rows) if rows else "no releases yet")
+
+
+@cli.command()
+@site_options
+@click.option("--to", "to", metavar="ID", help="The release to go back to [default: the previous].")
+@click.option("--wheelhouse", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              envvar="SITEBOOT_WHEELHOUSE", help="Install from these wheels only (offline nodes).")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for each supervisord, and for programs to settle.")
+@click.option("--lock-timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for another deploy of the site and env to finish.")
+@json_option
+def rollback(site: str, env: str, root: str | None, to: str | None, wheelhouse: Path | None,
+             timeout: float, lock_timeout: float, as_json: bool) -> None:
+    """Apply an earlier release again (its own copies of the site file and template)."""
+    ctx = Ctx(site, env, root)
+    result = ops.rollback(ctx.plan(), to, wheelhouse, timeout, lock_timeout, _progress(as_json))
+    if as_json:
+        print_json(result.as_json())
+        sys.exit(result.exit_code)
+    _print_applied(result.applied, f"release {result.release}:")
+    if result.applied.failures:
+        error(f"rollback to {result.release} failed:\n"
+              + "\n".join(f"  {f}" for f in result.applied.failures))
+    else:
+        echo(styled(f"rolled back to {result.release}", fg="green")
+             + (f" (was {result.replaced})" if result.replaced else ""))
     sys.exit(result.exit_code)
 
 
