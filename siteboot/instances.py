@@ -316,7 +316,8 @@ def probe(endpoint: Endpoint) -> str | None:
 def each_owned(plan: Plan, instance: str | None,
                action: Callable[[InstancePlan], InstanceOutcome],
                parallel: bool = False) -> list[InstanceOutcome]:
-    """``action`` under the instance's lock for each instance the invoker owns; others skipped.
+    """``action`` under the instance's lock for each instance the invoker owns; others skipped,
+    except one named explicitly (``instance``): not the invoker's to act on, that fails.
 
     ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
     and the slowest program's stop wait is paid once, not once per instance).
@@ -325,7 +326,9 @@ def each_owned(plan: Plan, instance: str | None,
         import psutil
 
         if not plan.owns(inst):
-            return InstanceOutcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}")
+            # named on purpose (-i), it is a failure a CI job must see; among all, a remark
+            verdict = "failed" if instance else "skipped"
+            return InstanceOutcome(inst.name, verdict, f"owned by {inst.user}: run as {inst.user}")
         try:
             with instance_lock(plan, inst):
                 return action(inst)

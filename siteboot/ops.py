@@ -61,7 +61,13 @@ class RenderedConfig:
 class RenderResult:
     rendered: list[RenderedConfig]
     skipped: list[tuple[str, str]]  # (instance, why)
-    exit_code = EXIT_OK
+    named: bool = False  # one instance was asked for (-i): skipping it is a failure
+
+    @property
+    def exit_code(self) -> int:
+        from siteboot.errors import EXIT_FAILED
+
+        return EXIT_FAILED if self.named and self.skipped else EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
         return {"rendered": [r.as_json() for r in self.rendered],
@@ -129,7 +135,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
         else:
             skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
                                        "or preview it with --out DIR"))
-    return RenderResult(rendered, skipped)
+    return RenderResult(rendered, skipped, named=instance is not None)
 
 
 def up(plan: Plan, root: Path | None, instance: str | None = None,

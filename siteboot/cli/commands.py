@@ -118,12 +118,13 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
     result = ops.render(ctx.plan(), ctx.root, out, instance)
     if as_json:
         print_json(result.as_json())
-        return
+        sys.exit(result.exit_code)
     for item in result.rendered:
         note = "  (preview: placeholder key hash, not startable as is)" if item.preview else ""
         echo(f"wrote {item.path}{note}")
     for name, why in result.skipped:
         echo(f"skipped {name}: {why}")
+    sys.exit(result.exit_code)
 
 
 def _print_outcomes(result: LifecycleResult) -> None:

@@ -247,6 +247,9 @@ def test_render_own_instance_in_place(tmp_path, short_dir):
     assert f"wrote {conf}" in result.stdout
     assert "skipped theirs: owned by nobody" in result.stdout
     assert not (parent / "theirs").exists()
+    named = run("render", "--site", path, "-i", "theirs")  # asked for by name: a failure
+    assert named.exit_code == 1
+    assert "skipped theirs: owned by nobody" in named.stdout
     assert mode(parent) == 0o1777
     assert mode(runtime) == 0o700
     assert runtime.stat().st_uid == os.geteuid()

@@ -289,7 +289,11 @@ def test_group_grant_lets_the_member_control_the_instance(two_users):
 
     # the member cannot start or stop the owner's supervisord itself
     result = env.run(JAWS, "down", "-i", "jtm")
-    assert "owned by sbt_jtm" in result.stdout
+    assert result.returncode == 1  # named on purpose: a CI job must see that nothing happened
+    assert "jtm: failed: owned by sbt_jtm" in result.stdout
+    result = env.run(JAWS, "up", "-i", "jtm")
+    assert result.returncode == 1
+    assert "jtm: failed: owned by sbt_jtm" in result.stdout
     assert env.status(JTM)[1]["instances"][1]["state"] == "running"
 
 
@@ -382,7 +386,7 @@ def test_no_key_on_any_command_line(two_users):
         assert not any(key in text for key in keys), cmdline
 
 
-GROUP = "pv-dev"  # the group supervisord gives the site's programs in env dev
+RUNNER = "runner"  # a program is a group of its own: supervisorctl names it alone
 
 
 def _ctl(env: TwoUsers, user: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -395,19 +399,19 @@ def test_a_member_ctl_gets_the_control_grant_and_no_more(two_users):
     _wait_ok(env, JTM)
     result = _ctl(env, JAWS, "status")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"{GROUP}:runner" in result.stdout
+    assert RUNNER in result.stdout
     assert "RUNNING" in result.stdout
-    result = _ctl(env, JAWS, "restart", f"{GROUP}:runner")
+    result = _ctl(env, JAWS, "restart", RUNNER)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == [f"{GROUP}:runner: stopped", f"{GROUP}:runner: started"]
-    result = _ctl(env, JAWS, "tail", f"{GROUP}:runner")
+    assert result.stdout.splitlines() == [f"{RUNNER}: stopped", f"{RUNNER}: started"]
+    result = _ctl(env, JAWS, "tail", RUNNER)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "heartbeat" in result.stdout
 
     supervisord = int((env.runtime("jtm") / "supervisord.pid").read_text())
     for args, method in ((["shutdown"], "shutdown"), (["reload"], "restart"),
                          (["avail"], "getAllConfigInfo"), (["reread"], "reloadConfig"),
-                         (["update"], "reloadConfig"), (["clear", f"{GROUP}:runner"], "clearProcessLogs"),
+                         (["update"], "reloadConfig"), (["clear", RUNNER], "clearProcessLogs"),
                          (["maintail"], "readLog")):
         result = _ctl(env, JAWS, *args)
         assert result.returncode == 1, (args, result.stdout, result.stderr)
@@ -467,7 +471,7 @@ def test_a_port_grabbed_in_the_middle_of_a_ctl_session_gets_no_key(two_users):
     session = Interactive(env.command(JAWS, "ctl", "-i", "jtm"), cwd=env.base)
     attacker: subprocess.Popen[str] | None = None
     try:
-        assert f"{GROUP}:runner" in session.expect("pv-jtm-dev> ")  # it starts with `status`
+        assert RUNNER in session.expect("pv-jtm-dev> ")  # it starts with `status`
         supervisorctl = next(p for p in psutil.Process(session.proc.pid).children(recursive=True)
                              if "supervisor.supervisorctl" in " ".join(p.cmdline()))
         assert supervisorctl.username() == JAWS
@@ -495,7 +499,7 @@ def test_a_port_grabbed_in_the_middle_of_a_ctl_session_gets_no_key(two_users):
         assert "PermissionError" in env.as_user(OTHER, probe).stderr  # its dir is 0700
 
         # tail -f streams through the relay; Ctrl-C (SIGINT to supervisorctl) ends it, not the session
-        session.send(f"tail -f {GROUP}:runner")
+        session.send(f"tail -f {RUNNER}")
         session.expect("heartbeat")
         supervisorctl.send_signal(signal.SIGINT)
         session.expect("pv-jtm-dev> ")
