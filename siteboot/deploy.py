@@ -338,8 +338,9 @@ def apply_release(plan: Plan, root: Path | None, release: str, timeout: float) -
     converge_outcomes(plan, result.outcomes)
     settled = settle(plan, timeout)
     owned = {inst.name for inst in plan.instances.values() if plan.owns(inst)}
-    failures = [f"{o.instance}: {o.detail}" for o in result.outcomes if o.action == "failed"]
-    failures += [line for line in status_problems(settled, owned) if line not in failures]
+    failed = {o.instance for o in result.outcomes if o.action == "failed"}
+    failures = [f"{o.instance}: {o.detail}" for o in result.outcomes if o.instance in failed]
+    failures += status_problems(settled, owned - failed)  # what the outcomes did not say
     return Applied(release, result, settled, failures)
 
 
