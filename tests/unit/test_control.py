@@ -692,8 +692,8 @@ def test_instances_fail_independently(plan, endpoints):
         ("alpha", "web"), ("alpha", "idle"), ("beta", "worker_00"), ("beta", "worker_01"),
         ("gamma", "web2")]
     assert results(rows) == {
-        "alpha:web": (False, "nothing is listening at u"),
-        "alpha:idle": (False, "nothing is listening at u"),
+        "alpha:web": (False, "nothing is listening at u; run `siteboot up`"),
+        "alpha:idle": (False, "nothing is listening at u; run `siteboot up`"),
         "beta:worker_00": (True, "started"),
         "beta:worker_01": (True, "started"),
         "gamma:web2": (False, "instance gamma belongs to someone-else"),

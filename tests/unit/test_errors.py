@@ -52,7 +52,7 @@ def test_exit_code_for_reraises_with_debug_and_for_exits():
 
 def test_a_closed_pipe_is_quiet(monkeypatch):
     silenced: list[bool] = []
-    monkeypatch.setattr("siteboot.errors.silence_stdout", lambda: silenced.append(True))
+    monkeypatch.setattr("siteboot.errors.silence_output", lambda: silenced.append(True))
     said: list[str] = []
     assert exit_code_for(BrokenPipeError(), debug=False, error=said.append) == 141
     assert (said, silenced) == ([], [True])
@@ -66,12 +66,13 @@ def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
     def closed(report: object) -> None:
         raise BrokenPipeError
 
-    monkeypatch.setattr("siteboot.ops.status", lambda plan, instance: StatusResult("t", "dev", []))
+    monkeypatch.setattr("siteboot.ops.status",
+                        lambda plan, instance, names: StatusResult("t", "dev", []))
     monkeypatch.setattr("siteboot.cli.output.print_status", closed)
-    monkeypatch.setattr(fast, "silence_stdout", lambda: None)
+    monkeypatch.setattr(fast, "silence_output", lambda: None)
 
     class FakeCtx:
         def plan(self) -> None:
             return None
 
-    assert fast.show_status(FakeCtx(), None, as_json=False) == 0  # type: ignore[arg-type]
+    assert fast.show_status(FakeCtx(), (), as_json=False) == 0  # type: ignore[arg-type]
