@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled, remember_invocation
@@ -55,7 +56,17 @@ def _completion(names: Callable[[Ctx], Iterable[str]]) -> Callable[..., list[str
     return complete
 
 
-complete_sites = _completion(lambda ctx: site_names(ctx.root))
+_complete_site_names = _completion(lambda ctx: site_names(ctx.root))
+
+
+def complete_sites(ctx: click.Context, param: click.Parameter,
+                   incomplete: str) -> list[CompletionItem] | list[str]:
+    """Site names; a path (``./``, ``~/``, ``/``...) is left to the shell's file completion."""
+    if "/" in incomplete or incomplete.startswith((".", "~")):
+        return [CompletionItem(incomplete, type="file")]
+    return _complete_site_names(ctx, param, incomplete)
+
+
 complete_envs = _completion(lambda ctx: ctx.site().envs)
 complete_instances = _completion(lambda ctx: ctx.plan().instances)
 complete_targets = _completion(lambda ctx: ops.target_names(ctx.plan()))

@@ -58,6 +58,20 @@ def test_a_closed_pipe_is_quiet(monkeypatch):
     assert (said, silenced) == ([], [True])
 
 
+def test_an_error_nobody_can_read_is_quiet_too(monkeypatch):
+    """`siteboot ... 2>&1 | head -1`: stderr is the closed pipe as well."""
+    silenced: list[bool] = []
+    monkeypatch.setattr("siteboot.errors.silence_output", lambda: silenced.append(True))
+
+    def closed(text: str) -> None:
+        raise BrokenPipeError
+
+    assert exit_code_for(SitebootError("x"), debug=False, error=closed) == 1
+    assert exit_code_for(ValueError("bug"), debug=False, error=closed, internal_code=3) == 3
+    assert exit_code_for(BrokenPipeError(), debug=False, error=closed, broken_pipe_code=3) == 3
+    assert silenced == [True, True, True]
+
+
 def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
     """`siteboot status | head -1`: exit 0-3 as the report says, not an internal error."""
     from siteboot.cli import fast
