@@ -444,8 +444,8 @@ def _named(plan: Plan, name: str) -> list[tuple[InstancePlan, str]]:
     if not found:
         raise UsageError(f"no program '{name}' in site {plan.site.name}"
                          + did_you_mean(name, target_names(plan)),
-                         "name a program or process as `siteboot status` shows it, an instance, "
-                         "instance:program, instance:* or all")
+                         f"name a program or process as `{command('status', env=plan.env)}` "
+                         "shows it, an instance, instance:program, instance:* or all")
     return found
 
 

@@ -4,8 +4,6 @@ narrowed to programs and envs, completion, previews of several envs, closed pipe
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from siteboot.cli.commands import cli
-from tests.helpers import REPO, SITEBOOT, invoke_cli
+from tests.helpers import REPO, invoke_cli, run_unread
 
 
 @pytest.fixture(autouse=True)
@@ -165,32 +163,21 @@ def test_completion_of_programs_instances_envs_and_sites(short_dir):
 # A reader that goes away (item 5): real pipes, closed before siteboot writes
 
 
-def with_closed_stdout(*args: Any, stderr_too: bool = False) -> subprocess.CompletedProcess[str]:
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        return subprocess.run([*SITEBOOT, *map(str, args)], stdout=write,
-                              stderr=write if stderr_too else subprocess.PIPE, text=True,
-                              timeout=60, check=False)
-    finally:
-        os.close(write)
-
-
 def test_status_keeps_its_verdict_when_nobody_reads(short_dir):
     site = two_instances(short_dir)
-    result = with_closed_stdout("status", "--site", site)
+    result = run_unread("status", "--site", site)
     assert (result.returncode, result.stderr) == (2, "")
-    result = with_closed_stdout("status", "--site", site, "--all-envs", "--json")
+    result = run_unread("status", "--site", site, "--all-envs", "--json")
     assert (result.returncode, result.stderr) == (2, "")
     # no verdict (no such site), and its error cannot be written either: still "unknown"
-    assert with_closed_stdout("status", "--site", short_dir / "no.toml",
+    assert run_unread("status", "--site", short_dir / "no.toml",
                               stderr_too=True).returncode == 3
 
 
 @pytest.mark.parametrize("args", [["ports", "--root", REPO, "--site", "jaws"], ["--help"],
                                   ["status", "--help"], ["--version"]])
 def test_other_commands_exit_141_quietly(args):
-    result = with_closed_stdout(*args)
+    result = run_unread(*args)
     assert (result.returncode, result.stderr) == (141, "")
 
 
