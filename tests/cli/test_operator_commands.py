@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from siteboot.cli.commands import cli
-from tests.helpers import REPO, invoke_cli, run_unread
+from tests.helpers import REPO, invoke_cli, own_site_text, run_unread
 
 
 @pytest.fixture(autouse=True)
@@ -27,28 +27,15 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def two_instances(short_dir: Path) -> Path:
     """A site of the invoker's (nothing running): main (web) and jobs (worker, numprocs 2)."""
     path = short_dir / "myapp.toml"
-    path.write_text(textwrap.dedent(f"""
-        [site]
-        name = "myapp"
-        runtime_dir = "{short_dir}/rt-{{env}}"
-        state_dir = "{short_dir}/st-{{env}}"
-
-        [instances.main]
-        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
-
+    path.write_text(textwrap.dedent(own_site_text(short_dir, extra="""
         [instances.jobs]
-        port = {{ dev = 40011, staging = 40012, prod = 40013 }}
-
-        [programs.web]
-        instance = "main"
-        command = "python3 -m http.server {{port}}"
-        port = {{ dev = 41001, staging = 41002, prod = 41003 }}
+        port = { dev = 40011, staging = 40012, prod = 40013 }
 
         [programs.worker]
         instance = "jobs"
         command = "sleep 100"
         numprocs = 2
-        """))
+        """)))
     return path
 
 
@@ -69,7 +56,7 @@ def test_a_never_started_env_is_not_running_with_the_up_to_run(short_dir):
     result = invoke_cli("start", "--site", site, "--env", "staging", "worker_01")
     assert result.exit_code == 1
     assert "jobs:worker_01: instance jobs is not running: it was never started in env " \
-           f"staging (no key yet at {short_dir}/st-staging/keys/jobs.key); start it: " \
+           f"staging (no key yet at {short_dir}/st/t-staging/keys/jobs.key); start it: " \
            f"`siteboot up --site {site} -e staging`" in result.stdout
     tail = invoke_cli("tail", "--site", site, "-e", "staging", "web")
     assert tail.exit_code == 1
@@ -89,7 +76,7 @@ def test_the_environment_counts_as_given(short_dir, monkeypatch):
 
 def test_status_header_names_site_and_env(short_dir):
     result = invoke_cli("status", "--site", two_instances(short_dir), "-e", "staging")
-    assert result.stdout.splitlines()[0] == "site myapp, env staging"
+    assert result.stdout.splitlines()[0] == "site t, env staging"
 
 
 def test_status_of_several_instances_and_of_names(short_dir):
@@ -100,7 +87,7 @@ def test_status_of_several_instances_and_of_names(short_dir):
     assert [i["name"] for i in json.loads(named.stdout)["instances"]] == ["jobs"]
     unknown = invoke_cli("status", "--site", site, "wrker")
     assert unknown.exit_code == 3
-    assert "no program 'wrker' in site myapp (did you mean 'worker'?)" in unknown.stderr
+    assert "no program 'wrker' in site t (did you mean 'worker'?)" in unknown.stderr
 
 
 def test_status_of_all_envs_when_none_is_in_use(short_dir):
@@ -108,9 +95,9 @@ def test_status_of_all_envs_when_none_is_in_use(short_dir):
     result = invoke_cli("status", "--site", site, "-e", "prod", "--all-envs", "--json")
     assert result.exit_code == 2
     data = json.loads(result.stdout)
-    assert (data["site"], data["ok"], [e["env"] for e in data["envs"]]) == ("myapp", False, ["prod"])
+    assert (data["site"], data["ok"], [e["env"] for e in data["envs"]]) == ("t", False, ["prod"])
     table = invoke_cli("status", "--site", site, "--all-envs")
-    assert table.stdout.splitlines()[0] == "site myapp, env dev"
+    assert table.stdout.splitlines()[0] == "site t, env dev"
 
 
 def test_every_command_with_instances_takes_several(short_dir, tmp_path):
@@ -128,8 +115,8 @@ def test_previews_of_several_envs_share_a_folder(short_dir, tmp_path):
     for env in ("dev", "prod"):
         assert invoke_cli("render", "--site", site, "-e", env, "--out", tmp_path / "out").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "supervisord-myapp-jobs-dev.conf", "supervisord-myapp-jobs-prod.conf",
-        "supervisord-myapp-main-dev.conf", "supervisord-myapp-main-prod.conf"]
+        "supervisord-t-jobs-dev.conf", "supervisord-t-jobs-prod.conf",
+        "supervisord-t-main-dev.conf", "supervisord-t-main-prod.conf"]
 
 
 # --------------------------------------------------------------------------------------------

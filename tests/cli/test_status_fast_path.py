@@ -49,8 +49,9 @@ def test_anything_else_is_left_to_click(args):
     assert parse_status_args(args) is None
 
 
-def test_status_does_not_import_click_or_jinja2(tmp_path):
-    code = ("import sys\nsys.argv = ['siteboot', 'status', '--site', 'nope']\n"
+@pytest.mark.parametrize("args", [[], ["web", "-i", "a", "-i", "b", "--all-envs", "--json"]])
+def test_status_does_not_import_click_or_jinja2(tmp_path, args):
+    code = (f"import sys\nsys.argv = ['siteboot', 'status', '--site', 'nope', *{args!r}]\n"
             "from siteboot.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
             "heavy = [m for m in ('click', 'jinja2', 'virtualenv', 'psutil', 'supervisor') "

@@ -32,7 +32,7 @@ from siteboot.history import MAIN_LOG_TAIL
 from siteboot.logtail import RPC_CHUNK
 from siteboot.plan import Plan
 from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
-from tests.helpers import plan_from
+from tests.helpers import own_site_text, plan_from
 
 GROUP = "t-dev"
 
@@ -954,16 +954,7 @@ def test_status_of_every_env_in_use(monkeypatch, short_dir):
     """`status --all-envs`: envs with an instance that answers, or recorded as started."""
     from siteboot import ops
 
-    text = f"""
-        [site]
-        name = "t"
-        runtime_dir = "{short_dir}/run-{{env}}"
-        state_dir = "{short_dir}/state-{{env}}"
-
-        [instances.alpha]
-        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
-        """
-    plans = [plan_from(text, short_dir, env) for env in ("dev", "staging", "prod")]
+    plans = [plan_from(own_site_text(short_dir), short_dir, env) for env in ("dev", "staging", "prod")]
     states = {"dev": NOT_RUNNING, "staging": NOT_RUNNING, "prod": RUNNING}
 
     def status(plan: Plan, instance: Any, names: Any) -> StatusResult:
