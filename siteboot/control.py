@@ -434,7 +434,7 @@ def _named(plan: Plan, name: str) -> list[tuple[InstancePlan, str]]:
             raise UsageError(f"{where} has no program '{rest}'",
                              f"programs: {', '.join(p.name for _, p in scope) or 'none'}")
         return found
-    found = _processes_named(every, name)
+    found = _processes_named(every, name) if name != "*" else []
     if name in plan.instances:
         if found:
             inst = found[0][0].name

@@ -118,7 +118,8 @@ class SitebootGroup(click.Group):
         remember_invocation([*ctx.protected_args, *ctx.args])
         try:
             return super().invoke(ctx)
-        except (SitebootError, KeyboardInterrupt, BrokenPipeError) as exc:  # Ctrl-C: before click
+        # Ctrl-C here, before click says "Aborted!"; a closed pipe before click makes it exit 1
+        except (SitebootError, KeyboardInterrupt, BrokenPipeError) as exc:
             ctx.exit(exit_code_for(exc, debug=debug_enabled() or bool(ctx.params.get("debug")),
                                    error=error))
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from siteboot.cli.context import Ctx
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, silence_output
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
+
+if TYPE_CHECKING:
+    from siteboot.control import SiteStatus, StatusResult
 
 
 def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
@@ -31,8 +34,9 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
         plan = ctx.plan()
         if all_envs:
             plans = [plan if env == plan.env else ctx.plan_for(env) for env in plan.site.envs]
-            result: Any = ops.status_all_envs(plans, plan.env, instance, names)
-            reports = result.reports
+            site = ops.status_all_envs(plans, plan.env, instance, names)
+            result: SiteStatus | StatusResult = site
+            reports = site.reports
         else:
             result = ops.status(plan, instance, names)
             reports = [result]
@@ -49,7 +53,7 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
                 print_status(report)
     except BrokenPipeError:
         silence_output()
-    return int(result.exit_code)
+    return result.exit_code
 
 
 _STATUS_VALUES = {"--site": "site", "-s": "site", "--env": "env", "-e": "env", "--root": "root",

@@ -480,6 +480,8 @@ def test_target_names_short_ones_first(plan):
 def test_did_you_mean_knows_processes(plan):
     with pytest.raises(UsageError, match="did you mean 'worker_01'"):
         resolve_targets(plan, ["wroker_01"])
+    with pytest.raises(UsageError, match="no program '\\*'"):  # `all` says it
+        resolve_targets(plan, ["*"])
 
 
 @pytest.mark.parametrize(("args", "expected"), [
