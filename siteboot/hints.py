@@ -78,13 +78,14 @@ def given() -> Invocation:
 
 def command(verb: str, *args: str, env: str | None = None, instance: str | None = None,
             program: str = "siteboot") -> str:
-    """``siteboot VERB [--root R] [--site S] [-e ENV] [-i I]... ARGS`` as the operator can paste it.
+    """``siteboot VERB ARGS [--root R] [--site S] [-e ENV] [-i I]...`` as the operator can paste
+    it.
 
     ``env``: the env the hint is about (``revive --all-envs`` goes through several); shown when
     the operator named one or it is not the default. ``instance``: the one the hint is about;
     without it, a verb that takes -i gets the instances the operator gave.
     """
-    words = [*program.split(), *verb.split()]
+    words = [*program.split(), *verb.split(), *args]
     if _given.root:
         words += ["--root", _given.root]
     if _given.site:
@@ -95,4 +96,4 @@ def command(verb: str, *args: str, env: str | None = None, instance: str | None 
     chosen = [instance] if instance else list(_given.instances) if verb in _TAKE_INSTANCES else []
     for name in chosen:
         words += ["-i", name]
-    return " ".join(shlex.quote(word) for word in [*words, *args])
+    return " ".join(shlex.quote(word) for word in words)

@@ -43,7 +43,7 @@ def test_the_example_of_the_issue():
 def test_instances_only_for_commands_that_take_them():
     remember(["start", "-i", "alpha", "--root", "/srv/my sites"], {})
     assert command("revive") == "siteboot revive --root '/srv/my sites'"
-    assert command("start", "alpha:web") == "siteboot start --root '/srv/my sites' alpha:web"
+    assert command("start", "alpha:web") == "siteboot start alpha:web --root '/srv/my sites'"
     assert command("down", instance="beta") == "siteboot down --root '/srv/my sites' -i beta"
 
 
@@ -59,4 +59,5 @@ def test_another_program_and_quoting():
     remember(["init", "--site", "sites/a b.toml"], {})
     assert command("init", program="python3 -m siteboot") == \
         "python3 -m siteboot init --site 'sites/a b.toml'"
-    assert command("start", "alpha:*") == "siteboot start --site 'sites/a b.toml' 'alpha:*'"
+    assert command("start", "alpha:*") == "siteboot start 'alpha:*' --site 'sites/a b.toml'"
+    assert command("down", "--orphans") == "siteboot down --orphans --site 'sites/a b.toml'"
