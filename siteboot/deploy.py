@@ -59,8 +59,12 @@ class InstanceDiff:
         """What differs, one line each (programs with their keys, then server settings)."""
         if self.changes is None:
             return []
+        from siteboot.hints import command
+
+        restart = (f"`{command('down', instance=self.instance)}` then "
+                   f"`{command('up', instance=self.instance)}`")
         return ([c.describe() for c in self.changes.programs]
-                + [f"server setting {key} changed (needs `siteboot down` and `up`)"
+                + [f"server setting {key} changed (applied by {restart})"
                    for key in self.changes.server])
 
     def as_json(self) -> dict[str, Any]:
