@@ -357,7 +357,6 @@ def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeou
     with deploy_lock(plan, lock_timeout, progress):
         pointers = read_pointers(plan)
         release = make_release(plan, root)
-        say(f"release {release.id}")
         try:
             venvs = ensure_venvs(plan, wheelhouse, progress=progress)
         except SitebootError as exc:  # a failed build changed nothing: nothing to roll back
