@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -283,3 +284,47 @@ def test_a_planted_pidfile_never_hangs_or_floods(alpha):
     alpha.pidfile.unlink()
     alpha.pidfile.write_text("4242\n")
     assert read_pidfile(alpha) == 4242
+
+
+# --------------------------------------------------------------------------------------------
+# apply_config: exactly the changed programs restart
+
+
+@dataclass
+class ApplyingEndpoint:
+    """supervisord's answers to an apply: ``reloadConfig`` says (added, changed, removed)."""
+
+    reload: list[list[str]]
+    timeout: float = 5.0
+    calls: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
+
+    def call(self, method: str, *params: object) -> object:
+        self.calls.append((method, params))
+        return [self.reload] if method == "supervisor.reloadConfig" else True
+
+
+def program_section(name: str, command: str, autostart: str = "true") -> str:
+    return f"\n[program:{name}]\ncommand = {command}\nautostart = {autostart}\n"
+
+
+def test_apply_restarts_what_differs_from_the_applied_copy(alpha):
+    from siteboot import instances
+
+    server = "[supervisord]\nidentifier = t-alpha-dev\n"
+    alpha.started_conf_path.write_text(server + program_section("web", "a")
+                                       + program_section("idle", "b") + program_section("old", "c"))
+    alpha.conf_path.write_text(server + program_section("web", "a2")
+                               + program_section("idle", "b", "false") + program_section("new", "d"))
+    # supervisord also calls `idle` changed (autostart): siteboot's own comparison decides
+    endpoint = ApplyingEndpoint([["new"], ["web", "idle"], ["old"]])
+    applied = instances.apply_config(alpha, endpoint)  # type: ignore[arg-type]
+    assert applied.restarted == ["web"]
+    assert [c for c in endpoint.calls if c[0] != "supervisor.reloadConfig"] == [
+        ("supervisor.stopProcessGroup", ("old", True)), ("supervisor.removeProcessGroup", ("old",)),
+        ("supervisor.stopProcessGroup", ("web", True)), ("supervisor.removeProcessGroup", ("web",)),
+        ("supervisor.addProcessGroup", ("web",)), ("supervisor.addProcessGroup", ("new",))]
+    assert applied.lines(alpha) == ["removed old", "restarted web (command)", "added new"]
+    assert alpha.applied_conf_path.read_text() == alpha.conf_path.read_text()
+    again = instances.apply_config(alpha, ApplyingEndpoint([[], ["idle"], []]))  # type: ignore[arg-type]
+    assert again.restarted == []
+    assert again.lines(alpha) == []
