@@ -597,12 +597,27 @@ def _progress(item: _Tracked, info: Any, action: str,
 # tail
 
 
+def qualified(name: str, instance: str | None) -> str:
+    """``NAME`` as ``instance:NAME`` when ``-i instance`` narrows it (a name already qualified
+    must name the same instance)."""
+    if instance is None:
+        return name
+    if name == "all":
+        return f"{instance}:*"
+    if ":" in name:
+        if name.split(":", 1)[0] != instance:
+            raise UsageError(f"'{name}' is not in instance {instance} (-i {instance})",
+                             f"drop -i, or name {instance}:{name.split(':', 1)[1]}")
+        return name
+    return f"{instance}:{name}"
+
+
 def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str]:
     targets = resolve_targets(plan, [name])
     if sum(len(v) for v in targets.values()) != 1:
         choices = [f"{i}:{p}" for i, ps in targets.items() for p in ps]
         raise UsageError(f"'{name}' names {len(choices)} processes; tail follows one",
-                         f"one of: {', '.join(choices)}")
+                         f"one of: {', '.join(choices)}; or `siteboot logs {name}` for all of them")
     inst_name, processes = next(iter(targets.items()))
     inst = plan.instance(inst_name)
     process = processes[0]
@@ -612,23 +627,26 @@ def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
          follow: bool = False, nbytes: int = 4096, interval: float = 0.25,
-         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None) -> None:
+         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None,
+         instance: str | None = None) -> None:
     """Print the end of a process log; with ``follow``, every byte written after it, once and
     in order, across rotations, or a notice line (``notice``, else ``==> ... <==`` through
-    ``write``) where bytes were lost. The owner follows the files (backups included), anyone
-    else the current file over RPC."""
+    ``write``) where bytes were lost. Whoever can read the log files (the owner) reads them,
+    backups included; anyone else reads the current file over RPC."""
     from siteboot import logtail
 
+    name = qualified(name, instance)
     inst, program, process = _find_process(plan, name)
     log_path = program.log_path(process, "stderr" if stderr else "stdout")
-    if not (follow and os.access(log_path, os.R_OK)):
+    if not os.access(log_path, os.R_OK):
         tail_over_rpc(plan, name, write, stderr, follow, nbytes, interval, stop, notice)
         return
     connect(plan, inst)  # the same checks (a key, a site of ours) as over RPC
     follower = logtail.FileFollower(log_path, int(program.options["log_backups"]), write, notice)
     try:
         follower.start(nbytes)
-        logtail.follow(follower.poll, interval, stop)
+        if follow:
+            logtail.follow(follower.poll, interval, stop)
     finally:
         follower.close()
 
@@ -647,18 +665,11 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
     stream = "Stderr" if stderr else "Stdout"
     # following needs the last bytes before the offset, to recognise the file the next time
     want = max(nbytes, logtail.FINGERPRINT) if follow else nbytes
-    data, offset = _tail_end(endpoint, full, f"supervisor.tailProcess{stream}Log", want)
+    data, offset = tail_end(endpoint, full, stream, want)
     write(logtail.last_bytes(data, nbytes) if want != nbytes else data)
     if not follow:
         return
-    method = f"supervisor.readProcess{stream}Log"
-
-    def read(start: int, length: int) -> Any:
-        answer = endpoint.multicall([(method, (full, start, length))])[0]
-        # no log file (yet, or any more): nothing to read; it may come back
-        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
-
-    follower = logtail.RpcFollower(read, write, notice)
+    follower = logtail.RpcFollower(log_reader(endpoint, full, stream), write, notice)
     follower.start(offset, data)
     try:
         logtail.follow(follower.poll, interval, stop)
@@ -666,12 +677,27 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
         raise UsageError(f"cannot follow {full}: {fault.faultString}") from None
 
 
-def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[str, int]:
-    """The last ``nbytes`` of a log and its size, over RPC.
+def log_reader(endpoint: Endpoint, full: str, stream: str) -> Callable[[int, int], Any]:
+    """``read(offset, length)`` of one process log over RPC (``stream``: Stdout or Stderr), for
+    ``logtail.RpcFollower``."""
+    method = f"supervisor.readProcess{stream}Log"
+
+    def read(start: int, length: int) -> Any:
+        answer = endpoint.multicall([(method, (full, start, length))])[0]
+        # no log file (yet, or any more): nothing to read; it may come back
+        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
+
+    return read
+
+
+def tail_end(endpoint: Endpoint, full: str, stream: str, nbytes: int) -> tuple[str, int]:
+    """The last ``nbytes`` of a process log (``stream``: Stdout or Stderr) and its size, over
+    RPC; nothing while the log file does not exist (yet).
 
     supervisord decodes what it sends as UTF-8, so an end that begins inside a character fails;
     one of the next three shorter ends begins at a character.
     """
+    method = f"supervisor.tailProcess{stream}Log"
     lengths = [nbytes] + [nbytes - n for n in (1, 2, 3) if nbytes - n > 0]
     answers = endpoint.multicall([(method, (full, 0, lengths[0]))])
     if isinstance(answers[0], Fault) and "UnicodeDecodeError" in answers[0].faultString:
@@ -681,6 +707,8 @@ def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[
             data, size, _overflow = answer
             return str(data), int(size)
     fault = answers[0]
+    if fault.faultCode == FAULT_NO_FILE:
+        return "", 0
     raise UsageError(f"cannot tail {full}: {fault.faultString}")
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from siteboot.cron import CronResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
+    from siteboot.logs import LogStream
     from siteboot.plan import Plan
     from siteboot.ports import CheckResult
     from siteboot.runner import RunnerOutcome, RunnerStatus
@@ -252,11 +253,21 @@ def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
 
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
-         follow: bool = False, nbytes: int = 4096) -> None:
+         follow: bool = False, nbytes: int = 4096, instance: str | None = None) -> None:
     """Write the end of a process's log to ``write``; with ``follow``, keep writing."""
     from siteboot.control import tail as follow_log
 
-    follow_log(plan, name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    follow_log(plan, name, write, stderr=stderr, follow=follow, nbytes=nbytes, instance=instance)
+
+
+def logs(plan: Plan, names: Sequence[str], emit: Callable[[LogStream, str], None],
+         instance: str | None = None, follow: bool = False, lines: int = 10) -> None:
+    """The last ``lines`` lines of the stdout and stderr of every program (or the named ones),
+    each line given to ``emit`` with the log it came from; with ``follow``, every line written
+    after them, until Ctrl-C."""
+    from siteboot.logs import show
+
+    show(plan, names, emit, instance, follow=follow, lines=lines)
 
 
 def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:

@@ -16,12 +16,13 @@ import click
 from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
-from siteboot.cli.output import echo, error, print_json, print_status, styled, table
+from siteboot.cli.output import LABEL_COLORS, echo, error, print_json, print_status, styled, table
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
 if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
+    from siteboot.logs import LogStream
     from siteboot.runner import RunnerOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -239,19 +240,39 @@ for _action, _summary in (("start", "Start programs and wait until they count as
 
 @cli.command(name="tail")
 @site_options
+@click.option("--instance", "-i", metavar="NAME", help="The instance NAME is in.")
 @click.argument("name")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
 @click.option("--stderr", is_flag=True, help="The stderr log instead of stdout.")
 @click.option("--bytes", "nbytes", type=int, default=4096, show_default=True,
               help="How much of the end to print first.")
-def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, stderr: bool,
-             nbytes: int) -> None:
+def tail_cmd(site: str, env: str, root: str | None, instance: str | None, name: str,
+             follow: bool, stderr: bool, nbytes: int) -> None:
     """Print the end of a program's log (NAME or instance:NAME)."""
     def write(text: str) -> None:
         if text:
             echo(text, nl=False)
 
-    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow,
+             nbytes=nbytes, instance=instance)
+
+
+@cli.command()
+@site_options
+@click.option("--instance", "-i", metavar="NAME", help="Only this instance's programs.")
+@click.argument("names", nargs=-1)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Lines of each log to print first.")
+def logs(site: str, env: str, root: str | None, instance: str | None, names: Sequence[str],
+         follow: bool, lines: int) -> None:
+    """The logs of every program of the env (or the NAMEs): stdout and stderr, each line
+    marked with its process (`web |`, `web err |`); -f follows them all, Ctrl-C ends it."""
+    def emit(stream: LogStream, line: str) -> None:
+        echo(styled(f"{stream.label} |", fg=LABEL_COLORS[stream.index % len(LABEL_COLORS)])
+             + f" {line}")
+
+    ops.logs(Ctx(site, env, root).plan(), names, emit, instance, follow=follow, lines=lines)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
