@@ -137,20 +137,36 @@ class _FileSource(_Source):
         self.follower.close()
 
 
+class _Reach:
+    """How one instance is reached, shared by its logs: a supervisord that stops answering is
+    said once (not once per log) and asked again on every poll."""
+
+    def __init__(self, endpoint: Any) -> None:
+        self.endpoint = endpoint
+        self.failing = False
+
+
 class _RpcSource(_Source):
     """A log read through its supervisord: what a granted member, who cannot read the owner's
-    files, gets. A supervisord that stops answering is said once and asked again each poll."""
+    files, gets."""
 
-    def __init__(self, lines: _Lines, endpoint: Any, full: str) -> None:
+    def __init__(self, lines: _Lines, reach: _Reach, full: str) -> None:
         super().__init__(lines)
         from siteboot.logtail import RpcFollower
 
-        self.endpoint = endpoint
+        self.reach = reach
+        self.endpoint = reach.endpoint
         self.full = full
         self.kind = lines.stream.stream.capitalize()  # Stdout / Stderr, as the methods name them
-        self.follower = RpcFollower(log_reader(endpoint, full, self.kind), lines.text,
-                                    lines.notice)
-        self.failing = False
+        self.follower = RpcFollower(self._read, lines.text, lines.notice)
+        self.reader = log_reader(self.endpoint, full, self.kind)
+
+    def _read(self, start: int, length: int) -> Any:
+        answer = self.reader(start, length)
+        if self.reach.failing:  # before what it says now
+            self.lines.notice("reading again")
+            self.reach.failing = False
+        return answer
 
     def start(self, count: int) -> None:
         from siteboot.logtail import lines_start
@@ -170,14 +186,11 @@ class _RpcSource(_Source):
         try:
             got = self.follower.poll()
         except (RpcError, Fault) as exc:
-            if not self.failing:
+            if not self.reach.failing:
                 why = exc.message if isinstance(exc, RpcError) else exc.faultString
                 self.lines.notice(f"{why}; asking again")
-            self.failing = True
+            self.reach.failing = True
             return False
-        if self.failing:
-            self.lines.notice("reading again")
-            self.failing = False
         return got
 
 
@@ -186,34 +199,40 @@ def show(plan: Plan, names: Sequence[str], emit: Emit, instance: str | None = No
          stop: threading.Event | None = None, files: bool = True) -> None:
     """Emit the last ``lines`` lines of each selected log, then (``follow``) every line written
     to any of them, until ``stop`` is set (or Ctrl-C). An instance that cannot be read (no key,
-    not running) gets a notice line and the others are shown; when none can be, its error is
-    raised. ``files=False`` reads every log over RPC, as a granted member does."""
+    not running) gets one notice line and the others are shown; when none can be, its error is
+    raised instead. ``files=False`` reads every log over RPC, as a granted member does."""
     from siteboot import logtail
 
-    sources: list[_Source] = []
-    failures: list[tuple[str, SitebootError]] = []
-    endpoints: dict[str, Any] = {}
     streams = select_streams(plan, names, instance)
     if not streams:
         raise UsageError(f"no logs to show: no instance of site {plan.site.name} is yours or "
                          "grants you access", "name one with -i, or run as its owner")
+    sources: list[_Source] = []
+    failed: dict[str, SitebootError] = {}
+    untold: list[tuple[_Lines, str]] = []  # notices held until some log could be read
+    reaches: dict[str, _Reach] = {}
     try:
         for stream in streams:
             out = _Lines(stream, emit)
             inst = plan.instance(stream.instance)
             try:
-                source = _open_source(plan, inst, stream, out, endpoints, files)
+                source = _open_source(plan, inst, stream, out, reaches, files)
                 source.start(lines)
             except SitebootError as exc:  # no key, not running, not loaded: the others go on
-                if not any(inst.name == failed for failed, _ in failures):  # said once
-                    out.notice(f"cannot read {inst.name}: {exc.message}")
-                failures.append((inst.name, exc))
+                if inst.name not in failed:
+                    untold.append((out, f"cannot read {inst.name}: {exc.message}"))
+                failed.setdefault(inst.name, exc)
                 continue
             sources.append(source)
+            for held, message in untold:
+                held.notice(message)
+            untold.clear()
             if not follow:
                 out.flush()
-        if failures and not sources:
-            raise failures[0][1]
+        if not sources:
+            raise next(iter(failed.values()))
+        for held, message in untold:
+            held.notice(message)
         if follow:
             logtail.follow(lambda: any([source.poll() for source in sources]), interval, stop)
     finally:
@@ -222,13 +241,13 @@ def show(plan: Plan, names: Sequence[str], emit: Emit, instance: str | None = No
 
 
 def _open_source(plan: Plan, inst: InstancePlan, stream: LogStream, out: _Lines,
-                 endpoints: dict[str, Any], files: bool) -> _Source:
+                 reaches: dict[str, _Reach], files: bool) -> _Source:
     """Files for whoever can read them (or, for the owner, will: a log not written yet), else
     RPC; either way the instance's key must be ours to have, as for ``tail``."""
-    if inst.name not in endpoints:
-        endpoints[inst.name] = connect(plan, inst, timeout=10.0)
+    if inst.name not in reaches:
+        reaches[inst.name] = _Reach(connect(plan, inst, timeout=10.0))
     program = _program_of(inst, stream.process)
     path = program.log_path(stream.process, stream.stream)
     if files and (os.access(path, os.R_OK) or (plan.owns(inst) and not os.path.lexists(path))):
         return _FileSource(out, program)
-    return _RpcSource(out, endpoints[inst.name], f"{inst.group_name}:{stream.process}")
+    return _RpcSource(out, reaches[inst.name], f"{inst.group_name}:{stream.process}")

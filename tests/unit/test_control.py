@@ -1136,6 +1136,38 @@ def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
     assert endpoints["alpha"].calls == []  # files only
 
 
+def test_tail_of_the_owner_reads_the_files_without_follow_too(plan, endpoints):
+    # supervisord puts control characters raw into XML-RPC: the owner never needs it to read
+    endpoints["alpha"] = FakeEndpoint()
+    log = plan.instances["alpha"].programs[0].log_path("web", "stderr")
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old\n\x1b[31mred\x1b[0m \x00\x07\r\n")
+    out: list[str] = []
+    control.tail(plan, "web", out.append, stderr=True, nbytes=17)
+    assert out == ["\x1b[31mred\x1b[0m \x00\x07\r\n"]
+    assert endpoints["alpha"].calls == []
+
+
+@pytest.mark.parametrize(("name", "instance", "expected"), [
+    ("worker_01", "beta", "beta:worker_01"),
+    ("beta:worker_01", "beta", "beta:worker_01"),
+    ("all", "beta", "beta:*"),
+    ("web", None, "web"),
+])
+def test_a_name_narrowed_to_an_instance(name, instance, expected):
+    assert control.qualified(name, instance) == expected
+
+
+def test_tail_takes_the_instance_apart(plan, endpoints):
+    fake = endpoints["beta"] = FakeEndpoint()
+    fake.tails[(f"{GROUP}:worker_01", 0, 4096)] = ["w1\n", 3, False]
+    out: list[str] = []
+    control.tail(plan, "worker_01", out.append, instance="beta")
+    assert out == ["w1\n"]
+    with pytest.raises(UsageError, match="'alpha:web' is not in instance beta"):
+        control.tail(plan, "alpha:web", out.append, instance="beta")
+
+
 def test_tail_an_end_that_starts_inside_a_character(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint()
     undecodable = Fault(30, "FAILED: <class 'UnicodeDecodeError'>:'utf-8' codec can't decode")
