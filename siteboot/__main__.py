@@ -16,10 +16,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from siteboot.bootstrap import locate
 from siteboot.errors import SitebootError, UsageError, exit_code_for
+
+if TYPE_CHECKING:
+    from siteboot.cli.progress import TerminalProgress
 
 BOOTSTRAP = "bootstrap"
 REEXEC = "reexec"
@@ -129,9 +132,21 @@ def stage0(args: Sequence[str], reexeced: bool) -> None:
         from siteboot.bootstrap import build  # not at the top: only `init` builds
 
         builder = build.Bootstrapper(checkout, venv, wheelhouse=locate.wheelhouse_from(args))
+        progress = _terminal_progress(args)
+        if progress is not None:  # its notes too: they must not cut through the live line
+            builder.log, builder.progress = progress.note, progress
         locate.reexec(builder.ensure(), args)
     else:
         locate.reexec(locate.venv_python(venv), args)
+
+
+def _terminal_progress(args: Sequence[str]) -> TerminalProgress | None:
+    """The tool venv build shown live where stderr is a terminal (not with ``--json``)."""
+    from siteboot.cli.progress import TerminalProgress, live_wanted
+
+    if "--json" in args or not live_wanted(sys.stderr):
+        return None
+    return TerminalProgress(sys.stderr, prefix="siteboot: ")
 
 
 def run_cli(args: Sequence[str]) -> None:

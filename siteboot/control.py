@@ -27,6 +27,7 @@ from siteboot.errors import (
 )
 from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
 from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.progress import SILENT, Reporter
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
     NOT_ANSWERING,
@@ -748,14 +749,24 @@ def _who_can_fix(plan: Plan, inst: InstancePlan, problem: SitebootError) -> Site
 
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> StatusResult:
-    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed)."""
+           sleep: Callable[[float], None] = time.sleep,
+           progress: Reporter = SILENT) -> StatusResult:
+    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed);
+    ``progress`` sees the wait, and which programs it waits for."""
     deadline = clock() + timeout
-    while True:
-        report = status(plan)
-        if report.exit_code != STATUS_WARNING or clock() >= deadline:
-            return report
-        sleep(0.2)
+    report = status(plan)
+    if report.exit_code != STATUS_WARNING:
+        return report
+    with progress.step("waiting for programs to settle") as step:
+        while True:
+            if report.exit_code != STATUS_WARNING or clock() >= deadline:
+                return report
+            waiting = [f"{p.name} {p.state}" for inst in report.instances for p in inst.programs
+                       if p.state in _PROGRAM_WARNING]
+            step.update("waiting for programs to settle"
+                        + (f" ({', '.join(waiting)})" if waiting else ""))
+            sleep(0.2)
+            report = status(plan)
 
 
 # ------------------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ if TYPE_CHECKING:
     from siteboot.logs import LogStream
     from siteboot.plan import Plan
     from siteboot.ports import CheckResult
+    from siteboot.progress import Reporter
     from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
     from siteboot.venvs import VenvOutcome
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # lines a long runner step prints as it goes
 
 
 # ------------------------------------------------------------------------------------------
@@ -278,17 +279,20 @@ def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:
 
 
 def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 30.0,
-         progress: Progress | None = None) -> InitResult:
-    """App venvs, then ``up``, then status once programs have settled. Safe to re-run."""
+         progress: Reporter | None = None) -> InitResult:
+    """App venvs, then ``up``, then status once programs have settled. Safe to re-run.
+    ``progress`` sees the venv builds and the wait for programs to settle."""
     from siteboot import instances
     from siteboot.control import settle
+    from siteboot.progress import SILENT
     from siteboot.venvs import ensure_venvs
 
+    progress = progress or SILENT
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
     outcomes = instances.up(plan, root, None, timeout)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)
-    return InitResult(venvs, outcomes, settle(plan, timeout))
+    return InitResult(venvs, outcomes, settle(plan, timeout, progress=progress))
 
 
 # ------------------------------------------------------------------------------------------
@@ -387,17 +391,20 @@ def revive_envs(plan: Plan, all_envs: bool) -> list[str]:
     return [env for env in plan.site.envs if env in recorded] or [plan.env]
 
 
-def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> ReviveResult:
+def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0,
+           progress: Reporter | None = None) -> ReviveResult:
     """After maintenance or a fault: make every instance of the invoker's run, and what should
-    run in it, without restarting what already runs. Safe to run from cron every few minutes."""
+    run in it, without restarting what already runs. Safe to run from cron every few minutes.
+    ``progress`` sees the wait for programs to settle."""
     from siteboot import instances
     from siteboot.control import settle
+    from siteboot.progress import SILENT
 
     revivals = []
     for plan in plans:
         result = instances.up(plan, root, None, timeout, replace_hung=True)
         _converge(plan, result.outcomes)
-        settled = settle(plan, timeout)
+        settled = settle(plan, timeout, progress=progress or SILENT)
         revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))
     return ReviveResult(plans[0].site.name if plans else "", revivals)
 

@@ -17,6 +17,7 @@ from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import LABEL_COLORS, echo, error, print_json, print_status, styled, table
+from siteboot.cli.progress import reporter
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
@@ -303,8 +304,7 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
     ctx = Ctx(site, env, root)
-    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout,
-                      progress=None if as_json else lambda line: echo(line, err=True))
+    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout, progress=reporter(as_json))
     if as_json:
         print_json(result.as_json())
     else:
@@ -349,7 +349,7 @@ def revive(site: str, env: str, root: str | None, all_envs: bool, timeout: float
     ctx = Ctx(site, env, root)
     first = ctx.plan()
     plans = [first if e == first.env else ctx.plan_for(e) for e in ops.revive_envs(first, all_envs)]
-    result = ops.revive(plans, ctx.root, timeout)
+    result = ops.revive(plans, ctx.root, timeout, progress=reporter(as_json))
     if as_json:
         print_json(result.as_json())
     else:
