@@ -1,6 +1,6 @@
 """Progress on a terminal: the step under way on one line of stderr, redrawn with the time it
-has taken so far; when it ends, a line that stays says how long it took (steps of less than a
-second leave none).
+has taken so far (and what it waits for now); when it ends, a line that stays says how long it
+took (steps of less than a second leave none).
 
 Only where stderr is a terminal (and ``TERM`` is not ``dumb``), never with ``--json``: a pipe
 or a log gets the notes alone, as before. Standard library only: stage 0 shows the tool venv
@@ -56,7 +56,8 @@ def _terminal_columns() -> int:
 class _LiveStep(Step):
     def __init__(self, owner: TerminalProgress, what: str) -> None:
         self.owner = owner
-        self.what = what
+        self.title = what  # what the line that stays says
+        self.what = what  # what the live line says now
         self.started = owner.clock()
 
     def update(self, what: str) -> None:
@@ -111,9 +112,9 @@ class TerminalProgress(Reporter):
             self._clear()
             took = self.clock() - step.started
             if failed:
-                self.stream.write(f"{self.prefix}{step.what}: failed after {elapsed(took)}\n")
+                self.stream.write(f"{self.prefix}{step.title}: failed after {elapsed(took)}\n")
             elif took >= MIN_REPORTED:
-                self.stream.write(f"{self.prefix}{step.what} ({elapsed(took)})\n")
+                self.stream.write(f"{self.prefix}{step.title} ({elapsed(took)})\n")
             self.draw()  # an outer step goes on
 
     def _tick(self, done: threading.Event) -> None:

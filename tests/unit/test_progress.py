@@ -56,7 +56,7 @@ def test_a_step_drawn_live_then_a_line_with_its_time(screen):
         "/ venv app: pip install flask  5 s",
         "/ venv app: pip install flask (still)  5 s",
         "- venv app: pip install flask (still)  1 min 15 s",
-        "venv app: pip install flask (still) (1 min 15 s)\n",
+        "venv app: pip install flask (1 min 15 s)\n",
     ]
 
 
