@@ -73,16 +73,18 @@ class RenderResult:
 class InitResult:
     venvs: list[VenvOutcome]
     instances: LifecycleResult
-    status: StatusResult
+    status: StatusResult | None  # None: nothing was started (``--no-start``)
 
     @property
     def exit_code(self) -> int:
-        """The status verdict, as monitoring reads it (a failed instance shows there too)."""
-        return self.status.exit_code
+        """The status verdict, as monitoring reads it (a failed instance shows there too);
+        without a start, whether every config could be written."""
+        return self.instances.exit_code if self.status is None else self.status.exit_code
 
     def as_json(self) -> dict[str, Any]:
         return {"sources": self.instances.sources, "venvs": [v.as_json() for v in self.venvs],
-                "instances": self.instances.as_json(), "status": self.status.as_json()}
+                "instances": self.instances.as_json(),
+                "status": None if self.status is None else self.status.as_json()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -279,9 +281,11 @@ def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:
 
 
 def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 30.0,
-         progress: Reporter | None = None) -> InitResult:
+         progress: Reporter | None = None, start: bool = True) -> InitResult:
     """App venvs, then ``up``, then status once programs have settled. Safe to re-run.
-    ``progress`` sees the venv builds and the wait for programs to settle."""
+    ``progress`` sees the venv builds and the wait for programs to settle. Without ``start``
+    (a CI build stage): the venvs, and the configs of the invoker's instances rendered in
+    place, nothing started."""
     from siteboot import instances
     from siteboot.control import settle
     from siteboot.progress import SILENT
@@ -289,6 +293,13 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
 
     progress = progress or SILENT
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    if not start:
+        written = render(plan, root)
+        rendered = instances.LifecycleResult(
+            [instances.InstanceOutcome(r.instance, "rendered", str(r.path)) for r in written.rendered]
+            + [instances.InstanceOutcome(name, "skipped", why) for name, why in written.skipped],
+            sources=sources(plan, root))
+        return InitResult(venvs, rendered, None)
     outcomes = instances.up(plan, root, None, timeout)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)

@@ -132,7 +132,7 @@ def _print_outcomes(result: LifecycleResult) -> None:
         echo(f"using {result.sources}")
     for o in result.outcomes:
         color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
-                 "skipped": "yellow",
+                 "rendered": "green", "skipped": "yellow",
                  "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
         echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
@@ -296,23 +296,29 @@ def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str
               help="Install from these wheels only (offline nodes).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer.")
+@click.option("--no-start", is_flag=True,
+              help="Build the venvs and render the configs; start nothing (a CI build stage).")
 @json_option
 def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout: float,
-         as_json: bool) -> None:
+         no_start: bool, as_json: bool) -> None:
     """Bootstrap, build venvs, render, start your instances, print status. Safe to re-run.
 
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
     ctx = Ctx(site, env, root)
-    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout, progress=reporter(as_json))
+    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout, progress=reporter(as_json),
+                      start=not no_start)
     if as_json:
         print_json(result.as_json())
     else:
         for v in result.venvs:
             echo(f"venv {v.name}: {v.action} ({v.path})")
         _print_outcomes(result.instances)
-        echo()
-        print_status(result.status)
+        if result.status is None:
+            echo("nothing started (--no-start)")
+        else:
+            echo()
+            print_status(result.status)
     sys.exit(result.exit_code)
 
 
