@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
 
-from siteboot import __version__, ops
+from siteboot import __version__, ops, usage
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import LABEL_COLORS, echo, error, print_json, print_status, styled, table
@@ -46,7 +46,18 @@ def json_option(func: F) -> F:
 
 class SitebootGroup(click.Group):
     """Expected failures become one message and an exit code, never a traceback (bugs are
-    reported by ``siteboot.cli.main``, through the same ``exit_code_for``)."""
+    reported by ``siteboot.cli.main``, through the same ``exit_code_for``). Commands are listed
+    in ``siteboot.usage``'s order, with its summaries (stage 0 answers ``--help`` with them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in usage.COMMANDS if n in names] + [n for n in names if n not in usage.COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and cmd_name in usage.COMMANDS:
+            command.short_help = usage.COMMANDS[cmd_name]
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -59,7 +70,7 @@ class SitebootGroup(click.Group):
 @click.group(cls=SitebootGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="siteboot")
-@click.option("--debug", is_flag=True, help="Show tracebacks (also SITEBOOT_DEBUG=1).")
+@click.option("--debug", is_flag=True, help=usage.DEBUG_HELP)
 def cli(debug: bool) -> None:
     """Run privilege-separated supervisord instances for a site, without root.
 

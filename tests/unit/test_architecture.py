@@ -127,7 +127,7 @@ def test_commands_only_parse_and_print():
     edges = siteboot_edges("siteboot.cli.commands")
     allowed = {"siteboot", "siteboot.ops", "siteboot.errors", "siteboot.resources",
                "siteboot.cli.context", "siteboot.cli.fast", "siteboot.cli.output",
-               "siteboot.cli.progress"}
+               "siteboot.cli.progress", "siteboot.usage"}
     assert edges <= allowed, sorted(edges - allowed)
     for node in ast.walk(parsed("siteboot.cli.commands")):
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "print_json":
