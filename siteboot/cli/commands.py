@@ -35,8 +35,9 @@ def site_options(func: F) -> F:
                         help="Folder holding sites/ and templates/ [default: nearest above cwd].")(func)
     func = click.option("--env", "-e", envvar="SITEBOOT_ENV", default=DEFAULT_ENV,
                         show_default=True, help="Environment (one of the site's envs).")(func)
-    func = click.option("--site", "-s", envvar="SITEBOOT_SITE", default=DEFAULT_SITE,
-                        show_default=True, help="Site name under sites/, or a path to a .toml.")(func)
+    func = click.option("--site", "-s", envvar="SITEBOOT_SITE", metavar="SITE",
+                        help="Site name under sites/, or a path to a .toml [default: the one "
+                        f"sites/default names, or the only one there; else {DEFAULT_SITE}].")(func)
     return func
 
 

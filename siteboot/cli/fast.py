@@ -14,7 +14,7 @@ from typing import Any
 
 from siteboot.cli.context import Ctx
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, silence_stdout
-from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
+from siteboot.resources import DEFAULT_ENV
 
 
 def show_status(ctx: Ctx, instance: str | None, as_json: bool) -> int:
@@ -46,7 +46,7 @@ def parse_status_args(args: Sequence[str]) -> dict[str, Any] | None:
     if not args or args[0] != "status":
         return None
     values: dict[str, Any] = {
-        "site": os.environ.get("SITEBOOT_SITE") or DEFAULT_SITE,
+        "site": os.environ.get("SITEBOOT_SITE") or None,
         "env": os.environ.get("SITEBOOT_ENV") or DEFAULT_ENV,
         "root": os.environ.get("SITEBOOT_ROOT") or None,
         "instance": None, "as_json": False,
