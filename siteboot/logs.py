@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from siteboot.control import log_reader, qualified, resolve_targets, tail_end
+from siteboot.control import log_reader, select_targets, tail_end
 from siteboot.errors import SitebootError, UsageError
-from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.hints import command
+from siteboot.plan import InstancePlan, Plan, ProgramPlan, Selection
 from siteboot.rpc import Fault, RpcError, connect
 
 STREAMS = ("stdout", "stderr")
@@ -40,12 +41,11 @@ class LogStream:
 Emit = Callable[[LogStream, str], None]
 
 
-def select_streams(plan: Plan, names: Sequence[str], instance: str | None = None) -> list[LogStream]:
-    """The logs of ``names`` (``NAME``, ``instance:NAME``, ``instance:*``, ``all``; none: every
-    program the invoker may read), narrowed to ``instance``: stdout, and stderr unless the
-    program sends it into stdout (``redirect_stderr``)."""
-    wanted = [qualified(name, instance) for name in names] or [qualified("all", instance)]
-    targets = resolve_targets(plan, wanted)
+def select_streams(plan: Plan, names: Sequence[str], instance: Selection = None) -> list[LogStream]:
+    """The logs of ``names`` (any name ``status`` shows; none: every program the invoker may
+    read), narrowed to the ``instance``s: stdout, and stderr unless the program sends it into
+    stdout (``redirect_stderr``)."""
+    targets = select_targets(plan, names, instance)
     chosen: list[tuple[str, str, str]] = []
     for inst_name, processes in targets.items():
         inst = plan.instance(inst_name)
@@ -194,7 +194,7 @@ class _RpcSource(_Source):
         return got
 
 
-def show(plan: Plan, names: Sequence[str], emit: Emit, instance: str | None = None,
+def show(plan: Plan, names: Sequence[str], emit: Emit, instance: Selection = None,
          follow: bool = False, lines: int = 10, interval: float = 0.25,
          stop: threading.Event | None = None, files: bool = True) -> None:
     """Emit the last ``lines`` lines of each selected log, then (``follow``) every line written
@@ -206,7 +206,8 @@ def show(plan: Plan, names: Sequence[str], emit: Emit, instance: str | None = No
     streams = select_streams(plan, names, instance)
     if not streams:
         raise UsageError(f"no logs to show: no instance of site {plan.site.name} is yours or "
-                         "grants you access", "name one with -i, or run as its owner")
+                         "grants you access", "name one with -i, or run as its owner "
+                         f"(`{command('status', env=plan.env)}` shows who owns which)")
     sources: list[_Source] = []
     failed: dict[str, SitebootError] = {}
     untold: list[tuple[_Lines, str]] = []  # notices held until some log could be read

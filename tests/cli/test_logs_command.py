@@ -42,9 +42,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 def test_options_reach_the_operation(site, calls):
     result = invoke_cli("logs", "--site", site, "-f", "-n", "3", "-i", "main", "web", "api")
     assert result.exit_code == 0, result.stderr
-    assert calls == [{"names": ["web", "api"], "instance": "main", "follow": True, "lines": 3}]
+    assert calls == [{"names": ["web", "api"], "instance": ("main",), "follow": True,
+                      "lines": 3}]
     assert invoke_cli("logs", "--site", site).exit_code == 0
-    assert calls[-1] == {"names": [], "instance": None, "follow": False, "lines": 10}
+    assert calls[-1] == {"names": [], "instance": (), "follow": False, "lines": 10}
     assert invoke_cli("logs", "--site", site, "-n", "-1").exit_code == 2
 
 
@@ -66,4 +67,4 @@ def test_tail_passes_the_instance(site, monkeypatch):
     monkeypatch.setattr("siteboot.ops.tail", lambda plan, name, write, **options: seen.append(
         (name, options["instance"])))
     assert invoke_cli("tail", "--site", site, "-i", "main", "web").exit_code == 0
-    assert seen == [("web", "main")]
+    assert seen == [("web", ("main",))]

@@ -120,7 +120,9 @@ def test_every_readable_program_with_stdout_and_stderr(plan):
     (["worker_01"], "beta", ["beta:worker_01", "beta:worker_01 err"]),
     (["beta:worker_01"], "beta", ["beta:worker_01", "beta:worker_01 err"]),
     ([], "alpha", ["alpha:web", "alpha:web err", "alpha:api"]),
-    (["all"], "gamma", ["gamma:other", "gamma:other err"]),  # named: tried, maybe refused
+    ([], "gamma", ["gamma:other", "gamma:other err"]),  # named: tried, maybe refused
+    (["worker"], ["alpha", "beta"], ["beta:worker_00", "beta:worker_00 err", "beta:worker_01",
+                                     "beta:worker_01 err"]),
     (["api", "web"], None, ["alpha:api", "alpha:web", "alpha:web err"]),
 ])
 def test_named_and_narrowed(plan, names, instance, expected):
@@ -130,7 +132,7 @@ def test_named_and_narrowed(plan, names, instance, expected):
 
 @pytest.mark.parametrize(("names", "instance", "message"), [
     (["nope"], None, "no program 'nope'"),
-    (["alpha:web"], "beta", "'alpha:web' is not in instance beta"),
+    (["alpha:web"], "beta", "alpha:web: not in instance beta"),
     ([], "delta", "no instance 'delta'"),
 ])
 def test_names_that_name_nothing(plan, names, instance, message):
