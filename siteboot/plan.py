@@ -527,6 +527,8 @@ def resolved_problems(site: Site) -> list[Problem]:
         for inst in plan.instances.values():
             for dplan in inst.dirs:
                 where = locate(site.path, f"dirs.{dplan.name}", "path")
+                if _home_elsewhere(dplan.path):
+                    continue
                 if not dplan.path.is_absolute():
                     problems.append(Problem("error", where, f"'path' is {str(dplan.path)!r} in "
                                             f"env {env}: it must be absolute"))
@@ -536,6 +538,8 @@ def resolved_problems(site: Site) -> list[Problem]:
                     problems += _dir_clash(where, env, first, (dplan.name, inst.user, dplan))
             for fplan in inst.files:
                 where = locate(site.path, f"files.{fplan.name}", "path")
+                if _home_elsewhere(fplan.path):
+                    continue
                 if not fplan.path.is_absolute():
                     problems.append(Problem("error", where, f"'path' is {str(fplan.path)!r} in "
                                             f"env {env}: it must be absolute"))
@@ -544,6 +548,11 @@ def resolved_problems(site: Site) -> list[Problem]:
                                             f"{files[fplan.path]} are both {fplan.path} in env "
                                             f"{env}: one file, one template"))
     return list({str(p): p for p in problems}.values())
+
+
+def _home_elsewhere(path: Path) -> bool:
+    """``~user/...`` of an account this host does not have: it resolves where that account is."""
+    return str(path).startswith("~")
 
 
 def _dir_clash(where: str, env: str, first: tuple[str, str, DirPlan],

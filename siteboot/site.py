@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -651,10 +651,7 @@ def _vars(v: _Validator, data: Mapping[str, Any], envs: Sequence[str]) -> dict[s
 def _files(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
            instances: Mapping[str, Instance]) -> dict[str, FileSpec]:
     found: dict[str, FileSpec] = {}
-    for name, raw in _subtables(v, data, "files").items():
-        table = f"files.{name}"
-        _check_name(v, table, None, name)
-        values = v.table(table, raw, FILE_KEYS, envs)
+    for name, table, values, instance in _owned(v, data, "files", FILE_KEYS, envs, instances):
         template = values["template"] or ""
         parts = template.split("/")
         if template and (parts[0] != "templates" or len(parts) < 2 or ".." in parts
@@ -662,22 +659,28 @@ def _files(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
             v.error(table, "template", f"'template' must be a path under the site root's "
                     f"templates/ folder, like \"templates/{name}.j2\", not {template!r}")
         mode = _mode(v, table, values["mode"], directory=False)
-        found[name] = FileSpec(name, template, values["path"] or "", mode,
-                               _instance_of(v, table, values["instance"], instances))
+        found[name] = FileSpec(name, template, values["path"] or "", mode, instance)
     return found
 
 
 def _dirs(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
           instances: Mapping[str, Instance]) -> dict[str, DirSpec]:
     found: dict[str, DirSpec] = {}
-    for name, raw in _subtables(v, data, "dirs").items():
-        table = f"dirs.{name}"
-        _check_name(v, table, None, name)
-        values = v.table(table, raw, DIR_KEYS, envs)
+    for name, table, values, instance in _owned(v, data, "dirs", DIR_KEYS, envs, instances):
         mode = _mode(v, table, values["mode"], directory=True)
-        found[name] = DirSpec(name, values["path"] or "", mode, values["group"],
-                              _instance_of(v, table, values["instance"], instances))
+        found[name] = DirSpec(name, values["path"] or "", mode, values["group"], instance)
     return found
+
+
+def _owned(v: _Validator, data: Mapping[str, Any], top: str, keys: Sequence[Key],
+           envs: Sequence[str], instances: Mapping[str, Instance]
+           ) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    """(name, table, values, instance) of each ``[top.NAME]`` that an instance's user keeps."""
+    for name, raw in _subtables(v, data, top).items():
+        table = f"{top}.{name}"
+        _check_name(v, table, None, name)
+        values = v.table(table, raw, keys, envs)
+        yield name, table, values, _instance_of(v, table, values["instance"], instances)
 
 
 def _instance_of(v: _Validator, table: str, name: str | None,

@@ -97,11 +97,19 @@ def test_programs_read_their_file_and_a_secret_that_is_never_shown(site_factory)
     assert stat.S_IMODE(config.stat().st_mode) == 0o600  # it holds an environment secret
     assert SECRET in config.read_text()
 
+    # cron's `revive` has no CI variables: what serves keeps serving, and it says why
+    revived = site.run("revive")
+    assert revived.returncode == 0, revived.stdout + revived.stderr
+    assert "dev alpha: already running: still serving" in revived.stdout
+    assert "secret DB_PASSWORD is not set" in revived.stdout
+    assert f"password={SECRET}" in conf.read_text()
+
     status = site.run("status", "--json")
     render_out = site.run("render", "--out", str(site.base / "out"), check=True)
     previews = "".join(p.read_text() for p in (site.base / "out").rglob("*") if p.is_file())
     assert "{secret:DB_PASSWORD}" in previews
-    for shown in (up.stdout, up.stderr, status.stdout, status.stderr, render_out.stdout, previews):
+    for shown in (up.stdout, up.stderr, status.stdout, status.stderr, render_out.stdout, previews,
+                  revived.stdout, revived.stderr):
         assert SECRET not in shown
 
 

@@ -303,3 +303,10 @@ def test_a_var_that_makes_a_path_relative_in_one_env(write_site):
                       + DIR.replace('"/scratch/{env}"', '"{var:base}/scratch"'))
     assert check_errors(path) == [f"{path}:{line_of(path, 'path =')}: [dirs.scratch] path: 'path' "
                                   "is 'srv/scratch' in env prod: it must be absolute"]
+
+
+def test_a_home_of_an_account_this_host_lacks_is_no_problem(write_site):
+    path = write_site(HEAD.replace("[instances.side]", '[instances.side]\nuser = "sbt_not_here"')
+                      + DIR.replace('"/scratch/{env}"', '"~/scratch"').replace('"main"', '"side"')
+                      + FILE.replace('"main"', '"side"'))
+    assert check_errors(path) == []
