@@ -379,6 +379,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             group_name=f"{site.name}-{env}", programs=[],
         )
+    # each program's port in this env: its {port}, and {port:NAME} and port() for the others
     ports = {p.name: p.port[env] for p in site.programs.values() if p.port}
     plan = Plan(site, env, invoker,
                 expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances,
@@ -417,7 +418,7 @@ def _runtime_location(site: Site, env: str, user: str, instance: str) -> tuple[P
 
 def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
                   named: Mapping[str, Mapping[str, str]]) -> ProgramPlan:
-    port = program.port[plan.env] if program.port else None
+    port = plan.ports.get(program.name)
     venv = plan.venv_path(program.venv, inst.user) if program.venv else None
     values: dict[str, Any] = {
         "port": port, "env": plan.env, "site": plan.site.name, "instance": inst.name,
