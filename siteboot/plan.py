@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from siteboot.errors import UsageError
 from siteboot.site import (
@@ -33,6 +33,8 @@ from siteboot.site import (
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 RPC_USERNAME = "siteboot"
+# Which instances a command is about: one name, several (``-i`` repeated), or None for all.
+Selection = Union[str, Sequence[str], None]
 
 
 def current_user() -> str:
@@ -193,12 +195,22 @@ class InstancePlan:
     identifier: str
     group_name: str
     programs: list[ProgramPlan]
+    env: str
     files: list[FilePlan] = field(default_factory=list)  # written by its user, before starting
     dirs: list[DirPlan] = field(default_factory=list)  # made or corrected by its user
 
     @property
     def conf_path(self) -> Path:
         return self.runtime_dir / f"supervisord-{self.name}.conf"
+
+    def preview_path(self, folder: Path) -> Path:
+        """Where ``render --out folder`` writes this instance's config: named by site, instance
+        and env, so that previews of several envs (or sites) can share a folder."""
+        return folder / f"supervisord-{self.identifier}.conf"
+
+    def file_preview_path(self, folder: Path, name: str) -> Path:
+        """Where ``render --out folder`` writes the preview of its ``[files.name]``."""
+        return folder / f"files-{self.identifier}" / name
 
     @property
     def started_conf_path(self) -> Path:
@@ -317,8 +329,12 @@ class Plan:
                              f"instances: {', '.join(self.instances)}")
         return self.instances[name]
 
-    def select(self, name: str | None) -> list[InstancePlan]:
-        return [self.instance(name)] if name else list(self.instances.values())
+    def select(self, names: Selection) -> list[InstancePlan]:
+        """The named instances (one name or several; none: all), each once, in site order."""
+        if not names:
+            return list(self.instances.values())
+        wanted = {self.instance(name).name for name in ([names] if isinstance(names, str) else names)}
+        return [inst for inst in self.instances.values() if inst.name in wanted]
 
     def user_uids(self) -> set[int]:
         """The uids of the site's users that exist on this host."""
@@ -377,7 +393,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[],
+            group_name=f"{site.name}-{env}", programs=[], env=env,
         )
     # each program's port in this env: its {port}, and {port:NAME} and port() for the others
     ports = {p.name: p.port[env] for p in site.programs.values() if p.port}

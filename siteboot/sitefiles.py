@@ -16,6 +16,7 @@ from pathlib import Path
 
 from siteboot.errors import UsageError
 from siteboot.fsutil import atomic_write, ensure_managed_dir, ensure_private_dir, verify_unswappable
+from siteboot.hints import command
 from siteboot.plan import InstancePlan, Plan
 from siteboot.render import RenderedFile, render_files
 from siteboot.secretstore import SecretStore
@@ -55,7 +56,7 @@ def ensure_dirs(inst: InstancePlan) -> list[str]:
     for spec in inst.dirs:
         if not spec.path.is_absolute():
             raise UsageError(f"dir {spec.name}: path {str(spec.path)!r} is not absolute",
-                             "check the dir's path (and the vars it uses) with `siteboot check`")
+                             f"check the dir's path (and the vars it uses): `{command('check')}`")
         done = ensure_managed_dir(spec.path, spec.mode, _gid(spec.group) if spec.group else None)
         notes += [f"dir {spec.name}: {what}" for what in done]
     return notes
@@ -77,7 +78,7 @@ def write_file(item: RenderedFile) -> bool:
     a group-writable one) can swap; a missing one is made private (0700)."""
     if not item.path.is_absolute():
         raise UsageError(f"file {item.name}: path {str(item.path)!r} is not absolute",
-                         "check the file's path (and the vars it uses) with `siteboot check`")
+                         f"check the file's path (and the vars it uses): `{command('check')}`")
     folder = item.path.parent
     verify_unswappable(folder, os.geteuid())
     if not os.path.lexists(folder):

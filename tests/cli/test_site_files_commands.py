@@ -59,9 +59,9 @@ def test_render_previews_and_in_place(root: Path, short_dir: Path, monkeypatch):
     out = root / "out"
     preview = invoke_cli("render", "--root", root, "--site", "t", "--env", "prod", "--out", out)
     assert preview.exit_code == 0, preview.stderr
-    assert f"wrote file app: {out}/files/app  (preview: {{secret:NAME}} placeholders)" \
-        in preview.stdout
-    assert (out / "files" / "app").read_text() == "level=INFO pw={secret:PW}\n"
+    assert f"wrote file app: {out}/files-t-main-prod/app  (preview: {{secret:NAME}} " \
+           "placeholders)" in preview.stdout
+    assert (out / "files-t-main-prod" / "app").read_text() == "level=INFO pw={secret:PW}\n"
 
     missing = invoke_cli("render", "--root", root, "--site", "t")
     assert missing.exit_code == 2

@@ -228,8 +228,8 @@ def test_render_in_place_and_previews(site, short_dir, tmp_path):
     out = tmp_path / "out"
     preview = ops.render(plan, root, out)
     assert [(r.file, r.path.relative_to(out).as_posix(), r.preview) for r in preview.rendered] == [
-        (None, "supervisord-main.conf", True), ("conf", "files/conf", True),
-        ("other", "files/other", True)]
+        (None, "supervisord-t-main-dev.conf", True), ("conf", "files-t-main-dev/conf", True),
+        ("other", "files-t-main-dev/other", True)]
     text = "".join(r.path.read_text() for r in preview.rendered)
     assert "hunter2" not in text
     assert "{secret:DB_PASSWORD}" in text
