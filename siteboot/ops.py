@@ -332,16 +332,29 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     progress = progress or SILENT
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
     if not start:
-        written = render(plan, root)
-        rendered = instances.LifecycleResult(
-            [instances.InstanceOutcome(r.instance, "rendered", str(r.path)) for r in written.rendered]
-            + [instances.InstanceOutcome(name, "skipped", why) for name, why in written.skipped],
-            sources=sources(plan, root))
-        return InitResult(venvs, rendered, None)
+        return InitResult(venvs, _rendered_in_place(plan, root), None)
     outcomes = instances.up(plan, root, None, timeout)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)
     return InitResult(venvs, outcomes, settle(plan, timeout, progress=progress))
+
+
+def _rendered_in_place(plan: Plan, root: Path | None) -> LifecycleResult:
+    """``render`` as ``init --no-start`` reports it: per instance, its config (the files and
+    dirs written for it as notes), or why it was skipped."""
+    from siteboot.instances import InstanceOutcome, LifecycleResult
+
+    written = render(plan, root)
+    outcomes = []
+    for inst in plan.instances.values():
+        mine = [r for r in written.rendered if r.instance == inst.name]
+        config = next((r for r in mine if r.file is None), None)
+        if config is not None:
+            notes = [f"file {r.file}: {r.path}" for r in mine if r.file is not None]
+            notes += [n.split(": ", 1)[1] for n in written.notes if n.startswith(f"{inst.name}: ")]
+            outcomes.append(InstanceOutcome(inst.name, "rendered", str(config.path), notes=notes))
+    outcomes += [InstanceOutcome(name, "skipped", why) for name, why in written.skipped]
+    return LifecycleResult(outcomes, sources=sources(plan, root))
 
 
 # ------------------------------------------------------------------------------------------

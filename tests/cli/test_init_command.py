@@ -67,3 +67,28 @@ def test_no_start_skips_instances_of_others(site, venv_builds, short_dir):
     result = invoke_cli("init", "--site", site, "--no-start")
     assert result.exit_code == 0, result.stderr
     assert "theirs: skipped: owned by nobody" in result.stdout
+
+
+def test_no_start_writes_the_files_and_dirs_too(site, short_dir, venv_builds, tmp_path):
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "app.j2").write_text("level=debug\n")
+    site.write_text(textwrap.dedent(own_site_text(short_dir, extra=f"""
+        files = ["app"]
+
+        [dirs.data]
+        path = "{short_dir}/data"
+        instance = "main"
+
+        [files.app]
+        template = "templates/app.j2"
+        path = "{{dir:data}}/app.conf"
+        instance = "main"
+        """)))
+    result = invoke_cli("init", "--site", site, "--root", tmp_path, "--no-start", "--json")
+    assert result.exit_code == 0, result.stderr
+    [main] = json.loads(result.stdout)["instances"]
+    assert main["action"] == "rendered"
+    assert main["notes"][0] == f"file app: {short_dir}/data/app.conf"
+    assert main["notes"][1].startswith(f"dir data: created {short_dir}/data")
+    assert (short_dir / "data" / "app.conf").read_text() == "level=debug\n"
