@@ -25,11 +25,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from siteboot.errors import EXIT_FAILED, EXIT_OK, InstanceError, SitebootError, UsageError
 from siteboot.fsutil import atomic_write, ensure_private_dir, flock
 from siteboot.plan import Plan
+from siteboot.progress import SILENT, Reporter
 
 if TYPE_CHECKING:
     from siteboot.changes import ConfigChanges
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
     from siteboot.venvs import VenvOutcome
 
-Progress = Callable[[str], None]
 LOCK_TIMEOUT = 600.0
 POINTERS = "pointers.json"
 RELEASE_FILE = "release.json"
@@ -256,7 +256,7 @@ def prune(plan: Plan, pointers: Pointers) -> list[str]:
 
 @contextmanager
 def deploy_lock(plan: Plan, timeout: float = LOCK_TIMEOUT,
-                progress: Progress | None = None) -> Iterator[None]:
+                progress: Reporter = SILENT) -> Iterator[None]:
     """One deploy or rollback of the site and env at a time; a second one waits (saying who holds
     the lock) up to ``timeout``, then fails naming the holder."""
     path = plan.deploy_lock_path
@@ -266,9 +266,8 @@ def deploy_lock(plan: Plan, timeout: float = LOCK_TIMEOUT,
     holder = _holder(holder_path)
 
     def waiting() -> None:
-        if progress is not None:
-            progress(f"waiting for the deploy lock of {plan.site.name} {plan.env}, held by "
-                     f"{holder} (up to {timeout:g} s)")
+        progress.note(f"waiting for the deploy lock of {plan.site.name} {plan.env}, held by "
+                      f"{holder} (up to {timeout:g} s)")
 
     with flock(path, timeout=timeout, on_wait=waiting, error=InstanceError,
                what=f"the deploy lock of {plan.site.name} {plan.env}, held by {holder},"):
@@ -332,7 +331,8 @@ class DeployResult:
                 "pruned": self.pruned}
 
 
-def apply_release(plan: Plan, root: Path | None, release: str, timeout: float) -> Applied:
+def apply_release(plan: Plan, root: Path | None, release: str, timeout: float,
+                  progress: Reporter = SILENT) -> Applied:
     """Start the invoker's instances that are down, apply the config to the others (exactly the
     changed programs restart), start what should run, wait until it settled, check the status."""
     from siteboot import instances
@@ -340,7 +340,7 @@ def apply_release(plan: Plan, root: Path | None, release: str, timeout: float) -
 
     result = instances.up(plan, root, None, timeout)
     converge_outcomes(plan, result.outcomes)
-    settled = settle(plan, timeout)
+    settled = settle(plan, timeout, progress=progress)
     owned = {inst.name for inst in plan.instances.values() if plan.owns(inst)}
     failed = {o.instance for o in result.outcomes if o.action == "failed"}
     failures = [f"{o.instance}: {o.detail}" for o in result.outcomes if o.instance in failed]
@@ -349,11 +349,10 @@ def apply_release(plan: Plan, root: Path | None, release: str, timeout: float) -
 
 
 def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 60.0,
-           lock_timeout: float = LOCK_TIMEOUT, progress: Progress | None = None) -> DeployResult:
+           lock_timeout: float = LOCK_TIMEOUT, progress: Reporter = SILENT) -> DeployResult:
     """Bring the env to the checkout: venvs, a new release, apply, verify; roll back on failure."""
     from siteboot.venvs import ensure_venvs
 
-    say = progress or (lambda line: None)
     with deploy_lock(plan, lock_timeout, progress):
         pointers = read_pointers(plan)
         release = make_release(plan, root)
@@ -362,7 +361,7 @@ def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeou
         except SitebootError as exc:  # a failed build changed nothing: nothing to roll back
             _mark_failed(release, exc.message)
             return DeployResult(release.id, pointers.current, [], None, [exc.message])
-        applied = apply_release(plan, root, release.id, timeout)
+        applied = apply_release(plan, root, release.id, timeout, progress)
         if not applied.failures:
             pointers = Pointers(release.id, pointers.current)
             _write_pointers(plan, pointers)
@@ -371,9 +370,9 @@ def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeou
         _mark_failed(release, "; ".join(applied.failures))
         result = DeployResult(release.id, pointers.current, venvs, applied, applied.failures)
         if pointers.current is not None:
-            say(f"deploy failed; rolling back to {pointers.current}")
+            progress.note(f"deploy failed; rolling back to {pointers.current}")
             result.rollback = _reapply(plan, find_release(plan, pointers.current), wheelhouse,
-                                       timeout)
+                                       timeout, progress)
         return result
 
 
@@ -383,14 +382,16 @@ def _mark_failed(release: Release, why: str) -> None:
     _write_release(replace(release, failed=why))
 
 
-def _reapply(plan: Plan, release: Release, wheelhouse: Path | None, timeout: float) -> Applied:
+def _reapply(plan: Plan, release: Release, wheelhouse: Path | None, timeout: float,
+             progress: Reporter = SILENT) -> Applied:
     """Apply ``release`` again from its own copies of the site file and template."""
     from siteboot.venvs import ensure_venvs
 
     try:
         target = release_plan(plan, release)
-        ensure_venvs(target, wheelhouse)  # the build it used is kept while it is the previous
-        return apply_release(target, release.path, release.id, timeout)
+        # the build it used is kept while it is the previous one: usually nothing to build
+        ensure_venvs(target, wheelhouse, progress=progress)
+        return apply_release(target, release.path, release.id, timeout, progress)
     except SitebootError as exc:
         from siteboot.control import StatusResult
         from siteboot.instances import LifecycleResult
@@ -416,7 +417,7 @@ class RollbackResult:
 
 def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
              timeout: float = 60.0, lock_timeout: float = LOCK_TIMEOUT,
-             progress: Progress | None = None) -> RollbackResult:
+             progress: Reporter = SILENT) -> RollbackResult:
     """Apply an earlier release again (default: the previous one); it becomes the current one."""
     with deploy_lock(plan, lock_timeout, progress):
         pointers = read_pointers(plan)
@@ -424,7 +425,7 @@ def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
         if target_id is None:
             raise UsageError(f"no previous release of {plan.site.name} {plan.env} to roll back to",
                              "`siteboot releases` lists them; name one with --to ID")
-        applied = _reapply(plan, find_release(plan, target_id), wheelhouse, timeout)
+        applied = _reapply(plan, find_release(plan, target_id), wheelhouse, timeout, progress)
         if not applied.failures and target_id != pointers.current:
             _write_pointers(plan, Pointers(target_id, pointers.current))
         return RollbackResult(target_id, pointers.current, applied)

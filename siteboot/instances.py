@@ -11,7 +11,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from siteboot.errors import (
     EXIT_OK,
     InstanceError,
     OwnershipError,
+    SecretError,
     SitebootError,
     UsageError,
     describe_os_error,
@@ -57,10 +58,13 @@ from siteboot.rpc import (
     RpcError,
     connect,
 )
+from siteboot.sitefiles import record_started, restarts
 
 if TYPE_CHECKING:
     from siteboot.changes import ConfigChanges
     from siteboot.records import StartRecord
+    from siteboot.secretstore import SecretStore
+    from siteboot.sitefiles import SiteFiles
 
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
@@ -73,7 +77,8 @@ class InstanceOutcome:
     """What happened to one instance."""
 
     instance: str
-    action: str  # started, already running, updated, stopped, not running, skipped, failed
+    action: str  # started, already running, updated, stopped, not running, skipped, failed,
+    # rendered (`init --no-start`)
     detail: str = ""
     pid: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -257,33 +262,49 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
     ensure_private_dir(inst.childlogdir)
 
 
-def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
+def provision(plan: Plan, inst: InstancePlan, root: Path | None,
+              secrets: SecretStore | None = None) -> Path:
     """Runtime dir, key and config of ``inst`` (all idempotent); the config's path.
 
     A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
+    The config holds the secrets its programs' environments ask for: it is 0600, like the key.
     """
     from siteboot.keys import ensure_key
     from siteboot.render import render_preview
 
     render_preview(plan, inst, root)
     prepare_runtime_dir(inst)
-    text = rendered(plan, inst, root, ensure_key(inst))
+    text = rendered(plan, inst, root, ensure_key(inst), secrets)
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
     return inst.conf_path
 
 
-def rendered(plan: Plan, inst: InstancePlan, root: Path | None, key: str) -> str:
-    """The config of ``inst`` as the checkout renders it now: its key's hash, the programs an
-    operator stopped held, the digests of what each program runs (``siteboot.content``)."""
+def rendered(plan: Plan, inst: InstancePlan, root: Path | None, key: str,
+             secrets: SecretStore | None = None) -> str:
+    """The config of ``inst`` as the checkout renders it now: its key's hash, its secrets, the
+    programs an operator stopped held, the digests of what each program runs
+    (``siteboot.content``)."""
     from siteboot.content import content_digests
     from siteboot.keys import password_hash
     from siteboot.records import operator_stops
     from siteboot.render import held_programs, render_instance
+    from siteboot.sitefiles import secret_store
 
     return render_instance(plan, inst, password_hash(key), preview=False, root=root,
+                           secrets=secrets or secret_store(inst),
                            held=held_programs(inst, operator_stops(inst)),
                            content=content_digests(plan, inst))
+
+
+def provision_all(plan: Plan, inst: InstancePlan, root: Path | None) -> tuple[SiteFiles, Path]:
+    """What ``inst``'s programs need before they start: its managed dirs and files, then its
+    runtime dir, key and config. Nothing is touched while a template or secret is missing."""
+    from siteboot.sitefiles import prepare, secret_store
+
+    secrets = secret_store(inst)
+    site_files = prepare(plan, inst, root, secrets)
+    return site_files, provision(plan, inst, root, secrets)
 
 
 # ------------------------------------------------------------------------------------------
@@ -376,7 +397,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         # its socket was wiped (and maybe no record says it runs): its port still answers
         endpoint = dataclasses.replace(endpoint, url=inst.http_url)
     try:
-        conf = provision(plan, inst, root)
+        site_files, conf = provision_all(plan, inst, root)
     except OSError as exc:
         problem = f"cannot write its runtime files: {describe_os_error(exc)}"
         if running is not None and probe(endpoint) is None:  # serving: not a failure of it
@@ -385,7 +406,13 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         raise InstanceError(f"{inst.name}: {problem}", "free space on that file system (or fix "
                             f"its permissions), then run `{command('up', env=inst.env)}` "
                             "again") from None
-    notes = _publish(inst, endpoint.key)
+    except SecretError as exc:
+        # cron's `revive` has no CI variables: a serving instance keeps what it was given
+        if running is not None and probe(endpoint) is None:
+            return InstanceOutcome(inst.name, "already running", "still serving", running.pid,
+                                   [f"{exc}; its files and config were left as they are"])
+        raise
+    notes = site_files.notes + _publish(inst, endpoint.key)
     if running is not None:
         why = probe(endpoint)
         if why == NOT_ANSWERING and replace_hung:
@@ -395,7 +422,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
-            changes = apply_config(inst, endpoint).lines(inst)
+            changes = apply_config(inst, endpoint, restarts(inst, site_files)).lines(inst)
+            record_started(inst, site_files)
             _record(plan, inst, running)
             if not changes:
                 detail = "runtime dir restored" if runtime_lost else "nothing to do"
@@ -418,6 +446,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
                                 "does not answer")
     notes += stop_orphans(inst, find_orphans(inst))
     notes += clear_stale(inst, None)
+    record_started(inst, site_files)
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
     pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
     _record(plan, inst, find_supervisord(inst))
@@ -481,6 +510,7 @@ class Applied:
     added: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     not_started: list[str] = field(default_factory=list)  # autostart = false (or held)
+    file_restarts: list[str] = field(default_factory=list)  # what changed [files] restarted
 
     def lines(self, inst: InstancePlan) -> list[str]:
         """One line per program touched, and the server settings left for the operator."""
@@ -490,7 +520,7 @@ class Applied:
             keys = f" ({', '.join(by_name[name].keys)})" if name in by_name else ""
             lines.append(f"reloaded {name}{keys}, not started (autostart = false)"
                          if name in self.not_started else f"restarted {name}{keys}")
-        lines += [f"added {name}" for name in self.added]
+        lines += [f"added {name}" for name in self.added] + self.file_restarts
         if self.changes.server:
             lines.append(f"server settings changed ({', '.join(self.changes.server)}): apply "
                          f"with `{command('down', env=inst.env, instance=inst.name)}` then "
@@ -516,7 +546,8 @@ def loaded_changes(inst: InstancePlan, text: str, endpoint: Endpoint | None = No
     return compare(started, _read_text(inst.applied_conf_path) or started, text, running)
 
 
-def apply_config(inst: InstancePlan, endpoint: Endpoint) -> Applied:
+def apply_config(inst: InstancePlan, endpoint: Endpoint,
+                 files: Mapping[str, Sequence[str]] | None = None) -> Applied:
     """Bring a running supervisord's programs up to its rewritten config, restarting exactly
     the programs that changed (each program is a group of its own).
 
@@ -524,7 +555,9 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint) -> Applied:
     are gone; which of the others changed is siteboot's own comparison with the copy of what was
     applied, since supervisord cannot see a rebuilt venv or a changed file (``content``) and
     would restart on changes that need no restart (``autostart``). Server settings (ports,
-    paths) need a restart of supervisord itself, which is left to the operator.
+    paths) need a restart of supervisord itself, which is left to the operator. ``files``:
+    program -> the files it reads that changed; its running processes are restarted unless
+    their group was just reloaded.
     """
     from siteboot.changes import programs_of
 
@@ -544,7 +577,10 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint) -> Applied:
         slow.call("supervisor.addProcessGroup", group)
     _keep_applied_copy(inst)
     not_started = [name for name, options in current.items() if options.get("autostart") == "false"]
-    return Applied(changes, restart, list(added), list(removed), not_started)
+    applied = Applied(changes, restart, list(added), list(removed), not_started)
+    if files:
+        applied.file_restarts = _restart_for_files(inst, slow, files, set(restart + added))
+    return applied
 
 
 def _keep_applied_copy(inst: InstancePlan) -> None:
@@ -555,6 +591,37 @@ def _keep_applied_copy(inst: InstancePlan) -> None:
             atomic_write(inst.applied_conf_path, text, mode=0o600)
     except OSError:
         pass
+
+
+_RESTARTABLE = ("RUNNING", "STARTING", "BACKOFF")
+
+
+def _restart_for_files(inst: InstancePlan, endpoint: Endpoint,
+                       restart: Mapping[str, Sequence[str]], reloaded: set[str]) -> list[str]:
+    """Restart the running processes of the programs in ``restart`` (their files changed); a
+    stopped one is left stopped, and reads the new file when it starts."""
+    infos = endpoint.call("supervisor.getAllProcessInfo")
+    said = []
+    for name, files in restart.items():
+        program = inst.program(name)
+        if program is None:
+            continue
+        mine = [i for i in infos if i["name"] in program.process_names()]
+        if any(i["group"] in reloaded for i in mine):
+            continue  # restarted with its group already
+        because = f"{'files' if len(files) > 1 else 'file'} {', '.join(files)} changed"
+        running = [i for i in mine if i["statename"] in _RESTARTABLE]
+        for info in running:
+            full = f"{info['group']}:{info['name']}"
+            for method, *args in (("supervisor.stopProcess", True),
+                                  ("supervisor.startProcess", False)):
+                try:
+                    endpoint.call(method, full, *args)
+                except Fault:  # it exited meanwhile, or failed to start: converge reports that
+                    pass
+        said.append(f"restarted {name}: {because}" if running
+                    else f"{name}: {because}; not running, it reads the new one when started")
+    return said
 
 
 def _publish(inst: InstancePlan, key: str) -> list[str]:
@@ -609,13 +676,14 @@ def foreground_argv(plan: Plan, root: Path | None, instance: Selection) -> list[
     if not plan.owns(inst):
         raise UsageError(f"instance {inst.name} is owned by {inst.user}: run as {inst.user}")
     with instance_lock(plan, inst):
-        conf = provision(plan, inst, root)
+        site_files, conf = provision_all(plan, inst, root)
         running = find_supervisord(inst)
         if running is not None:
             raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
                                 f"stop it with `{command('down', env=inst.env, instance=inst.name)}` "
                                 "first")
         clear_stale(inst, None)
+        record_started(inst, site_files)
     return supervisor_command("supervisord", conf, "-n")
 
 
@@ -684,6 +752,13 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
     if purge:
         import shutil
 
+        from siteboot.sitefiles import held_by_runtime_dir
+
+        kept = held_by_runtime_dir(inst)
+        if kept:  # a managed dir is never deleted, not even by a purge
+            outcome.notes.append(f"left {inst.runtime_dir} in place: it holds the managed "
+                                 f"dir(s) {', '.join(kept)}")
+            return outcome
         shutil.rmtree(inst.runtime_dir)
         outcome.notes.append(f"purged {inst.runtime_dir}")
     return outcome

@@ -9,6 +9,7 @@ import pytest
 
 from siteboot import deploy
 from siteboot.errors import InstanceError, UsageError
+from siteboot.progress import Lines
 from tests.helpers import own_site_text, plan_from
 
 
@@ -53,6 +54,6 @@ def test_the_lock_names_its_holder(plan):
     told: list[str] = []
     held = f"deploy lock of t dev, held by pid {os.getpid()}"
     with deploy.deploy_lock(plan), pytest.raises(InstanceError, match=held), \
-            deploy.deploy_lock(plan, timeout=0.2, progress=told.append):
+            deploy.deploy_lock(plan, timeout=0.2, progress=Lines(told.append)):
         pass
     assert "waiting for the deploy lock" in told[0]
