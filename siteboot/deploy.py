@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from siteboot.errors import EXIT_FAILED, EXIT_OK, InstanceError, SitebootError, UsageError
 from siteboot.fsutil import atomic_write, ensure_private_dir, flock
-from siteboot.plan import Plan
+from siteboot.plan import InstancePlan, Plan
 from siteboot.progress import SILENT, Reporter
 
 if TYPE_CHECKING:
@@ -110,9 +110,37 @@ def diff_instance(plan: Plan, name: str, root: Path | None) -> InstanceDiff:
     try:
         key = read_own_key(inst)
         changes = loaded_changes(inst, rendered(plan, inst, root, key), connect(plan, inst, 10.0))
+        changes = with_file_changes(changes, changed_files(plan, inst, root))
     except SitebootError as exc:
         return InstanceDiff(name, "failed", detail=exc.message)
     return InstanceDiff(name, "differs" if not changes.empty else "same", changes)
+
+
+def changed_files(plan: Plan, inst: InstancePlan, root: Path | None) -> dict[str, list[str]]:
+    """program -> its ``[files]`` whose rendered content differs from what its instance's
+    programs last started with (rendered only: nothing is written)."""
+    from siteboot.render import render_files
+    from siteboot.sitefiles import SiteFiles, restarts, secret_store
+
+    hashes = {f.name: f.sha256 for f in render_files(plan, inst, root, secret_store(inst))}
+    return restarts(inst, SiteFiles(hashes=hashes))
+
+
+def with_file_changes(changes: ConfigChanges, files: dict[str, list[str]]) -> ConfigChanges:
+    """``changes`` with a ``file NAME`` key for each changed file of each program reading it."""
+    from dataclasses import replace
+
+    from siteboot.changes import ProgramChange
+
+    programs = list(changes.programs)
+    for program, names in files.items():
+        keys = tuple(f"file {name}" for name in names)
+        at = next((i for i, c in enumerate(programs) if c.program == program), None)
+        if at is None:
+            programs.append(ProgramChange(program, "changed", keys))
+        elif programs[at].change == "changed":
+            programs[at] = replace(programs[at], keys=programs[at].keys + keys)
+    return replace(changes, programs=programs)
 
 
 # ------------------------------------------------------------------------------------------
@@ -213,6 +241,7 @@ def make_release(plan: Plan, root: Path | None, now: float | None = None) -> Rel
     for folder in ("sites", "templates", "configs"):
         ensure_private_dir(path / folder)
     atomic_write(path / "sites" / plan.site.path.name, plan.site.path.read_bytes(), mode=0o600)
+    _copy_templates(root, path / "templates")
     atomic_write(path / "templates" / CONFIG_TEMPLATE,
                  config_template(root, CONFIG_TEMPLATE).read_bytes(), mode=0o600)
     for inst in plan.instances.values():
@@ -221,6 +250,18 @@ def make_release(plan: Plan, root: Path | None, now: float | None = None) -> Rel
     release = Release(release_id, path, commit, created, str(plan.site.path))
     _write_release(release)
     return release
+
+
+def _copy_templates(root: Path | None, into: Path) -> None:
+    """The site root's ``templates/`` (the ``[files]`` templates too), each file 0600."""
+    source = root / "templates" if root is not None else None
+    if source is None or not source.is_dir():
+        return
+    for dirpath, _dirnames, filenames in os.walk(source):
+        folder = into / Path(dirpath).relative_to(source)
+        ensure_private_dir(folder)
+        for name in filenames:
+            atomic_write(folder / name, (Path(dirpath) / name).read_bytes(), mode=0o600)
 
 
 def _write_release(release: Release) -> None:

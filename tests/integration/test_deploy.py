@@ -111,3 +111,33 @@ def test_a_second_deploy_waits_for_the_lock_and_names_its_holder(site_factory):
     assert result.returncode == 1
     assert "waiting for the deploy lock" in result.stderr
     assert "held by pid 4242 of ci" in result.stderr
+
+
+def test_a_changed_file_restarts_its_reader_and_a_rollback_brings_the_old_one_back(site_factory):
+    site = site_factory(DEFAULT_PROGRAMS.replace('numprocs = 2', 'files = ["conf"]') + """
+        [files.conf]
+        template = "templates/app.conf.j2"
+        path = "{state_dir}/app.conf"
+        instance = "beta"
+        """)
+    root = site.base / "root"
+    (root / "templates").mkdir(parents=True)
+    template = root / "templates" / "app.conf.j2"
+    template.write_text("level = debug\n")
+    result, _ = deploy(site, "--root", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    started = pids(site)
+    template.write_text("level = info\n")
+    changed = site.run("diff", "--root", str(root))
+    assert changed.returncode == 1
+    assert "worker changed (file conf)" in changed.stdout
+    result, _ = deploy(site, "--root", str(root))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (site.state() / "app.conf").read_text() == "level = info\n"
+    after = pids(site)
+    assert after["web"] == started["web"]
+    assert after["worker"] != started["worker"]
+    assert site.run("diff", "--root", str(root)).returncode == 0
+    site.run("rollback", "--root", str(root), check=True)
+    assert (site.state() / "app.conf").read_text() == "level = debug\n"  # from the release
+    assert pids(site)["web"] == started["web"]
