@@ -42,13 +42,15 @@ from siteboot.rpc import (
 RUNNING = "running"
 NO_KEY = "no key"
 NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing to monitor
+ELSEWHERE = "elsewhere"  # placed on another host: not asked from here, not counted
 ERROR = "error"  # could not be asked (an unreadable runtime dir, an unknown user): unknown
 
 SHUTTING_DOWN = "shutting down"
 RUNTIME_LOST = "running (runtime dir lost)"
 ORPHANED = "orphaned"  # running, recorded as started by this account, no longer in the site
 # A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, RUNTIME_LOST: STATUS_WARNING,
+_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, ELSEWHERE: STATUS_OK,
+                         RUNTIME_LOST: STATUS_WARNING,
                          ORPHANED: STATUS_WARNING,
                          NOT_RUNNING: STATUS_CRITICAL,
                          NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
@@ -116,6 +118,7 @@ class InstanceStatus:
     pid: int | None = None
     error: str | None = None
     programs: list[ProgramStatus] = field(default_factory=list)
+    host: str | None = None  # as the site places it; None: any host
 
     @property
     def severity(self) -> int:
@@ -124,7 +127,7 @@ class InstanceStatus:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "user": self.user, "state": self.state, "pid": self.pid,
-                "url": self.url, "error": self.error,
+                "url": self.url, "error": self.error, "host": self.host,
                 "programs": [p.as_json() for p in self.programs]}
 
 
@@ -145,7 +148,7 @@ class StatusResult:
 
     @property
     def exit_code(self) -> int:
-        runner = [] if self.runner is None or self.runner.state == "not yours" \
+        runner = [] if self.runner is None or self.runner.state in (NOT_YOURS, ELSEWHERE) \
             else [self.runner.exit_code]
         return worst([i.severity for i in self.instances] + runner)
 
@@ -159,12 +162,17 @@ class StatusResult:
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     """One instance's report; whatever keeps it from being asked is its own error, never the
-    whole report's (a monitor must get a document for the others)."""
+    whole report's (a monitor must get a document for the others). One placed on another host
+    is listed, not asked: its port here is not its port."""
+    if not inst.here:
+        return InstanceStatus(inst.name, inst.user, ELSEWHERE, inst.http_url, host=inst.host)
     try:
-        return _query(plan, inst)
+        report = _query(plan, inst)
     except (SitebootError, OSError) as exc:
         detail = str(exc) if isinstance(exc, SitebootError) else f"{type(exc).__name__}: {exc}"
-        return InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+        report = InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+    report.host = inst.host
+    return report
 
 
 def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
@@ -363,9 +371,9 @@ def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
                     bucket.append(process)
 
     for name in names:
-        if name == "all":  # what the invoker may control: its own and granted instances
+        if name == "all":  # what the invoker may control here: its own and granted instances
             for inst in plan.instances.values():
-                if plan.owns(inst) or inst.group:
+                if inst.here and (plan.owns(inst) or inst.group):
                     add(inst, inst.programs)
             continue
         if ":" in name:

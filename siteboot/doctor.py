@@ -254,4 +254,4 @@ CHECKS: list[Callable[[Plan, Path | None], list[Finding]]] = [
 
 
 def _owned(plan: Plan) -> list[InstancePlan]:
-    return [inst for inst in plan.instances.values() if plan.owns(inst)]
+    return [inst for inst in plan.instances.values() if plan.owns(inst) and inst.here]

@@ -302,7 +302,8 @@ def probe(endpoint: Endpoint) -> str | None:
 def each_owned(plan: Plan, instance: str | None,
                action: Callable[[InstancePlan], InstanceOutcome],
                parallel: bool = False) -> list[InstanceOutcome]:
-    """``action`` under the instance's lock for each instance the invoker owns; others skipped.
+    """``action`` under the instance's lock for each instance the invoker owns on this host;
+    the others are skipped (``owned by <user>``, ``on <host>``).
 
     ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
     and the slowest program's stop wait is paid once, not once per instance).
@@ -310,6 +311,9 @@ def each_owned(plan: Plan, instance: str | None,
     def one(inst: InstancePlan) -> InstanceOutcome:
         import psutil
 
+        elsewhere = plan.elsewhere(inst)
+        if elsewhere:
+            return InstanceOutcome(inst.name, "skipped", elsewhere)
         if not plan.owns(inst):
             return InstanceOutcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}")
         try:

@@ -122,7 +122,10 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
             rendered.append(RenderedConfig(inst.name, path, preview=True))
         return RenderResult(rendered, skipped)
     for inst in selected:
-        if plan.owns(inst):
+        elsewhere = plan.elsewhere(inst)
+        if elsewhere:
+            skipped.append((inst.name, f"{elsewhere}: render it there, or preview it with --out DIR"))
+        elif plan.owns(inst):
             with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
                 rendered.append(RenderedConfig(inst.name, provision(plan, inst, root), False))
         else:
@@ -395,7 +398,8 @@ def _revive_runner(plan: Plan) -> RunnerOutcome | None:
     """The site's detached gitlab-runner, when this account runs it (a supervised one is a
     program of its instance and came back with it). An operator's drain or stop is kept."""
     runner = plan.runner
-    if runner is None or runner.mode != "detached" or runner.user != plan.invoker:
+    if runner is None or runner.mode != "detached" or runner.user != plan.invoker \
+            or not plan.instance(runner.instance).here:
         return None
     from siteboot import runner as runners
 
@@ -410,7 +414,7 @@ def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = Fa
     from siteboot.records import records_dir
 
     log = ensure_private_dir(records_dir(plan.invoker)).parent / f"{plan.site.name}-revive.log"
-    lines = crontab.block(plan.site.name, plan.site.path, root, log)
+    lines = crontab.block(plan.site.name, plan.site.path, root, log, plan.preamble(plan.invoker))
     return crontab.apply(plan.site.name, lines, install, remove, log)
 
 

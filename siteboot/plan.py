@@ -17,11 +17,27 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.errors import UsageError
-from siteboot.site import RUNNER_PROGRAM, Program, RunnerSpec, Site, default_program_options
+from siteboot.login import source_line, wrap, wrap_command
+from siteboot.site import (
+    RUNNER_PROGRAM,
+    Program,
+    RunnerSpec,
+    Site,
+    default_program_options,
+    same_host,
+)
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 RPC_USERNAME = "siteboot"
+HOST_ENV = "SITEBOOT_HOST"
+
+
+def this_host() -> str:
+    """The host commands run on: ``$SITEBOOT_HOST``, else the kernel's host name (as short or
+    as full as the host is set up: ``same_host`` matches either). Not ``getfqdn``: it asks DNS,
+    which can hang a login node for seconds, and ``status`` runs every minute."""
+    return os.environ.get(HOST_ENV) or os.uname().nodename
 
 
 def current_user() -> str:
@@ -130,6 +146,8 @@ class InstancePlan:
     identifier: str
     group_name: str
     programs: list[ProgramPlan]
+    host: str | None = None  # as declared; None: any host
+    here: bool = True  # placed on the host this runs on (or on any host)
 
     @property
     def conf_path(self) -> Path:
@@ -227,6 +245,7 @@ class Plan:
     invoker_state_dir: Path
     instances: dict[str, InstancePlan]
     runner: RunnerPlan | None = None
+    host: str = ""  # the host this runs on (``this_host``)
 
     def require_runner(self) -> RunnerPlan:
         if self.runner is None:
@@ -256,6 +275,15 @@ class Plan:
     def owns(self, inst: InstancePlan) -> bool:
         return inst.user == self.invoker
 
+    def elsewhere(self, inst: InstancePlan) -> str | None:
+        """``on <host>`` when ``inst`` is placed on another host than this one, else None."""
+        return None if inst.here else f"on {inst.host}"
+
+    def preamble(self, user: str) -> list[str]:
+        """The shell lines run before ``user``'s programs: ``[site] preamble``, or a line that
+        sources ``preamble_file`` (relative to the site file; ``~`` is ``user``'s home)."""
+        return preamble_lines(self.site, user)
+
     def url_for(self, inst: InstancePlan) -> str:
         """How the invoker reaches ``inst``: its own over the unix socket, others over 127.0.0.1."""
         return inst.unix_url if self.owns(inst) else inst.http_url
@@ -273,11 +301,24 @@ def _fill(template: str, **values: str) -> str:
     return template.format_map(values)
 
 
-def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
-    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user)."""
+def preamble_lines(site: Site, user: str) -> list[str]:
+    path = preamble_path(site, user)
+    return [source_line(str(path))] if path is not None else list(site.preamble)
+
+
+def preamble_path(site: Site, user: str) -> Path | None:
+    if site.preamble_file is None:
+        return None
+    return site.path.parent / expand_home(site.preamble_file, user)  # an absolute one stays
+
+
+def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None = None) -> Plan:
+    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user) on
+    ``host`` (default: ``this_host``)."""
     if env not in site.envs:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
+    host = host or this_host()
     common = {"site": site.name, "env": env}
     # Whose instance dirs share a parent: one account's parent is private (0700); one that
     # several accounts share must be root's and sticky (``fsutil.verify_shared_parent``).
@@ -300,10 +341,12 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[],
+            group_name=f"{site.name}-{env}", programs=[], host=inst.host,
+            here=inst.host is None or same_host(inst.host, host),
         )
     plan = Plan(site, env, invoker,
-                expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances)
+                expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances,
+                host=host)
     for program in site.programs.values():
         inst_plan = plan_instances[program.instance]
         inst_plan.programs.append(_program_plan(plan, inst_plan, program))
@@ -312,7 +355,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         plan = dataclasses.replace(plan, runner=runner)
         if runner.mode == "supervised":
             plan_instances[runner.instance].programs.append(
-                _runner_program(runner, plan_instances[runner.instance]))
+                _runner_program(runner, plan_instances[runner.instance], plan.preamble(runner.user)))
     return plan
 
 
@@ -339,7 +382,7 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPl
     directory = options.pop("directory")
     return ProgramPlan(
         name=program.name,
-        command=_expand(program.command, quoted),
+        command=wrap_command(plan.preamble(inst.user), _expand(program.command, quoted)),
         directory=_expand(directory, plain) if directory else None,
         environment={k: _expand(v, plain) for k, v in program.environment.items()},
         port=port, venv=venv, options=options, log_dir=inst.childlogdir,
@@ -371,7 +414,7 @@ def _runner_plan(plan: Plan, inst: InstancePlan, spec: RunnerSpec) -> RunnerPlan
     )
 
 
-def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
+def _runner_program(runner: RunnerPlan, inst: InstancePlan, preamble: list[str]) -> ProgramPlan:
     """A supervised runner: one more program of its instance, stopped the way GitLab drains."""
     options = default_program_options()
     options.pop("directory")
@@ -379,7 +422,8 @@ def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
     options.update(stopsignal="QUIT", stopwaitsecs=runner.drain_timeout, autorestart="true",
                    redirect_stderr=True)
     return ProgramPlan(
-        name=RUNNER_PROGRAM, command=shlex.join(runner.argv()), directory=str(runner.cwd),
+        name=RUNNER_PROGRAM, command=shlex.join(wrap(preamble, runner.argv())),
+        directory=str(runner.cwd),
         environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )
 

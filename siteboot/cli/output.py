@@ -77,6 +77,9 @@ def _program_detail(p: Any) -> str:
 def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
     for inst in report.instances:
+        if inst.state == "elsewhere":  # another host's: listed, not asked
+            echo(f"{inst.name} ({inst.user}) on {inst.host}")
+            continue
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""
         echo(styled(head, bold=True) + f"  {inst.url}")
