@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.concurrency import concurrently
@@ -140,23 +141,39 @@ def worst(severities: list[int]) -> int:
 
 
 @dataclass
+class VenvProblem:
+    """A venv whose interpreter moved or vanished: what runs on it will not start again."""
+
+    venv: str  # its path ("the tool venv" is siteboot's own)
+    programs: list[str]  # the programs that use it
+    problem: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"venv": self.venv, "programs": self.programs, "problem": self.problem}
+
+
+@dataclass
 class StatusResult:
     site: str
     env: str
     instances: list[InstanceStatus]
     runner: Any | None = None  # the site's detached gitlab-runner (a ``runner.RunnerStatus``)
+    venv_problems: list[VenvProblem] = field(default_factory=list)  # a warning each
 
     @property
     def exit_code(self) -> int:
         runner = [] if self.runner is None or self.runner.state in (NOT_YOURS, ELSEWHERE) \
             else [self.runner.exit_code]
-        return worst([i.severity for i in self.instances] + runner)
+        venvs = [STATUS_WARNING] if self.venv_problems else []
+        return worst([i.severity for i in self.instances] + runner + venvs)
 
     def as_json(self) -> dict[str, Any]:
         data = {"site": self.site, "env": self.env, "ok": self.exit_code == STATUS_OK,
                 "instances": [i.as_json() for i in self.instances]}
         if self.runner is not None:
             data["runner"] = self.runner.as_json()
+        if self.venv_problems:
+            data["venv_problems"] = [v.as_json() for v in self.venv_problems]
         return data
 
 
@@ -306,7 +323,41 @@ def status(plan: Plan, instance: str | None = None) -> StatusResult:
     rows = concurrently(lambda inst: instance_status(plan, inst), insts)
     if instance is None:
         rows += orphaned_rows(plan)
-    return StatusResult(plan.site.name, plan.env, rows)
+    return StatusResult(plan.site.name, plan.env, rows, venv_problems=venv_problems(plan, insts))
+
+
+def venv_problems(plan: Plan, insts: list[InstancePlan]) -> list[VenvProblem]:
+    """The tool venv and the app venvs of the invoker's programs here whose interpreter moved
+    or vanished (a module upgrade): found with stat alone, nothing is started."""
+    from siteboot.bootstrap.locate import STAMP_NAME, find_checkout, tool_venv_path
+    from siteboot.interpreters import APP_VENV_STAMP, stamped_moved
+
+    problems: list[VenvProblem] = []
+    checkout = find_checkout()
+    if checkout is not None:
+        tool = tool_venv_path(checkout)
+        why = stamped_moved(tool, STAMP_NAME)
+        if why:
+            problems.append(VenvProblem(str(tool), [], f"the tool venv: {why}; `python3 -m siteboot "
+                                        "init` rebuilds it"))
+    checked: dict[Path, VenvProblem | None] = {}
+    for inst in insts:
+        if not (plan.owns(inst) and inst.here):
+            continue
+        for program in inst.programs:
+            if program.venv is None:
+                continue
+            if program.venv not in checked:
+                why = stamped_moved(program.venv, APP_VENV_STAMP)
+                found = VenvProblem(str(program.venv), [], f"{why}; `siteboot init` rebuilds it") \
+                    if why else None
+                checked[program.venv] = found
+                if found is not None:
+                    problems.append(found)
+            found = checked[program.venv]
+            if found is not None:
+                found.programs.append(program.name)
+    return problems
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:

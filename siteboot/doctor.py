@@ -190,15 +190,16 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
     findings = []
     checkout = find_checkout()
     if checkout is not None:
-        from siteboot.bootstrap.stamp import is_current
+        from siteboot.bootstrap.stamp import interpreter_moved, is_current
 
         venv = tool_venv_path(checkout)
         # no tool venv at all is fine (siteboot runs from another environment); a broken one
         # is what a module upgrade or a moved python leaves behind
         if os.path.lexists(venv) and not is_current(checkout, venv):
+            reason = interpreter_moved(venv) or ("its python moved, or siteboot's dependencies "
+                                                 "changed")
             findings.append(Finding("venvs", False, f"the tool venv {venv} is out of date or "
-                                    "broken (its python moved, or siteboot's dependencies changed)",
-                                    "`python3 -m siteboot init` rebuilds it"))
+                                    f"broken: {reason}", "`python3 -m siteboot init` rebuilds it"))
     seen: set[Path] = set()
     for inst in _owned(plan):
         for program in inst.programs:

@@ -262,7 +262,9 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
     """
     from siteboot.keys import ensure_key, password_hash
     from siteboot.render import render_instance, render_preview
+    from siteboot.venvs import with_builds
 
+    inst = with_builds(inst)  # a program whose venv has a new build: a changed program
     render_preview(plan, inst, root)
     prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
@@ -380,8 +382,12 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
+            from siteboot.venvs import venv_changes
+
+            stale = venv_changes(inst, running)  # before the update restarts them
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path))
+            notes += _restart_stale(inst, endpoint, stale)
             _record(plan, inst, running)
             if not changes:
                 detail = "runtime dir restored" if runtime_lost else "nothing to do"
@@ -479,6 +485,30 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
     changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
                                                    for g in changed] + [f"added {g}" for g in added]
     return changes
+
+
+def _restart_stale(inst: InstancePlan, endpoint: Endpoint, stale: list[Any]) -> list[str]:
+    """Say which processes the update restarted because their venv has a new build; restart one
+    it left on an old build, never silently. (One that names no build at all after the update
+    has a site template that drops the environment: said, not restarted on every ``up``.)"""
+    notes = []
+    slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
+    for change in stale:
+        if not pid_alive(change.pid):
+            notes.append(change.describe(restarted=True))
+            continue
+        if change.was is None:
+            notes.append(change.describe(restarted=False))
+            continue
+        full = f"{inst.group_name}:{change.process}"
+        try:
+            slow.call("supervisor.stopProcess", full, True)
+            slow.call("supervisor.startProcess", full, True)
+        except Fault as fault:
+            notes.append(change.describe(restarted=False) + f" ({fault.faultString})")
+            continue
+        notes.append(change.describe(restarted=True))
+    return notes
 
 
 def _publish(inst: InstancePlan, key: str) -> list[str]:

@@ -107,11 +107,12 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     from siteboot.fsutil import atomic_write
     from siteboot.instances import instance_lock, provision
     from siteboot.render import render_preview
+    from siteboot.venvs import with_builds
 
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
     # owner deploys): a refusal leaves nothing written.
-    previews = [(inst, render_preview(plan, inst, root)) for inst in selected]
+    previews = [(inst, render_preview(plan, with_builds(inst), root)) for inst in selected]
     rendered: list[RenderedConfig] = []
     skipped: list[tuple[str, str]] = []
     if out is not None:
@@ -276,7 +277,7 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     from siteboot.control import settle
     from siteboot.venvs import ensure_venvs
 
-    venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    venvs = ensure_venvs(plan, wheelhouse, progress=progress, root=root)
     outcomes = instances.up(plan, root, None, timeout)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.errors import UsageError
-from siteboot.login import source_line, wrap, wrap_command
 from siteboot.site import (
     RUNNER_PROGRAM,
     Program,
@@ -303,7 +302,19 @@ def _fill(template: str, **values: str) -> str:
 
 def preamble_lines(site: Site, user: str) -> list[str]:
     path = preamble_path(site, user)
-    return [source_line(str(path))] if path is not None else list(site.preamble)
+    if path is None:
+        return list(site.preamble)
+    from siteboot.login import source_line  # only for a site with a preamble: not on every status
+
+    return [source_line(str(path))]
+
+
+def _wrapped(preamble: list[str], command: str) -> str:
+    if not preamble:
+        return command
+    from siteboot.login import wrap_command
+
+    return wrap_command(preamble, command)
 
 
 def preamble_path(site: Site, user: str) -> Path | None:
@@ -382,7 +393,7 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPl
     directory = options.pop("directory")
     return ProgramPlan(
         name=program.name,
-        command=wrap_command(plan.preamble(inst.user), _expand(program.command, quoted)),
+        command=_wrapped(plan.preamble(inst.user), _expand(program.command, quoted)),
         directory=_expand(directory, plain) if directory else None,
         environment={k: _expand(v, plain) for k, v in program.environment.items()},
         port=port, venv=venv, options=options, log_dir=inst.childlogdir,
@@ -422,7 +433,7 @@ def _runner_program(runner: RunnerPlan, inst: InstancePlan, preamble: list[str])
     options.update(stopsignal="QUIT", stopwaitsecs=runner.drain_timeout, autorestart="true",
                    redirect_stderr=True)
     return ProgramPlan(
-        name=RUNNER_PROGRAM, command=shlex.join(wrap(preamble, runner.argv())),
+        name=RUNNER_PROGRAM, command=_wrapped(preamble, shlex.join(runner.argv())),
         directory=str(runner.cwd),
         environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )

@@ -78,24 +78,24 @@ def untrusted(root: Path) -> str | None:
     """Why the site root ``root`` must not be used implicitly, or None: the folder itself,
     ``sites/``, ``templates/`` and every file below them must be of a trusted owner and not
     writable by others; a symlink only counts when the link and its target both are."""
-    why = _untrusted_entry(root, root)
+    why = untrusted_entry(root, root)
     if why:
         return why
     for folder in (root / "sites", root / "templates"):
         if not os.path.lexists(folder):
             continue
-        why = _untrusted_entry(folder, root)
+        why = untrusted_entry(folder, root)
         if why:
             return why
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             for name in sorted(dirnames + filenames):
-                why = _untrusted_entry(Path(dirpath) / name, root)
+                why = untrusted_entry(Path(dirpath) / name, root)
                 if why:
                     return why
     return None
 
 
-def _untrusted_entry(path: Path, root: Path) -> str | None:
+def untrusted_entry(path: Path, root: Path) -> str | None:
     import stat
 
     from siteboot.fsutil import owner_name

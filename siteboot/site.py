@@ -152,7 +152,11 @@ RUNNER_KEYS: tuple[Key, ...] = (
 )
 
 VENV_KEYS: tuple[Key, ...] = (
-    Key("requirements", "str_list", [], "pip requirement specifiers.", required=True),
+    Key("requirements", "str_list", [],
+        "pip requirement specifiers, one per item; also local paths (`\"./jaws-site\"`, a wheel "
+        "file) and wheel folders (`\"--find-links ./dist\"`), relative to the site root, whose "
+        "content is part of the venv's hash: new code is a new build, and the programs using "
+        "it restart.", required=True),
     Key("python", "str", None, "Interpreter for the venv; omitted: the one running siteboot."),
 )
 
@@ -470,6 +474,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         table = f"venvs.{name}"
         _check_name(v, table, None, name)
         values = v.table(table, raw, VENV_KEYS, envs)
+        _check_requirements(v, table, values["requirements"])
         venvs[name] = VenvSpec(name, values["requirements"], values["python"])
 
     programs: dict[str, Program] = {}
@@ -561,6 +566,18 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
                 v.error(table, key, f"'{key}' uses {{port}} but the program has no 'port' table")
             elif name == "venv" and not program.venv:
                 v.error(table, key, f"'{key}' uses {{venv}} but the program names no 'venv'")
+
+
+def _check_requirements(v: _Validator, table: str, requirements: list[str]) -> None:
+    for item in requirements:
+        if not item.strip():
+            v.error(table, "requirements", "'requirements' has an empty item")
+        elif item.startswith("-"):  # a pip option: only then is its module worth importing
+            from siteboot.sources import requirement_problem
+
+            problem = requirement_problem(item)
+            if problem:
+                v.error(table, "requirements", problem)
 
 
 def _check_host(v: _Validator, table: str, host: str | None) -> None:

@@ -98,6 +98,9 @@ def print_status(report: Any) -> None:
             if counted:
                 colors[3] = lambda cell: "yellow" if cell.endswith("!") else None
             echo(table(headers, rows, colors))
+    for problem in getattr(report, "venv_problems", []):
+        used = f" (used by {', '.join(problem.programs)})" if problem.programs else ""
+        echo(styled(f"venv {problem.venv}{used}: {problem.problem}", fg="yellow"))
     if runner is not None:
         pids = ", ".join(map(str, runner.pids))
         head = f"gitlab-runner ({runner.user}, {runner.mode}) {runner.state}"
