@@ -11,10 +11,10 @@ import os
 import pwd
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from siteboot.errors import UsageError
 from siteboot.site import (
@@ -37,6 +37,10 @@ def this_host() -> str:
     as full as the host is set up: ``same_host`` matches either). Not ``getfqdn``: it asks DNS,
     which can hang a login node for seconds, and ``status`` runs every minute."""
     return os.environ.get(HOST_ENV) or os.uname().nodename
+
+
+# Which instances a command is about: one name, several (``-i`` repeated), or None for all.
+Selection = Union[str, Sequence[str], None]
 
 
 def current_user() -> str:
@@ -145,12 +149,18 @@ class InstancePlan:
     identifier: str
     group_name: str
     programs: list[ProgramPlan]
+    env: str
     host: str | None = None  # as declared; None: any host
     here: bool = True  # placed on the host this runs on (or on any host)
 
     @property
     def conf_path(self) -> Path:
         return self.runtime_dir / f"supervisord-{self.name}.conf"
+
+    def preview_path(self, folder: Path) -> Path:
+        """Where ``render --out folder`` writes this instance's config: named by site, instance
+        and env, so that previews of several envs (or sites) can share a folder."""
+        return folder / f"supervisord-{self.identifier}.conf"
 
     @property
     def started_conf_path(self) -> Path:
@@ -258,8 +268,12 @@ class Plan:
                              f"instances: {', '.join(self.instances)}")
         return self.instances[name]
 
-    def select(self, name: str | None) -> list[InstancePlan]:
-        return [self.instance(name)] if name else list(self.instances.values())
+    def select(self, names: Selection) -> list[InstancePlan]:
+        """The named instances (one name or several; none: all), each once, in site order."""
+        if not names:
+            return list(self.instances.values())
+        wanted = {self.instance(name).name for name in ([names] if isinstance(names, str) else names)}
+        return [inst for inst in self.instances.values() if inst.name in wanted]
 
     def user_uids(self) -> set[int]:
         """The uids of the site's users that exist on this host."""
@@ -352,7 +366,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[], host=inst.host,
+            group_name=f"{site.name}-{env}", programs=[], env=env, host=inst.host,
             here=inst.host is None or same_host(inst.host, host),
         )
     plan = Plan(site, env, invoker,

@@ -76,6 +76,7 @@ def _program_detail(p: Any) -> str:
 
 def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
+    echo(styled(f"site {report.site}, env {report.env}", bold=True))
     for inst in report.instances:
         if inst.state == "elsewhere":  # another host's: listed, not asked
             echo(f"{inst.name} ({inst.user}) on {inst.host}")

@@ -204,10 +204,9 @@ def test_status_table_and_up_say_on_which_host(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     status = invoke_cli("status", "--site", path)
     assert status.exit_code == 0, status.stderr
-    assert status.stdout.splitlines() == ["site (" + make_plan(load_site(path), "dev").invoker
-                                          + ") on jaws.lbl.gov",
-                                          "central (" + make_plan(load_site(path), "dev").invoker
-                                          + ") on central.lbl.gov"]
+    me = make_plan(load_site(path), "dev").invoker
+    assert status.stdout.splitlines()[1:] == [f"site ({me}) on jaws.lbl.gov",
+                                              f"central ({me}) on central.lbl.gov"]
     up = invoke_cli("up", "--site", path)
     assert up.exit_code == 0, up.stderr
     assert "site: skipped: on jaws.lbl.gov" in up.stdout
