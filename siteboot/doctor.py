@@ -19,7 +19,7 @@ from siteboot.plan import InstancePlan, Plan
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # which check: site, runtime, state, ports, stale, orphans, venvs, runner, cron
+    check: str  # which check: site, runtime, state, ports, stale, orphans, venvs, preamble, runner, cron
     ok: bool
     message: str
     fix: str = ""
@@ -216,6 +216,21 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
     return findings
 
 
+def check_preamble(plan: Plan, root: Path | None) -> list[Finding]:
+    """The login preamble's file: there, and nobody else's to change (it runs as each account)."""
+    from siteboot.login import file_problem
+    from siteboot.plan import preamble_path
+
+    path = preamble_path(plan.site, plan.invoker)
+    if path is None:
+        return []
+    problem = file_problem(path)
+    if problem:
+        return [Finding("preamble", False, problem, f"fix it, or [site] preamble_file in "
+                        f"{plan.site.path}")]
+    return [Finding("preamble", True, f"programs start after `. {path}` in a login shell")]
+
+
 def check_runner(plan: Plan, root: Path | None) -> list[Finding]:
     """The site's detached gitlab-runner: running, once (a supervised one is a program)."""
     runner = plan.runner
@@ -253,7 +268,7 @@ def check_cron(plan: Plan, root: Path | None) -> list[Finding]:
 
 CHECKS: list[Callable[[Plan, Path | None], list[Finding]]] = [
     check_site, check_runtime, check_state, check_ports, check_stale, check_orphans, check_venvs,
-    check_runner, check_cron]
+    check_preamble, check_runner, check_cron]
 
 
 def _owned(plan: Plan) -> list[InstancePlan]:

@@ -256,6 +256,18 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
     ensure_private_dir(inst.childlogdir)
 
 
+def _check_preamble_file(plan: Plan, inst: InstancePlan) -> None:
+    from siteboot.login import file_problem
+    from siteboot.plan import preamble_path
+
+    path = preamble_path(plan.site, inst.user)
+    problem = file_problem(path) if path is not None else None
+    if problem:
+        raise UsageError(f"{plan.site.path}: {problem}: every program of {inst.name} would fail to "
+                         "start", "fix the file (or [site] preamble_file), then run the command "
+                         "again")
+
+
 def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
     """Runtime dir, key and config of ``inst`` (all idempotent); the config's path.
 
@@ -267,6 +279,7 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
 
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
     render_preview(plan, inst, root)
+    _check_preamble_file(plan, inst)
     prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
@@ -497,6 +510,8 @@ def _restart_stale(inst: InstancePlan, endpoint: Endpoint, stale: list[Any]) -> 
     """Say which processes the update restarted because their venv has a new build; restart one
     it left on an old build, never silently. (One that names no build at all after the update
     has a site template that drops the environment: said, not restarted on every ``up``.)"""
+    from siteboot.control import supervisor_group
+
     notes = []
     slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
     for change in stale:
@@ -506,7 +521,8 @@ def _restart_stale(inst: InstancePlan, endpoint: Endpoint, stale: list[Any]) -> 
         if change.was is None:
             notes.append(change.describe(restarted=False))
             continue
-        full = f"{inst.group_name}:{change.process}"
+        program = next(p for p in inst.programs if change.process in p.process_names())
+        full = f"{supervisor_group(inst, program)}:{change.process}"
         try:
             slow.call("supervisor.stopProcess", full, True)
             slow.call("supervisor.startProcess", full, True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Sequence
+from pathlib import Path
 
 LOGIN_SHELL = "/bin/bash"
 # $0 of the wrapper shell: how a process still in its preamble is recognised (``ps`` shows it)
@@ -55,3 +56,18 @@ def source_line(path: str) -> str:
 def in_preamble(cmdline: Sequence[str]) -> bool:
     """Whether a process is still the wrapper shell (its preamble runs; no exec yet)."""
     return len(cmdline) > 3 and cmdline[0] == LOGIN_SHELL and cmdline[3] == WRAPPER_NAME
+
+
+def file_problem(path: Path) -> str | None:
+    """Why the ``preamble_file`` at ``path`` must not be sourced, or None. It runs as every
+    instance's account: like a site root's files it must be root's, the invoker's or
+    siteboot's owner's, and neither it nor its folder writable by anyone else."""
+    from siteboot.resources import untrusted_entry
+
+    try:
+        why = untrusted_entry(path.parent, path.parent) or untrusted_entry(path, path.parent)
+    except FileNotFoundError:
+        return f"preamble_file {path} does not exist"
+    except OSError as exc:
+        return f"preamble_file {path}: {exc.strerror or exc}"
+    return f"preamble_file {path}: {why}" if why else None
