@@ -169,6 +169,16 @@ def site_names(root: Path | None) -> list[str]:
     return sorted({p.stem for folder in site_dirs(root) for p in folder.glob("*.toml")})
 
 
+def root_of(site_path: Path, root: Path | None) -> Path:
+    """The folder a site file's relative paths start from: the site root whose ``sites/``
+    holds it (a checkout: ``sites/jaws.toml`` beside ``jaws-site/``), else its own folder (a
+    site file named by path from elsewhere)."""
+    if root is not None and Path(os.path.realpath(root / "sites")) in \
+            Path(os.path.realpath(site_path)).parents:
+        return root
+    return site_path.parent
+
+
 def all_site_paths(root: Path | None) -> list[Path]:
     """Every site file under the root's ``sites/`` (the shipped ones when there is no root)."""
     dirs = site_dirs(root)

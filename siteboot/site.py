@@ -154,9 +154,10 @@ RUNNER_KEYS: tuple[Key, ...] = (
 VENV_KEYS: tuple[Key, ...] = (
     Key("requirements", "str_list", [],
         "pip requirement specifiers, one per item; also local paths (`\"./jaws-site\"`, a wheel "
-        "file) and wheel folders (`\"--find-links ./dist\"`), relative to the site root, whose "
-        "content is part of the venv's hash: new code is a new build, and the programs using "
-        "it restart.", required=True),
+        "file) and wheel folders (`\"--find-links ./dist\"`) inside the site root (the folder "
+        "holding `sites/`; for a site file elsewhere, its folder), whose content is part of the "
+        "venv's hash: new code is a new build, and the programs using it restart.",
+        required=True),
     Key("python", "str", None, "Interpreter for the venv; omitted: the one running siteboot."),
 )
 

@@ -226,8 +226,11 @@ def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = ru
 
     ``wheelhouse``: install only from this directory (``pip --no-index --find-links``).
     ``progress`` is told before each build starts (builds can take a while). ``root``: the site
-    root, which local paths in requirements are relative to (none: the site file's folder).
+    root; local paths in requirements are relative to it (``resources.root_of``).
     """
+    from siteboot.resources import root_of
+
+    base = root_of(plan.site.path, root)
     results: list[VenvOutcome] = []
     done: set[Path] = set()
     for inst in plan.instances.values():
@@ -240,7 +243,7 @@ def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = ru
             done.add(program.venv)
             results.append(ensure_venv(plan.site.venvs[name], program.venv, wheelhouse, runner,
                                        site_path=plan.site.path, progress=progress,
-                                       base=root or plan.site.path.parent))
+                                       base=base))
     return results
 
 

@@ -519,13 +519,17 @@ def test_a_refused_local_path_names_the_venv(runner, stable, checkout):
         ensure_venv(spec("../x"), stable, runner=runner, base=checkout)
 
 
-def test_local_paths_are_relative_to_the_site_root(runner, write_site, tmp_path, checkout):
-    path = write_site(SITE.format(venv_dir=tmp_path / "venvs")
-                      .replace('requirements = ["six"]', 'requirements = ["./pkg"]', 1))
-    plan = make_plan(load_site(path), "dev")
-    with pytest.raises(BootstrapError, match="does not exist"):  # the site file's folder
-        ensure_venvs(plan, runner=runner)
-    assert ensure_venvs(plan, runner=runner, root=checkout)[0].action == "created"
+def test_local_paths_are_relative_to_the_site_root(runner, tmp_path, checkout):
+    text = SITE.format(venv_dir=tmp_path / "venvs").replace('requirements = ["six"]',
+                                                            'requirements = ["./pkg"]', 1)
+    (checkout / "sites").mkdir()
+    (checkout / "sites" / "t.toml").write_text(text)
+    (tmp_path / "t.toml").write_text(text)
+    outside = make_plan(load_site(tmp_path / "t.toml"), "dev")
+    with pytest.raises(BootstrapError, match=f"{tmp_path}/pkg does not exist"):  # its own folder
+        ensure_venvs(outside, runner=runner, root=checkout)
+    inside = make_plan(load_site(checkout / "sites" / "t.toml"), "dev")
+    assert ensure_venvs(inside, runner=runner, root=checkout)[0].action == "created"
 
 
 # --- which build each program runs on -------------------------------------------------------
