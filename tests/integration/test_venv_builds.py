@@ -59,7 +59,7 @@ def write_package(folder: Path) -> None:
 
 
 def web(site: Any) -> dict[str, Any]:
-    rc, data = site.status()
+    _, data = site.status()
     return dict(data["instances"][0]["programs"][0])
 
 
