@@ -11,7 +11,7 @@ psutil or virtualenv.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -50,21 +50,25 @@ class PortsResult:
 class RenderedConfig:
     instance: str
     path: Path
-    preview: bool  # placeholder key hash: not startable as is
+    preview: bool  # placeholder key hash (and {secret:NAME}): not startable as is
+    file: str | None = None  # a [files] entry, not the supervisord config
 
     def as_json(self) -> dict[str, Any]:
-        return {"instance": self.instance, "path": str(self.path), "preview": self.preview}
+        return {"instance": self.instance, "path": str(self.path), "preview": self.preview,
+                "file": self.file}
 
 
 @dataclass(frozen=True)
 class RenderResult:
     rendered: list[RenderedConfig]
     skipped: list[tuple[str, str]]  # (instance, why)
+    notes: list[str] = field(default_factory=list)  # managed dirs made or corrected
     exit_code = EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
         return {"rendered": [r.as_json() for r in self.rendered],
-                "skipped": [{"instance": i, "reason": why} for i, why in self.skipped]}
+                "skipped": [{"instance": i, "reason": why} for i, why in self.skipped],
+                "notes": self.notes}
 
 
 @dataclass(frozen=True)
@@ -105,22 +109,29 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
            instance: Selection = None) -> RenderResult:
     """Render the env's configs: into ``out`` as previews, or in place for the invoker's own."""
     from siteboot.fsutil import atomic_write
-    from siteboot.instances import instance_lock, provision
-    from siteboot.render import render_preview
+    from siteboot.instances import instance_lock, provision_all
+    from siteboot.render import render_files, render_preview
     from siteboot.venvs import with_builds
 
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
-    # owner deploys): a refusal leaves nothing written.
-    previews = [(inst, render_preview(plan, with_builds(inst), root)) for inst in selected]
+    # owner deploys): a refusal leaves nothing written. Previews show {secret:NAME}, never one.
+    previews = [(inst, render_preview(plan, with_builds(inst), root),
+                 render_files(plan, inst, root, None)) for inst in selected]
     rendered: list[RenderedConfig] = []
     skipped: list[tuple[str, str]] = []
+    notes: list[str] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        for inst, text in previews:
+        for inst, text, files in previews:
             path = inst.preview_path(out)
             atomic_write(path, text, mode=0o600)
             rendered.append(RenderedConfig(inst.name, path, preview=True))
+            for item in files:
+                path = inst.file_preview_path(out, item.name)
+                path.parent.mkdir(exist_ok=True)
+                atomic_write(path, item.text, mode=0o600)
+                rendered.append(RenderedConfig(inst.name, path, True, item.name))
         return RenderResult(rendered, skipped)
     for inst in selected:
         elsewhere = plan.elsewhere(inst)
@@ -128,11 +139,15 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
             skipped.append((inst.name, f"{elsewhere}: render it there, or preview it with --out DIR"))
         elif plan.owns(inst):
             with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
-                rendered.append(RenderedConfig(inst.name, provision(plan, inst, root), False))
+                site_files, conf = provision_all(plan, inst, root)
+            rendered.append(RenderedConfig(inst.name, conf, False))
+            rendered += [RenderedConfig(inst.name, f.path, False, f.name) for f in inst.files]
+            notes += [f"{inst.name}: {note}" for note in site_files.notes
+                      if note.startswith("dir ")]
         else:
             skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
                                        "or preview it with --out DIR"))
-    return RenderResult(rendered, skipped)
+    return RenderResult(rendered, skipped, notes)
 
 
 def up(plan: Plan, root: Path | None, instance: Selection = None,

@@ -191,7 +191,13 @@ def render(site: str, env: str, root: str | None, instance: tuple[str, ...], out
         return
     for item in result.rendered:
         note = "  (preview: placeholder key hash, not startable as is)" if item.preview else ""
+        if item.file:
+            note = "  (preview: {secret:NAME} placeholders)" if item.preview else ""
+            echo(f"wrote file {item.file}: {item.path}{note}")
+            continue
         echo(f"wrote {item.path}{note}")
+    for line in result.notes:
+        echo(line)
     for name, why in result.skipped:
         echo(f"skipped {name}: {why}")
 
