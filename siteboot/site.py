@@ -967,6 +967,10 @@ def _check_preamble(v: _Validator, site: Site) -> None:
                     "(no line breaks)")
         elif not line.strip():
             v.error("site", "preamble", "'preamble' has an empty line")
+        elif re.search(r"\s[;#]", line):  # inside each program's command line
+            v.error("site", "preamble", f"'preamble' line {line!r}: whitespace followed by ';' "
+                    "or '#' reads as a comment in supervisord's config; drop the comment (or the "
+                    "space), or move the lines into a preamble_file")
     if site.preamble_file is not None and not site.preamble_file.strip():
         v.error("site", "preamble_file", "'preamble_file' is empty")
 

@@ -131,6 +131,7 @@ def test_a_supervised_runner_gets_the_preamble_too(tmp_path):
     ('preamble = ["a", "b\\nc"]', "one shell line per list item"),
     ('preamble = ["  "]', "'preamble' has an empty line"),
     ('preamble = ["a"]\npreamble_file = "/x"', "exclude each other"),
+    ('preamble = ["module load x # the default"]', "reads as a comment in supervisord's config"),
     ('preamble = "module load x"', "'preamble' must be a list of strings"),
 ])
 def test_bad_preambles_are_refused(tmp_path, extra, message):
