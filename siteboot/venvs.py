@@ -49,6 +49,7 @@ from siteboot.hints import command
 from siteboot.interpreters import APP_VENV_STAMP, RECORD_KEY, built_with, stamped_moved
 from siteboot.plan import InstancePlan, Plan
 from siteboot.proc import RunResult, clean_env, last_lines, run_command
+from siteboot.progress import SILENT, Reporter
 from siteboot.site import VenvSpec
 
 # argv[0] that the default runner executes in-process with virtualenv's Python API.
@@ -219,14 +220,15 @@ def _usable(venv: Path, digest: str, runner: Runner) -> bool:
 
 
 def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = run,
-                 progress: Callable[[str], None] | None = None,
+                 progress: Reporter = SILENT,
                  root: Path | None = None) -> list[VenvOutcome]:
     """Build (or confirm) every venv used by a program of an instance the invoker owns on this
     host, once each.
 
     ``wheelhouse``: install only from this directory (``pip --no-index --find-links``).
-    ``progress`` is told before each build starts (builds can take a while). ``root``: the site
-    root; local paths in requirements are relative to it (``resources.root_of``).
+    ``progress`` is told before each build starts, and sees its steps (they take a while).
+    ``root``: the site root; local paths in requirements are relative to it
+    (``resources.root_of``).
     """
     from siteboot.resources import root_of
 
@@ -249,7 +251,7 @@ def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = ru
 
 def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runner: Runner = run,
                 site_path: Path | None = None,
-                progress: Callable[[str], None] | None = None,
+                progress: Reporter = SILENT,
                 base: Path | None = None) -> VenvOutcome:
     """Make the stable ``path`` (a symlink) point at a complete build of ``spec``; local paths
     in its requirements are relative to ``base`` (default: the current directory)."""
@@ -272,10 +274,9 @@ def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runn
             return VenvOutcome(spec.name, path, "up to date", time.monotonic() - started, old)
         build = build_dir(venv_dir, spec.name, digest)
         if not _usable(build, digest, runner):  # else: an earlier build, kept as previous: reuse
-            if progress is not None:
-                count = len(spec.requirements)
-                progress(f"venv {spec.name}: building {path} "
-                         f"({count} requirement{'s' if count != 1 else ''})")
+            count = len(spec.requirements)
+            progress.note(f"venv {spec.name}: building {path} "
+                          f"({count} requirement{'s' if count != 1 else ''})")
             with _snapshot(spec, requirements, base, venv_dir) as copied:
                 if copied.digests != contents:  # changed since it was hashed: build what was copied
                     contents = copied.digests
@@ -285,7 +286,7 @@ def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runn
                     arguments = [word for r in requirements
                                  for word in r.arguments(copied.copies.get(r.text))]
                     _build(spec, path, build, _Inputs(python, version, digest, contents, arguments),
-                           wheelhouse, runner, site_path, old)
+                           wheelhouse, runner, site_path, old, progress)
         _swap(path, build)
         replaced = old.name if old is not None and old.parent == Path(os.path.normpath(venv_dir)) else ""
         _cleanup(venv_dir, spec.name, keep={build.name, replaced})
@@ -370,13 +371,15 @@ def _log_path(path: Path) -> Path:
 
 
 def _build(spec: VenvSpec, path: Path, build: Path, inputs: _Inputs, wheelhouse: Path | None,
-           runner: Runner, site_path: Path | None, old: Path | None) -> None:
+           runner: Runner, site_path: Path | None, old: Path | None,
+           progress: Reporter = SILENT) -> None:
     """Build ``build`` completely (stamp last), or remove it and raise ``BootstrapError``."""
     if build.exists() or build.is_symlink():
         _remove(build, strict=True)  # half-built (a crash) or unusable: not a complete build
     try:
-        result = runner([VIRTUALENV, str(build), "--python", inputs.python, "--prompt", spec.name,
-                         "--no-periodic-update"])
+        with progress.step(f"venv {spec.name}: virtualenv with {inputs.python}"):
+            result = runner([VIRTUALENV, str(build), "--python", inputs.python, "--prompt",
+                             spec.name, "--no-periodic-update"])
         if result.returncode != 0:
             raise _failure(spec, path, "virtualenv could not create it", result, wheelhouse,
                            site_path, old)
@@ -385,7 +388,8 @@ def _build(spec: VenvSpec, path: Path, build: Path, inputs: _Inputs, wheelhouse:
                     "--disable-pip-version-check", "--no-input"]
             if wheelhouse is not None:
                 argv += ["--no-index", "--find-links", str(wheelhouse)]
-            result = runner([*argv, *inputs.arguments])
+            with progress.step(f"venv {spec.name}: pip install {' '.join(spec.requirements)}"):
+                result = runner([*argv, *inputs.arguments])
             if result.returncode != 0:
                 raise _failure(spec, path, "pip install failed", result, wheelhouse, site_path, old)
         _write_stamp(build, spec, inputs)
