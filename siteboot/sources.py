@@ -34,7 +34,7 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from siteboot.errors import BootstrapError
 
@@ -236,7 +236,7 @@ def _check(path: Path, root: Path, item: str) -> None:
     from siteboot.resources import untrusted_entry
 
     try:
-        why: Any = untrusted_entry(path, root if path == root or root in path.parents else path)
+        why = untrusted_entry(path, root)
     except OSError as exc:
         why = f"{path}: {exc.strerror or exc}"
     if why:
