@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from siteboot.login import LOGIN_SHELL, WRAPPER_NAME, in_preamble, wrap, wrap_command
+from siteboot.login import LOGIN_SHELL, WRAPPER_NAME, file_problem, in_preamble, wrap, wrap_command
 from siteboot.render import render_preview
 from siteboot.site import parse_site
 from tests.helpers import plan_from, supervisor_parse, wait_until
@@ -147,3 +147,37 @@ def test_a_command_supervisord_cannot_split_is_refused(tmp_path):
                     .replace("--directory '/srv/a b'", "--directory '/srv/a b"))
     _, problems = parse_site(path)
     assert any("'command' cannot be split into words" in str(p) for p in problems), problems
+
+
+def test_a_preamble_file_must_be_there_and_nobody_elses_to_change(tmp_path):
+    folder = tmp_path / "env"
+    folder.mkdir(mode=0o755)
+    script = folder / "login.sh"
+    assert file_problem(script) == f"preamble_file {script} does not exist"
+    script.write_text("module load python/3.11\n")
+    script.chmod(0o644)
+    assert file_problem(script) is None
+    script.chmod(0o664)
+    assert file_problem(script) == f"preamble_file {script}: login.sh is writable by its group"
+    script.chmod(0o644)
+    folder.chmod(0o777)  # someone else could swap the file
+    assert "is writable by everyone" in (file_problem(script) or "")
+
+
+def test_doctor_and_up_check_the_preamble_file(tmp_path):
+    from siteboot.doctor import check_preamble
+    from siteboot.errors import UsageError
+    from siteboot.instances import _check_preamble_file
+
+    plan = plan_from(SITE.format(folder=tmp_path, site_extra='preamble_file = "login.sh"'),
+                     tmp_path)
+    [finding] = check_preamble(plan, None)
+    assert (finding.ok, finding.check) == (False, "preamble")
+    assert "does not exist" in finding.message
+    with pytest.raises(UsageError, match="every program of main would fail to start"):
+        _check_preamble_file(plan, plan.instance("main"))
+    (tmp_path / "login.sh").write_text("true\n")
+    os.chmod(tmp_path, 0o755)
+    [finding] = check_preamble(plan, None)
+    assert finding.ok, finding.message
+    _check_preamble_file(plan, plan.instance("main"))
