@@ -238,8 +238,9 @@ class Healer:
             proc.running_since = None
         if state == "STOPPED":  # someone stopped it on purpose: no retry is pending any more
             proc.next_try, proc.attempts = None, 0
-        elif state == "FATAL" or (state == "EXITED" and fields.get("expected") == "0"
-                                  and self._spec_of(program).get("autorestart") == "false"):
+        elif proc.next_try is None and (
+                state == "FATAL" or (state == "EXITED" and fields.get("expected") == "0"
+                                     and self._spec_of(program).get("autorestart") == "false")):
             self.schedule(proc)
         self.save()
 
@@ -266,7 +267,7 @@ class Healer:
         try:
             infos = self.supervisor.infos()
         except Exception as exc:  # supervisord busy or going away: the next tick tries again
-            self.log(f"cannot read process states: {exc}")
+            self.log(f"cannot read process states: {_first_line(exc)}")
             return
         now = self.clock()
         seen = set()
@@ -389,7 +390,7 @@ class Healer:
         try:
             why: str | None = self.supervisor.start(proc.full_name)
         except Exception as exc:
-            return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            return _first_line(exc)
         if why is None:
             self.log(f"started {proc.name}")
         return why
@@ -501,6 +502,11 @@ def serve(healer: Healer, channel: Channel) -> int:
         return 0
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _safely(action: Callable[..., None], log: Callable[[str], None], *args: Any) -> None:
     try:
         action(*args)
@@ -519,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         sys.stderr.write("usage: python -m siteboot.healer SPEC.json (run by supervisord)\n")
         return 2
+    import signal
+
+    # supervisord stops its listeners with SIGTERM: an orderly exit, not a death by signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     spec = SpecFile(Path(args[0]))
     healer = Healer(spec.current, Supervisor(spec.current))
     return serve(healer, Channel(sys.stdin.fileno(), sys.stdout.buffer))

@@ -59,7 +59,10 @@ def texts(probe: Probe | None) -> dict[str, str]:
 
 
 def kind_of(probe: Probe) -> str:
-    return next(k for k in KINDS if k in probe)
+    for kind in KINDS:
+        if kind in probe:
+            return kind
+    raise ValueError(f"not a probe: {dict(probe)!r}")
 
 
 def describe(probe: Probe) -> str:

@@ -187,10 +187,7 @@ def start_dependants(plan: Plan, instances: Iterable[str], held: Mapping[str, se
         to_start: dict[str, list[str]] = {}
         for name in wave:
             inst, program = owner[name]
-            stuck = next((d for d in program.depends_on if d in blocked), None)
-            if stuck is not None:
-                blocked[name] = f"it depends on {stuck}"
-                results[inst.name].failed.append(f"{name}: not started: {blocked[stuck]}")
+            if _blocked(name, program, blocked, results[inst.name]):
                 continue
             processes = _should_start(program, states[inst.name], held.get(inst.name, set()))
             if processes:
@@ -204,10 +201,7 @@ def start_dependants(plan: Plan, instances: Iterable[str], held: Mapping[str, se
         by_instance: dict[str, list[str]] = {}
         for name, processes in to_start.items():
             inst, program = owner[name]
-            stuck = next((d for d in program.depends_on if d in blocked), None)
-            if stuck is not None:
-                blocked[name] = f"it depends on {stuck}"
-                results[inst.name].failed.append(f"{name}: not started: {blocked[stuck]}")
+            if _blocked(name, program, blocked, results[inst.name]):
                 continue
             by_instance.setdefault(inst.name, []).extend(processes)
         started = concurrently(lambda item: (item[0], act(plan.instance(item[0]), item[1])),
@@ -223,6 +217,18 @@ def start_dependants(plan: Plan, instances: Iterable[str], held: Mapping[str, se
                     blocked[program.name] = f"{process} did not start: {message}"
                     results[inst_name].failed.append(f"{process}: {message}")
     return results
+
+
+def _blocked(name: str, program: ProgramPlan, blocked: dict[str, str],
+             result: Convergence) -> bool:
+    """Whether ``program`` waits for one that will not be ready: then it is not started either,
+    and says why (the first probe that failed, with its last error)."""
+    stuck = next((d for d in program.depends_on if d in blocked), None)
+    if stuck is None:
+        return False
+    blocked[name] = blocked[stuck]
+    result.failed.append(f"{name}: not started: {blocked[stuck]}")
+    return True
 
 
 def _should_start(program: ProgramPlan, infos: list[dict[str, Any]] | str,
@@ -335,5 +341,5 @@ def stop_dependants_first(plan: Plan, instance: str | None = None) -> dict[str, 
             for row in rows:
                 if row.ok and row.message == "stopped":
                     notes.setdefault(row.instance, []).append(
-                        f"stopped {row.process} first (dependency order)")
+                        f"stopped {row.process} in dependency order (dependants first)")
     return notes

@@ -408,7 +408,7 @@ class _Validator:
 
         probe, problems = validate(value)
         for problem in problems:
-            self.error(table, key.name, f"'{key.name}' {problem}")
+            self.error(table, key.name, f"'{key.name}': {problem}")
         return probe
 
     def _restart(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
