@@ -20,6 +20,7 @@ from typing import Callable
 
 from siteboot.bootstrap import locate
 from siteboot.errors import SitebootError, UsageError, exit_code_for
+from siteboot.hints import remember
 
 BOOTSTRAP = "bootstrap"
 REEXEC = "reexec"
@@ -93,18 +94,18 @@ def missing_message(venv: Path, reexeced: bool) -> str:
     if reexeced:
         return (f"re-executed into {locate.venv_python(venv)}, but it does not run in the tool "
                 f"venv (sys.prefix is {sys.prefix}) and siteboot's dependencies are missing; "
-                f"remove {venv} and run `{locate.INIT_COMMAND}`")
+                f"remove {venv} and run `{locate.init_command()}`")
     if (venv / locate.BUILDING_NAME).is_file() and not (venv / locate.STAMP_NAME).is_file():
         return (f"the tool venv at {venv} was left half-built by an interrupted "
-                f"`{locate.INIT_COMMAND}`; run it again")
+                f"`{locate.INIT_COMMAND}`; run `{locate.init_command()}` again")
     if (venv / "pyvenv.cfg").is_file() and not (venv / locate.STAMP_NAME).is_file():
         return (f"siteboot's dependencies are not installed for {sys.executable}, and {venv} is a "
                 f"virtualenv that `{locate.INIT_COMMAND}` did not make; use its python, or set "
-                f"{locate.ENV_VENV} to a new path and run `{locate.INIT_COMMAND}`")
+                f"{locate.ENV_VENV} to a new path and run `{locate.init_command()}`")
     if (venv / "pyvenv.cfg").is_file():
         return (f"the tool venv at {venv} is out of date or broken; run "
-                f"`{locate.INIT_COMMAND}` to update it")
-    return (f"siteboot's dependencies are not installed; run `{locate.INIT_COMMAND}` "
+                f"`{locate.init_command()}` to update it")
+    return (f"siteboot's dependencies are not installed; run `{locate.init_command()}` "
             f"to build its tool venv at {venv}")
 
 
@@ -145,6 +146,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # Consumed here, so that processes started from the tool venv do not inherit it.
     reexeced = os.environ.pop(locate.ENV_BOOTSTRAPPED, "") == "1"
+    remember(args)  # for the commands in messages (`python3 -m siteboot init --site ...`)
     try:
         stage0(args, reexeced)
     except BaseException as exc:  # the CLI's own handler: one message and an exit code

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -25,8 +26,9 @@ from siteboot.errors import (
     UsageError,
     did_you_mean,
 )
+from siteboot.hints import command
 from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
-from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.plan import InstancePlan, Plan, ProgramPlan, Selection
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
     NOT_ANSWERING,
@@ -173,6 +175,31 @@ class StatusResult:
         return data
 
 
+# An instance in one of these states was never started here (or cannot be seen to run).
+_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR}
+
+
+def in_use(report: StatusResult) -> bool:
+    """Does some instance of this env run (or at least answer)?"""
+    return any(row.state not in _UNUSED for row in report.instances)
+
+
+@dataclass
+class SiteStatus:
+    """``status --all-envs``: one report per env that is in use."""
+
+    site: str
+    reports: list[StatusResult]
+
+    @property
+    def exit_code(self) -> int:
+        return worst([r.exit_code for r in self.reports])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"site": self.site, "ok": self.exit_code == STATUS_OK,
+                "envs": [r.as_json() for r in self.reports]}
+
+
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     """One instance's report; whatever keeps it from being asked is its own error, never the
     whole report's (a monitor must get a document for the others)."""
@@ -192,7 +219,8 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         endpoint = connect(plan, inst)
     except KeyAccessError as exc:
         if owned and not inst.socket_path.exists():
-            result.state, result.error = NOT_RUNNING, f"no socket at {inst.socket_path}; run `siteboot up`"
+            result.state, result.error = NOT_RUNNING, (f"no socket at {inst.socket_path}; run "
+                                                       f"`{command('up', env=plan.env)}`")
         elif not owned and not inst.group:
             result.state, result.error = NOT_YOURS, f"owned by {inst.user}, no grant: run as {inst.user}"
         else:
@@ -212,9 +240,9 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         result.state, result.error = exc.reason, str(exc)
         if exc.reason == NOT_RUNNING and socket_lost:
             result.error = (f"no socket at {inst.socket_path} and nothing answers at {url}; "
-                            "run `siteboot revive`")
+                            f"run `{command('revive', env=plan.env)}`")
         elif exc.reason == NOT_RUNNING and owned:
-            result.error = f"nothing is listening at {url}; run `siteboot up`"
+            result.error = f"nothing is listening at {url}; run `{command('up', env=plan.env)}`"
         return result
     if socket_lost:  # it serves, but its runtime files are gone (a /tmp cleaner)
         if os.path.isdir(inst.runtime_dir):
@@ -222,8 +250,9 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
                             "restart")
         else:
             result.state = RUNTIME_LOST
-            result.error = (f"runtime dir {inst.runtime_dir} is gone while it runs; `siteboot "
-                            "revive` restores it without restarting programs")
+            result.error = (f"runtime dir {inst.runtime_dir} is gone while it runs; "
+                            f"`{command('revive', env=plan.env)}` restores it without restarting "
+                            "programs")
     if isinstance(state, Fault) or state.get("statename") != "RUNNING":
         # in its shutdown, supervisord answers every call with the SHUTDOWN_STATE fault
         going = not isinstance(state, Fault) or state.faultCode == FAULT_SHUTDOWN_STATE
@@ -272,6 +301,8 @@ def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
     return fault
 
 
+# No exit to show: running, or stopped on request (supervisord's -1 is its stop signal).
+_NO_EXIT_STATUS = {"RUNNING", "STARTING", "STOPPING", "STOPPED"}
 # A program in these states may be failing because something else holds its port.
 _FAILING = {"BACKOFF", "FATAL", "EXITED"}
 
@@ -310,7 +341,7 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
             name=info["name"], group=info["group"], state=info["statename"],
             pid=info["pid"] or None,
             uptime_s=int(info["now"] - info["start"]) if running and info["start"] else None,
-            exitstatus=None if running or info["statename"] == "STARTING" else info["exitstatus"],
+            exitstatus=None if info["statename"] in _NO_EXIT_STATUS else info["exitstatus"],
             spawnerr=info.get("spawnerr", "") or "",
             expected=(planned.autostart if planned else True) and info["name"] not in held,
             history=history(events.get(info["name"], []), info["now"], window, offset)
@@ -325,10 +356,21 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
     return rows
 
 
-def status(plan: Plan, instance: str | None = None) -> StatusResult:
+def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) -> StatusResult:
+    """The instances selected (all by default) and, with ``names``, only the processes named
+    (``resolve_targets``), with their instances."""
     insts = plan.select(instance)
+    wanted = resolve_targets(plan, names) if names else None
+    if wanted is not None:
+        insts = [inst for inst in insts if inst.name in wanted]
+        if not insts:
+            raise UsageError(f"{' '.join(names)}: not in instance "
+                             f"{', '.join(i.name for i in plan.select(instance))}")
     rows = concurrently(lambda inst: instance_status(plan, inst), insts)
-    if instance is None:
+    if wanted is not None:
+        for row in rows:
+            row.programs = [p for p in row.programs if p.name in wanted[row.name]]
+    elif not instance:
         rows += orphaned_rows(plan)
     return StatusResult(plan.site.name, plan.env, rows)
 
@@ -349,7 +391,8 @@ def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
             rows.append(InstanceStatus(
                 record.instance, record.user, ORPHANED, record.instance_plan().unix_url,
                 pid=record.pid, error=f"started from {record.site_path} with runtime dir "
-                f"{record.runtime_dir}, no longer in the site: run `siteboot down --orphans`"))
+                f"{record.runtime_dir}, no longer in the site: run "
+                f"`{command('down', '--orphans', env=plan.env)}`"))
     return rows
 
 
@@ -383,51 +426,80 @@ class ControlResult:
         return [o.as_json() for o in self.outcomes]
 
 
-def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
-    """``NAME``, ``instance:NAME``, ``instance:*`` or ``all`` → {instance: [process names]}."""
+def supervisor_group(inst: InstancePlan, program: ProgramPlan) -> str:
+    """The group supervisord keeps ``program``'s processes in: the ``GROUP`` of the
+    ``GROUP:PROCESS`` names that ``supervisorctl`` and ``status --json`` show."""
+    return inst.group_name
+
+
+def resolve_targets(plan: Plan, names: Sequence[str]) -> dict[str, list[str]]:
+    """Names as ``status`` prints them, and as supervisord does, → {instance: [process names]}.
+
+    ``all`` (what the invoker may control: its own and granted instances), an instance, a
+    program, a process (``worker_01``), ``instance:program``, ``instance:process``,
+    ``instance:*``, and supervisord's ``group:process`` and ``group:*``.
+    """
     targets: dict[str, list[str]] = {}
-
-    def add(inst: InstancePlan, programs: list[ProgramPlan]) -> None:
-        bucket = targets.setdefault(inst.name, [])
-        for program in programs:
-            for process in program.process_names():
-                if process not in bucket:
-                    bucket.append(process)
-
     for name in names:
-        if name == "all":  # what the invoker may control: its own and granted instances
-            for inst in plan.instances.values():
-                if plan.owns(inst) or inst.group:
-                    add(inst, inst.programs)
-            continue
-        if ":" in name:
-            inst_name, prog = name.split(":", 1)
-            inst = plan.instance(inst_name)
-            if prog == "*":
-                add(inst, inst.programs)
-                continue
-            chosen = [p for p in inst.programs if p.name == prog]
-            if not chosen:
-                owner = next((p for p in inst.programs if prog in p.process_names()), None)
-                if owner is not None:  # one process of a numprocs program
-                    bucket = targets.setdefault(inst.name, [])
-                    if prog not in bucket:
-                        bucket.append(prog)
-                    continue
-                raise UsageError(f"instance {inst.name} has no program '{prog}'",
-                                 f"programs: {', '.join(p.name for p in inst.programs) or 'none'}")
-            add(inst, chosen)
-            continue
-        found = [(inst, p) for inst in plan.instances.values() for p in inst.programs
-                 if p.name == name]
-        if not found:
-            known = [p.name for inst in plan.instances.values() for p in inst.programs]
-            raise UsageError(f"no program '{name}' in site {plan.site.name}"
-                             + did_you_mean(name, known),
-                             "name a program, instance:program, instance:* or all")
-        for inst, program in found:
-            add(inst, [program])
+        for inst, process in _named(plan, name):
+            bucket = targets.setdefault(inst.name, [])
+            if process not in bucket:
+                bucket.append(process)
     return targets
+
+
+def _named(plan: Plan, name: str) -> list[tuple[InstancePlan, str]]:
+    """The processes one name stands for, in site order."""
+    every = [(inst, program) for inst in plan.instances.values() for program in inst.programs]
+    if name == "all":
+        return [(inst, process) for inst, program in every if plan.owns(inst) or inst.group
+                for process in program.process_names()]
+    prefix, colon, rest = name.partition(":")
+    if colon:  # an instance's name first; else supervisord's group
+        scope = [(inst, program) for inst, program in every if inst.name == prefix] or \
+            [(inst, program) for inst, program in every if supervisor_group(inst, program) == prefix]
+        if not scope:
+            plan.instance(prefix)  # not an instance with programs, nor a group: its error
+        found = _processes_named(scope, rest)
+        if not found and rest != "*":
+            where = f"instance {prefix}" if prefix in plan.instances else f"group {prefix}"
+            raise UsageError(f"{where} has no program '{rest}'",
+                             f"programs: {', '.join(p.name for _, p in scope) or 'none'}")
+        return found
+    found = _processes_named(every, name) if name != "*" else []
+    if name in plan.instances:
+        if found:
+            inst = found[0][0].name
+            raise UsageError(f"'{name}' is both an instance and a program",
+                             f"say `{name}:*` for the instance, `{inst}:{name}` for the program")
+        return _processes_named([(i, p) for i, p in every if i.name == name], "*")
+    if not found:
+        raise UsageError(f"no program '{name}' in site {plan.site.name}"
+                         + did_you_mean(name, target_names(plan)),
+                         f"name a program or process as `{command('status', env=plan.env)}` "
+                         "shows it, an instance, instance:program, instance:* or all")
+    return found
+
+
+def _processes_named(scope: list[tuple[InstancePlan, ProgramPlan]],
+                     name: str) -> list[tuple[InstancePlan, str]]:
+    """The processes in ``scope`` that ``name`` (a program, a process, or ``*``) stands for."""
+    return [(inst, process) for inst, program in scope for process in program.process_names()
+            if name in ("*", program.name, process)]
+
+
+def target_names(plan: Plan) -> list[str]:
+    """The names ``resolve_targets`` takes, short ones first (shell completion, did-you-mean);
+    supervisord's group-qualified names are accepted but not offered."""
+    short = ["all", *plan.instances]
+    qualified = []
+    for inst in plan.instances.values():
+        qualified.append(f"{inst.name}:*")
+        for program in inst.programs:
+            processes = program.process_names()
+            short += [program.name] + (processes if len(processes) > 1 else [])
+            qualified += [f"{inst.name}:{process}" for process in processes]
+    return list(dict.fromkeys(short + qualified))
 
 
 def _fault_message(action: str, fault: Fault) -> tuple[bool, str]:
@@ -453,7 +525,7 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
             endpoint = connect(plan, inst, timeout=30.0)
             outcome = _apply(endpoint, inst, action, processes)
         except (RpcError, KeyAccessError) as exc:
-            return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
+            return [ProcessOutcome(inst.name, p, False, exc.one_line()) for p in processes]
         return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
 
     return ControlResult([row for rows in concurrently(run, insts) for row in rows])
@@ -735,7 +807,8 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
         raise _who_can_fix(plan, inst, exc) from None
     scope = None if plan.owns(inst) else CONTROL_GRANT
     with relay_session(endpoint, scope, inst.user, inst.identifier) as session:
-        code = run_foreground(supervisor_command("supervisorctl", session.client_conf, *args))
+        code = run_foreground(supervisor_command("supervisorctl", session.client_conf,
+                                                 *supervisorctl_args(plan, inst, args)))
     # what went wrong on siteboot's side, which supervisorctl showed only as a fault
     problems = list({str(p): _who_can_fix(plan, inst, p) for p in session.relay.problems}.values())
     if len(problems) == 1:
@@ -745,9 +818,42 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     return code
 
 
+# supervisorctl commands whose arguments name processes, and how many come before the names
+_NAMING_COMMANDS = {"start": 0, "stop": 0, "restart": 0, "status": 0, "pid": 0, "clear": 0,
+                    "fg": 0, "tail": 0, "signal": 1}
+
+
+def supervisorctl_args(plan: Plan, inst: InstancePlan, args: Sequence[str]) -> list[str]:
+    """``args`` as supervisorctl needs them: a name ``siteboot status`` shows (``worker_01``, a
+    program, ``instance:process``) becomes supervisord's ``GROUP:PROCESS``; anything else (an
+    option, ``all``, a name of another instance or of nothing) goes as given."""
+    if not args or args[0] not in _NAMING_COMMANDS:
+        return list(args)
+    skip = 1 + _NAMING_COMMANDS[args[0]]
+    qualified = list(args[:skip])
+    for arg in args[skip:]:
+        qualified += _qualified(plan, inst, arg)
+    return qualified
+
+
+def _qualified(plan: Plan, inst: InstancePlan, arg: str) -> list[str]:
+    if arg.startswith("-") or arg == "all":
+        return [arg]
+    try:
+        named = _named(plan, arg)
+    except UsageError:
+        return [arg]
+    if not named or any(other.name != inst.name for other, _ in named):
+        return [arg]
+    program_of = {process: program for program in inst.programs
+                  for process in program.process_names()}
+    return [f"{supervisor_group(inst, program_of[process])}:{process}" for _, process in named]
+
+
 def _who_can_fix(plan: Plan, inst: InstancePlan, problem: SitebootError) -> SitebootError:
     if isinstance(problem, RpcError) and problem.reason == NOT_RUNNING and not plan.owns(inst):
-        problem.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
+        problem.hint = (f"only {inst.user} can start it: "
+                        f"`{command('up', env=plan.env, instance=inst.name)}` as {inst.user}")
     return problem
 
 
@@ -800,8 +906,9 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
             if ok and step == "start":
                 result.notes.append(f"started {process} (was {was})")
             elif ok:
+                lift = command("start", f"{inst.name}:{process}", env=plan.env)
                 result.notes.append(f"stopped {process} again: an operator stopped it "
-                                    f"(`siteboot start {inst.name}:{process}` lifts that)")
+                                    f"(`{lift}` lifts that)")
             else:
                 result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
     return result

@@ -34,7 +34,8 @@ from siteboot.fsutil import (
     verify_shared_parent,
     verify_unswappable,
 )
-from siteboot.plan import InstancePlan, Plan, socket_path_problem
+from siteboot.hints import command
+from siteboot.plan import InstancePlan, Plan, Selection, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
     alive,
@@ -305,7 +306,7 @@ def probe(endpoint: Endpoint) -> str | None:
 # up
 
 
-def each_owned(plan: Plan, instance: str | None,
+def each_owned(plan: Plan, instance: Selection,
                action: Callable[[InstancePlan], InstanceOutcome],
                parallel: bool = False) -> list[InstanceOutcome]:
     """``action`` under the instance's lock for each instance the invoker owns; others skipped.
@@ -336,7 +337,7 @@ def each_owned(plan: Plan, instance: str | None,
     return concurrently(one, selected)
 
 
-def up(plan: Plan, root: Path | None, instance: str | None = None,
+def up(plan: Plan, root: Path | None, instance: Selection = None,
        timeout: float = START_TIMEOUT, replace_hung: bool = False) -> LifecycleResult:
     """Start every instance the invoker owns; the others are reported as skipped.
 
@@ -371,7 +372,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
             return InstanceOutcome(inst.name, "already running", f"still serving, but {problem}",
                                    running.pid)
         raise InstanceError(f"{inst.name}: {problem}", "free space on that file system (or fix "
-                            "its permissions), then run `siteboot up` again") from None
+                            f"its permissions), then run `{command('up', env=inst.env)}` "
+                            "again") from None
     notes = _publish(inst, endpoint.key)
     if running is not None:
         why = probe(endpoint)
@@ -399,9 +401,11 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         else:
             # Busy, stopped, or refusing this key: its programs may be fine; never kill on a guess.
             raise InstanceError(f"supervisord pid {running.pid} of {inst.name} is running but "
-                                f"{why}", "see `siteboot status`; to replace it: `siteboot down "
-                                f"-i {inst.name}` then `siteboot up -i {inst.name}`, or `siteboot "
-                                "revive`, which replaces one that does not answer")
+                                f"{why}", f"see `{command('status', env=inst.env)}`; to replace "
+                                f"it: `{command('down', env=inst.env, instance=inst.name)}` then "
+                                f"`{command('up', env=inst.env, instance=inst.name)}`, or "
+                                f"`{command('revive', env=inst.env)}`, which replaces one that "
+                                "does not answer")
     notes += stop_orphans(inst, find_orphans(inst))
     notes += clear_stale(inst, None)
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
@@ -421,7 +425,8 @@ def _wait_for_shutdown(inst: InstancePlan, running: Any) -> str:
     if lingering:
         raise InstanceError(f"supervisord pid {running.pid} of {inst.name} has been shutting down "
                             f"for over {_stop_wait(inst):g} s",
-                            f"`siteboot down -i {inst.name}` stops it for good")
+                            f"`{command('down', env=inst.env, instance=inst.name)}` stops it "
+                            "for good")
     return f"waited for supervisord pid {running.pid} to finish shutting down"
 
 
@@ -469,8 +474,9 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
     """
     changes: list[str] = []
     if previous and _server_part(previous) != _server_part(current):
-        changes.append(f"server settings changed: apply with `siteboot down -i {inst.name}` "
-                       f"then `siteboot up -i {inst.name}`")
+        changes.append("server settings changed: apply with "
+                       f"`{command('down', env=inst.env, instance=inst.name)}` then "
+                       f"`{command('up', env=inst.env, instance=inst.name)}`")
     slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
     added, changed, removed = slow.call("supervisor.reloadConfig")[0]
     for group in removed + changed:
@@ -522,14 +528,15 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
     raise InstanceError(
         f"supervisord for {inst.name} did not answer at {inst.unix_url} within {timeout:.0f} s; "
         f"last lines of {inst.logfile}:\n" + _indent(file_tail(inst.logfile) or "(empty)"),
-        "check the log, then `siteboot down` and `siteboot up`")
+        f"check the log, then `{command('down', env=inst.env, instance=inst.name)}` and "
+        f"`{command('up', env=inst.env, instance=inst.name)}`")
 
 
-def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list[str]:
+def foreground_argv(plan: Plan, root: Path | None, instance: Selection) -> list[str]:
     """Prepare ``instance`` and return the supervisord command to exec in the foreground."""
-    if not instance:
-        raise UsageError("--foreground needs --instance: one supervisord per process")
-    inst = plan.instance(instance)
+    if not instance or len(plan.select(instance)) != 1:
+        raise UsageError("--foreground needs one --instance: one supervisord per process")
+    inst = plan.select(instance)[0]
     if not plan.owns(inst):
         raise UsageError(f"instance {inst.name} is owned by {inst.user}: run as {inst.user}")
     with instance_lock(plan, inst):
@@ -537,7 +544,8 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
         running = find_supervisord(inst)
         if running is not None:
             raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
-                                "stop it with `siteboot down` first")
+                                f"stop it with `{command('down', env=inst.env, instance=inst.name)}` "
+                                "first")
         clear_stale(inst, None)
     return supervisor_command("supervisord", conf, "-n")
 
@@ -546,7 +554,7 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
 # down
 
 
-def down(plan: Plan, instance: str | None = None, purge: bool = False,
+def down(plan: Plan, instance: Selection = None, purge: bool = False,
          timeout: float | None = None) -> LifecycleResult:
     """Stop every instance the invoker owns; the others are reported as skipped."""
     return LifecycleResult(each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout),
@@ -571,8 +579,9 @@ def _refuse_foreign_siteboot(plan: Plan, inst: InstancePlan, what: str) -> None:
         f"instance {inst.name} was started by the siteboot in {record.checkout} (python "
         f"{record.python}); this is {here} (python {python}): refusing to {what} it from here",
         f"use that siteboot, or move the instance deliberately: `{record.python} -I -m siteboot "
-        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then `siteboot up -i "
-        f"{inst.name}` from here (if that siteboot is gone: remove {record.path})")
+        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then "
+        f"`{command('up', env=plan.env, instance=inst.name)}` from here (if that siteboot is "
+        f"gone: remove {record.path})")
 
 
 def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
@@ -584,7 +593,8 @@ def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
         f"supervisord pid {running.pid} of {inst.name} is running, but its key {inst.key_path} "
         "is missing: siteboot makes no new key for a running instance",
         "check $HOME (cron and `sudo -u` without -H keep another one) and the state_dir of the "
-        f"site file; to start it afresh with a new key: `siteboot down -i {inst.name}` (signals)")
+        "site file; to start it afresh with a new key: "
+        f"`{command('down', env=inst.env, instance=inst.name)}` (signals)")
 
 
 def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> InstanceOutcome:
@@ -681,7 +691,7 @@ def _indent(text: str) -> str:
 # rotate-key
 
 
-def rotate_keys(plan: Plan, root: Path | None, instance: str | None = None,
+def rotate_keys(plan: Plan, root: Path | None, instance: Selection = None,
                 timeout: float = START_TIMEOUT) -> LifecycleResult:
     """A new key for every instance the invoker owns; a running supervisord is restarted with
     it (its programs restart too) and a granted key is published again."""

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from siteboot.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from siteboot.control import ControlResult, Convergence, StatusResult
+    from siteboot.control import ControlResult, Convergence, SiteStatus, StatusResult
     from siteboot.cron import CronResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
-    from siteboot.plan import Plan
+    from siteboot.plan import Plan, Selection
     from siteboot.ports import CheckResult
     from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
@@ -102,7 +102,7 @@ def check(paths: Sequence[Path], strict: bool = False) -> CheckResult:
 
 
 def render(plan: Plan, root: Path | None, out: Path | None = None,
-           instance: str | None = None) -> RenderResult:
+           instance: Selection = None) -> RenderResult:
     """Render the env's configs: into ``out`` as previews, or in place for the invoker's own."""
     from siteboot.fsutil import atomic_write
     from siteboot.instances import instance_lock, provision
@@ -117,7 +117,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for inst, text in previews:
-            path = out / inst.conf_path.name
+            path = inst.preview_path(out)
             atomic_write(path, text, mode=0o600)
             rendered.append(RenderedConfig(inst.name, path, preview=True))
         return RenderResult(rendered, skipped)
@@ -131,7 +131,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     return RenderResult(rendered, skipped)
 
 
-def up(plan: Plan, root: Path | None, instance: str | None = None,
+def up(plan: Plan, root: Path | None, instance: Selection = None,
        timeout: float = 30.0) -> LifecycleResult:
     """Start the supervisord of every instance the invoker owns (the others: skipped), then
     every program that should run and does not, except those an operator stopped."""
@@ -202,7 +202,7 @@ def _start_in_order(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
         _merge(outcome, done[outcome.instance])
 
 
-def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
+def run_foreground(plan: Plan, root: Path | None, instance: Selection) -> None:
     """Replace this process by ``instance``'s supervisord in the foreground (never returns)."""
     from siteboot import instances
     from siteboot.proc import exec_replace
@@ -210,7 +210,7 @@ def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
     exec_replace(instances.foreground_argv(plan, root, instance))
 
 
-def down(plan: Plan, instance: str | None = None, purge: bool = False,
+def down(plan: Plan, instance: Selection = None, purge: bool = False,
          orphans: bool = False) -> LifecycleResult:
     """Stop every instance the invoker owns; ``purge`` also deletes its runtime dir and logs;
     ``orphans``: also what this account started for the site and env that the site no longer
@@ -228,7 +228,7 @@ def down(plan: Plan, instance: str | None = None, purge: bool = False,
     return result
 
 
-def rotate_key(plan: Plan, root: Path | None, instance: str | None = None,
+def rotate_key(plan: Plan, root: Path | None, instance: Selection = None,
                timeout: float = 30.0) -> LifecycleResult:
     """A new key per instance you own: running ones restart on it, grants are republished."""
     from siteboot import instances
@@ -250,18 +250,34 @@ def down_recorded(site_path: Path, env: str) -> LifecycleResult:
     return instances.LifecycleResult([instances.stop_recorded(r) for r in records])
 
 
-def status(plan: Plan, instance: str | None = None) -> StatusResult:
-    """Every instance and program of the env, queried concurrently."""
+def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) -> StatusResult:
+    """Every instance and program of the env (or the ``names``d ones), queried concurrently."""
     from siteboot.control import status as query
 
-    result = query(plan, instance)
+    result = query(plan, instance, names)
     runner = plan.runner
     # a supervised runner is a program in its instance's rows; a detached one is shown apart
-    if runner is not None and runner.mode == "detached" and instance in (None, runner.instance):
+    if runner is not None and runner.mode == "detached" and not names \
+            and runner.instance in [inst.name for inst in plan.select(instance)]:
         from siteboot import runner as runners  # reads /proc: no psutil on the status path
 
         result.runner = runners.status(plan)
     return result
+
+
+def status_all_envs(plans: Sequence[Plan], env: str, instance: Selection = None,
+                    names: Sequence[str] = ()) -> SiteStatus:
+    """``status`` of every env in ``plans`` that has an instance running or recorded as started
+    by the invoker (none: ``env``'s, which says what is not running)."""
+    from siteboot.concurrency import concurrently
+    from siteboot.control import SiteStatus, in_use
+    from siteboot.records import starts_of
+
+    reports = concurrently(lambda plan: status(plan, instance, names), plans)
+    recorded = {r.env for plan in plans[:1] for r in starts_of(plan.invoker, plan.site.name)}
+    used = [r for r in reports if r.env in recorded or in_use(r)]
+    return SiteStatus(plans[0].site.name if plans else "",
+                      used or [r for r in reports if r.env == env])
 
 
 def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
@@ -279,6 +295,13 @@ def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
         if done and plan.owns(inst):
             mark_stopped(inst, done, stopped=action == "stop")
     return result
+
+
+def target_names(plan: Plan) -> list[str]:
+    """The names ``start``, ``stop``, ``restart``, ``tail`` and ``status`` take (completion)."""
+    from siteboot.control import target_names as names
+
+    return names(plan)
 
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,

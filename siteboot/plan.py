@@ -11,10 +11,10 @@ import os
 import pwd
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from siteboot.errors import UsageError
 from siteboot.site import RUNNER_PROGRAM, Program, RunnerSpec, Site, default_program_options
@@ -22,6 +22,8 @@ from siteboot.site import RUNNER_PROGRAM, Program, RunnerSpec, Site, default_pro
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 RPC_USERNAME = "siteboot"
+# Which instances a command is about: one name, several (``-i`` repeated), or None for all.
+Selection = Union[str, Sequence[str], None]
 
 
 def current_user() -> str:
@@ -152,10 +154,16 @@ class InstancePlan:
     identifier: str
     group_name: str
     programs: list[ProgramPlan]
+    env: str
 
     @property
     def conf_path(self) -> Path:
         return self.runtime_dir / f"supervisord-{self.name}.conf"
+
+    def preview_path(self, folder: Path) -> Path:
+        """Where ``render --out folder`` writes this instance's config: named by site, instance
+        and env, so that previews of several envs (or sites) can share a folder."""
+        return folder / f"supervisord-{self.identifier}.conf"
 
     @property
     def started_conf_path(self) -> Path:
@@ -277,8 +285,12 @@ class Plan:
                              f"instances: {', '.join(self.instances)}")
         return self.instances[name]
 
-    def select(self, name: str | None) -> list[InstancePlan]:
-        return [self.instance(name)] if name else list(self.instances.values())
+    def select(self, names: Selection) -> list[InstancePlan]:
+        """The named instances (one name or several; none: all), each once, in site order."""
+        if not names:
+            return list(self.instances.values())
+        wanted = {self.instance(name).name for name in ([names] if isinstance(names, str) else names)}
+        return [inst for inst in self.instances.values() if inst.name in wanted]
 
     def user_uids(self) -> set[int]:
         """The uids of the site's users that exist on this host."""
@@ -337,7 +349,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[],
+            group_name=f"{site.name}-{env}", programs=[], env=env,
         )
     plan = Plan(site, env, invoker,
                 expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances)

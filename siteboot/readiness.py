@@ -29,7 +29,7 @@ from siteboot.control import (
 )
 from siteboot.errors import KeyAccessError, SitebootError
 from siteboot.ordering import depths, waves
-from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.plan import InstancePlan, Plan, ProgramPlan, Selection
 from siteboot.rpc import Fault, RpcError, connect
 
 POLL = 0.25
@@ -89,8 +89,10 @@ def process_infos(plan: Plan) -> Infos:
     def read(inst: InstancePlan) -> list[dict[str, Any]] | str:
         try:
             return list(connect(plan, inst, timeout=10.0).call("supervisor.getAllProcessInfo"))
-        except (SitebootError, Fault, OSError) as exc:
-            return str(exc).splitlines()[0]
+        except SitebootError as exc:
+            return exc.message.splitlines()[0]
+        except (Fault, OSError) as exc:
+            return str(exc)
     return read
 
 
@@ -245,7 +247,7 @@ def _start_over_rpc(plan: Plan) -> Callable[[InstancePlan, list[str]], dict[str,
         try:
             return _apply(connect(plan, inst, timeout=30.0), inst, "start", processes)
         except (RpcError, KeyAccessError) as exc:
-            return {p: (False, str(exc).splitlines()[0]) for p in processes}
+            return {p: (False, exc.one_line()) for p in processes}
     return start
 
 
@@ -307,7 +309,7 @@ def _act(plan: Plan, step: str, inst_name: str, processes: list[str]) -> list[Pr
     try:
         outcome = _apply(connect(plan, inst, timeout=30.0), inst, step, processes)
     except (RpcError, KeyAccessError) as exc:
-        return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
+        return [ProcessOutcome(inst.name, p, False, exc.one_line()) for p in processes]
     return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
 
 
@@ -315,7 +317,7 @@ def _act(plan: Plan, step: str, inst_name: str, processes: list[str]) -> list[Pr
 # down: dependants first
 
 
-def stop_dependants_first(plan: Plan, instance: str | None = None) -> dict[str, list[str]]:
+def stop_dependants_first(plan: Plan, instance: Selection = None) -> dict[str, list[str]]:
     """Before ``down`` shuts the invoker's instances down: stop, in reverse waves, the running
     programs that others depend on and those others (supervisord's own shutdown knows only
     ``priority``, and only within one instance). Best effort: ``down`` stops everything anyway.

@@ -159,9 +159,14 @@ def resolve_site_path(site: str, root: Path | None) -> Path:
         path = folder / f"{site}.toml"
         if path.is_file():
             return path
-    known = sorted({p.stem for folder in site_dirs(root) for p in folder.glob("*.toml")})
     raise UsageError(f"no site named '{site}' (looked in {', '.join(map(str, site_dirs(root)))})",
-                     f"known sites: {', '.join(known) or 'none'}; or pass a path to a .toml file")
+                     f"known sites: {', '.join(site_names(root)) or 'none'}; or pass a path to a "
+                     ".toml file")
+
+
+def site_names(root: Path | None) -> list[str]:
+    """The names ``--site`` takes: every ``sites/<name>.toml`` of the root and the shipped ones."""
+    return sorted({p.stem for folder in site_dirs(root) for p in folder.glob("*.toml")})
 
 
 def all_site_paths(root: Path | None) -> list[Path]:

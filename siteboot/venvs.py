@@ -38,6 +38,7 @@ from typing import Any, Callable
 from siteboot import __version__
 from siteboot.errors import BootstrapError, OwnershipError
 from siteboot.fsutil import atomic_write, ensure_private_dir, flock, owner_name
+from siteboot.hints import command
 from siteboot.plan import Plan
 from siteboot.proc import RunResult, clean_env, last_lines, run_command
 from siteboot.site import VenvSpec
@@ -257,7 +258,7 @@ def _refuse_real(spec: VenvSpec, path: Path) -> None:
         f"venv '{spec.name}': {path} is a real {kind}, not the symlink siteboot manages there; "
         "refusing to replace it (it may hold data)",
         f"move it away (mv {path} {path}.old) or choose another [site] venv_dir, "
-        "then run `siteboot init` again")
+        f"then run `{command('init')}` again")
 
 
 def _ensure_venv_dir(venv_dir: Path) -> None:
@@ -335,10 +336,11 @@ def _failure(spec: VenvSpec, path: Path, what: str, result: RunResult, wheelhous
     where = f"[venvs.{spec.name}] in {site_path}" if site_path else f"[venvs.{spec.name}]"
     if wheelhouse is not None:
         hint = (f"pip may only use the wheels in {wheelhouse}: add the missing ones there, or fix "
-                f"the requirements of {where}; then run `siteboot init` again")
+                f"the requirements of {where}; then run "
+                f"`{command('init', '--wheelhouse', str(wheelhouse))}` again")
     else:
         hint = (f"fix the requirements of {where} (a misspelt name, a version that does not exist, "
-                "no network or index?), then run `siteboot init` again")
+                f"no network or index?), then run `{command('init')}` again")
     return BootstrapError("\n".join(lines), hint)
 
 
@@ -383,7 +385,7 @@ def _remove(path: Path, strict: bool) -> None:
     except OSError as exc:
         if strict:
             raise BootstrapError(f"cannot remove the unfinished build {path}: {exc}",
-                                 "remove it by hand, then run `siteboot init` again") from None
+                                 f"remove it by hand, then run `{command('init')}` again") from None
 
 
 def _unlink(path: Path) -> None:

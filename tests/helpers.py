@@ -86,6 +86,20 @@ def invoke_cli(*args: object) -> Any:
     return result
 
 
+def run_unread(*args: object, env: dict[str, str] | None = None,
+               stderr_too: bool = False) -> subprocess.CompletedProcess[str]:
+    """The CLI (``SITEBOOT``) writing into a real pipe whose reader is gone (``| head`` once
+    head has exited); with ``stderr_too``, stderr as well (``2>&1 | head``)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([*SITEBOOT, *map(str, args)], stdout=write,
+                              stderr=write if stderr_too else subprocess.PIPE, text=True, env=env,
+                              timeout=120, check=False)
+    finally:
+        os.close(write)
+
+
 def plan_from(text: str, folder: Path, env: str = "dev") -> Any:
     """Write ``text`` (dedented) as ``folder/t.toml`` and resolve it for ``env``."""
     from siteboot.plan import make_plan

@@ -39,6 +39,7 @@ from siteboot.bootstrap.locate import (
     PTH_NAME,
     STAMP_NAME,
     debug_enabled,
+    init_command,
     log,
     venv_python,
 )
@@ -66,9 +67,11 @@ from siteboot.bootstrap.stamp import (
 from siteboot.errors import BootstrapError
 from siteboot.proc import RunResult, last_lines
 
-OFFLINE_HINT = ("on a node without network access pass --wheelhouse DIR (a folder of wheels, made "
-                "elsewhere with `pip download -d DIR <requirements>`), or set PIP_FIND_LINKS / "
-                "PIP_INDEX_URL; then rerun `python3 -m siteboot init`")
+
+def offline_hint() -> str:
+    return ("on a node without network access pass --wheelhouse DIR (a folder of wheels, made "
+            "elsewhere with `pip download -d DIR <requirements>`), or set PIP_FIND_LINKS / "
+            f"PIP_INDEX_URL; then rerun `{init_command()}`")
 PIP_TAIL_LINES = 12
 
 # The shell launcher: finds the venv from its own location, so the venv may move. `-I`: no
@@ -445,7 +448,7 @@ class Bootstrapper:
                 f"pip could not install siteboot's dependencies (setup.cfg install_requires)"
                 f"{where} into {python.parent.parent} (exit code {result.returncode}):\n"
                 f"{tail(result.output)}",
-                OFFLINE_HINT if self.wheelhouse is None else
+                offline_hint() if self.wheelhouse is None else
                 f"put a wheel for every requirement (and their dependencies) into {self.wheelhouse}: "
                 f"`pip download -d {self.wheelhouse} <requirements>` on a machine with network "
                 "access, for this Python version and platform")

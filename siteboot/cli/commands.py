@@ -7,18 +7,26 @@ operations that need them, so ``siteboot --help`` and ``siteboot status`` start 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
 from siteboot import __version__, ops
-from siteboot.cli.context import Ctx, debug_enabled
+from siteboot.cli.context import Ctx, debug_enabled, remember_invocation
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import echo, error, print_json, print_status, styled, table
-from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_code_for
-from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
+from siteboot.errors import (
+    EXIT_BROKEN_PIPE,
+    STATUS_UNKNOWN,
+    SitebootError,
+    SiteFileError,
+    exit_code_for,
+    silence_output,
+)
+from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE, site_names
 
 if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
@@ -26,16 +34,67 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+NAMES_EPILOG = ("NAME is any name `siteboot status` shows: a program, a process (worker_01), an "
+                "instance, instance:program, instance:process, instance:* or all; supervisord's "
+                "group:process works too.")
+
+
+# ------------------------------------------------------------------------------------------
+# Shell completion: names from the site the command line names so far; never an error
+
+
+def _completion(names: Callable[[Ctx], Iterable[str]]) -> Callable[..., list[str]]:
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+        given = ctx.params
+        try:
+            found = list(names(Ctx(given.get("site") or DEFAULT_SITE,
+                                   given.get("env") or DEFAULT_ENV, given.get("root"))))
+        except (SitebootError, OSError):  # no site (yet): nothing to offer
+            return []
+        return [name for name in found if name.startswith(incomplete)]
+
+    return complete
+
+
+_complete_site_names = _completion(lambda ctx: site_names(ctx.root))
+
+
+def complete_sites(ctx: click.Context, param: click.Parameter,
+                   incomplete: str) -> list[CompletionItem] | list[str]:
+    """Site names; a path (``./``, ``~/``, ``/``...) is left to the shell's file completion."""
+    if "/" in incomplete or incomplete.startswith((".", "~")):
+        return [CompletionItem(incomplete, type="file")]
+    return _complete_site_names(ctx, param, incomplete)
+
+
+complete_envs = _completion(lambda ctx: ctx.site().envs)
+complete_instances = _completion(lambda ctx: ctx.plan().instances)
+complete_targets = _completion(lambda ctx: ops.target_names(ctx.plan()))
+
 
 def site_options(func: F) -> F:
     """--site/--env/--root on a command (also read from SITEBOOT_SITE/SITEBOOT_ENV/SITEBOOT_ROOT)."""
     func = click.option("--root", envvar="SITEBOOT_ROOT", metavar="DIR",
+                        type=click.Path(file_okay=False),
                         help="Folder holding sites/ and templates/ [default: nearest above cwd].")(func)
     func = click.option("--env", "-e", envvar="SITEBOOT_ENV", default=DEFAULT_ENV,
-                        show_default=True, help="Environment (one of the site's envs).")(func)
+                        show_default=True, shell_complete=complete_envs,
+                        help="Environment (one of the site's envs).")(func)
     func = click.option("--site", "-s", envvar="SITEBOOT_SITE", default=DEFAULT_SITE,
-                        show_default=True, help="Site name under sites/, or a path to a .toml.")(func)
+                        show_default=True, shell_complete=complete_sites,
+                        help="Site name under sites/, or a path to a .toml.")(func)
     return func
+
+
+def instances_option(func: F) -> F:
+    """-i/--instance, repeatable: only these instances."""
+    return click.option("--instance", "-i", metavar="NAME", multiple=True,
+                        shell_complete=complete_instances,
+                        help="Only this instance (repeat for several).")(func)
+
+
+def names_argument(required: bool) -> Callable[[F], F]:
+    return click.argument("names", nargs=-1, required=required, shell_complete=complete_targets)
 
 
 def json_option(func: F) -> F:
@@ -44,12 +103,23 @@ def json_option(func: F) -> F:
 
 class SitebootGroup(click.Group):
     """Expected failures become one message and an exit code, never a traceback (bugs are
-    reported by ``siteboot.cli.main``, through the same ``exit_code_for``)."""
+    reported by ``siteboot.cli.main``, through the same ``exit_code_for``). A reader that went
+    away (``| head``) is exit 141 and quiet, not click's exit 1."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # --help, --version and a bare `siteboot` print here
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            silence_output()
+            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        remember_invocation([*ctx.protected_args, *ctx.args])
         try:
             return super().invoke(ctx)
-        except (SitebootError, KeyboardInterrupt) as exc:  # Ctrl-C: before click says "Aborted!"
+        # Ctrl-C here, before click says "Aborted!"; a closed pipe before click makes it exit 1
+        except (SitebootError, KeyboardInterrupt, BrokenPipeError) as exc:
             ctx.exit(exit_code_for(exc, debug=debug_enabled() or bool(ctx.params.get("debug")),
                                    error=error))
 
@@ -106,11 +176,12 @@ def check(site: str, env: str, root: str | None, all_sites: bool, strict: bool,
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Write previews here (placeholder key hash) instead of the runtime dirs.")
+              help="Write previews here (placeholder key hash), named "
+              "supervisord-<site>-<instance>-<env>.conf, instead of the runtime dirs.")
 @json_option
-def render(site: str, env: str, root: str | None, instance: str | None, out: Path | None,
+def render(site: str, env: str, root: str | None, instance: tuple[str, ...], out: Path | None,
            as_json: bool) -> None:
     """Render one supervisord config per instance from templates/."""
     ctx = Ctx(site, env, root)
@@ -149,14 +220,14 @@ def _report(result: LifecycleResult, as_json: bool) -> None:
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--foreground", is_flag=True,
               help="Run supervisord in the foreground (batch jobs, systemd, containers); "
               "needs --instance.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer.")
 @json_option
-def up(site: str, env: str, root: str | None, instance: str | None, foreground: bool,
+def up(site: str, env: str, root: str | None, instance: tuple[str, ...], foreground: bool,
        timeout: float, as_json: bool) -> None:
     """Start the supervisord of every instance you own (others: run as their owner)."""
     ctx = Ctx(site, env, root)
@@ -167,12 +238,12 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--purge", is_flag=True, help="Also delete the runtime dir with its logs.")
 @click.option("--orphans", is_flag=True, help="Also stop what you started for this site and env "
               "that the site no longer describes (see `status`).")
 @json_option
-def down(site: str, env: str, root: str | None, instance: str | None, purge: bool, orphans: bool,
+def down(site: str, env: str, root: str | None, instance: tuple[str, ...], purge: bool, orphans: bool,
          as_json: bool) -> None:
     """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays.
 
@@ -193,17 +264,22 @@ def down(site: str, env: str, root: str | None, instance: str | None, purge: boo
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@names_argument(required=False)
+@instances_option
+@click.option("--all-envs", is_flag=True,
+              help="Every env of the site that has an instance running or recorded as started.")
 @json_option
-def status(site: str, env: str, root: str | None, instance: str | None, as_json: bool) -> None:
-    """Every instance and program of the env.
+def status(site: str, env: str, root: str | None, names: tuple[str, ...],
+           instance: tuple[str, ...], all_envs: bool, as_json: bool) -> None:
+    """Every instance and program of the env; with NAMEs, only those programs.
 
     \b
     Exit codes (monitoring plugins): 0 all that should run are RUNNING; 1 some are
     STARTING/BACKOFF or crash-looping, a runtime dir was wiped, an instance is orphaned;
-    2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown.
+    2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown. A reader that goes
+    away (`| head`) does not change it.
     """
-    sys.exit(show_status(Ctx(site, env, root), instance, as_json))
+    sys.exit(show_status(Ctx(site, env, root), instance, as_json, names, all_envs))
 
 
 def _control(action: str, site: str, env: str, root: str | None, names: Sequence[str],
@@ -221,14 +297,14 @@ def _control_command(action: str, summary: str) -> click.Command:
     """``start``, ``stop`` and ``restart`` differ only in their action."""
 
     @site_options
-    @click.argument("names", nargs=-1, required=True)
+    @names_argument(required=True)
     @json_option
     def command(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
         _control(action, site, env, root, names, as_json)
 
     command.__doc__ = summary
-    return click.command(name=action, epilog="NAME is a program, instance:program, "
-                         "instance:process_NN, instance:* or all.")(command)
+    return click.command(name=action, epilog=NAMES_EPILOG)(command)
+
 
 
 for _action, _summary in (("start", "Start programs and wait until they count as started."),
@@ -237,16 +313,16 @@ for _action, _summary in (("start", "Start programs and wait until they count as
     cli.add_command(_control_command(_action, _summary))
 
 
-@cli.command(name="tail")
+@cli.command(name="tail", epilog=NAMES_EPILOG)
 @site_options
-@click.argument("name")
+@click.argument("name", shell_complete=complete_targets)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
 @click.option("--stderr", is_flag=True, help="The stderr log instead of stdout.")
 @click.option("--bytes", "nbytes", type=int, default=4096, show_default=True,
               help="How much of the end to print first.")
 def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, stderr: bool,
              nbytes: int) -> None:
-    """Print the end of a program's log (NAME or instance:NAME)."""
+    """Print the end of a program's log (NAME names one process)."""
     def write(text: str) -> None:
         if text:
             echo(text, nl=False)
@@ -256,13 +332,19 @@ def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, std
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @site_options
-@click.option("--instance", "-i", metavar="NAME", required=True, help="The instance.")
+@click.option("--instance", "-i", metavar="NAME", required=True, help="The instance.",
+              shell_complete=complete_instances)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str]) -> None:
     """Run the real supervisorctl against one instance: siteboot ctl -i NAME -- ARGS...
 
     supervisorctl talks to siteboot's relay with a one-time credential and never holds the
     key; a member of a granted group gets state, start/stop/restart/signal and logs.
+
+    \b
+    supervisorctl names processes GROUP:PROCESS (`siteboot status --json` shows the group);
+    in ARGS, the names `siteboot status` shows (worker_01, a program) are qualified for it.
+    Interactively, type GROUP:PROCESS.
     """
     sys.exit(ops.ctl(Ctx(site, env, root).plan(), instance, args))
 
@@ -297,11 +379,11 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
 
 @cli.command(name="rotate-key")
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer again.")
 @json_option
-def rotate_key(site: str, env: str, root: str | None, instance: str | None, timeout: float,
+def rotate_key(site: str, env: str, root: str | None, instance: tuple[str, ...], timeout: float,
                as_json: bool) -> None:
     """Give your instances new keys: a running supervisord restarts on its new key (its
     programs restart too), and a group grant is published again. Use it when a key may have

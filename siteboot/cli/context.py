@@ -14,6 +14,13 @@ if TYPE_CHECKING:
 _UNSET = object()
 
 
+def remember_invocation(args: Sequence[str]) -> None:
+    """What the command line gave (site, env, root, instances), for the commands in hints."""
+    from siteboot.hints import remember
+
+    remember(args)
+
+
 def debug_enabled(args: Sequence[str] = ()) -> bool:
     return "--debug" in args or os.environ.get("SITEBOOT_DEBUG", "") not in ("", "0")
 

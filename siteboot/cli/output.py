@@ -91,6 +91,7 @@ def _backoff(p: Any) -> str:
 
 def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
+    echo(styled(f"site {report.site}, env {report.env}", bold=True))
     for inst in report.instances:
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""

@@ -21,6 +21,10 @@ CASES = [
     ["--site=/tmp/a b.toml", "--env=dev", "--root=/srv/sites", "-i", "beta", "--json"],
     ["--json", "--json"],
     ["-i", "a", "-i", "b"],
+    ["extra"],
+    ["web", "-i", "alpha", "worker_01"],
+    ["--all-envs", "beta:*", "--json"],
+    ["--all-envs", "--all-envs"],
 ]
 
 
@@ -39,14 +43,15 @@ def test_fast_parser_reads_what_click_reads(args, environ, monkeypatch):
 
 @pytest.mark.parametrize("args", [
     ["status", "--help"], ["status", "-h"], ["status", "--bogus"], ["status", "-i"],
-    ["status", "extra"], ["status", "-ij"], ["status", "--instance", "--json"], ["ports"], [],
+    ["status", "--", "web"], ["status", "-ij"], ["status", "--instance", "--json"], ["ports"], [],
 ])
 def test_anything_else_is_left_to_click(args):
     assert parse_status_args(args) is None
 
 
-def test_status_does_not_import_click_or_jinja2(tmp_path):
-    code = ("import sys\nsys.argv = ['siteboot', 'status', '--site', 'nope']\n"
+@pytest.mark.parametrize("args", [[], ["web", "-i", "a", "-i", "b", "--all-envs", "--json"]])
+def test_status_does_not_import_click_or_jinja2(tmp_path, args):
+    code = (f"import sys\nsys.argv = ['siteboot', 'status', '--site', 'nope', *{args!r}]\n"
             "from siteboot.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
             "heavy = [m for m in ('click', 'jinja2', 'virtualenv', 'psutil', 'supervisor') "

@@ -70,7 +70,8 @@ def test_a_dependant_starts_once_its_dependency_accepts_and_stops_before_it(site
     beta_log = (site.runtime("beta") / "supervisord.log").read_text()
     app_stop = re.search(r"^(\S+ \S+) INFO stopped: app", alpha_log, re.M)
     db_stop = re.search(r"^(\S+ \S+) INFO stopped: db", beta_log, re.M)
-    assert app_stop and db_stop
+    assert app_stop
+    assert db_stop
     assert app_stop.group(1) <= db_stop.group(1)
 
 
