@@ -6,9 +6,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
-
-import pytest
 
 from tests.helpers import invoke_cli
 
@@ -37,15 +34,8 @@ depends_on = ["rest"]
 """
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("SITEBOOT_SITE", "SITEBOOT_ENV", "SITEBOOT_ROOT", "SITEBOOT_DEBUG"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_COLOR", "1")
+def test_check_names_the_cycle_with_file_and_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-
-
-def test_check_names_the_cycle_with_file_and_line(tmp_path):
     path = tmp_path / "t.toml"
     path.write_text(CYCLE)
     result = invoke_cli("check", "--site", path)
@@ -57,7 +47,9 @@ def test_check_names_the_cycle_with_file_and_line(tmp_path):
     assert any("dependency cycle" in e for e in report["errors"])
 
 
-def test_status_reads_health_without_probing_or_heavy_imports(tmp_path):
+def test_status_reads_health_without_probing_or_heavy_imports(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SITEBOOT_SITE", raising=False)
     site = tmp_path / "t.toml"
     site.write_text(textwrap.dedent(f"""
         [site]
