@@ -327,8 +327,12 @@ def stop_dependants_first(plan: Plan, instance: Selection = None) -> dict[str, l
     graph = edges(plan)
     involved = {name for name, deps in graph.items() if deps} | \
         {d for deps in graph.values() for d in deps}
+    from siteboot.records import started_elsewhere
+
     owner = owners(plan)
-    selected = {inst.name for inst in plan.select(instance) if plan.owns(inst)}
+    # another checkout's instance: `down` refuses it, so nothing of it is stopped here either
+    selected = {inst.name for inst in plan.select(instance)
+                if plan.owns(inst) and started_elsewhere(plan, inst) is None}
     names = sorted(n for n in involved if owner[n][0].name in selected)
     grouped = waves(names, ranks(plan))
     if len(grouped) < 2:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,9 +126,13 @@ def test_a_failing_http_probe_shows_unhealthy_and_status_exits_1(site_factory):
         ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
         """)
     site.run("up", timeout=120)
-    data = site.wait_status(1, timeout=60)
-    web = next(p for p in data["instances"][0]["programs"] if p["name"] == "web")
-    assert (web["state"], web["health"]) == ("RUNNING", "not ready")
+
+    def unhealthy() -> dict[str, Any] | None:
+        code, data = site.status()
+        web = next(p for p in data["instances"][0]["programs"] if p["name"] == "web")
+        return web if (code, web["state"], web["health"]) == (1, "RUNNING", "not ready") else None
+
+    web = wait_until(unhealthy, timeout=60)
     assert web["health_detail"] == "HTTP 500 (want 200)"
     table = site.run("status")
     assert table.returncode == 1
@@ -170,7 +175,7 @@ def test_the_healer_starts_a_dependant_when_nobody_runs_siteboot(site_factory):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         started = site.runtime("alpha") / "app.started"
-        wait_until(started.exists, timeout=60)
+        wait_until(lambda: started.exists() and started.read_text(), timeout=60)
         assert stamp(started) >= stamp(site.runtime("alpha") / "db.listening")
     finally:
         site.run("down", timeout=120)
