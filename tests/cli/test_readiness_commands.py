@@ -103,3 +103,27 @@ def test_status_reads_health_without_probing_or_heavy_imports(tmp_path, monkeypa
                             check=False, cwd=tmp_path)
     lines = result.stdout.splitlines()
     assert lines[-3:] == ["exit 2", "web not ready 2 1", "[]"], result.stdout + result.stderr
+
+
+def test_the_table_has_health_and_backoff_columns_where_a_healer_watches(capsys, monkeypatch):
+    from siteboot.cli.output import print_status
+    from siteboot.control import RUNNING, InstanceStatus, ProgramStatus, StatusResult
+    from siteboot.health import Health
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    rows = [ProgramStatus("web", "t-dev", "RUNNING", 12, 30, None, "", True,
+                          health=Health("not ready", "HTTP 500 (want 200)")),
+            ProgramStatus("jtm", "t-dev", "FATAL", None, None, 1, "Exited too quickly", True,
+                          health=Health("not ready", "", attempts=3, next_try_s=4)),
+            ProgramStatus("db", "t-dev", "RUNNING", 13, 30, None, "", True,
+                          health=Health("ready", "", attempts=1)),
+            ProgramStatus("siteboot-healer", "siteboot-healer", "RUNNING", 11, 31, None, "", True)]
+    print_status(StatusResult("t", "dev", [InstanceStatus("a", "me", RUNNING, "unix:///a", pid=7,
+                                                          programs=rows)]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].split() == ["program", "state", "health", "backoff", "pid"]
+    assert lines[3].split() == ["web", "RUNNING", "not", "ready", "12", "uptime", "30s;", "not",
+                                "ready:", "HTTP", "500", "(want", "200)"]
+    assert lines[4].split()[:8] == ["jtm", "FATAL", "not", "ready", "3", "tries,", "next", "in"]
+    assert lines[5].split()[:6] == ["db", "RUNNING", "ready", "1", "try", "13"]
+    assert lines[6].split()[:4] == ["siteboot-healer", "RUNNING", "ready", "11"]
