@@ -189,10 +189,8 @@ def start_dependants(plan: Plan, instances: Iterable[str], held: Mapping[str, se
         to_start: dict[str, list[str]] = {}
         for name in wave:
             inst, program = owner[name]
-            if _blocked(name, program, blocked, results[inst.name]):
-                continue
             processes = _should_start(program, states[inst.name], held.get(inst.name, set()))
-            if processes:
+            if processes and not _blocked(name, program, blocked, results[inst.name]):
                 to_start[name] = processes
         needed = sorted({d for name in to_start for d in graph[name]})
         late = await_ready(plan, [owner[d] for d in needed],
@@ -285,13 +283,17 @@ def control_in_waves(plan: Plan, action: str, names: list[str],
         for wave in reversed(grouped):
             act("stop", wave)
     if action in ("start", "restart"):
+        targeted = {p.name for p in program_of.values()}
         for wave in grouped:
+            failed = {p.name: outcomes[key].message for key, p in program_of.items()
+                      if key in outcomes and not outcomes[key].ok}
             wanted = {d for name in wave for d in owner[name][1].depends_on
-                      if any(p.name == d for p in program_of.values())}
+                      if d in targeted and d not in failed}
             late = await_ready(plan, [owner[d] for d in sorted(wanted)],
                                {d: float(owner[d][1].options["ready_timeout"]) for d in wanted},
                                clock=clock, sleep=sleep) if wanted else []
             missing = {miss.program: str(miss) for miss in late}
+            missing.update({d: f"{d} did not start: {why}" for d, why in failed.items()})
             for key, program in program_of.items():
                 stuck = next((d for d in program.depends_on if d in missing), None)
                 if program.name in wave and stuck is not None:

@@ -359,3 +359,18 @@ def test_backoff_state_and_an_unhealthy_running_program_warns():
     assert row.as_json()["health"] == "not ready"
     row.health = health_of(True, "RUNNING", 7, None, 1000.0)
     assert row.severity == STATUS_OK  # unknown is not a verdict
+
+
+def test_a_dependency_that_did_not_start_is_not_waited_for(tmp_path, monkeypatch):
+    plan = make_plan(tmp_path)
+    monkeypatch.setattr(readiness, "_act", lambda plan, step, inst, procs: [
+        ProcessOutcome(inst, p, p != "db", "started" if p != "db" else "FATAL: exited too quickly")
+        for p in procs])
+
+    def never(*args: Any, **kwargs: Any) -> list[readiness.NotReady]:
+        raise AssertionError("waited for a dependency that did not start")
+
+    monkeypatch.setattr(readiness, "await_ready", never)
+    result = readiness.control_in_waves(plan, "start", ["db", "auth"])
+    outcomes = {o.process: (o.ok, o.message) for o in result.outcomes}
+    assert outcomes["auth"] == (False, "not started: db did not start: FATAL: exited too quickly")
