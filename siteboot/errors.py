@@ -69,6 +69,12 @@ class RenderError(SitebootError):
     exit_code = EXIT_USAGE
 
 
+class SecretError(SitebootError):
+    """A ``{secret:NAME}`` that cannot be read; the message names it, never its value."""
+
+    exit_code = EXIT_USAGE
+
+
 class OwnershipError(SitebootError):
     """A directory or file belongs to someone it must not belong to."""
 

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from siteboot.errors import (
     EXIT_OK,
     InstanceError,
     OwnershipError,
+    SecretError,
     SitebootError,
     UsageError,
     describe_os_error,
@@ -57,9 +58,12 @@ from siteboot.rpc import (
     RpcError,
     connect,
 )
+from siteboot.sitefiles import record_started, restarts
 
 if TYPE_CHECKING:
     from siteboot.records import StartRecord
+    from siteboot.secretstore import SecretStore
+    from siteboot.sitefiles import SiteFiles
 
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
@@ -72,7 +76,8 @@ class InstanceOutcome:
     """What happened to one instance."""
 
     instance: str
-    action: str  # started, already running, updated, stopped, not running, skipped, failed
+    action: str  # started, already running, updated, stopped, not running, skipped, failed,
+    # rendered (`init --no-start`)
     detail: str = ""
     pid: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -256,17 +261,21 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
     ensure_private_dir(inst.childlogdir)
 
 
-def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
+def provision(plan: Plan, inst: InstancePlan, root: Path | None,
+              secrets: SecretStore | None = None) -> Path:
     """Runtime dir, key and config of ``inst`` (all idempotent); the config's path.
 
     A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
+    The config holds the secrets its programs' environments ask for: it is 0600, like the key.
     """
     from siteboot.keys import ensure_key, password_hash
     from siteboot.render import render_instance, render_preview
+    from siteboot.sitefiles import secret_store
 
     render_preview(plan, inst, root)
     prepare_runtime_dir(inst)
-    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
+    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root,
+                           secrets=secrets or secret_store(inst))
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
     if inst.heals:  # what its event listener watches (``healer``)
@@ -276,6 +285,16 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
         if _read_text(inst.healer_spec_path) != spec:
             atomic_write(inst.healer_spec_path, spec, mode=0o600)
     return inst.conf_path
+
+
+def provision_all(plan: Plan, inst: InstancePlan, root: Path | None) -> tuple[SiteFiles, Path]:
+    """What ``inst``'s programs need before they start: its managed dirs and files, then its
+    runtime dir, key and config. Nothing is touched while a template or secret is missing."""
+    from siteboot.sitefiles import prepare, secret_store
+
+    secrets = secret_store(inst)
+    site_files = prepare(plan, inst, root, secrets)
+    return site_files, provision(plan, inst, root, secrets)
 
 
 # ------------------------------------------------------------------------------------------
@@ -365,7 +384,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         # its socket was wiped (and maybe no record says it runs): its port still answers
         endpoint = dataclasses.replace(endpoint, url=inst.http_url)
     try:
-        conf = provision(plan, inst, root)
+        site_files, conf = provision_all(plan, inst, root)
     except OSError as exc:
         problem = f"cannot write its runtime files: {describe_os_error(exc)}"
         if running is not None and probe(endpoint) is None:  # serving: not a failure of it
@@ -374,7 +393,13 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         raise InstanceError(f"{inst.name}: {problem}", "free space on that file system (or fix "
                             f"its permissions), then run `{command('up', env=inst.env)}` "
                             "again") from None
-    notes = _publish(inst, endpoint.key)
+    except SecretError as exc:
+        # cron's `revive` has no CI variables: a serving instance keeps what it was given
+        if running is not None and probe(endpoint) is None:
+            return InstanceOutcome(inst.name, "already running", "still serving", running.pid,
+                                   [f"{exc}; its files and config were left as they are"])
+        raise
+    notes = site_files.notes + _publish(inst, endpoint.key)
     if running is not None:
         why = probe(endpoint)
         if why == NOT_ANSWERING and replace_hung:
@@ -385,7 +410,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
-                                   _read_text(inst.conf_path))
+                                   _read_text(inst.conf_path), restarts(inst, site_files))
+            record_started(inst, site_files)
             _record(plan, inst, running)
             if not changes:
                 detail = "runtime dir restored" if runtime_lost else "nothing to do"
@@ -408,6 +434,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
                                 "does not answer")
     notes += stop_orphans(inst, find_orphans(inst))
     notes += clear_stale(inst, None)
+    record_started(inst, site_files)
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
     pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
     _record(plan, inst, find_supervisord(inst))
@@ -465,12 +492,14 @@ def _server_part(config: str) -> str:
     return config.split("\n[program:", 1)[0]
 
 
-def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current: str) -> list[str]:
+def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current: str,
+                 restart: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Bring a running supervisord up to its rewritten config, as ``supervisorctl update`` does.
 
     Program changes are applied per group (supervisord restarts a changed group's programs);
     server settings (ports, paths) need a restart of supervisord itself, which is left to the
-    operator rather than done behind their back.
+    operator rather than done behind their back. ``restart``: program -> the files it reads
+    that changed; its running processes are restarted unless their group was just reloaded.
     """
     changes: list[str] = []
     if previous and _server_part(previous) != _server_part(current):
@@ -486,7 +515,40 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
         slow.call("supervisor.addProcessGroup", group)
     changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
                                                    for g in changed] + [f"added {g}" for g in added]
+    if restart:
+        changes += _restart_for_files(inst, slow, restart, set(changed + added))
     return changes
+
+
+_RESTARTABLE = ("RUNNING", "STARTING", "BACKOFF")
+
+
+def _restart_for_files(inst: InstancePlan, endpoint: Endpoint,
+                       restart: Mapping[str, Sequence[str]], reloaded: set[str]) -> list[str]:
+    """Restart the running processes of the programs in ``restart`` (their files changed); a
+    stopped one is left stopped, and reads the new file when it starts."""
+    infos = endpoint.call("supervisor.getAllProcessInfo")
+    said = []
+    for name, files in restart.items():
+        program = inst.program(name)
+        if program is None:
+            continue
+        mine = [i for i in infos if i["name"] in program.process_names()]
+        if any(i["group"] in reloaded for i in mine):
+            continue  # restarted with its group already
+        because = f"{'files' if len(files) > 1 else 'file'} {', '.join(files)} changed"
+        running = [i for i in mine if i["statename"] in _RESTARTABLE]
+        for info in running:
+            full = f"{info['group']}:{info['name']}"
+            for method, *args in (("supervisor.stopProcess", True),
+                                  ("supervisor.startProcess", False)):
+                try:
+                    endpoint.call(method, full, *args)
+                except Fault:  # it exited meanwhile, or failed to start: converge reports that
+                    pass
+        said.append(f"restarted {name}: {because}" if running
+                    else f"{name}: {because}; not running, it reads the new one when started")
+    return said
 
 
 def _publish(inst: InstancePlan, key: str) -> list[str]:
@@ -540,13 +602,14 @@ def foreground_argv(plan: Plan, root: Path | None, instance: Selection) -> list[
     if not plan.owns(inst):
         raise UsageError(f"instance {inst.name} is owned by {inst.user}: run as {inst.user}")
     with instance_lock(plan, inst):
-        conf = provision(plan, inst, root)
+        site_files, conf = provision_all(plan, inst, root)
         running = find_supervisord(inst)
         if running is not None:
             raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
                                 f"stop it with `{command('down', env=inst.env, instance=inst.name)}` "
                                 "first")
         clear_stale(inst, None)
+        record_started(inst, site_files)
     return supervisor_command("supervisord", conf, "-n")
 
 
@@ -615,6 +678,13 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
     if purge:
         import shutil
 
+        from siteboot.sitefiles import held_by_runtime_dir
+
+        kept = held_by_runtime_dir(inst)
+        if kept:  # a managed dir is never deleted, not even by a purge
+            outcome.notes.append(f"left {inst.runtime_dir} in place: it holds the managed "
+                                 f"dir(s) {', '.join(kept)}")
+            return outcome
         shutil.rmtree(inst.runtime_dir)
         outcome.notes.append(f"purged {inst.runtime_dir}")
     return outcome

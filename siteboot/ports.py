@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.plan import make_plan
+from siteboot.plan import make_plan, resolved_problems
 from siteboot.site import Problem, Site, parse_site, port_clashes
 
 
@@ -154,6 +154,8 @@ def check(paths: Sequence[Path], strict: bool = False, probe: ListenerProbe = pr
         problems.extend(site_problems)
         if site is not None and not any(p.level == "error" for p in site_problems):
             sites.append(site)
+    for site in sites:
+        problems.extend(resolved_problems(site))
     if len(sites) > 1:
         problems.extend(port_clashes(sites))
     for site in sites:
