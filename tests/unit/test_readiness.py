@@ -374,3 +374,18 @@ def test_a_dependency_that_did_not_start_is_not_waited_for(tmp_path, monkeypatch
     result = readiness.control_in_waves(plan, "start", ["db", "auth"])
     outcomes = {o.process: (o.ok, o.message) for o in result.outcomes}
     assert outcomes["auth"] == (False, "not started: db did not start: FATAL: exited too quickly")
+
+
+def test_the_listener_spec_says_what_to_heal_and_what_waits(tmp_path):
+    from siteboot.healer import spec_for
+
+    plan = make_plan(tmp_path)
+    spec = spec_for(plan, plan.instances["a"])
+    assert spec["health_path"] == str(tmp_path / "state" / "health-a.json")
+    assert spec["stops_path"] == str(tmp_path / "state" / "operator-stops.json")
+    rest = spec["programs"]["rest"]
+    assert (rest["backoff_max"], rest["start_when_ready"]) == (30, True)
+    assert rest["depends_on"] == [
+        {"name": "auth", "local": True, "processes": ["auth"], "probe": None},
+        {"name": "db", "local": False, "processes": ["db"], "probe": {"tcp": "41001"}}]
+    assert spec["programs"]["lone"]["start_when_ready"] is False
