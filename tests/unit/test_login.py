@@ -181,3 +181,18 @@ def test_doctor_and_up_check_the_preamble_file(tmp_path):
     [finding] = check_preamble(plan, None)
     assert finding.ok, finding.message
     _check_preamble_file(plan, plan.instance("main"))
+
+
+def test_the_event_listener_starts_after_the_preamble_too(tmp_path):
+    text = SITE.format(folder=tmp_path, site_extra='preamble = ["module load python/3.11"]') + """
+    [programs.web.ready]
+    tcp = "{port}"
+    """
+    plan = plan_from(text, tmp_path)
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(render_preview(plan, plan.instance("main"), None))
+    listener = next(g for g in supervisor_parse(conf).process_group_configs
+                    if g.name == "siteboot-healer")
+    argv = shlex.split(listener.process_configs[0].command)
+    assert argv[:4] == [LOGIN_SHELL, "-lc", argv[2], WRAPPER_NAME]
+    assert argv[4:7] == [sys.executable, "-I", "-m"]
