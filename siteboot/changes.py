@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 CONTENT_PREFIX = "; content "
-PROGRAM_PREFIX = "program:"
+# supervisord's process groups: programs, and event listeners (the healer), each its own group
+PROCESS_PREFIXES = ("program:", "eventlistener:")
 # supervisord reads these only when a program is added, and siteboot starts and stops programs
 # to match them anyway: a change to them alone restarts nothing.
 NO_RESTART_KEYS = frozenset({"autostart"})
@@ -92,14 +93,15 @@ def sections(text: str) -> dict[str, dict[str, str]]:
 
 
 def programs_of(text: str) -> dict[str, dict[str, str]]:
-    return {name[len(PROGRAM_PREFIX):]: options for name, options in sections(text).items()
-            if name.startswith(PROGRAM_PREFIX)}
+    """group name -> options of every program and event listener (each a group of its own)."""
+    return {name.partition(":")[2]: options for name, options in sections(text).items()
+            if name.startswith(PROCESS_PREFIXES)}
 
 
 def server_of(text: str) -> dict[str, dict[str, str]]:
-    """Everything but programs (and groups, which older siteboots rendered)."""
+    """Everything but programs and listeners (and groups, which older siteboots rendered)."""
     return {name: options for name, options in sections(text).items()
-            if not name.startswith((PROGRAM_PREFIX, "group:"))}
+            if not name.startswith((*PROCESS_PREFIXES, "group:"))}
 
 
 def _differing(old: dict[str, str], new: dict[str, str]) -> tuple[str, ...]:

@@ -75,24 +75,21 @@ class InstanceDiff:
 @dataclass
 class DiffResult:
     instances: list[InstanceDiff]
-    venvs: dict[str, str] = field(default_factory=dict)  # venv name -> why it would be rebuilt
 
     @property
     def exit_code(self) -> int:
         same = all(d.state in ("same", "skipped") for d in self.instances)
-        return EXIT_OK if same and not self.venvs else EXIT_FAILED
+        return EXIT_OK if same else EXIT_FAILED
 
     def as_json(self) -> dict[str, Any]:
-        return {"same": self.exit_code == EXIT_OK, "venvs": self.venvs,
+        return {"same": self.exit_code == EXIT_OK,
                 "instances": [d.as_json() for d in self.instances]}
 
 
 def diff(plan: Plan, root: Path | None) -> DiffResult:
-    """The checkout's render against what each of the invoker's running instances has loaded."""
-    from siteboot.venvs import venv_drift
-
-    return DiffResult([diff_instance(plan, inst_name, root) for inst_name in plan.instances],
-                      venv_drift(plan))
+    """The checkout's render against what each of the invoker's running instances has loaded
+    (the venv builds are in the programs' environments: ``venvs.with_builds``)."""
+    return DiffResult([diff_instance(plan, inst_name, root) for inst_name in plan.instances])
 
 
 def diff_instance(plan: Plan, name: str, root: Path | None) -> InstanceDiff:
@@ -377,7 +374,8 @@ def apply_release(plan: Plan, root: Path | None, release: str, timeout: float,
     """Start the invoker's instances that are down, apply the config to the others (exactly the
     changed programs restart), start what should run, wait until it settled, check the status."""
     from siteboot import instances
-    from siteboot.control import converge_outcomes, settle, status_problems
+    from siteboot.control import settle, status_problems
+    from siteboot.readiness import converge_outcomes
 
     result = instances.up(plan, root, None, timeout)
     converge_outcomes(plan, result.outcomes)
@@ -386,7 +384,25 @@ def apply_release(plan: Plan, root: Path | None, release: str, timeout: float,
     failed = {o.instance for o in result.outcomes if o.action == "failed"}
     failures = [f"{o.instance}: {o.detail}" for o in result.outcomes if o.instance in failed]
     failures += status_problems(settled, owned - failed)  # what the outcomes did not say
+    failures += [str(late) for late in _not_ready(plan, owned - failed)]
     return Applied(release, result, settled, failures)
+
+
+def _not_ready(plan: Plan, instances: set[str]) -> list[Any]:
+    """RUNNING is not serving: the programs with a ``ready`` probe that should run are waited
+    for, each up to its ``ready_timeout``; those that do not get ready (``NotReady``)."""
+    from siteboot.readiness import wait_ready
+    from siteboot.records import operator_stops
+
+    late = []
+    for name in sorted(instances):
+        inst = plan.instance(name)
+        held = operator_stops(inst)
+        probed = [p.name for p in inst.programs if p.probe is not None and p.autostart
+                  and not set(p.process_names()) <= held]
+        if probed:
+            late += wait_ready(plan, inst, probed)
+    return late
 
 
 def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 60.0,

@@ -414,7 +414,9 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
         print_json(result.as_json())
     else:
         for v in result.venvs:
-            echo(f"venv {v.name}: {v.action} ({v.path})")
+            build = f" -> {v.build.name}" if v.build else ""
+            was = f", was {v.previous.name}" if v.previous and v.previous != v.build else ""
+            echo(f"venv {v.name}: {v.action} ({v.path}{build}{was})")
         _print_outcomes(result.instances)
         if result.status is None:
             echo("nothing started (--no-start)")
@@ -431,7 +433,7 @@ def diff(site: str, env: str, root: str | None, as_json: bool) -> None:
     """What the checkout renders against what each of your running instances has loaded.
 
     Programs added, removed and changed (which keys; `content venv.NAME` is the venv build),
-    server settings, venvs a deploy would rebuild. Exit 0 when nothing differs, 1 otherwise.
+    server settings. Exit 0 when nothing differs, 1 otherwise.
     """
     ctx = Ctx(site, env, root)
     result = ops.diff(ctx.plan(), ctx.root)
@@ -444,8 +446,6 @@ def diff(site: str, env: str, root: str | None, as_json: bool) -> None:
         echo(f"{item.instance}: " + styled(item.state, fg=color) + detail)
         for line in item.lines():
             echo(f"  {line}")
-    for name, why in result.venvs.items():
-        echo(f"venv {name}: {why}")
     sys.exit(result.exit_code)
 
 

@@ -102,28 +102,18 @@ def test_held_programs_render_autostart_false_and_digests_as_comments(tmp_path: 
     assert "[group:" not in text
 
 
-def test_content_digests_name_the_venv_build(tmp_path: Path):
-    plan = plan_from(f"""
-        [site]
-        name = "t"
-        runtime_dir = "{tmp_path}/rt-{{env}}"
-        state_dir = "{tmp_path}/st"
-        venv_dir = "{tmp_path}/v"
+def test_content_providers_feed_the_rendered_digests(tmp_path: Path, monkeypatch):
+    from siteboot import content
 
-        [instances.main]
-        port = {{ dev = 40001, staging = 40002, prod = 40003 }}
-
-        [venvs.app]
-        requirements = []
-
-        [programs.api]
-        instance = "main"
-        venv = "app"
-        command = "{{venv}}/bin/python -m api"
-        """, tmp_path)
+    plan = plan_from(own_site_text(tmp_path), tmp_path)
     inst = plan.instances["main"]
-    assert content_digests(plan, inst) == {"api": {"venv.app": "(not built)"}}
-    (tmp_path / "v").mkdir()
-    (tmp_path / "v" / ".app-0123456789ab").mkdir()
-    (tmp_path / "v" / "app").symlink_to(".app-0123456789ab")
-    assert content_digests(plan, inst) == {"api": {"venv.app": ".app-0123456789ab"}}
+    assert content_digests(plan, inst) == {}
+    monkeypatch.setattr(content, "PROVIDERS", [lambda plan, inst, program: {"data.x": "abc"}])
+    assert content_digests(plan, inst) == {"web": {"data.x": "abc"}}
+
+
+def test_an_event_listener_is_a_group_of_its_own_not_a_server_setting():
+    listener = "\n[eventlistener:siteboot-healer]\ncommand = heal\n"
+    (change,) = compare_programs(config(WEB) + listener, config(WEB) + listener.replace("= heal", "= h2"))
+    assert (change.program, change.keys) == ("siteboot-healer", ("command",))
+    assert compare_server(config(WEB) + listener, config(WEB)) == []
