@@ -29,6 +29,7 @@ from siteboot.errors import (
 from siteboot.hints import command
 from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
 from siteboot.plan import InstancePlan, Plan, ProgramPlan, Selection
+from siteboot.progress import SILENT, Reporter
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
     NOT_ANSWERING,
@@ -669,12 +670,29 @@ def _progress(item: _Tracked, info: Any, action: str,
 # tail
 
 
-def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str]:
-    targets = resolve_targets(plan, [name])
+def select_targets(plan: Plan, names: Sequence[str],
+                   instance: Selection = None) -> dict[str, list[str]]:
+    """The processes ``names`` stand for (``resolve_targets``; none: ``all``, or with ``-i``
+    every process of those instances), narrowed to the instances ``-i`` selects."""
+    chosen = [inst.name for inst in plan.select(instance)]
+    if not names:
+        return resolve_targets(plan, [f"{name}:*" for name in chosen] if instance else ["all"])
+    targets = resolve_targets(plan, names)
+    narrowed = {name: processes for name, processes in targets.items() if name in chosen}
+    if not narrowed:
+        raise UsageError(f"{' '.join(names)}: not in instance {', '.join(chosen)}",
+                         f"in: {', '.join(targets)}")
+    return narrowed
+
+
+def _find_process(plan: Plan, name: str,
+                  instance: Selection = None) -> tuple[InstancePlan, ProgramPlan, str]:
+    targets = select_targets(plan, [name], instance)
     if sum(len(v) for v in targets.values()) != 1:
         choices = [f"{i}:{p}" for i, ps in targets.items() for p in ps]
         raise UsageError(f"'{name}' names {len(choices)} processes; tail follows one",
-                         f"one of: {', '.join(choices)}")
+                         f"one of: {', '.join(choices)}; or `{command('logs', name, env=plan.env)}` "
+                         "for all of them")
     inst_name, processes = next(iter(targets.items()))
     inst = plan.instance(inst_name)
     process = processes[0]
@@ -684,23 +702,27 @@ def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
          follow: bool = False, nbytes: int = 4096, interval: float = 0.25,
-         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None) -> None:
+         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None,
+         instance: Selection = None) -> None:
     """Print the end of a process log; with ``follow``, every byte written after it, once and
     in order, across rotations, or a notice line (``notice``, else ``==> ... <==`` through
-    ``write``) where bytes were lost. The owner follows the files (backups included), anyone
-    else the current file over RPC."""
+    ``write``) where bytes were lost. Whoever can read the log files (the owner) reads them,
+    backups included; anyone else reads the current file over RPC. ``instance`` (``-i``):
+    ``name`` is looked for in those instances only."""
     from siteboot import logtail
 
-    inst, program, process = _find_process(plan, name)
+    inst, program, process = _find_process(plan, name, instance)
     log_path = program.log_path(process, "stderr" if stderr else "stdout")
-    if not (follow and os.access(log_path, os.R_OK)):
-        tail_over_rpc(plan, name, write, stderr, follow, nbytes, interval, stop, notice)
+    if not os.access(log_path, os.R_OK):
+        tail_over_rpc(plan, f"{inst.name}:{process}", write, stderr, follow, nbytes, interval,
+                      stop, notice)
         return
     connect(plan, inst)  # the same checks (a key, a site of ours) as over RPC
     follower = logtail.FileFollower(log_path, int(program.options["log_backups"]), write, notice)
     try:
         follower.start(nbytes)
-        logtail.follow(follower.poll, interval, stop)
+        if follow:
+            logtail.follow(follower.poll, interval, stop)
     finally:
         follower.close()
 
@@ -719,18 +741,11 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
     stream = "Stderr" if stderr else "Stdout"
     # following needs the last bytes before the offset, to recognise the file the next time
     want = max(nbytes, logtail.FINGERPRINT) if follow else nbytes
-    data, offset = _tail_end(endpoint, full, f"supervisor.tailProcess{stream}Log", want)
+    data, offset = tail_end(endpoint, full, stream, want)
     write(logtail.last_bytes(data, nbytes) if want != nbytes else data)
     if not follow:
         return
-    method = f"supervisor.readProcess{stream}Log"
-
-    def read(start: int, length: int) -> Any:
-        answer = endpoint.multicall([(method, (full, start, length))])[0]
-        # no log file (yet, or any more): nothing to read; it may come back
-        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
-
-    follower = logtail.RpcFollower(read, write, notice)
+    follower = logtail.RpcFollower(log_reader(endpoint, full, stream), write, notice)
     follower.start(offset, data)
     try:
         logtail.follow(follower.poll, interval, stop)
@@ -738,12 +753,27 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
         raise UsageError(f"cannot follow {full}: {fault.faultString}") from None
 
 
-def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[str, int]:
-    """The last ``nbytes`` of a log and its size, over RPC.
+def log_reader(endpoint: Endpoint, full: str, stream: str) -> Callable[[int, int], Any]:
+    """``read(offset, length)`` of one process log over RPC (``stream``: Stdout or Stderr), for
+    ``logtail.RpcFollower``."""
+    method = f"supervisor.readProcess{stream}Log"
+
+    def read(start: int, length: int) -> Any:
+        answer = endpoint.multicall([(method, (full, start, length))])[0]
+        # no log file (yet, or any more): nothing to read; it may come back
+        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
+
+    return read
+
+
+def tail_end(endpoint: Endpoint, full: str, stream: str, nbytes: int) -> tuple[str, int]:
+    """The last ``nbytes`` of a process log (``stream``: Stdout or Stderr) and its size, over
+    RPC; nothing while the log file does not exist (yet).
 
     supervisord decodes what it sends as UTF-8, so an end that begins inside a character fails;
     one of the next three shorter ends begins at a character.
     """
+    method = f"supervisor.tailProcess{stream}Log"
     lengths = [nbytes] + [nbytes - n for n in (1, 2, 3) if nbytes - n > 0]
     answers = endpoint.multicall([(method, (full, 0, lengths[0]))])
     if isinstance(answers[0], Fault) and "UnicodeDecodeError" in answers[0].faultString:
@@ -753,6 +783,8 @@ def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[
             data, size, _overflow = answer
             return str(data), int(size)
     fault = answers[0]
+    if fault.faultCode == FAULT_NO_FILE:
+        return "", 0
     raise UsageError(f"cannot tail {full}: {fault.faultString}")
 
 
@@ -826,14 +858,24 @@ def _who_can_fix(plan: Plan, inst: InstancePlan, problem: SitebootError) -> Site
 
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> StatusResult:
-    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed)."""
+           sleep: Callable[[float], None] = time.sleep,
+           progress: Reporter = SILENT) -> StatusResult:
+    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed);
+    ``progress`` sees the wait, and which programs it waits for."""
     deadline = clock() + timeout
-    while True:
-        report = status(plan)
-        if report.exit_code != STATUS_WARNING or clock() >= deadline:
-            return report
-        sleep(0.2)
+    report = status(plan)
+    if report.exit_code != STATUS_WARNING:
+        return report
+    with progress.step("waiting for programs to settle") as step:
+        while True:
+            if report.exit_code != STATUS_WARNING or clock() >= deadline:
+                return report
+            waiting = [f"{p.name} {p.state}" for inst in report.instances for p in inst.programs
+                       if p.state in _PROGRAM_WARNING]
+            step.update("waiting for programs to settle"
+                        + (f" ({', '.join(waiting)})" if waiting else ""))
+            sleep(0.2)
+            report = status(plan)
 
 
 # ------------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ class InstanceOutcome:
     """What happened to one instance."""
 
     instance: str
-    action: str  # started, already running, updated, stopped, not running, skipped, failed
+    action: str  # started, already running, updated, stopped, not running, skipped, failed,
+    # rendered (`init --no-start`)
     detail: str = ""
     pid: int | None = None
     notes: list[str] = field(default_factory=list)

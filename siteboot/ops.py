@@ -22,13 +22,15 @@ if TYPE_CHECKING:
     from siteboot.cron import CronResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
+    from siteboot.logs import LogStream
     from siteboot.plan import Plan, Selection
     from siteboot.ports import CheckResult
+    from siteboot.progress import Reporter
     from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
     from siteboot.venvs import VenvOutcome
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # lines a long runner step prints as it goes
 
 
 # ------------------------------------------------------------------------------------------
@@ -75,16 +77,18 @@ class RenderResult:
 class InitResult:
     venvs: list[VenvOutcome]
     instances: LifecycleResult
-    status: StatusResult
+    status: StatusResult | None  # None: nothing was started (``--no-start``)
 
     @property
     def exit_code(self) -> int:
-        """The status verdict, as monitoring reads it (a failed instance shows there too)."""
-        return self.status.exit_code
+        """The status verdict, as monitoring reads it (a failed instance shows there too);
+        without a start, whether every config could be written."""
+        return self.instances.exit_code if self.status is None else self.status.exit_code
 
     def as_json(self) -> dict[str, Any]:
         return {"sources": self.instances.sources, "venvs": [v.as_json() for v in self.venvs],
-                "instances": self.instances.as_json(), "status": self.status.as_json()}
+                "instances": self.instances.as_json(),
+                "status": None if self.status is None else self.status.as_json()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -290,11 +294,21 @@ def target_names(plan: Plan) -> list[str]:
 
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
-         follow: bool = False, nbytes: int = 4096) -> None:
+         follow: bool = False, nbytes: int = 4096, instance: Selection = None) -> None:
     """Write the end of a process's log to ``write``; with ``follow``, keep writing."""
     from siteboot.control import tail as follow_log
 
-    follow_log(plan, name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    follow_log(plan, name, write, stderr=stderr, follow=follow, nbytes=nbytes, instance=instance)
+
+
+def logs(plan: Plan, names: Sequence[str], emit: Callable[[LogStream, str], None],
+         instance: Selection = None, follow: bool = False, lines: int = 10) -> None:
+    """The last ``lines`` lines of the stdout and stderr of every program (or the named ones),
+    each line given to ``emit`` with the log it came from; with ``follow``, every line written
+    after them, until Ctrl-C."""
+    from siteboot.logs import show
+
+    show(plan, names, emit, instance, follow=follow, lines=lines)
 
 
 def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:
@@ -305,17 +319,42 @@ def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:
 
 
 def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 30.0,
-         progress: Progress | None = None) -> InitResult:
-    """App venvs, then ``up``, then status once programs have settled. Safe to re-run."""
+         progress: Reporter | None = None, start: bool = True) -> InitResult:
+    """App venvs, then ``up``, then status once programs have settled. Safe to re-run.
+    ``progress`` sees the venv builds and the wait for programs to settle. Without ``start``
+    (a CI build stage): the venvs, and the configs of the invoker's instances rendered in
+    place, nothing started."""
     from siteboot import instances
     from siteboot.control import settle
+    from siteboot.progress import SILENT
     from siteboot.venvs import ensure_venvs
 
+    progress = progress or SILENT
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    if not start:
+        return InitResult(venvs, _rendered_in_place(plan, root), None)
     outcomes = instances.up(plan, root, None, timeout)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)
-    return InitResult(venvs, outcomes, settle(plan, timeout))
+    return InitResult(venvs, outcomes, settle(plan, timeout, progress=progress))
+
+
+def _rendered_in_place(plan: Plan, root: Path | None) -> LifecycleResult:
+    """``render`` as ``init --no-start`` reports it: per instance, its config (the files and
+    dirs written for it as notes), or why it was skipped."""
+    from siteboot.instances import InstanceOutcome, LifecycleResult
+
+    written = render(plan, root)
+    outcomes = []
+    for inst in plan.instances.values():
+        mine = [r for r in written.rendered if r.instance == inst.name]
+        config = next((r for r in mine if r.file is None), None)
+        if config is not None:
+            notes = [f"file {r.file}: {r.path}" for r in mine if r.file is not None]
+            notes += [n.split(": ", 1)[1] for n in written.notes if n.startswith(f"{inst.name}: ")]
+            outcomes.append(InstanceOutcome(inst.name, "rendered", str(config.path), notes=notes))
+    outcomes += [InstanceOutcome(name, "skipped", why) for name, why in written.skipped]
+    return LifecycleResult(outcomes, sources=sources(plan, root))
 
 
 # ------------------------------------------------------------------------------------------
@@ -414,17 +453,20 @@ def revive_envs(plan: Plan, all_envs: bool) -> list[str]:
     return [env for env in plan.site.envs if env in recorded] or [plan.env]
 
 
-def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> ReviveResult:
+def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0,
+           progress: Reporter | None = None) -> ReviveResult:
     """After maintenance or a fault: make every instance of the invoker's run, and what should
-    run in it, without restarting what already runs. Safe to run from cron every few minutes."""
+    run in it, without restarting what already runs. Safe to run from cron every few minutes.
+    ``progress`` sees the wait for programs to settle."""
     from siteboot import instances
     from siteboot.control import settle
+    from siteboot.progress import SILENT
 
     revivals = []
     for plan in plans:
         result = instances.up(plan, root, None, timeout, replace_hung=True)
         _converge(plan, result.outcomes)
-        settled = settle(plan, timeout)
+        settled = settle(plan, timeout, progress=progress or SILENT)
         revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))
     return ReviveResult(plans[0].site.name if plans else "", revivals)
 

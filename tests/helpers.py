@@ -12,9 +12,13 @@ import sys
 import textwrap
 import time
 import xmlrpc.client
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
+
+from siteboot.progress import Reporter, Step
 
 REPO = Path(__file__).resolve().parent.parent
 # A stand-in for gitlab-runner (a real one cannot be installed here): see its docstring.
@@ -130,6 +134,38 @@ def supervisor_parse(path: Path) -> Any:
     finally:
         (datatypes.existing_dirpath, datatypes.existing_directory,
          options.existing_dirpath, options.existing_directory) = saved
+
+
+class _RecordedStep(Step):
+    def __init__(self, events: list[tuple[str, str]]) -> None:
+        self.events = events
+
+    def update(self, what: str) -> None:
+        self.events.append(("update", what))
+
+
+class RecordingReporter(Reporter):
+    """A progress reporter that remembers what it was told: ``("note", text)``, ``("step",
+    what)``, ``("update", what)``, and ``("end", what)`` or ``("failed", what)``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def note(self, text: str) -> None:
+        self.events.append(("note", text))
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[Step]:
+        self.events.append(("step", what))
+        try:
+            yield _RecordedStep(self.events)
+        except BaseException:
+            self.events.append(("failed", what))
+            raise
+        self.events.append(("end", what))
+
+    def steps(self) -> list[str]:
+        return [what for kind, what in self.events if kind == "step"]
 
 
 def free_ports(count: int) -> list[int]:

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 import click
 from click.shell_completion import CompletionItem
 
-from siteboot import __version__, ops
+from siteboot import __version__, ops, usage
 from siteboot.cli.context import Ctx, debug_enabled, remember_invocation
 from siteboot.cli.fast import show_status
-from siteboot.cli.output import echo, error, print_json, print_status, styled, table
+from siteboot.cli.output import LABEL_COLORS, echo, error, print_json, print_status, styled, table
+from siteboot.cli.progress import reporter
 from siteboot.errors import (
     EXIT_BROKEN_PIPE,
     STATUS_UNKNOWN,
@@ -30,6 +31,7 @@ from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE, site_names
 
 if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
+    from siteboot.logs import LogStream
     from siteboot.runner import RunnerOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,7 +49,7 @@ def _completion(names: Callable[[Ctx], Iterable[str]]) -> Callable[..., list[str
     def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
         given = ctx.params
         try:
-            found = list(names(Ctx(given.get("site") or DEFAULT_SITE,
+            found = list(names(Ctx(given.get("site") or None,  # None: the default site
                                    given.get("env") or DEFAULT_ENV, given.get("root"))))
         except (SitebootError, OSError):  # no site (yet): nothing to offer
             return []
@@ -80,9 +82,10 @@ def site_options(func: F) -> F:
     func = click.option("--env", "-e", envvar="SITEBOOT_ENV", default=DEFAULT_ENV,
                         show_default=True, shell_complete=complete_envs,
                         help="Environment (one of the site's envs).")(func)
-    func = click.option("--site", "-s", envvar="SITEBOOT_SITE", default=DEFAULT_SITE,
-                        show_default=True, shell_complete=complete_sites,
-                        help="Site name under sites/, or a path to a .toml.")(func)
+    func = click.option("--site", "-s", envvar="SITEBOOT_SITE", metavar="SITE",
+                        shell_complete=complete_sites,
+                        help="Site name under sites/, or a path to a .toml [default: the one "
+                        f"sites/default names, or the only one there; else {DEFAULT_SITE}].")(func)
     return func
 
 
@@ -104,7 +107,18 @@ def json_option(func: F) -> F:
 class SitebootGroup(click.Group):
     """Expected failures become one message and an exit code, never a traceback (bugs are
     reported by ``siteboot.cli.main``, through the same ``exit_code_for``). A reader that went
-    away (``| head``) is exit 141 and quiet, not click's exit 1."""
+    away (``| head``) is exit 141 and quiet, not click's exit 1. Commands are listed in
+    ``siteboot.usage``'s order, with its summaries (stage 0 answers ``--help`` with them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in usage.COMMANDS if n in names] + [n for n in names if n not in usage.COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and cmd_name in usage.COMMANDS:
+            command.short_help = usage.COMMANDS[cmd_name]
+        return command
 
     def make_context(self, info_name: str | None, args: list[str],
                      parent: click.Context | None = None, **extra: Any) -> click.Context:
@@ -127,7 +141,7 @@ class SitebootGroup(click.Group):
 @click.group(cls=SitebootGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="siteboot")
-@click.option("--debug", is_flag=True, help="Show tracebacks (also SITEBOOT_DEBUG=1).")
+@click.option("--debug", is_flag=True, help=usage.DEBUG_HELP)
 def cli(debug: bool) -> None:
     """Run privilege-separated supervisord instances for a site, without root.
 
@@ -207,7 +221,7 @@ def _print_outcomes(result: LifecycleResult) -> None:
         echo(f"using {result.sources}")
     for o in result.outcomes:
         color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
-                 "skipped": "yellow",
+                 "rendered": "green", "skipped": "yellow",
                  "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
         echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
@@ -321,19 +335,39 @@ for _action, _summary in (("start", "Start programs and wait until they count as
 
 @cli.command(name="tail", epilog=NAMES_EPILOG)
 @site_options
+@instances_option
 @click.argument("name", shell_complete=complete_targets)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
 @click.option("--stderr", is_flag=True, help="The stderr log instead of stdout.")
 @click.option("--bytes", "nbytes", type=int, default=4096, show_default=True,
               help="How much of the end to print first.")
-def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, stderr: bool,
-             nbytes: int) -> None:
+def tail_cmd(site: str, env: str, root: str | None, instance: Sequence[str], name: str,
+             follow: bool, stderr: bool, nbytes: int) -> None:
     """Print the end of a program's log (NAME names one process)."""
     def write(text: str) -> None:
         if text:
             echo(text, nl=False)
 
-    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow,
+             nbytes=nbytes, instance=instance)
+
+
+@cli.command(epilog=NAMES_EPILOG)
+@site_options
+@instances_option
+@names_argument(required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Lines of each log to print first.")
+def logs(site: str, env: str, root: str | None, instance: Sequence[str], names: Sequence[str],
+         follow: bool, lines: int) -> None:
+    """The logs of every program of the env (or the NAMEs): stdout and stderr, each line
+    marked with its process (`web |`, `web err |`); -f follows them all, Ctrl-C ends it."""
+    def emit(stream: LogStream, line: str) -> None:
+        echo(styled(f"{stream.label} |", fg=LABEL_COLORS[stream.index % len(LABEL_COLORS)])
+             + f" {line}")
+
+    ops.logs(Ctx(site, env, root).plan(), names, emit, instance, follow=follow, lines=lines)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
@@ -362,24 +396,29 @@ def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str
               help="Install from these wheels only (offline nodes).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer.")
+@click.option("--no-start", is_flag=True,
+              help="Build the venvs and render the configs; start nothing (a CI build stage).")
 @json_option
 def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout: float,
-         as_json: bool) -> None:
+         no_start: bool, as_json: bool) -> None:
     """Bootstrap, build venvs, render, start your instances, print status. Safe to re-run.
 
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
     ctx = Ctx(site, env, root)
-    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout,
-                      progress=None if as_json else lambda line: echo(line, err=True))
+    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout, progress=reporter(as_json),
+                      start=not no_start)
     if as_json:
         print_json(result.as_json())
     else:
         for v in result.venvs:
             echo(f"venv {v.name}: {v.action} ({v.path})")
         _print_outcomes(result.instances)
-        echo()
-        print_status(result.status)
+        if result.status is None:
+            echo("nothing started (--no-start)")
+        else:
+            echo()
+            print_status(result.status)
     sys.exit(result.exit_code)
 
 
@@ -416,7 +455,7 @@ def revive(site: str, env: str, root: str | None, all_envs: bool, timeout: float
     ctx = Ctx(site, env, root)
     first = ctx.plan()
     plans = [first if e == first.env else ctx.plan_for(e) for e in ops.revive_envs(first, all_envs)]
-    result = ops.revive(plans, ctx.root, timeout)
+    result = ops.revive(plans, ctx.root, timeout, progress=reporter(as_json))
     if as_json:
         print_json(result.as_json())
     else:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from siteboot.cli.context import Ctx
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, silence_output
-from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
+from siteboot.resources import DEFAULT_ENV
 
 if TYPE_CHECKING:
     from siteboot.control import SiteStatus, StatusResult
@@ -66,7 +66,7 @@ def parse_status_args(args: Sequence[str]) -> dict[str, Any] | None:
     if not args or args[0] != "status":
         return None
     values: dict[str, Any] = {
-        "site": os.environ.get("SITEBOOT_SITE") or DEFAULT_SITE,
+        "site": os.environ.get("SITEBOOT_SITE") or None,
         "env": os.environ.get("SITEBOOT_ENV") or DEFAULT_ENV,
         "root": os.environ.get("SITEBOOT_ROOT") or None,
         "all_envs": False, "as_json": False,

@@ -1264,6 +1264,41 @@ def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
     assert endpoints["alpha"].calls == []  # files only
 
 
+def test_tail_of_the_owner_reads_the_files_without_follow_too(plan, endpoints):
+    # supervisord puts control characters raw into XML-RPC: the owner never needs it to read
+    endpoints["alpha"] = FakeEndpoint()
+    log = plan.instances["alpha"].programs[0].log_path("web", "stderr")
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old\n\x1b[31mred\x1b[0m \x00\x07\r\n")
+    out: list[str] = []
+    control.tail(plan, "web", out.append, stderr=True, nbytes=17)
+    assert out == ["\x1b[31mred\x1b[0m \x00\x07\r\n"]
+    assert endpoints["alpha"].calls == []
+
+
+@pytest.mark.parametrize(("names", "instance", "expected"), [
+    (["worker"], ["beta"], {"beta": ["worker_00", "worker_01"]}),
+    (["web", "worker_01"], ["beta"], {"beta": ["worker_01"]}),
+    ([], ["beta", "alpha"], {"alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"]}),
+    ([], ["gamma"], {"gamma": ["web2"]}),  # named: tried, though it grants nothing
+    ([], [], {"alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"]}),  # all: readable
+])
+def test_names_narrowed_to_instances(plan, names, instance, expected):
+    assert control.select_targets(plan, names, instance) == expected
+
+
+def test_tail_takes_the_instance_apart(plan, endpoints):
+    fake = endpoints["beta"] = FakeEndpoint()
+    fake.tails[(f"{GROUP}:worker_01", 0, 4096)] = ["w1\n", 3, False]
+    out: list[str] = []
+    control.tail(plan, "worker_01", out.append, instance="beta")
+    assert out == ["w1\n"]
+    with pytest.raises(UsageError, match="alpha:web: not in instance beta"):
+        control.tail(plan, "alpha:web", out.append, instance="beta")
+    with pytest.raises(UsageError, match="'worker' names 2 processes"):
+        control.tail(plan, "worker", out.append, instance=["beta", "alpha"])
+
+
 def test_tail_an_end_that_starts_inside_a_character(plan, endpoints):
     fake = endpoints["alpha"] = FakeEndpoint()
     undecodable = Fault(30, "FAILED: <class 'UnicodeDecodeError'>:'utf-8' codec can't decode")
