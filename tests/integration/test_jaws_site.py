@@ -192,16 +192,29 @@ class JawsBox:
 
     def run(self, user: str, host: str, *args: str, timeout: float = 600
             ) -> subprocess.CompletedProcess[str]:
-        """`siteboot ARGS` as ``user`` on ``host``, with the secrets a deploy job has."""
+        """`siteboot ARGS` as ``user`` on ``host``, in the checkout (the site root: its
+        sites/jaws.toml, templates/ and wheels), with the secrets a deploy job has."""
         home = pwd.getpwnam(user).pw_dir
         env = {k: v for k, v in os.environ.items() if not k.startswith("SITEBOOT_")}
         env.update({f"SITEBOOT_SECRET_{k}": v for k, v in SECRETS.items()},
-                   HOME=home, NO_COLOR="1", SITEBOOT_SITE=str(self.site), SITEBOOT_HOST=host)
+                   HOME=home, NO_COLOR="1", SITEBOOT_SITE="jaws", SITEBOOT_HOST=host)
         return subprocess.run(
             ["runuser", "-u", user, "--", str(self.python), "-c",
              "from siteboot.cli import main; main()", *args],
-            env=env, cwd=str(self.base), capture_output=True, text=True, timeout=timeout,
+            env=env, cwd=str(self.site.parent.parent), capture_output=True, text=True, timeout=timeout,
             check=False)
+
+    def ran(self, user: str, host: str, *args: str) -> str:
+        """`siteboot ARGS` as for ``run``, which must succeed; its output."""
+        result = self.run(user, host, *args)
+        assert result.returncode == 0, (result.stdout + result.stderr + self.program_errors())
+        return result.stdout
+
+    def program_errors(self) -> str:
+        """The end of every program's stderr log: what a stand-in said when it refused."""
+        logs = sorted(self.base.glob("tmp/jaws-supervisord-*/*/logs/*.err.log"))
+        return "".join(f"\n--- {log}:\n{log.read_text()[-600:]}" for log in logs
+                       if log.stat().st_size)
 
     def status(self, user: str, host: str, env: str) -> dict[str, Any]:
         result = self.run(user, host, "status", "--json", "--env", env, timeout=120)
@@ -390,26 +403,22 @@ def test_the_real_site_runs_in_three_envs_under_two_accounts(jaws_box):
     wheels = str(box.site.parent.parent / "rpc" / "dist")  # offline: pip uses local wheels only
     for env in ENVS:
         # the workload account first: its init does not wait for the jaws account's
-        result = box.run(JTM, CORI, "init", "--env", env, "--wheelhouse", wheels)
-        assert result.returncode == 0, result.stdout + result.stderr
-        result = box.run(JAWS, CORI, "init", "--env", env, "--wheelhouse", wheels)
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "central: skipped: on jaws.lbl.gov" in result.stdout, result.stdout
+        box.ran(JTM, CORI, "init", "--env", env, "--wheelhouse", wheels)
+        output = box.ran(JAWS, CORI, "init", "--env", env, "--wheelhouse", wheels)
+        assert "central: skipped: on jaws.lbl.gov" in output, output
     central_ports = [box.port(p, e) for p in ("central-auth", "central-rest") for e in ENVS]
     assert not any(listening(port) for port in central_ports)  # Cori's init left central alone
     for env in ENVS:
         check_env(box, env)
 
     for env in ENVS:  # then on central's host
-        result = box.run(JAWS, CENTRAL, "init", "--env", env, "--wheelhouse", wheels)
-        assert result.returncode == 0, result.stdout + result.stderr
+        box.ran(JAWS, CENTRAL, "init", "--env", env, "--wheelhouse", wheels)
         check_central(box, env)
 
     # the jaws account controls jtm through the grant
     before = box.status(JTM, CORI, "staging")
     old = programs_of(before, "jtm")["jaws-jtm"]["pid"]
-    result = box.run(JAWS, CORI, "restart", "jaws-jtm", "--env", "staging", timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    box.ran(JAWS, CORI, "restart", "jaws-jtm", "--env", "staging")
     after = programs_of(box.status(JTM, CORI, "staging"), "jtm")["jaws-jtm"]
     assert after["state"] == "RUNNING"
     assert after["pid"] != old
@@ -417,7 +426,6 @@ def test_the_real_site_runs_in_three_envs_under_two_accounts(jaws_box):
 
     for env in ENVS:
         for user, host in ((JAWS, CORI), (JTM, CORI), (JAWS, CENTRAL)):
-            result = box.run(user, host, "down", "--env", env, timeout=300)
-            assert result.returncode == 0, result.stdout + result.stderr
+            box.ran(user, host, "down", "--env", env)
     wait_until(lambda: not processes_under(box.base), timeout=60)
     assert not any(listening(port) for port in central_ports)
