@@ -79,6 +79,19 @@ class ProgramStatus:
     expected: bool  # should be running (autostart)
     history: History | None = None  # restarts from supervisord's log; None: not counted
     restart_limit: int | None = None  # more restarts than this in the window: a crash loop
+    health: Any = None  # a ``health.Health`` where a healer watches (probes, restarts)
+
+    @property
+    def health_state(self) -> str:
+        """ready, not ready or unknown; without a healer's record: ready once RUNNING."""
+        if self.health is not None:
+            return str(self.health.state)
+        return "ready" if self.state == "RUNNING" else "not ready"
+
+    @property
+    def unhealthy(self) -> bool:
+        """RUNNING, but its ready probe fails."""
+        return self.state == "RUNNING" and self.health_state == "not ready"
 
     @property
     def restarts(self) -> int | None:
@@ -92,7 +105,7 @@ class ProgramStatus:
     @property
     def severity(self) -> int:
         own = self._state_severity()
-        return worst([own, STATUS_WARNING]) if self.crash_looping else own
+        return worst([own, STATUS_WARNING]) if self.crash_looping or self.unhealthy else own
 
     def _state_severity(self) -> int:
         if self.state == "RUNNING":
@@ -107,7 +120,10 @@ class ProgramStatus:
         last_exit = self.history.last_exit if self.history else None
         return {"name": self.name, "group": self.group, "state": self.state, "pid": self.pid,
                 "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr,
-                "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None}
+                "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None,
+                "health": self.health_state,
+                "health_detail": (self.health.detail or None) if self.health is not None else None,
+                "backoff": self.health.backoff_json() if self.health is not None else None}
 
 
 @dataclass
@@ -255,7 +271,23 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     for row in result.programs:
         if row.state in _FAILING:
             row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
+    if inst.heals:
+        _add_health(inst, result.programs)
     return result
+
+
+def _add_health(inst: InstancePlan, rows: list[ProgramStatus]) -> None:
+    """Probe results and restart attempts, as the instance's healer recorded them (``status``
+    probes nothing itself: one request per instance stays all it costs)."""
+    from siteboot.health import health_of, read
+
+    records = read(inst.health_path)  # not the owner: unreadable, so health is unknown
+    now = time.time()
+    for row in rows:
+        program = next((p for p in inst.programs if row.name in p.process_names()), None)
+        if program is not None:
+            row.health = health_of(program.probe is not None, row.state, row.pid,
+                                   records.get(row.name), now)
 
 
 def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
@@ -896,14 +928,16 @@ class Convergence:
 
 def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
     """Start every process that should run (``autostart``) and does not, except those an operator
-    stopped (``held``); stop held ones that an edit or a fresh supervisord started again."""
+    stopped (``held``) and those that wait for others (``readiness.start_dependants`` starts
+    them in order); stop held ones that an edit or a fresh supervisord started again."""
     endpoint = connect(plan, inst, timeout=30.0)
     planned = {process: program for program in inst.programs
                for process in program.process_names()}
     infos = endpoint.call("supervisor.getAllProcessInfo")
     states = {i["name"]: i["statename"] for i in infos if i["name"] in planned}
     to_start = [p for p, state in states.items()
-                if state in _NOT_RUNNING_STATES and planned[p].autostart and p not in held]
+                if state in _NOT_RUNNING_STATES and planned[p].starts_with_supervisord
+                and p not in held]
     to_stop = [p for p, state in states.items() if state in _RUNNING_STATES and p in held]
     result = Convergence()
     for step, processes in (("stop", to_stop), ("start", to_start)):

@@ -278,6 +278,12 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
                            secrets=secrets or secret_store(inst))
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
+    if inst.heals:  # what its event listener watches (``healer``)
+        from siteboot.healer import spec_text
+
+        spec = spec_text(plan, inst)
+        if _read_text(inst.healer_spec_path) != spec:
+            atomic_write(inst.healer_spec_path, spec, mode=0o600)
     return inst.conf_path
 
 

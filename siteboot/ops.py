@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from siteboot.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from siteboot.control import ControlResult, SiteStatus, StatusResult
+    from siteboot.control import ControlResult, Convergence, SiteStatus, StatusResult
     from siteboot.cron import CronResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
@@ -187,12 +187,38 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
         except Fault as fault:  # it began to shut down meanwhile
             outcome.action, outcome.detail = "failed", f"supervisord answered: {fault.faultString}"
             continue
-        outcome.notes += done.notes
-        if done.failed:
-            outcome.action = "failed"
-            outcome.detail = "programs that should run do not: " + "; ".join(done.failed)
-        elif done.notes and outcome.action == "already running":
-            outcome.action, outcome.detail = "updated", "programs started or stopped"
+        _merge(outcome, done)
+    _start_in_order(plan, outcomes)
+
+
+def _merge(outcome: InstanceOutcome, done: Convergence) -> None:
+    outcome.notes += done.notes
+    if done.failed and outcome.action == "failed" and outcome.detail.startswith(_DO_NOT_RUN):
+        outcome.detail += "; " + "; ".join(done.failed)
+    elif done.failed:
+        outcome.action, outcome.detail = "failed", _DO_NOT_RUN + "; ".join(done.failed)
+    elif done.notes and outcome.action == "already running":
+        outcome.action, outcome.detail = "updated", "programs started or stopped"
+
+
+_DO_NOT_RUN = "programs that should run do not: "
+
+
+def _start_in_order(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
+    """Programs that wait for others (``depends_on``): started once those are ready, in waves
+    across the invoker's instances that run."""
+    if not any(p.depends_on for inst in plan.instances.values() for p in inst.programs):
+        return
+    from siteboot.readiness import start_dependants
+    from siteboot.records import operator_stops
+
+    running = [o for o in outcomes if o.action in ("started", "already running", "updated",
+                                                   "rotated")
+               or (o.action == "failed" and o.detail.startswith(_DO_NOT_RUN))]
+    held = {o.instance: operator_stops(plan.instance(o.instance)) for o in running}
+    done = start_dependants(plan, [o.instance for o in running], held)
+    for outcome in running:
+        _merge(outcome, done[outcome.instance])
 
 
 def run_foreground(plan: Plan, root: Path | None, instance: Selection) -> None:
@@ -209,10 +235,14 @@ def down(plan: Plan, instance: Selection = None, purge: bool = False,
     ``orphans``: also what this account started for the site and env that the site no longer
     describes (from the start records)."""
     from siteboot import instances
+    from siteboot.readiness import stop_dependants_first
     from siteboot.records import orphaned
 
     drifted = orphaned(plan) if orphans else []  # before `down` changes the records
+    first = stop_dependants_first(plan, instance)
     result = instances.down(plan, instance, purge)
+    for outcome in result.outcomes:
+        outcome.notes[:0] = first.get(outcome.instance, [])
     result.outcomes += [instances.stop_recorded(record) for record in drifted]
     return result
 
@@ -275,10 +305,10 @@ def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
     A stop by an operator is remembered (in the owner's state) so that ``up`` and ``revive``
     leave that process stopped; a start or restart of it lifts that.
     """
-    from siteboot.control import control as act
+    from siteboot.readiness import control_in_waves
     from siteboot.records import mark_stopped
 
-    result = act(plan, action, list(names))
+    result = control_in_waves(plan, action, list(names))
     for inst in plan.instances.values():
         done = [o.process for o in result.outcomes if o.instance == inst.name and o.ok]
         if done and plan.owns(inst):

@@ -169,7 +169,29 @@ class ProgramPlan:
 
     @property
     def autostart(self) -> bool:
+        """Should run: started by ``up`` and counted by ``status``."""
         return bool(self.options["autostart"])
+
+    @property
+    def depends_on(self) -> list[str]:
+        return list(self.options.get("depends_on") or [])
+
+    @property
+    def probe(self) -> dict[str, Any] | None:
+        """``ready``, placeholders filled in; None: ready once RUNNING."""
+        return self.options.get("ready")
+
+    @property
+    def backoff_max(self) -> int | None:
+        """``restart.backoff_max``; None: no self-healing (FATAL is final)."""
+        restart = self.options.get("restart")
+        return int(restart["backoff_max"]) if restart else None
+
+    @property
+    def starts_with_supervisord(self) -> bool:
+        """What the config says (``autostart``): one that waits for others is started by siteboot
+        (or the healer) once they are ready, never by supervisord at once."""
+        return self.autostart and not self.depends_on
 
     def process_names(self) -> list[str]:
         """The names supervisord gives this program's processes."""
@@ -241,6 +263,21 @@ class InstancePlan:
     @property
     def key_path(self) -> Path:
         return self.state_dir / "keys" / f"{self.name}.key"
+
+    @property
+    def healer_spec_path(self) -> Path:
+        """What the event listener watches (``healer``): written with the config."""
+        return self.runtime_dir / f"healer-{self.name}.json"
+
+    @property
+    def health_path(self) -> Path:
+        """The listener's records (probe results, restart attempts), read by ``status``."""
+        return self.state_dir / f"health-{self.name}.json"
+
+    @property
+    def heals(self) -> bool:
+        """Whether a listener runs in it: something to probe, restart or start in order."""
+        return any(p.probe or p.backoff_max or p.depends_on for p in self.programs)
 
     @property
     def secrets_path(self) -> Path:
@@ -444,6 +481,9 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
     lookup = _lookup({k: str(v) for k, v in values.items() if v is not None}, named)
     options = dict(program.options)
     directory = options.pop("directory")
+    if options.get("ready"):  # a command probe is a command line: quoted as `command` is
+        options["ready"] = {k: _expand(v, lookup, quote=shlex.quote if k == "command" else None)
+                            if isinstance(v, str) else v for k, v in options["ready"].items()}
     return ProgramPlan(
         name=program.name,
         command=_expand(text_for(program.command, plan.env), lookup, quote=shlex.quote),

@@ -64,6 +64,8 @@ class Key:
             "str_list": "list of strings",
             "str_table": "table of strings",
             "port_table": "table env → port",
+            "probe": "table: `tcp`, `http` (+ `status`) or `command`",
+            "restart": "table: `backoff_max`",
         }[self.kind]
 
 
@@ -105,8 +107,9 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "Names of `[files.*]` of its instance that it reads: written before it starts; `up` "
         "restarts it when one of them changed."),
     Key("numprocs", "int", 1, "Number of copies (not with `port`).", minimum=1, supervisor="numprocs"),
-    Key("autostart", "bool", True, "Start with the instance; also: must be RUNNING for `status` to be OK.",
-        supervisor="autostart"),
+    Key("autostart", "bool", True,
+        "Should run: started with the instance (with `depends_on`: once those are ready) and "
+        "must be RUNNING for `status` to be OK.", supervisor="autostart"),
     Key("autorestart", "choice", "unexpected", "Restart policy after exit.",
         choices=("true", "false", "unexpected"), supervisor="autorestart"),
     Key("startsecs", "int", 3, "Seconds it must stay up to count as started.", minimum=0,
@@ -127,7 +130,25 @@ PROGRAM_KEYS: tuple[Key, ...] = (
     Key("crash_loop_window", "int", 300,
         "Seconds over which `status` counts restarts (read from supervisord's log); 0 turns the "
         "count off.", minimum=0),
+    Key("depends_on", "str_list", [],
+        "Programs (of any instance of the site) that must be ready before this one starts: "
+        "`up`, `init` and `revive` start it only then (supervisord does not start it by itself), "
+        "and stop it before them."),
+    Key("ready", "probe", None,
+        "When it is ready: `{ tcp = \"{port}\" }` (a connection is accepted), `{ http = "
+        "\"http://127.0.0.1:{port}/health\", status = 200 }` or `{ command = \"...\" }` (exit 0); "
+        "placeholders as in `command`. Checked every 5 s while it runs (`status` shows it). "
+        "Omitted: ready once RUNNING."),
+    Key("ready_timeout", "int", 60,
+        "Seconds to wait for it to become ready before what depends on it is given up.",
+        minimum=1),
+    Key("restart", "restart", None,
+        "Self-healing, `{ backoff_max = 300 }`: after it ends FATAL (or exits where supervisord "
+        "does not restart it), start it again, forever, 1 s later, doubling up to `backoff_max` "
+        "seconds; back to 1 s once it has run for 60 s. Omitted: FATAL is final."),
 )
+HEALER_PROGRAM = "siteboot-healer"  # the event listener rendered into a supervisord that heals
+DEFAULT_BACKOFF_MAX = 300
 
 RUNNER_MODES = ("supervised", "detached")
 RUNNER_PROGRAM = "gitlab-runner"  # the program a supervised runner becomes in its instance
@@ -521,6 +542,30 @@ class _Validator:
                 result[name] = item
         return result
 
+    def _probe(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
+        from siteboot.probes import validate
+
+        probe, problems = validate(value)
+        for problem in problems:
+            self.error(table, key.name, f"'{key.name}': {problem}")
+        return probe
+
+    def _restart(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
+        if not isinstance(value, dict):
+            self.error(table, key.name, f"'{key.name}' must be a table like {{ backoff_max = "
+                       f"{DEFAULT_BACKOFF_MAX} }}, not {_tname(value)}")
+            return None
+        for name in value:
+            if name != "backoff_max":
+                self.error(table, key.name, f"unknown key '{key.name}.{name}'"
+                           f"{did_you_mean(name, ['backoff_max'])}")
+        backoff_max = value.get("backoff_max", DEFAULT_BACKOFF_MAX)
+        if not isinstance(backoff_max, int) or isinstance(backoff_max, bool) or backoff_max < 1:
+            self.error(table, key.name, f"'{key.name}.backoff_max' must be a number of seconds "
+                       f"(at least 1), not {backoff_max!r}")
+            return None
+        return {"backoff_max": backoff_max}
+
     def _port_table(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
         if not isinstance(value, dict):
             self.error(table, key.name,
@@ -612,6 +657,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         )
         _check_program(v, table, program, instances, venvs)
         programs[name] = program
+    _check_dependencies(v, programs)
 
     site = Site(
         name=site_name,
@@ -739,6 +785,9 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
     if isinstance(maxbytes, str) and not _BYTE_SIZE_RE.fullmatch(maxbytes):
         v.error(table, "log_maxbytes", f"'log_maxbytes' must be a size like \"10MB\" "
                 f"(a number, optionally with KB, MB or GB), not {maxbytes!r}")
+    if program.name == HEALER_PROGRAM:
+        v.error(table, None, f"'{HEALER_PROGRAM}' is the name of siteboot's event listener: "
+                "rename the program")
 
 
 def _check_texts(v: _Validator, site: Site) -> None:
@@ -760,6 +809,9 @@ def _check_texts(v: _Validator, site: Site) -> None:
         for name, text in program.environment.items():
             _check_text(v, site, secret_vars, table, f"environment.{name}", text,
                         (*PROGRAM_USES, "secret:"), unavailable)
+        for key, text in probe_texts(program.options.get("ready")).items():
+            _check_text(v, site, secret_vars, table, f"ready.{key}", text, PROGRAM_USES,
+                        unavailable)
         for name in program.files:
             spec = site.files.get(name)
             if spec is None:
@@ -893,6 +945,35 @@ def _placeholder_problem(site: Site, secret_vars: set[str], key: str, name: str,
             return f"'{key}' uses {shown}, which [{kind}s] does not declare" \
                    f"{did_you_mean(arg, declared)}"
     return None
+
+
+def probe_texts(probe: Mapping[str, Any] | None) -> dict[str, str]:
+    """The strings of a ``ready`` table, where placeholders may be (none without a probe)."""
+    if not probe:
+        return {}
+    from siteboot.probes import texts
+
+    return texts(probe)
+
+
+def _check_dependencies(v: _Validator, programs: Mapping[str, Program]) -> None:
+    """``depends_on`` names programs of the site, and no program waits for itself."""
+    edges: dict[str, list[str]] = {}
+    for program in programs.values():
+        table = f"programs.{program.name}"
+        for dep in program.options["depends_on"]:
+            if dep not in programs:
+                v.error(table, "depends_on", f"depends on '{dep}', which is not a program of "
+                        f"the site{did_you_mean(dep, programs)}")
+        edges[program.name] = [d for d in program.options["depends_on"] if d in programs]
+    if not any(edges.values()):
+        return
+    from siteboot.ordering import find_cycle
+
+    cycle = find_cycle(edges)
+    if cycle:
+        v.error(f"programs.{cycle[0]}", "depends_on",
+                "dependency cycle: " + " -> ".join(cycle) + " (nothing in it could ever start)")
 
 
 def default_program_options() -> dict[str, Any]:

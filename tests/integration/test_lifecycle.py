@@ -34,7 +34,7 @@ def test_up_status_down_leaves_nothing(site_factory):
     assert alpha["url"] == f"unix://{site.runtime(alpha['name'])}/supervisor.sock"
     program = alpha["programs"][0]
     assert set(program) == {"name", "group", "state", "pid", "uptime_s", "exitstatus", "spawnerr",
-                            "restarts", "last_exit"}
+                            "restarts", "last_exit", "health", "health_detail", "backoff"}
     assert program["group"] == "it-dev"
     assert program["state"] == "RUNNING"
     workers = [p["name"] for p in data["instances"][1]["programs"]]
