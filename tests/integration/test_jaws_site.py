@@ -321,9 +321,10 @@ def jaws_box() -> Iterator[JawsBox]:
 
 
 def programs_of(status: dict[str, Any], instance: str) -> dict[str, dict[str, Any]]:
+    """The site's programs of ``instance`` (not the readiness listener siteboot adds)."""
     [found] = [i for i in status["instances"] if i["name"] == instance]
     assert found["state"] == "running", found
-    return {p["name"]: p for p in found["programs"]}
+    return {p["name"]: p for p in found["programs"] if p["name"] != "siteboot-healer"}
 
 
 def environ(pid: int) -> dict[str, str]:
