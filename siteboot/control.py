@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.concurrency import concurrently
@@ -45,13 +46,15 @@ from siteboot.rpc import (
 RUNNING = "running"
 NO_KEY = "no key"
 NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing to monitor
+ELSEWHERE = "elsewhere"  # placed on another host: not asked from here, not counted
 ERROR = "error"  # could not be asked (an unreadable runtime dir, an unknown user): unknown
 
 SHUTTING_DOWN = "shutting down"
 RUNTIME_LOST = "running (runtime dir lost)"
 ORPHANED = "orphaned"  # running, recorded as started by this account, no longer in the site
 # A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, RUNTIME_LOST: STATUS_WARNING,
+_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, ELSEWHERE: STATUS_OK,
+                         RUNTIME_LOST: STATUS_WARNING,
                          ORPHANED: STATUS_WARNING,
                          NOT_RUNNING: STATUS_CRITICAL,
                          NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
@@ -135,6 +138,7 @@ class InstanceStatus:
     pid: int | None = None
     error: str | None = None
     programs: list[ProgramStatus] = field(default_factory=list)
+    host: str | None = None  # as the site places it; None: any host
 
     @property
     def severity(self) -> int:
@@ -143,7 +147,7 @@ class InstanceStatus:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "user": self.user, "state": self.state, "pid": self.pid,
-                "url": self.url, "error": self.error,
+                "url": self.url, "error": self.error, "host": self.host,
                 "programs": [p.as_json() for p in self.programs]}
 
 
@@ -156,28 +160,44 @@ def worst(severities: list[int]) -> int:
 
 
 @dataclass
+class VenvProblem:
+    """A venv whose interpreter moved or vanished: what runs on it will not start again."""
+
+    venv: str  # its path ("the tool venv" is siteboot's own)
+    programs: list[str]  # the programs that use it
+    problem: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"venv": self.venv, "programs": self.programs, "problem": self.problem}
+
+
+@dataclass
 class StatusResult:
     site: str
     env: str
     instances: list[InstanceStatus]
     runner: Any | None = None  # the site's detached gitlab-runner (a ``runner.RunnerStatus``)
+    venv_problems: list[VenvProblem] = field(default_factory=list)  # a warning each
 
     @property
     def exit_code(self) -> int:
-        runner = [] if self.runner is None or self.runner.state == "not yours" \
+        runner = [] if self.runner is None or self.runner.state in (NOT_YOURS, ELSEWHERE) \
             else [self.runner.exit_code]
-        return worst([i.severity for i in self.instances] + runner)
+        venvs = [STATUS_WARNING] if self.venv_problems else []
+        return worst([i.severity for i in self.instances] + runner + venvs)
 
     def as_json(self) -> dict[str, Any]:
         data = {"site": self.site, "env": self.env, "ok": self.exit_code == STATUS_OK,
                 "instances": [i.as_json() for i in self.instances]}
         if self.runner is not None:
             data["runner"] = self.runner.as_json()
+        if self.venv_problems:
+            data["venv_problems"] = [v.as_json() for v in self.venv_problems]
         return data
 
 
 # An instance in one of these states was never started here (or cannot be seen to run).
-_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR}
+_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR, ELSEWHERE}
 
 
 def in_use(report: StatusResult) -> bool:
@@ -203,12 +223,17 @@ class SiteStatus:
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     """One instance's report; whatever keeps it from being asked is its own error, never the
-    whole report's (a monitor must get a document for the others)."""
+    whole report's (a monitor must get a document for the others). One placed on another host
+    is listed, not asked: its port here is not its port."""
+    if not inst.here:
+        return InstanceStatus(inst.name, inst.user, ELSEWHERE, inst.http_url, host=inst.host)
     try:
-        return _query(plan, inst)
+        report = _query(plan, inst)
     except (SitebootError, OSError) as exc:
         detail = str(exc) if isinstance(exc, SitebootError) else f"{type(exc).__name__}: {exc}"
-        return InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+        report = InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+    report.host = inst.host
+    return report
 
 
 def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
@@ -373,7 +398,41 @@ def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) ->
             row.programs = [p for p in row.programs if p.name in wanted[row.name]]
     elif not instance:
         rows += orphaned_rows(plan)
-    return StatusResult(plan.site.name, plan.env, rows)
+    return StatusResult(plan.site.name, plan.env, rows, venv_problems=venv_problems(plan, insts))
+
+
+def venv_problems(plan: Plan, insts: list[InstancePlan]) -> list[VenvProblem]:
+    """The tool venv and the app venvs of the invoker's programs here whose interpreter moved
+    or vanished (a module upgrade): found with stat alone, nothing is started."""
+    from siteboot.bootstrap.locate import STAMP_NAME, find_checkout, tool_venv_path
+    from siteboot.interpreters import APP_VENV_STAMP, stamped_moved
+
+    problems: list[VenvProblem] = []
+    checkout = find_checkout()
+    if checkout is not None:
+        tool = tool_venv_path(checkout)
+        why = stamped_moved(tool, STAMP_NAME)
+        if why:
+            problems.append(VenvProblem(str(tool), [], f"the tool venv: {why}; `python3 -m siteboot "
+                                        "init` rebuilds it"))
+    checked: dict[Path, VenvProblem | None] = {}
+    for inst in insts:
+        if not (plan.owns(inst) and inst.here):
+            continue
+        for program in inst.programs:
+            if program.venv is None:
+                continue
+            if program.venv not in checked:
+                why = stamped_moved(program.venv, APP_VENV_STAMP)
+                found = VenvProblem(str(program.venv), [], f"{why}; `siteboot init` rebuilds it") \
+                    if why else None
+                checked[program.venv] = found
+                if found is not None:
+                    problems.append(found)
+            found = checked[program.venv]
+            if found is not None:
+                found.programs.append(program.name)
+    return problems
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
@@ -453,7 +512,8 @@ def _named(plan: Plan, name: str) -> list[tuple[InstancePlan, str]]:
     """The processes one name stands for, in site order."""
     every = [(inst, program) for inst in plan.instances.values() for program in inst.programs]
     if name == "all":
-        return [(inst, process) for inst, program in every if plan.owns(inst) or inst.group
+        return [(inst, process) for inst, program in every
+                if inst.here and (plan.owns(inst) or inst.group)
                 for process in program.process_names()]
     prefix, colon, rest = name.partition(":")
     if colon:  # an instance's name first; else supervisord's group

@@ -115,12 +115,13 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     from siteboot.fsutil import atomic_write
     from siteboot.instances import instance_lock, provision_all
     from siteboot.render import render_files, render_preview
+    from siteboot.venvs import with_builds
 
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
     # owner deploys): a refusal leaves nothing written. Previews show {secret:NAME}, never one.
-    previews = [(inst, render_preview(plan, inst, root), render_files(plan, inst, root, None))
-                for inst in selected]
+    previews = [(inst, render_preview(plan, with_builds(inst), root),
+                 render_files(plan, inst, root, None)) for inst in selected]
     rendered: list[RenderedConfig] = []
     skipped: list[tuple[str, str]] = []
     notes: list[str] = []
@@ -137,7 +138,10 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
                 rendered.append(RenderedConfig(inst.name, path, True, item.name))
         return RenderResult(rendered, skipped)
     for inst in selected:
-        if plan.owns(inst):
+        elsewhere = plan.elsewhere(inst)
+        if elsewhere:
+            skipped.append((inst.name, f"{elsewhere}: render it there, or preview it with --out DIR"))
+        elif plan.owns(inst):
             with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
                 site_files, conf = provision_all(plan, inst, root)
             rendered.append(RenderedConfig(inst.name, conf, False))
@@ -360,7 +364,7 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     from siteboot.venvs import ensure_venvs
 
     progress = progress or SILENT
-    venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    venvs = ensure_venvs(plan, wheelhouse, progress=progress, root=root)
     if not start:
         return InitResult(venvs, _rendered_in_place(plan, root), None)
     outcomes = instances.up(plan, root, None, timeout)
@@ -505,7 +509,8 @@ def _revive_runner(plan: Plan) -> RunnerOutcome | None:
     """The site's detached gitlab-runner, when this account runs it (a supervised one is a
     program of its instance and came back with it). An operator's drain or stop is kept."""
     runner = plan.runner
-    if runner is None or runner.mode != "detached" or runner.user != plan.invoker:
+    if runner is None or runner.mode != "detached" or runner.user != plan.invoker \
+            or not plan.instance(runner.instance).here:
         return None
     from siteboot import runner as runners
 
@@ -520,7 +525,7 @@ def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = Fa
     from siteboot.records import records_dir
 
     log = ensure_private_dir(records_dir(plan.invoker)).parent / f"{plan.site.name}-revive.log"
-    lines = crontab.block(plan.site.name, plan.site.path, root, log)
+    lines = crontab.block(plan.site.name, plan.site.path, root, log, plan.preamble(plan.invoker))
     return crontab.apply(plan.site.name, lines, install, remove, log)
 
 

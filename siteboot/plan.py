@@ -27,12 +27,23 @@ from siteboot.site import (
     Site,
     default_program_options,
     locate,
+    same_host,
     text_for,
 )
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 RPC_USERNAME = "siteboot"
+HOST_ENV = "SITEBOOT_HOST"
+
+
+def this_host() -> str:
+    """The host commands run on: ``$SITEBOOT_HOST``, else the kernel's host name (as short or
+    as full as the host is set up: ``same_host`` matches either). Not ``getfqdn``: it asks DNS,
+    which can hang a login node for seconds, and ``status`` runs every minute."""
+    return os.environ.get(HOST_ENV) or os.uname().nodename
+
+
 # Which instances a command is about: one name, several (``-i`` repeated), or None for all.
 Selection = Union[str, Sequence[str], None]
 
@@ -218,6 +229,8 @@ class InstancePlan:
     group_name: str
     programs: list[ProgramPlan]
     env: str
+    host: str | None = None  # as declared; None: any host
+    here: bool = True  # placed on the host this runs on (or on any host)
     files: list[FilePlan] = field(default_factory=list)  # written by its user, before starting
     dirs: list[DirPlan] = field(default_factory=list)  # made or corrected by its user
 
@@ -351,6 +364,7 @@ class Plan:
     invoker_state_dir: Path
     instances: dict[str, InstancePlan]
     runner: RunnerPlan | None = None
+    host: str = ""  # the host this runs on (``this_host``)
     vars: dict[str, str] = field(default_factory=dict)  # [vars] in this env (Sealed: secrets)
     ports: dict[str, int] = field(default_factory=dict)  # program -> its port in this env
 
@@ -386,6 +400,15 @@ class Plan:
     def owns(self, inst: InstancePlan) -> bool:
         return inst.user == self.invoker
 
+    def elsewhere(self, inst: InstancePlan) -> str | None:
+        """``on <host>`` when ``inst`` is placed on another host than this one, else None."""
+        return None if inst.here else f"on {inst.host}"
+
+    def preamble(self, user: str) -> list[str]:
+        """The shell lines run before ``user``'s programs: ``[site] preamble``, or a line that
+        sources ``preamble_file`` (relative to the site file; ``~`` is ``user``'s home)."""
+        return preamble_lines(self.site, user)
+
     def url_for(self, inst: InstancePlan) -> str:
         """How the invoker reaches ``inst``: its own over the unix socket, others over 127.0.0.1."""
         return inst.unix_url if self.owns(inst) else inst.http_url
@@ -403,11 +426,36 @@ def _fill(template: str, **values: str) -> str:
     return template.format_map(values)
 
 
-def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
-    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user)."""
+def preamble_lines(site: Site, user: str) -> list[str]:
+    path = preamble_path(site, user)
+    if path is None:
+        return list(site.preamble)
+    from siteboot.login import source_line  # only for a site with a preamble: not on every status
+
+    return [source_line(str(path))]
+
+
+def _wrapped(preamble: list[str], command: str) -> str:
+    if not preamble:
+        return command
+    from siteboot.login import wrap_command
+
+    return wrap_command(preamble, command)
+
+
+def preamble_path(site: Site, user: str) -> Path | None:
+    if site.preamble_file is None:
+        return None
+    return site.path.parent / expand_home(site.preamble_file, user)  # an absolute one stays
+
+
+def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None = None) -> Plan:
+    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user) on
+    ``host`` (default: ``this_host``)."""
     if env not in site.envs:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
+    host = host or this_host()
     common = {"site": site.name, "env": env}
     # Whose instance dirs share a parent: one account's parent is private (0700); one that
     # several accounts share must be root's and sticky (``fsutil.verify_shared_parent``).
@@ -430,13 +478,14 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[], env=env,
+            group_name=f"{site.name}-{env}", programs=[], env=env, host=inst.host,
+            here=inst.host is None or same_host(inst.host, host),
         )
     # each program's port in this env: its {port}, and {port:NAME} and port() for the others
     ports = {p.name: p.port[env] for p in site.programs.values() if p.port}
     plan = Plan(site, env, invoker,
                 expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances,
-                vars=_resolve_vars(site, env, ports), ports=ports)
+                vars=_resolve_vars(site, env, ports), ports=ports, host=host)
     named: dict[str, dict[str, str]] = {"var": plan.vars,
                                         "port": {k: str(v) for k, v in ports.items()},
                                         "dir": {}, "file": {}}
@@ -456,7 +505,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         plan = dataclasses.replace(plan, runner=runner)
         if runner.mode == "supervised":
             plan_instances[runner.instance].programs.append(
-                _runner_program(runner, plan_instances[runner.instance]))
+                _runner_program(runner, plan_instances[runner.instance], plan.preamble(runner.user)))
     return plan
 
 
@@ -486,7 +535,8 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
                             if isinstance(v, str) else v for k, v in options["ready"].items()}
     return ProgramPlan(
         name=program.name,
-        command=_expand(text_for(program.command, plan.env), lookup, quote=shlex.quote),
+        command=_wrapped(plan.preamble(inst.user),
+                         _expand(text_for(program.command, plan.env), lookup, quote=shlex.quote)),
         directory=_expand(text_for(directory, plan.env), lookup) if directory else None,
         environment={k: _expand(text_for(v, plan.env), lookup)
                      for k, v in program.environment.items()},
@@ -653,7 +703,7 @@ def _runner_plan(plan: Plan, inst: InstancePlan, spec: RunnerSpec) -> RunnerPlan
     )
 
 
-def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
+def _runner_program(runner: RunnerPlan, inst: InstancePlan, preamble: list[str]) -> ProgramPlan:
     """A supervised runner: one more program of its instance, stopped the way GitLab drains."""
     options = default_program_options()
     options.pop("directory")
@@ -661,7 +711,8 @@ def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
     options.update(stopsignal="QUIT", stopwaitsecs=runner.drain_timeout, autorestart="true",
                    redirect_stderr=True)
     return ProgramPlan(
-        name=RUNNER_PROGRAM, command=shlex.join(runner.argv()), directory=str(runner.cwd),
+        name=RUNNER_PROGRAM, command=_wrapped(preamble, shlex.join(runner.argv())),
+        directory=str(runner.cwd),
         environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.plan import make_plan, resolved_problems
-from siteboot.site import Problem, Site, parse_site, port_clashes
+from siteboot.plan import make_plan, resolved_problems, this_host
+from siteboot.site import Problem, Site, parse_site, port_clashes, port_host, same_host
 
 
 def matrix(site: Site) -> dict[str, dict[str, int]]:
@@ -82,14 +82,21 @@ def belongs_to_site(pid: int, config_paths: set[str]) -> bool:
     return False
 
 
+def _placed_here(site: Site, owner: str, here: str) -> bool:
+    host = port_host(site, owner)
+    return host is None or same_host(host, here)
+
+
 def in_use_problems(site: Site, level: str, probe: ListenerProbe = probe_listeners,
                     ours: Callable[[int, set[str]], bool] = belongs_to_site,
                     envs: set[str] | None = None) -> list[Problem]:
-    """A port of the site (of ``envs``, default all) bound by a process outside the site: a
-    warning (or error if strict)."""
-    owners: dict[int, tuple[str, str]] = {port: (owner, env) for owner, env, port in site.port_users()
-                                          if envs is None or env in envs}
-    listeners = probe(set(owners))
+    """A port of the site (of ``envs``, default all; of instances placed on this host) bound by
+    a process outside the site: a warning (or error if strict)."""
+    here = this_host()
+    owners: dict[int, tuple[str, str]] = {
+        port: (owner, env) for owner, env, port in site.port_users()
+        if (envs is None or env in envs) and _placed_here(site, owner, here)}
+    listeners = probe(set(owners)) if owners else []
     if not listeners:
         return []
     config_paths = _site_config_paths(site)

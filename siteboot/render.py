@@ -155,6 +155,18 @@ def healer_section(inst: InstancePlan) -> dict[str, str] | None:
             "log": str(inst.childlogdir / f"{HEALER_PROGRAM}.err.log")}
 
 
+def _after_preamble(plan: Plan, inst: InstancePlan,
+                    listener: dict[str, str] | None) -> dict[str, str] | None:
+    """The event listener runs on the tool venv's interpreter, which may need the site's login
+    preamble (a module's libraries) as much as the programs do."""
+    preamble = plan.preamble(inst.user)
+    if listener is None or not preamble:
+        return listener
+    from siteboot.login import wrap_command
+
+    return {**listener, "command": wrap_command(preamble, listener["command"])}
+
+
 def with_secrets(inst: InstancePlan, secrets: SecretStore) -> tuple[InstancePlan, list[str]]:
     """``inst`` with the secrets of its programs' environments filled in, and every revealed
     value supervisord could not carry (said with the secret's name, never its value)."""
@@ -202,7 +214,7 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
         return str(template.render(
             version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
             username=RPC_USERNAME, password=password, generic_options=generic_options,
-            healer=healer_section(inst),
+            healer=_after_preamble(plan, inst, healer_section(inst)),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",

@@ -95,6 +95,9 @@ def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
     echo(styled(f"site {report.site}, env {report.env}", bold=True))
     for inst in report.instances:
+        if inst.state == "elsewhere":  # another host's: listed, not asked
+            echo(f"{inst.name} ({inst.user}) on {inst.host}")
+            continue
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""
         echo(styled(head, bold=True) + f"  {inst.url}")
@@ -119,6 +122,9 @@ def print_status(report: Any) -> None:
             if counted:
                 colors[headers.index("restarts")] = lambda cell: "yellow" if cell.endswith("!") else None
             echo(table(headers, rows, colors))
+    for problem in getattr(report, "venv_problems", []):
+        used = f" (used by {', '.join(problem.programs)})" if problem.programs else ""
+        echo(styled(f"venv {problem.venv}{used}: {problem.problem}", fg="yellow"))
     if runner is not None:
         pids = ", ".join(map(str, runner.pids))
         head = f"gitlab-runner ({runner.user}, {runner.mode}) {runner.state}"

@@ -29,7 +29,7 @@ def test_up_status_down_leaves_nothing(site_factory):
     assert data["env"] == "dev"
     assert data["ok"] is True
     alpha = data["instances"][0]
-    assert set(alpha) == {"name", "user", "state", "pid", "url", "error", "programs"}
+    assert set(alpha) == {"name", "user", "state", "pid", "url", "error", "host", "programs"}
     assert alpha["state"] == "running"
     assert alpha["url"] == f"unix://{site.runtime(alpha['name'])}/supervisor.sock"
     program = alpha["programs"][0]
