@@ -7,6 +7,7 @@ Instances are queried concurrently, each in one multicall request.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -64,6 +65,26 @@ FAULT_NOT_RUNNING = 70
 FAULT_SPAWN_ERROR = 50
 
 
+# A process in these states failed to start: its own words say why (``log_tails``).
+FAILING_TO_START = {"FATAL", "BACKOFF"}
+LOG_TAIL_LINES = 5
+_LOG_TAIL_BYTES = 4096  # over RPC: enough for LOG_TAIL_LINES lines of a traceback
+_LOG_LINE_WIDTH = 200
+# What a log line must not bring to the operator's terminal: colours, cursor moves, controls.
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class LogTail:
+    """The last lines a failing process wrote where its errors go."""
+
+    stream: str  # "stderr", or "stdout" for a program with redirect_stderr
+    lines: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"stream": self.stream, "lines": self.lines}
+
+
 @dataclass
 class ProgramStatus:
     name: str
@@ -76,6 +97,7 @@ class ProgramStatus:
     expected: bool  # should be running (autostart)
     history: History | None = None  # restarts from supervisord's log; None: not counted
     restart_limit: int | None = None  # more restarts than this in the window: a crash loop
+    log_tail: LogTail | None = None  # FATAL or BACKOFF: the end of its error output
 
     @property
     def restarts(self) -> int | None:
@@ -104,7 +126,8 @@ class ProgramStatus:
         last_exit = self.history.last_exit if self.history else None
         return {"name": self.name, "group": self.group, "state": self.state, "pid": self.pid,
                 "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr,
-                "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None}
+                "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None,
+                "log_tail": self.log_tail.as_json() if self.log_tail else None}
 
 
 @dataclass
@@ -225,7 +248,52 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     for row in result.programs:
         if row.state in _FAILING:
             row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
+    failing = [row.name for row in result.programs if row.state in FAILING_TO_START]
+    if failing:  # only then: a healthy status reads no log
+        tails = log_tails(plan, inst, endpoint, failing)
+        for row in result.programs:
+            row.log_tail = tails.get(row.name)
     return result
+
+
+def _program_of(inst: InstancePlan, process: str) -> ProgramPlan | None:
+    return next((p for p in inst.programs if process in p.process_names()), None)
+
+
+def log_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
+              processes: list[str]) -> dict[str, LogTail]:
+    """The last lines each of ``processes`` wrote to stderr (to stdout, with ``redirect_stderr``):
+    the owner reads the log file, anyone else (a granted member) asks supervisord."""
+    from siteboot.proc import file_tail
+
+    tails: dict[str, LogTail] = {}
+    for process in processes:
+        program = _program_of(inst, process)
+        if program is None:
+            continue
+        stream = "stdout" if program.options.get("redirect_stderr") else "stderr"
+        if plan.owns(inst):  # supervisord writes it as the owner: no need to ask it
+            text = file_tail(program.log_path(process, stream), LOG_TAIL_LINES)
+        else:
+            method = f"supervisor.tailProcess{stream.capitalize()}Log"
+            try:
+                text, _size = _tail_end(endpoint, f"{inst.group_name}:{process}", method,
+                                        _LOG_TAIL_BYTES)
+            except (SitebootError, Fault):  # no log (yet), or not readable: nothing to show
+                continue
+        lines = [_TERMINAL_CODES.sub("", line)[:_LOG_LINE_WIDTH] for line in text.splitlines()]
+        lines = [line for line in lines if line.strip()][-LOG_TAIL_LINES:]
+        if lines:
+            tails[process] = LogTail(stream, lines)
+    return tails
+
+
+def failing_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
+                  states: dict[str, str]) -> dict[str, LogTail]:
+    """``log_tails`` of the processes that ``states`` (process -> state) says are FATAL or
+    BACKOFF."""
+    return log_tails(plan, inst, endpoint,
+                     [process for process, state in states.items() if state in FAILING_TO_START])
 
 
 def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
@@ -331,10 +399,12 @@ class ProcessOutcome:
     process: str
     ok: bool
     message: str
+    log_tail: LogTail | None = None  # it did not start (FATAL, BACKOFF): the end of its log
 
     def as_json(self) -> dict[str, Any]:
         return {"instance": self.instance, "process": self.process, "ok": self.ok,
-                "message": self.message}
+                "message": self.message,
+                "log_tail": self.log_tail.as_json() if self.log_tail else None}
 
 
 @dataclass
@@ -417,12 +487,15 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
 
     def run(inst: InstancePlan) -> list[ProcessOutcome]:
         processes = targets[inst.name]
+        seen: dict[str, str] = {}
         try:
             endpoint = connect(plan, inst, timeout=30.0)
-            outcome = _apply(endpoint, inst, action, processes)
+            outcome = _apply(endpoint, inst, action, processes, seen)
+            tails = {} if action == "stop" else failing_tails(
+                plan, inst, endpoint, {p: seen.get(p, "") for p in processes if not outcome[p][0]})
         except (RpcError, KeyAccessError) as exc:
             return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
-        return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
+        return [ProcessOutcome(inst.name, p, *outcome[p], tails.get(p)) for p in processes]
 
     return ControlResult([row for rows in concurrently(run, insts) for row in rows])
 
@@ -468,9 +541,10 @@ def _limits(inst: InstancePlan) -> dict[str, int]:
     return {_TO_STOP: stopwait, _TO_START: startsecs, _STARTING: startsecs}
 
 
-def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
-           processes: list[str]) -> dict[str, tuple[bool, str]]:
-    """Ask for ``action`` on all processes at once, then poll until each has got there.
+def _apply(endpoint: Endpoint, inst: InstancePlan, action: str, processes: list[str],
+           seen: dict[str, str] | None = None) -> dict[str, tuple[bool, str]]:
+    """Ask for ``action`` on all processes at once, then poll until each has got there;
+    ``seen`` gets the last state each process was seen in.
 
     Polling instead of supervisord's ``wait`` keeps a multicall from waiting out every
     process's startsecs one after another.
@@ -485,6 +559,7 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
     answers = endpoint.multicall(calls)
     outcome: dict[str, tuple[bool, str]] = {}
     tracked: list[_Tracked] = []
+    seen = {} if seen is None else seen
 
     def enter(item: _Tracked, phase: str) -> None:
         item.phase, item.limit = phase, limits[phase]
@@ -492,6 +567,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
 
     for n, process in enumerate(processes):
         before, answer = answers[2 * n], answers[2 * n + 1]
+        if isinstance(before, dict):
+            seen[process] = before["statename"]
         verdict, phase = _first_answer(action, before, answer)
         if verdict is not None:
             outcome[process] = verdict
@@ -525,6 +602,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
                                     for t in tracked])
         waiting = []
         for item, info in zip(tracked, infos):
+            if isinstance(info, dict):
+                seen[item.process] = info["statename"]
             verdict = _progress(item, info, action, enter)
             if verdict is None:
                 waiting.append(item)
@@ -744,6 +823,7 @@ class Convergence:
 
     notes: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    tails: dict[str, LogTail] = field(default_factory=dict)  # of the failed ones
 
 
 def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
@@ -758,10 +838,16 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
                 if state in _NOT_RUNNING_STATES and planned[p].autostart and p not in held]
     to_stop = [p for p, state in states.items() if state in _RUNNING_STATES and p in held]
     result = Convergence()
+    # FATAL and not started by `up` (autostart = false): it still counts as a failure
+    failing = {p: state for p, state in states.items()
+               if state == "FATAL" and not planned[p].autostart and p not in held}
+    result.failed += [f"{p}: FATAL (autostart = false: `siteboot start {inst.name}:{p}` starts "
+                      "it again)" for p in failing]
+    seen: dict[str, str] = {}
     for step, processes in (("stop", to_stop), ("start", to_start)):
         if not processes:
             continue
-        for process, (ok, message) in _apply(endpoint, inst, step, processes).items():
+        for process, (ok, message) in _apply(endpoint, inst, step, processes, seen).items():
             was = states[process]
             if ok and step == "start":
                 result.notes.append(f"started {process} (was {was})")
@@ -770,4 +856,6 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
                                     f"(`siteboot start {inst.name}:{process}` lifts that)")
             else:
                 result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
+                failing[process] = seen.get(process, "")
+    result.tails = failing_tails(plan, inst, endpoint, failing)
     return result

@@ -263,6 +263,10 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
     from siteboot.keys import ensure_key, password_hash
     from siteboot.render import render_instance, render_preview
 
+    unallocated = plan.unallocated(inst)
+    if unallocated:  # a config with port 0 would start on a random port
+        raise InstanceError(f"{inst.name}: its auto ports are not allocated yet: "
+                            f"{', '.join(unallocated)}", "`siteboot up` allocates them")
     render_preview(plan, inst, root)
     prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
@@ -376,6 +380,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
+            _refuse_taken_ports(inst, _ports_to_start(
+                inst, endpoint.call("supervisor.getAllProcessInfo")))
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path))
             _record(plan, inst, running)
@@ -398,6 +404,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
                                 "revive`, which replaces one that does not answer")
     notes += stop_orphans(inst, find_orphans(inst))
     notes += clear_stale(inst, None)
+    _refuse_taken_ports(inst, {inst.port: f"supervisord-{inst.name}", **_ports_to_start(inst, [])})
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
     pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
     _record(plan, inst, find_supervisord(inst))
@@ -405,6 +412,35 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
 
 
 SHUTTING_DOWN = "in state SHUTDOWN"
+_HOLDING_ITS_PORT = {"RUNNING", "STARTING", "STOPPING"}  # a process in these has its port
+
+
+def _ports_to_start(inst: InstancePlan, infos: list[dict[str, Any]]) -> dict[int, str]:
+    """port -> program, for each program with a port that ``up`` is about to start: it should
+    run (``autostart``, not stopped by an operator) and, per ``infos`` (getAllProcessInfo of the
+    running supervisord, if any), does not run yet."""
+    from siteboot.records import operator_stops
+
+    held = operator_stops(inst)
+    states = {info["name"]: info["statename"] for info in infos}
+    return {program.port: f"program {program.name}" for program in inst.programs
+            if program.port and program.autostart
+            and not all(p in held for p in program.process_names())
+            and not any(states.get(p) in _HOLDING_ITS_PORT for p in program.process_names())}
+
+
+def _refuse_taken_ports(inst: InstancePlan, ports: dict[int, str]) -> None:
+    """Refuse at once, naming who holds them, to start what needs a port that a process
+    other than the instance's own listens on (it would only end in BACKOFF, then FATAL)."""
+    from siteboot.ports import held_ports
+
+    taken = held_ports(inst, ports) if ports else []
+    if taken:
+        raise InstanceError(
+            f"{inst.name}: nothing started, a port it needs is taken:\n"
+            + "\n".join(f"    {line}" for line in taken),
+            "stop that process, or change the port in the site file (`port = \"auto\"` lets "
+            "siteboot pick a free one)")
 
 
 def _wait_for_shutdown(inst: InstancePlan, running: Any) -> str:
@@ -472,6 +508,16 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
         slow.call("supervisor.removeProcessGroup", group)
     for group in changed + added:
         slow.call("supervisor.addProcessGroup", group)
+    if previous and (added or changed or removed):
+        from siteboot.render import program_changes
+
+        changes += program_changes(previous, current)
+        # what it runs now: its server settings as started, its programs as just applied
+        try:
+            atomic_write(inst.started_conf_path,
+                         _server_part(previous) + current[len(_server_part(current)):], mode=0o600)
+        except OSError:
+            pass  # the next `up` then names these changes again
     changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
                                                    for g in changed] + [f"added {g}" for g in added]
     return changes

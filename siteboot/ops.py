@@ -11,7 +11,7 @@ psutil or virtualenv.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -39,11 +39,12 @@ Progress = Callable[[str], None]
 class PortsResult:
     site: str
     envs: list[str]
-    ports: dict[str, dict[str, int]]  # name -> env -> port
+    ports: dict[str, dict[str, int | None]]  # name -> env -> port (None: auto, not allocated)
+    auto: dict[str, list[str]]  # name -> the envs where its port is "auto"
     exit_code = EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
-        return {"site": self.site, "envs": self.envs, "ports": self.ports}
+        return {"site": self.site, "envs": self.envs, "ports": self.ports, "auto": self.auto}
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,13 @@ class RenderedConfig:
 class RenderResult:
     rendered: list[RenderedConfig]
     skipped: list[tuple[str, str]]  # (instance, why)
+    notes: list[str] = field(default_factory=list)  # auto ports allocated, or shown as 0
     exit_code = EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
         return {"rendered": [r.as_json() for r in self.rendered],
-                "skipped": [{"instance": i, "reason": why} for i, why in self.skipped]}
+                "skipped": [{"instance": i, "reason": why} for i, why in self.skipped],
+                "notes": self.notes}
 
 
 @dataclass(frozen=True)
@@ -88,10 +91,32 @@ class InitResult:
 
 
 def ports(site: Site) -> PortsResult:
-    """The port matrix: one row per program and ``supervisord-<instance>``, one column per env."""
-    from siteboot.ports import matrix
+    """The port matrix: one row per program and ``supervisord-<instance>``, one column per env;
+    an auto port shows the number allocated for the invoker (reading, never allocating)."""
+    from siteboot.plan import make_plan
+    from siteboot.ports import auto_rows, matrix
 
-    return PortsResult(site.name, list(site.envs), matrix(site))
+    plans = [make_plan(site, env) for env in site.envs] if site.auto_ports() else []
+    auto: dict[str, list[str]] = {}
+    for plan in plans:
+        for _key, name, _port in auto_rows(plan):
+            auto.setdefault(name, []).append(plan.env)
+    return PortsResult(site.name, list(site.envs), matrix(site, plans), auto)
+
+
+def _allocated(plan: Plan, instance: str | None = None) -> tuple[Plan, dict[str, list[str]]]:
+    """``plan`` with the auto ports of the invoker's instances allocated (what starts or renders
+    them needs numbers), and per instance what was chosen or moved."""
+    from siteboot.ports import allocate
+
+    allocation = allocate(plan, instance)
+    return allocation.plan, allocation.notes
+
+
+def _noting(result: LifecycleResult, notes: dict[str, list[str]]) -> LifecycleResult:
+    for outcome in result.outcomes:
+        outcome.notes[:0] = notes.get(outcome.instance, [])
+    return result
 
 
 def check(paths: Sequence[Path], strict: bool = False) -> CheckResult:
@@ -108,6 +133,13 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     from siteboot.instances import instance_lock, provision
     from siteboot.render import render_preview
 
+    notes: list[str] = []
+    if out is None:  # in place: what `up` will start, so with its real ports
+        plan, allocations = _allocated(plan, instance)
+        notes = [note for name in allocations for note in allocations[name]]
+    else:  # a preview is read-only: it allocates nothing
+        notes = [f"{key}: auto port not allocated yet, shown as 0 (`siteboot up` allocates it)"
+                 for inst in plan.select(instance) for key in plan.unallocated(inst)]
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
     # owner deploys): a refusal leaves nothing written.
@@ -120,7 +152,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
             path = out / inst.conf_path.name
             atomic_write(path, text, mode=0o600)
             rendered.append(RenderedConfig(inst.name, path, preview=True))
-        return RenderResult(rendered, skipped)
+        return RenderResult(rendered, skipped, notes)
     for inst in selected:
         if plan.owns(inst):
             with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
@@ -128,7 +160,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
         else:
             skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
                                        "or preview it with --out DIR"))
-    return RenderResult(rendered, skipped)
+    return RenderResult(rendered, skipped, notes)
 
 
 def up(plan: Plan, root: Path | None, instance: str | None = None,
@@ -137,7 +169,8 @@ def up(plan: Plan, root: Path | None, instance: str | None = None,
     every program that should run and does not, except those an operator stopped."""
     from siteboot import instances
 
-    result = instances.up(plan, root, instance, timeout)
+    plan, notes = _allocated(plan, instance)
+    result = _noting(instances.up(plan, root, instance, timeout), notes)
     _converge(plan, result.outcomes)
     result.sources = sources(plan, root)
     return result
@@ -169,6 +202,8 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
             outcome.action, outcome.detail = "failed", f"supervisord answered: {fault.faultString}"
             continue
         outcome.notes += done.notes
+        outcome.notes += [f"{process} {tail.stream} | {line}"
+                          for process, tail in done.tails.items() for line in tail.lines]
         if done.failed:
             outcome.action = "failed"
             outcome.detail = "programs that should run do not: " + "; ".join(done.failed)
@@ -181,6 +216,7 @@ def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
     from siteboot import instances
     from siteboot.proc import exec_replace
 
+    plan, _notes = _allocated(plan, instance)
     exec_replace(instances.foreground_argv(plan, root, instance))
 
 
@@ -203,7 +239,8 @@ def rotate_key(plan: Plan, root: Path | None, instance: str | None = None,
     """A new key per instance you own: running ones restart on it, grants are republished."""
     from siteboot import instances
 
-    result = instances.rotate_keys(plan, root, instance, timeout)
+    plan, notes = _allocated(plan, instance)
+    result = _noting(instances.rotate_keys(plan, root, instance, timeout), notes)
     _converge(plan, [o for o in result.outcomes if o.action == "rotated" and o.pid])
     return result
 
@@ -274,7 +311,8 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     from siteboot.venvs import ensure_venvs
 
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
-    outcomes = instances.up(plan, root, None, timeout)
+    plan, notes = _allocated(plan)
+    outcomes = _noting(instances.up(plan, root, None, timeout), notes)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)
     return InitResult(venvs, outcomes, settle(plan, timeout))
@@ -384,7 +422,8 @@ def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> R
 
     revivals = []
     for plan in plans:
-        result = instances.up(plan, root, None, timeout, replace_hung=True)
+        plan, notes = _allocated(plan)
+        result = _noting(instances.up(plan, root, None, timeout, replace_hung=True), notes)
         _converge(plan, result.outcomes)
         settled = settle(plan, timeout)
         revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))

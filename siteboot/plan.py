@@ -16,12 +16,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from siteboot.errors import UsageError
-from siteboot.site import RUNNER_PROGRAM, Program, RunnerSpec, Site, default_program_options
+from siteboot.errors import OwnershipError, SitebootError, UsageError
+from siteboot.site import (
+    PORT_MAX,
+    PORT_MIN,
+    RUNNER_PROGRAM,
+    Program,
+    RunnerSpec,
+    Site,
+    default_program_options,
+    instance_port_key,
+    program_port_key,
+)
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 RPC_USERNAME = "siteboot"
+# An "auto" port not allocated yet (``ports.allocate`` does that for what it starts), or one of
+# another account, whose record is not readable here: a preview renders it as 0.
+UNALLOCATED = 0
+_MAX_RECORD_BYTES = 1 << 20
 
 
 def current_user() -> str:
@@ -263,6 +277,22 @@ class Plan:
     def lock_path(self, inst: InstancePlan) -> Path:
         return self.invoker_state_dir / "locks" / f"{inst.name}.lock"
 
+    def port_record(self, inst: InstancePlan) -> Path:
+        """Where ``inst``'s owner keeps the auto ports of this site and env (``ports.allocate``)."""
+        return port_record_path(inst.state_dir, self.site.name, self.env)
+
+    def port_lock(self, inst: InstancePlan) -> Path:
+        return inst.state_dir / "locks" / f"ports-{self.site.name}-{self.env}.lock"
+
+    def unallocated(self, inst: InstancePlan | None = None) -> list[str]:
+        """The auto ports of the env (of ``inst``) that have no number yet (shown as 0)."""
+        found = []
+        for each in [inst] if inst is not None else self.instances.values():
+            if each.port == UNALLOCATED:  # a fixed port is never 0
+                found.append(instance_port_key(each.name))
+            found += [program_port_key(p.name) for p in each.programs if p.port == UNALLOCATED]
+        return found
+
     def venv_path(self, name: str, user: str | None = None) -> Path:
         base = _fill(self.site.venv_dir, site=self.site.name, env=self.env,
                      user=user or self.invoker)
@@ -273,8 +303,72 @@ def _fill(template: str, **values: str) -> str:
     return template.format_map(values)
 
 
+def state_dir_of(site: Site, env: str, user: str) -> Path:
+    """``user``'s state dir for ``site`` in ``env``."""
+    return expand_home(_fill(site.state_dir, site=site.name, env=env, user=user), user)
+
+
+def port_record_path(state_dir: Path, site: str, env: str) -> Path:
+    """The port record of one site and env in a user's state dir (the site and env are in its
+    name: a ``state_dir`` may be shared by several)."""
+    return state_dir / f"ports-{site}-{env}.json"
+
+
+def read_port_record(path: Path, owner: str, strict: bool = True) -> dict[str, int]:
+    """The auto ports recorded at ``path`` (record key -> port); {} when there is none.
+
+    Used only when it is a regular file of ``owner`` that nobody else may read or write, holding
+    a record: anything else (planted, corrupted, too open) is refused with what to do, or, with
+    ``strict`` off (another account's record, read only to show its ports), ignored.
+    """
+    import json
+    import stat
+
+    fix = f"remove {path}: `siteboot up` allocates the auto ports again (as {owner})"
+    try:
+        uid = uid_of(owner)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return {}
+    except (OSError, SitebootError) as exc:
+        if not strict:
+            return {}
+        if isinstance(exc, OSError):
+            raise OwnershipError(f"cannot read port record {path}: {exc.strerror or exc} "
+                                 "(a symlink?)", fix) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+            if not strict:
+                return {}
+            raise OwnershipError(
+                f"refusing port record {path}: it must be a regular file of {owner}, mode 0600 "
+                f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})", fix)
+        data = os.read(fd, _MAX_RECORD_BYTES)
+    finally:
+        os.close(fd)
+    try:
+        record = json.loads(data.decode("utf-8"))
+        ports = record["ports"]
+        if not isinstance(ports, dict) or not all(
+                isinstance(k, str) and type(v) is int and PORT_MIN <= v <= PORT_MAX
+                for k, v in ports.items()):
+            raise ValueError("'ports' must map names to ports")
+    except (ValueError, KeyError, TypeError) as exc:
+        if not strict:
+            return {}
+        raise SitebootError(f"port record {path} is corrupted ({type(exc).__name__}: {exc})",
+                            fix) from None
+    return dict(ports)
+
+
 def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
-    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user)."""
+    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user).
+
+    An ``"auto"`` port is the one recorded for its instance's user (``UNALLOCATED`` until
+    ``ports.allocate`` chose it): reading the record never allocates.
+    """
     if env not in site.envs:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
@@ -287,15 +381,23 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         if parent is not None:
             sharing.setdefault(parent, set()).add(inst.user or invoker)
     plan_instances: dict[str, InstancePlan] = {}
+    allocated: dict[str, dict[str, int]] = {}  # instance -> its owner's record
+    with_auto = {instance for instance, _key, auto_env in site.auto_ports() if auto_env == env}
     for inst in site.instances.values():
         user = inst.user or invoker
         values = {**common, "user": user, "instance": inst.name}
         parent, runtime_dir = _runtime_location(site, env, user, inst.name)
-        state_dir = expand_home(_fill(site.state_dir, **values), user)
+        state_dir = state_dir_of(site, env, user)
         shared = (expand_home(_fill(site.shared_dir, **values), user) / f"{inst.name}.key"
                   if site.shared_dir and inst.group else None)
+        record = allocated[inst.name] = (
+            read_port_record(port_record_path(state_dir, site.name, env), user,
+                             strict=user == invoker) if inst.name in with_auto else {})
+        port = inst.port[env]
         plan_instances[inst.name] = InstancePlan(
-            name=inst.name, user=user, port=inst.port[env], group=inst.group,
+            name=inst.name, user=user,
+            port=record.get(instance_port_key(inst.name), UNALLOCATED) if port is None else port,
+            group=inst.group,
             runtime_parent=parent,
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
@@ -303,10 +405,11 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             group_name=f"{site.name}-{env}", programs=[],
         )
     plan = Plan(site, env, invoker,
-                expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances)
+                state_dir_of(site, env, invoker), plan_instances)
     for program in site.programs.values():
         inst_plan = plan_instances[program.instance]
-        inst_plan.programs.append(_program_plan(plan, inst_plan, program))
+        inst_plan.programs.append(_program_plan(plan, inst_plan, program,
+                                                allocated[program.instance]))
     if site.runner is not None:
         runner = _runner_plan(plan, plan_instances[site.runner.instance], site.runner)
         plan = dataclasses.replace(plan, runner=runner)
@@ -325,8 +428,11 @@ def _runtime_location(site: Site, env: str, user: str, instance: str) -> tuple[P
     return runtime, runtime / instance
 
 
-def _program_plan(plan: Plan, inst: InstancePlan, program: Program) -> ProgramPlan:
+def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
+                  allocated: Mapping[str, int]) -> ProgramPlan:
     port = program.port[plan.env] if program.port else None
+    if program.port and port is None:  # "auto"
+        port = allocated.get(program_port_key(program.name), UNALLOCATED)
     venv = plan.venv_path(program.venv, inst.user) if program.venv else None
     values: dict[str, Any] = {
         "port": port, "env": plan.env, "site": plan.site.name, "instance": inst.name,

@@ -16,7 +16,15 @@ import click
 from siteboot import __version__, ops
 from siteboot.cli.context import Ctx, debug_enabled
 from siteboot.cli.fast import show_status
-from siteboot.cli.output import echo, error, print_json, print_status, styled, table
+from siteboot.cli.output import (
+    echo,
+    error,
+    log_tail_lines,
+    print_json,
+    print_status,
+    styled,
+    table,
+)
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_code_for
 from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
 
@@ -74,8 +82,18 @@ def ports(site: str, env: str, root: str | None, as_json: bool) -> None:
     if as_json:
         print_json(result.as_json())
         return
-    echo(table(["name", *result.envs], [[name, *(by_env.get(e) for e in result.envs)]
-                                        for name, by_env in result.ports.items()]))
+
+    def cell(name: str, env: str) -> object:
+        port = result.ports[name].get(env)
+        if env not in result.auto.get(name, ()):
+            return port
+        return "auto" if port is None else f"{port} (auto)"
+
+    echo(table(["name", *result.envs], [[name, *(cell(name, e) for e in result.envs)]
+                                        for name in result.ports]))
+    if result.auto:
+        echo("(auto): allocated for you by siteboot; auto: not allocated yet (`siteboot up` "
+             "allocates it)")
 
 
 @cli.command()
@@ -118,6 +136,8 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
     if as_json:
         print_json(result.as_json())
         return
+    for line in result.notes:
+        echo(line)
     for item in result.rendered:
         note = "  (preview: placeholder key hash, not startable as is)" if item.preview else ""
         echo(f"wrote {item.path}{note}")
@@ -214,6 +234,8 @@ def _control(action: str, site: str, env: str, root: str | None, names: Sequence
     else:
         for r in result.outcomes:
             echo(f"{r.instance}:{r.process}: " + styled(r.message, fg="green" if r.ok else "red"))
+            for line in log_tail_lines(r.log_tail, "  "):
+                echo(line)
     sys.exit(result.exit_code)
 
 

@@ -74,6 +74,13 @@ def _program_detail(p: Any) -> str:
     return "; ".join(notes)
 
 
+def log_tail_lines(tail: Any, indent: str = "    ") -> list[str]:
+    """A failing process's last log lines (``control.LogTail``), indented under its row."""
+    if tail is None:
+        return []
+    return [f"{indent}{tail.stream} | {line}" for line in tail.lines]
+
+
 def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
     for inst in report.instances:
@@ -94,7 +101,12 @@ def print_status(report: Any) -> None:
                 1: lambda state: _STATE_COLORS.get(state, "red")}
             if counted:
                 colors[3] = lambda cell: "yellow" if cell.endswith("!") else None
-            echo(table(headers, rows, colors))
+            head, *lines = table(headers, rows, colors).split("\n")
+            echo(head)
+            for p, line in zip(inst.programs, lines):
+                echo(line)
+                for text in log_tail_lines(p.log_tail):
+                    echo(text)
     if runner is not None:
         pids = ", ".join(map(str, runner.pids))
         head = f"gitlab-runner ({runner.user}, {runner.mode}) {runner.state}"

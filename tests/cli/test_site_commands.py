@@ -66,7 +66,7 @@ def test_ports_json_is_exactly_the_matrix():
     result = run("ports", "--site", "jaws", "--json", "--root", REPO)
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"site": "jaws", "envs": ["dev", "staging", "prod"],
-                                         "ports": JAWS_PORTS}
+                                         "ports": JAWS_PORTS, "auto": {}}
 
 
 def test_ports_table():

@@ -309,9 +309,10 @@ def test_report_exit_code_and_json_keys():
                      "url": "unix:///a", "error": None, "programs": [
                          {"name": "web", "group": GROUP, "state": "RUNNING", "pid": 12,
                           "uptime_s": 30, "exitstatus": None, "spawnerr": "",
-                          "restarts": None, "last_exit": None}]}
+                          "restarts": None, "last_exit": None, "log_tail": None}]}
     assert set(first["programs"][0]) == {"name", "group", "state", "pid", "uptime_s",
-                                         "exitstatus", "spawnerr", "restarts", "last_exit"}
+                                         "exitstatus", "spawnerr", "restarts", "last_exit",
+                                         "log_tail"}
     assert data["instances"][1]["error"] == "nothing there"
     assert data["instances"][1]["programs"] == []
 

@@ -55,11 +55,11 @@ def test_jaws_matrix():
     assert list(rows) == list(JAWS_MATRIX)  # programs first, then supervisords
 
 
-def test_matrix_skips_programs_without_ports():
+def test_matrix_skips_programs_without_ports_and_shows_auto_ones_as_none():
     rows = matrix(load_site(REPO / "sites" / "local.toml"))
     assert "worker" not in rows
-    assert rows["web"] == {"dev": 47101, "staging": 47102, "prod": 47103}
-    assert rows["supervisord-services"]["dev"] == 47301
+    assert rows["web"] == {"dev": None, "staging": None, "prod": None}
+    assert rows["supervisord-services"]["dev"] is None
 
 
 def test_shipped_sites_check_clean_together():

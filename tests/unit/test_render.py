@@ -261,11 +261,16 @@ def test_config_shape(write_site, tmp_path):
     assert pc.stdout_logfile_backups == 5
 
 
-def test_shipped_sites_render_and_parse(tmp_path):
+def test_shipped_sites_render_and_parse(tmp_path, monkeypatch):
+    from siteboot.ports import allocate
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where local's auto ports are recorded
     for name in ("jaws", "local"):
         site = load_site(REPO / "sites" / f"{name}.toml")
         for env in site.envs:
-            plan = make_plan(site, env)
+            plan = allocate(make_plan(site, env), probe=lambda ports: [],
+                            free=lambda port: True).plan
+            assert plan.unallocated() == []
             for inst in plan.instances:
                 opts = parse(tmp_path, plan, inst)
                 assert opts.configroot.supervisord.identifier == f"{name}-{inst}-{env}"
