@@ -10,6 +10,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -273,7 +274,7 @@ def log_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
             continue
         stream = "stdout" if program.options.get("redirect_stderr") else "stderr"
         if plan.owns(inst):  # supervisord writes it as the owner: no need to ask it
-            text = file_tail(program.log_path(process, stream), LOG_TAIL_LINES)
+            text = file_tail(program.log_path(process, stream), 10 * LOG_TAIL_LINES)
         else:
             method = f"supervisor.tailProcess{stream.capitalize()}Log"
             try:
@@ -281,11 +282,25 @@ def log_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
                                         _LOG_TAIL_BYTES)
             except (SitebootError, Fault):  # no log (yet), or not readable: nothing to show
                 continue
-        lines = [_TERMINAL_CODES.sub("", line)[:_LOG_LINE_WIDTH] for line in text.splitlines()]
-        lines = [line for line in lines if line.strip()][-LOG_TAIL_LINES:]
+        lines = _collapsed(_TERMINAL_CODES.sub("", line)[:_LOG_LINE_WIDTH].rstrip()
+                           for line in text.splitlines())
         if lines:
-            tails[process] = LogTail(stream, lines)
+            tails[process] = LogTail(stream, lines[-LOG_TAIL_LINES:])
     return tails
+
+
+def _collapsed(lines: Iterable[str]) -> list[str]:
+    """Non-blank ``lines``, a run of the same line once (a program that fails the same way at
+    each of its start retries says so once)."""
+    runs: list[list[Any]] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        if runs and runs[-1][0] == line:
+            runs[-1][1] += 1
+        else:
+            runs.append([line, 1])
+    return [line if count == 1 else f"{line}  [{count} times]" for line, count in runs]
 
 
 def failing_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,

@@ -437,7 +437,7 @@ def _refuse_taken_ports(inst: InstancePlan, ports: dict[int, str]) -> None:
     taken = held_ports(inst, ports) if ports else []
     if taken:
         raise InstanceError(
-            f"{inst.name}: nothing started, a port it needs is taken:\n"
+            "nothing started, a port it needs is taken:\n"
             + "\n".join(f"    {line}" for line in taken),
             "stop that process, or change the port in the site file (`port = \"auto\"` lets "
             "siteboot pick a free one)")

@@ -113,7 +113,7 @@ def probe_listeners(ports: set[int]) -> list[Listener]:
             try:
                 proc = psutil.Process(conn.pid)
                 user, name = proc.username(), proc.name()
-                command = " ".join(proc.cmdline()) or None
+                command = " ".join(" ".join(proc.cmdline()).split()) or None  # one line
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         else:  # another account's socket: its pid is hidden from us, its owner is not

@@ -185,9 +185,9 @@ def program_changes(previous: str, current: str) -> list[str]:
     for name in after:
         if name not in before or before[name] == after[name]:
             continue
-        options = sorted(set(before[name]) | set(after[name]))
-        keys = dict.fromkeys(_SITE_KEY_OF_OPTION.get(option, option) for option in options
-                             if before[name].get(option) != after[name].get(option))
+        options = set(before[name]) | set(after[name])
+        keys = sorted({_SITE_KEY_OF_OPTION.get(option, option) for option in options
+                       if before[name].get(option) != after[name].get(option)})
         lines.append(f"program {name}: {', '.join(keys)} changed")
     return lines
 

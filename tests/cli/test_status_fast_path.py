@@ -55,3 +55,33 @@ def test_status_does_not_import_click_or_jinja2(tmp_path):
                             check=False, cwd=tmp_path)
     assert result.stdout.strip() == "3 []", result.stdout + result.stderr
     assert "no site named 'nope'" in result.stderr
+
+
+def test_status_of_a_site_with_auto_ports_stays_light(tmp_path):
+    """Reading the port record is all `status` does for auto ports: no allocation, no psutil."""
+    site = tmp_path / "auto.toml"
+    site.write_text(f"""
+[site]
+envs = ["dev"]
+runtime_dir = "{tmp_path}/rt"
+state_dir = "{tmp_path}/st"
+
+[instances.main]
+port = "auto"
+""")
+    (tmp_path / "st").mkdir(mode=0o700)
+    record = tmp_path / "st" / "ports-auto-dev.json"
+    record.write_text('{"ports": {"supervisord-main": 23456}}')
+    record.chmod(0o600)
+    code = ("import sys\n"
+            f"sys.argv = ['siteboot', 'status', '--site', {str(site)!r}, '--json']\n"
+            "from siteboot.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "heavy = [m for m in ('click', 'jinja2', 'virtualenv', 'psutil', 'supervisor', "
+            "'subprocess', 'tempfile', 'difflib') if m in sys.modules]\n"
+            "print(code, heavy, file=sys.stderr)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False, cwd=tmp_path)
+    assert result.stderr.strip().endswith("2 []"), result.stdout + result.stderr
+    assert '"state": "not running"' in result.stdout
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["ports-auto-dev.json"]
