@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from siteboot.errors import InstanceError, SitebootError
 from siteboot.plan import (
@@ -36,6 +36,7 @@ from siteboot.site import (
 # Linux's ephemeral range (32768-60999), from which outgoing connections take theirs.
 AUTO_PORTS = range(20000, 32768)
 ALLOCATION_LOCK_TIMEOUT = 60.0
+_LOOK_FOR_A_LOST_PORT = 32  # how many of a program's first ports to look for it on
 
 
 def matrix(site: Site, plans: Sequence[Plan] = ()) -> dict[str, dict[str, int | None]]:
@@ -247,24 +248,28 @@ def foreign_holder(port: int, config_paths: set[str], probe: ListenerProbe = pro
     return None
 
 
-def held_by_instance(pid: int, inst: InstancePlan) -> bool:
+def held_by_instance(pid: int, inst: InstancePlan, process: str | None = None) -> bool:
     """``pid`` is ``inst``'s supervisord or runs under it, or is a program an earlier
-    supervisord of it left behind (``up`` stops those before it starts anything)."""
+    supervisord of it left behind (``up`` stops those before it starts anything); with
+    ``process``, it is (or runs under) that process of it."""
     import os
 
     import psutil
 
-    if belongs_to_site(pid, {str(inst.conf_path)}):
-        return True
     try:
         proc = psutil.Process(pid)
+        if process is not None:  # supervisord names each process in its environment
+            return bool(proc.environ().get("SUPERVISOR_PROCESS_NAME") == process
+                        and held_by_instance(pid, inst))
+        if belongs_to_site(pid, {str(inst.conf_path)}):
+            return True
         return bool(proc.uids().real == os.geteuid()
                     and proc.environ().get("SUPERVISOR_SERVER_URL") == inst.unix_url)
     except (psutil.Error, OSError):
         return False
 
 
-InstanceHolds = Callable[[int, InstancePlan], bool]
+InstanceHolds = Callable[[int, InstancePlan, Optional[str]], bool]
 
 
 def held_ports(inst: InstancePlan, ports: Mapping[int, str], probe: ListenerProbe = probe_listeners,
@@ -274,7 +279,7 @@ def held_ports(inst: InstancePlan, ports: Mapping[int, str], probe: ListenerProb
     lines = []
     reported: set[int] = set()
     for listener in sorted(probe(set(ports)), key=lambda found: found.port):
-        if listener.port in reported or (listener.pid and held(listener.pid, inst)):
+        if listener.port in reported or (listener.pid and held(listener.pid, inst, None)):
             continue
         reported.add(listener.port)
         lines.append(f"port {listener.port} ({ports[listener.port]}) is held by "
@@ -355,16 +360,15 @@ def allocate(plan: Plan, instance: str | None = None, probe: ListenerProbe = pro
         for name, key in wanted:
             inst = plan.instances[name]
             current = record.get(key)
-            if current is None:
-                current = _recovered(plan, inst, key)
+            taken = fixed | elsewhere | {port for other, port in record.items() if other != key}
+            if current is None:  # new, or its record was lost (a wiped state dir) while it runs
+                current = _still_running_on(plan, inst, key, taken, probe, held, free)
                 if current is not None:
                     notes.setdefault(name, []).append(
-                        f"auto port of {key}: {current}, from its start record (it runs; "
-                        f"its port record was lost)")
-            taken = fixed | elsewhere | {port for other, port in record.items() if other != key}
+                        f"auto port of {key}: {current}, where it runs (its port record was lost)")
             if current is not None:
                 holders = [found for found in listeners.get(current, [])
-                           if not (found.pid and held(found.pid, inst))]
+                           if not (found.pid and held(found.pid, inst, None))]
                 why = (f"{current} is now a fixed port of the site" if current in fixed else
                        f"{current} is another auto port's" if current in taken else
                        f"{current} is held by {holders[0].describe()}" if holders else None)
@@ -402,24 +406,37 @@ def _other_envs(plan: Plan) -> set[int]:
     return ports
 
 
-def _recovered(plan: Plan, inst: InstancePlan, key: str) -> int | None:
-    """A running supervisord's port from its start record, when its port record was lost (a
-    wiped state dir): the port it holds is its auto port still."""
-    if key != instance_port_key(inst.name):
-        return None
-    from siteboot.records import is_running, read_start, record_of
+def _still_running_on(plan: Plan, inst: InstancePlan, key: str, taken: set[int],
+                      probe: ListenerProbe, held: InstanceHolds,
+                      free: Callable[[int], bool]) -> int | None:
+    """The port a running supervisord (its start record says which) or program of ``inst``
+    holds, when its port record was lost: its auto port still. A program is looked for among
+    the first ports it would be given (the ones before its own were busy then)."""
+    if key == instance_port_key(inst.name):
+        from siteboot.records import is_running, read_start, record_of
 
-    started = read_start(record_of(plan, inst))
-    return started.port if started is not None and started.port and is_running(started) else None
+        started = read_start(record_of(plan, inst))
+        return started.port if started is not None and started.port and is_running(started) \
+            else None
+    process = key.removeprefix(program_port_key(""))
+    first = [port for port in _candidates(plan, key)[:_LOOK_FOR_A_LOST_PORT] if port not in taken]
+    found = [listener.port for listener in probe(set(first))
+             if listener.pid and held(listener.pid, inst, process)]
+    return min(found, key=first.index) if found else None
 
 
-def _choose(plan: Plan, key: str, taken: set[int], free: Callable[[int], bool]) -> int:
+def _candidates(plan: Plan, key: str) -> list[int]:
+    """``AUTO_PORTS`` from a point that depends on user, site, env and name: accounts rarely
+    meet, and the same name finds the same port again."""
     import zlib
 
     seed = "\0".join((plan.invoker, plan.site.name, plan.env, key))
     start = zlib.crc32(seed.encode()) % len(AUTO_PORTS)
-    for step in range(len(AUTO_PORTS)):
-        port = AUTO_PORTS[(start + step) % len(AUTO_PORTS)]
+    return [*AUTO_PORTS[start:], *AUTO_PORTS[:start]]
+
+
+def _choose(plan: Plan, key: str, taken: set[int], free: Callable[[int], bool]) -> int:
+    for port in _candidates(plan, key):
         if port not in taken and free(port):
             return port
     raise InstanceError(f"no free port left in {AUTO_PORTS[0]}-{AUTO_PORTS[-1]} for {key}",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import time
 import xmlrpc.client
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
@@ -368,3 +370,29 @@ def start_fake_supervisord(where: Path | None, key: str = "s3cret",
                                      kwargs={"poll_interval": 0.01}, daemon=True)
     server.thread.start()
     return server, url
+
+
+@contextlib.contextmanager
+def squatter(port: int, user: str = "nobody") -> Iterator[subprocess.Popen[str]]:
+    """Another account (``user``; as root) listening on 127.0.0.1:``port`` while inside, as
+    someone else's service would; as any other user, a process of our own."""
+    code = ("import socket, sys\n"
+            "s = socket.socket()\n"
+            f"s.bind(('127.0.0.1', {port}))\n"
+            "s.listen()\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n")
+    import pwd
+
+    account = pwd.getpwnam(user)
+    as_user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+               "--clear-groups"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([*as_user, "/usr/bin/python3", "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.kill()
+        proc.communicate()

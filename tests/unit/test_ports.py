@@ -254,7 +254,7 @@ def no_one(ports: set[int]) -> list[Listener]:
     return []
 
 
-def never_held(pid: int, inst: Any) -> bool:
+def never_held(pid: int, inst: Any, process: str | None) -> bool:
     return False
 
 
@@ -367,7 +367,7 @@ def test_a_port_held_by_the_instance_itself_stays(auto_plan):
     ours = [Listener(main.port, 10, "me", "python3"), Listener(prog(main, "web").port, 11, "me", "x")]
     asked: list[tuple[int, str]] = []
 
-    def held(pid: int, inst: Any) -> bool:
+    def held(pid: int, inst: Any, process: str | None) -> bool:
         asked.append((pid, inst.name))
         return True
 
@@ -392,7 +392,7 @@ def test_a_site_edit_that_makes_an_auto_port_fixed_moves_it(auto_plan, short_dir
         "supervisord-fixed (dev): `siteboot up` allocates it another"]
     # the program moves (up restarts it); the running supervisord keeps its port until restarted
     running = [Listener(own, 10, "me", "supervisord")]
-    result = allocate(plan, probe=lambda ports: running, held=lambda pid, inst: True,
+    result = allocate(plan, probe=lambda ports: running, held=lambda pid, inst, process: True,
                       free=always_free)
     assert prog(result.plan.instances["main"], "web").port not in (web, own)
     assert result.plan.instances["main"].port == own
@@ -504,9 +504,33 @@ def test_a_lost_record_of_a_running_instance_comes_back_from_its_start_record(
     busy = main.port  # held by that supervisord, so not free
     result = allocate(make_plan(plan.site, "dev"), probe=no_one, free=lambda port: port != busy)
     assert result.plan.instances["main"].port == main.port
-    assert (f"auto port of supervisord-main: {main.port}, from its start record (it runs; its "
-            "port record was lost)") in result.notes["main"]
+    assert f"auto port of supervisord-main: {main.port}, where it runs (its port record was " \
+        "lost)" in result.notes["main"]
     records.remove_start(records.record_of(plan, main))
+
+
+def test_a_lost_record_of_a_running_program_finds_it_where_it_runs(auto_plan):
+    plan = allocate(auto_plan, probe=no_one, free=always_free).plan
+    web = prog(plan.instances["main"], "web").port
+    plan.port_record(plan.instances["main"]).unlink()
+    running = Listener(web, 77, "me", "python3")
+
+    def probe(ports: set[int]) -> list[Listener]:
+        return [running] if web in ports else []
+
+    def held(pid: int, inst: Any, process: str | None) -> bool:  # web of main, under it
+        return pid == 77 and inst.name == "main" and process in (None, "web")
+
+    result = allocate(make_plan(plan.site, "dev"), probe=probe, held=held,
+                      free=lambda port: port != web)
+    assert prog(result.plan.instances["main"], "web").port == web
+    assert result.notes["main"][0] == \
+        f"auto port of program web: {web}, where it runs (its port record was lost)"
+    # held by anything else, that port is not its
+    plan.port_record(plan.instances["main"]).unlink()
+    other = allocate(make_plan(plan.site, "dev"), probe=probe,
+                     held=lambda pid, inst, process: False, free=lambda port: port != web)
+    assert prog(other.plan.instances["main"], "web").port != web
 
 
 def test_matrix_and_check_show_allocated_ports(auto_plan):
@@ -541,7 +565,7 @@ def test_held_ports_names_every_holder_but_the_instance_itself(auto_plan):
                  Listener(41007, 8, "root", "nginx", "nginx: master process")]
     lines = held_ports(main, {41001: "program web", 41005: "program a", 41006: "program b",
                               41007: "supervisord-main"},
-                       probe=lambda ports: listeners, held=lambda pid, inst: pid == 7)
+                       probe=lambda ports: listeners, held=lambda pid, inst, process: pid == 7)
     assert lines == ["port 41005 (program a) is held by a process of user bob (pid not visible)",
                      "port 41006 (program b) is held by a process of another user (pid not visible)",
                      "port 41007 (supervisord-main) is held by pid 8 (nginx: master process, "
