@@ -54,7 +54,7 @@ def accounts() -> Iterator[dict[str, Path]]:
     """Each account with a fresh clone of its own (user -> clone); all gone afterwards."""
     if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
         pytest.skip("needs root, useradd and /usr/bin/python3")
-    clones = {}
+    clones: dict[str, Path] = {}
     try:
         for user in ACCOUNTS:
             _drop(user)
@@ -77,8 +77,8 @@ def accounts() -> Iterator[dict[str, Path]]:
                 siteboot(user, clone, "down", "--purge")
         for user in ACCOUNTS:
             _drop(user)
-            for folder in _runtime_dirs(user):
-                shutil.rmtree(folder, ignore_errors=True)
+            for runtime in _runtime_dirs(user):
+                shutil.rmtree(runtime, ignore_errors=True)
 
 
 def siteboot(user: str, clone: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], float]:
