@@ -9,6 +9,7 @@ program and key named, instead of being rendered changed.
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from pathlib import Path
@@ -92,7 +93,10 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
     return problems
 
 
-def _environment(plan_dirs: list[Path]) -> Any:
+@functools.lru_cache(maxsize=8)
+def _environment(plan_dirs: tuple[Path, ...]) -> Any:
+    """One environment per template search path and process: Jinja2 then compiles each template
+    once (it checks the file's mtime on every use) instead of once per instance and preview."""
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -143,7 +147,7 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
             "config unchanged:\n" + "\n".join(f"  {p}" for p in problems),
             "change the value, or pass it through a file the program reads")
     try:
-        template = _environment(template_dirs(root)).get_template(CONFIG_TEMPLATE)
+        template = _environment(tuple(template_dirs(root))).get_template(CONFIG_TEMPLATE)
         return str(template.render(
             version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
             username=RPC_USERNAME, password=password, generic_options=generic_options,
