@@ -380,8 +380,9 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
-            _refuse_taken_ports(inst, _ports_to_start(
-                inst, endpoint.call("supervisor.getAllProcessInfo")))
+            if any(program.port and program.autostart for program in inst.programs):
+                _refuse_taken_ports(inst, _ports_to_start(
+                    inst, endpoint.call("supervisor.getAllProcessInfo")))
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path))
             _record(plan, inst, running)
