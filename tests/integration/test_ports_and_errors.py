@@ -253,3 +253,21 @@ def test_a_wiped_state_dir_and_a_planted_port_record(site_factory):
         assert ", mode 644)" in result.stderr
     record.chmod(0o600)
     site.wait_status(0)
+
+
+def test_a_port_taken_while_its_program_was_stopped_is_named_by_start_and_status(site_factory):
+    site = site_factory(BROKEN[:BROKEN.index("[programs.broken]")].replace(
+        "startsecs = 1\n", "startsecs = 1\nstartretries = 0\n"))
+    site.run("up", check=True)
+    site.run("stop", "web", check=True)
+    with squatter(site.ports["web"]) as squat:
+        start = site.run("start", "web")
+        assert start.returncode == 1
+        assert "alpha:web: FATAL" in start.stdout
+        assert "  stderr | OSError: [Errno 98] Address already in use" in start.stdout
+        _, data = site.status()
+        web = next(p for p in data["instances"][0]["programs"] if p["name"] == "web")
+        assert web["state"] == "FATAL"
+        assert f"port {site.ports['web']} is held by pid {squat.pid} (" in web["spawnerr"]
+        assert "user nobody), not by this site" in web["spawnerr"]
+    site.run("start", "web", check=True)
