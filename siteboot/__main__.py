@@ -7,6 +7,8 @@ From a checkout (``setup.cfg`` beside the package) on a machine with nothing but
 - any other command outside the tool venv: re-execute into the tool venv when it is current;
   else run in-process when siteboot's dependencies are importable (a dev env); else say to run
   ``python3 -m siteboot init`` (exit 2);
+- ``--help`` and ``--version`` (``init --help`` too) never build anything: without a tool venv
+  or the dependencies, stage 0 answers them itself (``siteboot.usage``);
 - inside the tool venv, after a re-exec, or installed from a wheel: just run the CLI.
 """
 
@@ -16,15 +18,22 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from siteboot.bootstrap import locate
 from siteboot.errors import SitebootError, UsageError, exit_code_for
+from siteboot.hints import remember
+
+if TYPE_CHECKING:
+    from siteboot.cli.progress import TerminalProgress
 
 BOOTSTRAP = "bootstrap"
 REEXEC = "reexec"
 CLI = "cli"
 MISSING = "missing"
+HELP = "help"
+
+_HELP_OPTIONS = frozenset({"--help", "-h", "--version"})
 
 # Options that take a value, so that their value is not mistaken for the command.
 _VALUE_OPTIONS = frozenset({"--site", "-s", "--env", "-e", "--root", locate.WHEELHOUSE_OPTION})
@@ -46,10 +55,21 @@ def first_command(argv: Sequence[str]) -> str | None:
     return None
 
 
+def asks_for_help(argv: Sequence[str]) -> bool:
+    """``--help``, ``-h`` or ``--version`` before any ``--``, or no command at all (click shows
+    its help then)."""
+    for arg in argv:
+        if arg == "--":
+            break
+        if arg in _HELP_OPTIONS:
+            return True
+    return first_command(argv) is None
+
+
 def choose_action(argv: Sequence[str], *, checkout: Path | None, venv: Path | None, prefix: str,
                   reexeced: bool, venv_ready: Callable[[], bool],
                   deps_available: Callable[[], bool]) -> str:
-    """What stage 0 does with this command line: BOOTSTRAP, REEXEC, CLI or MISSING.
+    """What stage 0 does with this command line: BOOTSTRAP, REEXEC, CLI, HELP or MISSING.
 
     ``venv_ready`` (the tool venv exists, its stamp matches the python version its
     ``pyvenv.cfg`` records, its python is executable: no process is started) and
@@ -61,11 +81,14 @@ def choose_action(argv: Sequence[str], *, checkout: Path | None, venv: Path | No
         return CLI
     if reexeced:  # exec'd into the venv, yet not in it: never loop
         return CLI if deps_available() else MISSING
-    if first_command(argv) == "init":
+    helping = asks_for_help(argv)
+    if first_command(argv) == "init" and not helping:
         return BOOTSTRAP
     if venv_ready():
         return REEXEC
-    return CLI if deps_available() else MISSING
+    if deps_available():
+        return CLI
+    return HELP if helping else MISSING
 
 
 def _venv_ready(checkout: Path, venv: Path) -> bool:
@@ -93,18 +116,18 @@ def missing_message(venv: Path, reexeced: bool) -> str:
     if reexeced:
         return (f"re-executed into {locate.venv_python(venv)}, but it does not run in the tool "
                 f"venv (sys.prefix is {sys.prefix}) and siteboot's dependencies are missing; "
-                f"remove {venv} and run `{locate.INIT_COMMAND}`")
+                f"remove {venv} and run `{locate.init_command()}`")
     if (venv / locate.BUILDING_NAME).is_file() and not (venv / locate.STAMP_NAME).is_file():
         return (f"the tool venv at {venv} was left half-built by an interrupted "
-                f"`{locate.INIT_COMMAND}`; run it again")
+                f"`{locate.INIT_COMMAND}`; run `{locate.init_command()}` again")
     if (venv / "pyvenv.cfg").is_file() and not (venv / locate.STAMP_NAME).is_file():
         return (f"siteboot's dependencies are not installed for {sys.executable}, and {venv} is a "
                 f"virtualenv that `{locate.INIT_COMMAND}` did not make; use its python, or set "
-                f"{locate.ENV_VENV} to a new path and run `{locate.INIT_COMMAND}`")
+                f"{locate.ENV_VENV} to a new path and run `{locate.init_command()}`")
     if (venv / "pyvenv.cfg").is_file():
         return (f"the tool venv at {venv} is out of date or broken; run "
-                f"`{locate.INIT_COMMAND}` to update it")
-    return (f"siteboot's dependencies are not installed; run `{locate.INIT_COMMAND}` "
+                f"`{locate.init_command()}` to update it")
+    return (f"siteboot's dependencies are not installed; run `{locate.init_command()}` "
             f"to build its tool venv at {venv}")
 
 
@@ -122,6 +145,9 @@ def stage0(args: Sequence[str], reexeced: bool) -> None:
     assert venv is not None
     if action == MISSING:
         raise UsageError(missing_message(venv, reexeced))
+    if action == HELP:
+        print(help_text(args))
+        raise SystemExit(0)
     if action == BOOTSTRAP:
         if sys.version_info < locate.MIN_PYTHON:
             raise UsageError(f"siteboot needs Python {'.'.join(map(str, locate.MIN_PYTHON))} or "
@@ -129,9 +155,36 @@ def stage0(args: Sequence[str], reexeced: bool) -> None:
         from siteboot.bootstrap import build  # not at the top: only `init` builds
 
         builder = build.Bootstrapper(checkout, venv, wheelhouse=locate.wheelhouse_from(args))
+        progress = _terminal_progress(args)
+        if progress is not None:  # its notes too: they must not cut through the live line
+            builder.log, builder.progress = progress.note, progress
         locate.reexec(builder.ensure(), args)
     else:
         locate.reexec(locate.venv_python(venv), args)
+
+
+def help_text(args: Sequence[str]) -> str:
+    """What ``--help`` or ``--version`` shows before the tool venv exists."""
+    from siteboot import __version__, usage
+
+    if "--version" in args[:args.index("--") if "--" in args else len(args)]:
+        return usage.version_line(__version__)
+    command = first_command(args)
+    if command is not None and command not in usage.COMMANDS:
+        from siteboot.errors import did_you_mean
+
+        raise UsageError(f"no such command '{command}'" + did_you_mean(command, usage.COMMANDS),
+                         "`python3 -m siteboot --help` lists them")
+    return usage.stage0_help(command)
+
+
+def _terminal_progress(args: Sequence[str]) -> TerminalProgress | None:
+    """The tool venv build shown live where stderr is a terminal (not with ``--json``)."""
+    from siteboot.cli.progress import TerminalProgress, live_wanted
+
+    if "--json" in args or not live_wanted(sys.stderr):
+        return None
+    return TerminalProgress(sys.stderr, prefix="siteboot: ")
 
 
 def run_cli(args: Sequence[str]) -> None:
@@ -145,6 +198,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # Consumed here, so that processes started from the tool venv do not inherit it.
     reexeced = os.environ.pop(locate.ENV_BOOTSTRAPPED, "") == "1"
+    remember(args)  # for the commands in messages (`python3 -m siteboot init --site ...`)
     try:
         stage0(args, reexeced)
     except BaseException as exc:  # the CLI's own handler: one message and an exit code

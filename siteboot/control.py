@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -27,8 +27,10 @@ from siteboot.errors import (
     UsageError,
     did_you_mean,
 )
+from siteboot.hints import command
 from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
-from siteboot.plan import InstancePlan, Plan, ProgramPlan
+from siteboot.plan import InstancePlan, Plan, ProgramPlan, Selection
+from siteboot.progress import SILENT, Reporter
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
     NOT_ANSWERING,
@@ -181,6 +183,31 @@ class StatusResult:
         return data
 
 
+# An instance in one of these states was never started here (or cannot be seen to run).
+_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR}
+
+
+def in_use(report: StatusResult) -> bool:
+    """Does some instance of this env run (or at least answer)?"""
+    return any(row.state not in _UNUSED for row in report.instances)
+
+
+@dataclass
+class SiteStatus:
+    """``status --all-envs``: one report per env that is in use."""
+
+    site: str
+    reports: list[StatusResult]
+
+    @property
+    def exit_code(self) -> int:
+        return worst([r.exit_code for r in self.reports])
+
+    def as_json(self) -> dict[str, Any]:
+        return {"site": self.site, "ok": self.exit_code == STATUS_OK,
+                "envs": [r.as_json() for r in self.reports]}
+
+
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     """One instance's report; whatever keeps it from being asked is its own error, never the
     whole report's (a monitor must get a document for the others)."""
@@ -200,7 +227,8 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         endpoint = connect(plan, inst)
     except KeyAccessError as exc:
         if owned and not inst.socket_path.exists():
-            result.state, result.error = NOT_RUNNING, f"no socket at {inst.socket_path}; run `siteboot up`"
+            result.state, result.error = NOT_RUNNING, (f"no socket at {inst.socket_path}; run "
+                                                       f"`{command('up', env=plan.env)}`")
         elif not owned and not inst.group:
             result.state, result.error = NOT_YOURS, f"owned by {inst.user}, no grant: run as {inst.user}"
         else:
@@ -220,9 +248,9 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         result.state, result.error = exc.reason, str(exc)
         if exc.reason == NOT_RUNNING and socket_lost:
             result.error = (f"no socket at {inst.socket_path} and nothing answers at {url}; "
-                            "run `siteboot revive`")
+                            f"run `{command('revive', env=plan.env)}`")
         elif exc.reason == NOT_RUNNING and owned:
-            result.error = f"nothing is listening at {url}; run `siteboot up`"
+            result.error = f"nothing is listening at {url}; run `{command('up', env=plan.env)}`"
         return result
     if socket_lost:  # it serves, but its runtime files are gone (a /tmp cleaner)
         if os.path.isdir(inst.runtime_dir):
@@ -230,8 +258,9 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
                             "restart")
         else:
             result.state = RUNTIME_LOST
-            result.error = (f"runtime dir {inst.runtime_dir} is gone while it runs; `siteboot "
-                            "revive` restores it without restarting programs")
+            result.error = (f"runtime dir {inst.runtime_dir} is gone while it runs; "
+                            f"`{command('revive', env=plan.env)}` restores it without restarting "
+                            "programs")
     if isinstance(state, Fault) or state.get("statename") != "RUNNING":
         # in its shutdown, supervisord answers every call with the SHUTDOWN_STATE fault
         going = not isinstance(state, Fault) or state.faultCode == FAULT_SHUTDOWN_STATE
@@ -276,11 +305,10 @@ def log_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
         if plan.owns(inst):  # supervisord writes it as the owner: no need to ask it
             text = file_tail(program.log_path(process, stream), 10 * LOG_TAIL_LINES)
         else:
-            method = f"supervisor.tailProcess{stream.capitalize()}Log"
             try:
-                text, _size = _tail_end(endpoint, f"{inst.group_name}:{process}", method,
-                                        _LOG_TAIL_BYTES)
-            except (SitebootError, Fault):  # no log (yet), or not readable: nothing to show
+                text, _size = tail_end(endpoint, f"{inst.group_name}:{process}",
+                                       stream.capitalize(), _LOG_TAIL_BYTES)
+            except (SitebootError, Fault):  # not readable: nothing to show
                 continue
         lines = _collapsed(_TERMINAL_CODES.sub("", line)[:_LOG_LINE_WIDTH].rstrip()
                            for line in text.splitlines())
@@ -323,14 +351,16 @@ def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
     return fault
 
 
+# No exit to show: running, or stopped on request (supervisord's -1 is its stop signal).
+_NO_EXIT_STATUS = {"RUNNING", "STARTING", "STOPPING", "STOPPED"}
 # A program in these states may be failing because something else holds its port.
 _FAILING = {"BACKOFF", "FATAL", "EXITED"}
 
 
 def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
     """``message``, plus who holds the process's port when a process outside the site does."""
-    program = next((p for p in inst.programs if process in p.process_names()), None)
-    if program is None or program.port is None:
+    program = _program_of(inst, process)
+    if program is None or not program.port:  # none, or an auto one not allocated yet
         return message
     from siteboot.ports import foreign_holder  # psutil: only when something is failing
 
@@ -361,7 +391,7 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
             name=info["name"], group=info["group"], state=info["statename"],
             pid=info["pid"] or None,
             uptime_s=int(info["now"] - info["start"]) if running and info["start"] else None,
-            exitstatus=None if running or info["statename"] == "STARTING" else info["exitstatus"],
+            exitstatus=None if info["statename"] in _NO_EXIT_STATUS else info["exitstatus"],
             spawnerr=info.get("spawnerr", "") or "",
             expected=(planned.autostart if planned else True) and info["name"] not in held,
             history=history(events.get(info["name"], []), info["now"], window, offset)
@@ -376,10 +406,21 @@ def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: boo
     return rows
 
 
-def status(plan: Plan, instance: str | None = None) -> StatusResult:
+def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) -> StatusResult:
+    """The instances selected (all by default) and, with ``names``, only the processes named
+    (``resolve_targets``), with their instances."""
     insts = plan.select(instance)
+    wanted = resolve_targets(plan, names) if names else None
+    if wanted is not None:
+        insts = [inst for inst in insts if inst.name in wanted]
+        if not insts:
+            raise UsageError(f"{' '.join(names)}: not in instance "
+                             f"{', '.join(i.name for i in plan.select(instance))}")
     rows = concurrently(lambda inst: instance_status(plan, inst), insts)
-    if instance is None:
+    if wanted is not None:
+        for row in rows:
+            row.programs = [p for p in row.programs if p.name in wanted[row.name]]
+    elif not instance:
         rows += orphaned_rows(plan)
     return StatusResult(plan.site.name, plan.env, rows)
 
@@ -400,7 +441,8 @@ def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
             rows.append(InstanceStatus(
                 record.instance, record.user, ORPHANED, record.instance_plan().unix_url,
                 pid=record.pid, error=f"started from {record.site_path} with runtime dir "
-                f"{record.runtime_dir}, no longer in the site: run `siteboot down --orphans`"))
+                f"{record.runtime_dir}, no longer in the site: run "
+                f"`{command('down', '--orphans', env=plan.env)}`"))
     return rows
 
 
@@ -436,51 +478,80 @@ class ControlResult:
         return [o.as_json() for o in self.outcomes]
 
 
-def resolve_targets(plan: Plan, names: list[str]) -> dict[str, list[str]]:
-    """``NAME``, ``instance:NAME``, ``instance:*`` or ``all`` → {instance: [process names]}."""
+def supervisor_group(inst: InstancePlan, program: ProgramPlan) -> str:
+    """The group supervisord keeps ``program``'s processes in: the ``GROUP`` of the
+    ``GROUP:PROCESS`` names that ``supervisorctl`` and ``status --json`` show."""
+    return inst.group_name
+
+
+def resolve_targets(plan: Plan, names: Sequence[str]) -> dict[str, list[str]]:
+    """Names as ``status`` prints them, and as supervisord does, → {instance: [process names]}.
+
+    ``all`` (what the invoker may control: its own and granted instances), an instance, a
+    program, a process (``worker_01``), ``instance:program``, ``instance:process``,
+    ``instance:*``, and supervisord's ``group:process`` and ``group:*``.
+    """
     targets: dict[str, list[str]] = {}
-
-    def add(inst: InstancePlan, programs: list[ProgramPlan]) -> None:
-        bucket = targets.setdefault(inst.name, [])
-        for program in programs:
-            for process in program.process_names():
-                if process not in bucket:
-                    bucket.append(process)
-
     for name in names:
-        if name == "all":  # what the invoker may control: its own and granted instances
-            for inst in plan.instances.values():
-                if plan.owns(inst) or inst.group:
-                    add(inst, inst.programs)
-            continue
-        if ":" in name:
-            inst_name, prog = name.split(":", 1)
-            inst = plan.instance(inst_name)
-            if prog == "*":
-                add(inst, inst.programs)
-                continue
-            chosen = [p for p in inst.programs if p.name == prog]
-            if not chosen:
-                owner = next((p for p in inst.programs if prog in p.process_names()), None)
-                if owner is not None:  # one process of a numprocs program
-                    bucket = targets.setdefault(inst.name, [])
-                    if prog not in bucket:
-                        bucket.append(prog)
-                    continue
-                raise UsageError(f"instance {inst.name} has no program '{prog}'",
-                                 f"programs: {', '.join(p.name for p in inst.programs) or 'none'}")
-            add(inst, chosen)
-            continue
-        found = [(inst, p) for inst in plan.instances.values() for p in inst.programs
-                 if p.name == name]
-        if not found:
-            known = [p.name for inst in plan.instances.values() for p in inst.programs]
-            raise UsageError(f"no program '{name}' in site {plan.site.name}"
-                             + did_you_mean(name, known),
-                             "name a program, instance:program, instance:* or all")
-        for inst, program in found:
-            add(inst, [program])
+        for inst, process in _named(plan, name):
+            bucket = targets.setdefault(inst.name, [])
+            if process not in bucket:
+                bucket.append(process)
     return targets
+
+
+def _named(plan: Plan, name: str) -> list[tuple[InstancePlan, str]]:
+    """The processes one name stands for, in site order."""
+    every = [(inst, program) for inst in plan.instances.values() for program in inst.programs]
+    if name == "all":
+        return [(inst, process) for inst, program in every if plan.owns(inst) or inst.group
+                for process in program.process_names()]
+    prefix, colon, rest = name.partition(":")
+    if colon:  # an instance's name first; else supervisord's group
+        scope = [(inst, program) for inst, program in every if inst.name == prefix] or \
+            [(inst, program) for inst, program in every if supervisor_group(inst, program) == prefix]
+        if not scope:
+            plan.instance(prefix)  # not an instance with programs, nor a group: its error
+        found = _processes_named(scope, rest)
+        if not found and rest != "*":
+            where = f"instance {prefix}" if prefix in plan.instances else f"group {prefix}"
+            raise UsageError(f"{where} has no program '{rest}'",
+                             f"programs: {', '.join(p.name for _, p in scope) or 'none'}")
+        return found
+    found = _processes_named(every, name) if name != "*" else []
+    if name in plan.instances:
+        if found:
+            inst = found[0][0].name
+            raise UsageError(f"'{name}' is both an instance and a program",
+                             f"say `{name}:*` for the instance, `{inst}:{name}` for the program")
+        return _processes_named([(i, p) for i, p in every if i.name == name], "*")
+    if not found:
+        raise UsageError(f"no program '{name}' in site {plan.site.name}"
+                         + did_you_mean(name, target_names(plan)),
+                         f"name a program or process as `{command('status', env=plan.env)}` "
+                         "shows it, an instance, instance:program, instance:* or all")
+    return found
+
+
+def _processes_named(scope: list[tuple[InstancePlan, ProgramPlan]],
+                     name: str) -> list[tuple[InstancePlan, str]]:
+    """The processes in ``scope`` that ``name`` (a program, a process, or ``*``) stands for."""
+    return [(inst, process) for inst, program in scope for process in program.process_names()
+            if name in ("*", program.name, process)]
+
+
+def target_names(plan: Plan) -> list[str]:
+    """The names ``resolve_targets`` takes, short ones first (shell completion, did-you-mean);
+    supervisord's group-qualified names are accepted but not offered."""
+    short = ["all", *plan.instances]
+    qualified = []
+    for inst in plan.instances.values():
+        qualified.append(f"{inst.name}:*")
+        for program in inst.programs:
+            processes = program.process_names()
+            short += [program.name] + (processes if len(processes) > 1 else [])
+            qualified += [f"{inst.name}:{process}" for process in processes]
+    return list(dict.fromkeys(short + qualified))
 
 
 def _fault_message(action: str, fault: Fault) -> tuple[bool, str]:
@@ -509,7 +580,7 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
             tails = {} if action == "stop" else failing_tails(
                 plan, inst, endpoint, {p: seen.get(p, "") for p in processes if not outcome[p][0]})
         except (RpcError, KeyAccessError) as exc:
-            return [ProcessOutcome(inst.name, p, False, str(exc).splitlines()[0]) for p in processes]
+            return [ProcessOutcome(inst.name, p, False, exc.one_line()) for p in processes]
         return [ProcessOutcome(inst.name, p, *outcome[p], tails.get(p)) for p in processes]
 
     return ControlResult([row for rows in concurrently(run, insts) for row in rows])
@@ -691,12 +762,29 @@ def _progress(item: _Tracked, info: Any, action: str,
 # tail
 
 
-def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str]:
-    targets = resolve_targets(plan, [name])
+def select_targets(plan: Plan, names: Sequence[str],
+                   instance: Selection = None) -> dict[str, list[str]]:
+    """The processes ``names`` stand for (``resolve_targets``; none: ``all``, or with ``-i``
+    every process of those instances), narrowed to the instances ``-i`` selects."""
+    chosen = [inst.name for inst in plan.select(instance)]
+    if not names:
+        return resolve_targets(plan, [f"{name}:*" for name in chosen] if instance else ["all"])
+    targets = resolve_targets(plan, names)
+    narrowed = {name: processes for name, processes in targets.items() if name in chosen}
+    if not narrowed:
+        raise UsageError(f"{' '.join(names)}: not in instance {', '.join(chosen)}",
+                         f"in: {', '.join(targets)}")
+    return narrowed
+
+
+def _find_process(plan: Plan, name: str,
+                  instance: Selection = None) -> tuple[InstancePlan, ProgramPlan, str]:
+    targets = select_targets(plan, [name], instance)
     if sum(len(v) for v in targets.values()) != 1:
         choices = [f"{i}:{p}" for i, ps in targets.items() for p in ps]
         raise UsageError(f"'{name}' names {len(choices)} processes; tail follows one",
-                         f"one of: {', '.join(choices)}")
+                         f"one of: {', '.join(choices)}; or `{command('logs', name, env=plan.env)}` "
+                         "for all of them")
     inst_name, processes = next(iter(targets.items()))
     inst = plan.instance(inst_name)
     process = processes[0]
@@ -706,23 +794,27 @@ def _find_process(plan: Plan, name: str) -> tuple[InstancePlan, ProgramPlan, str
 
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
          follow: bool = False, nbytes: int = 4096, interval: float = 0.25,
-         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None) -> None:
+         stop: threading.Event | None = None, notice: Callable[[str], None] | None = None,
+         instance: Selection = None) -> None:
     """Print the end of a process log; with ``follow``, every byte written after it, once and
     in order, across rotations, or a notice line (``notice``, else ``==> ... <==`` through
-    ``write``) where bytes were lost. The owner follows the files (backups included), anyone
-    else the current file over RPC."""
+    ``write``) where bytes were lost. Whoever can read the log files (the owner) reads them,
+    backups included; anyone else reads the current file over RPC. ``instance`` (``-i``):
+    ``name`` is looked for in those instances only."""
     from siteboot import logtail
 
-    inst, program, process = _find_process(plan, name)
+    inst, program, process = _find_process(plan, name, instance)
     log_path = program.log_path(process, "stderr" if stderr else "stdout")
-    if not (follow and os.access(log_path, os.R_OK)):
-        tail_over_rpc(plan, name, write, stderr, follow, nbytes, interval, stop, notice)
+    if not os.access(log_path, os.R_OK):
+        tail_over_rpc(plan, f"{inst.name}:{process}", write, stderr, follow, nbytes, interval,
+                      stop, notice)
         return
     connect(plan, inst)  # the same checks (a key, a site of ours) as over RPC
     follower = logtail.FileFollower(log_path, int(program.options["log_backups"]), write, notice)
     try:
         follower.start(nbytes)
-        logtail.follow(follower.poll, interval, stop)
+        if follow:
+            logtail.follow(follower.poll, interval, stop)
     finally:
         follower.close()
 
@@ -741,18 +833,11 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
     stream = "Stderr" if stderr else "Stdout"
     # following needs the last bytes before the offset, to recognise the file the next time
     want = max(nbytes, logtail.FINGERPRINT) if follow else nbytes
-    data, offset = _tail_end(endpoint, full, f"supervisor.tailProcess{stream}Log", want)
+    data, offset = tail_end(endpoint, full, stream, want)
     write(logtail.last_bytes(data, nbytes) if want != nbytes else data)
     if not follow:
         return
-    method = f"supervisor.readProcess{stream}Log"
-
-    def read(start: int, length: int) -> Any:
-        answer = endpoint.multicall([(method, (full, start, length))])[0]
-        # no log file (yet, or any more): nothing to read; it may come back
-        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
-
-    follower = logtail.RpcFollower(read, write, notice)
+    follower = logtail.RpcFollower(log_reader(endpoint, full, stream), write, notice)
     follower.start(offset, data)
     try:
         logtail.follow(follower.poll, interval, stop)
@@ -760,12 +845,27 @@ def tail_over_rpc(plan: Plan, name: str, write: Callable[[str], None], stderr: b
         raise UsageError(f"cannot follow {full}: {fault.faultString}") from None
 
 
-def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[str, int]:
-    """The last ``nbytes`` of a log and its size, over RPC.
+def log_reader(endpoint: Endpoint, full: str, stream: str) -> Callable[[int, int], Any]:
+    """``read(offset, length)`` of one process log over RPC (``stream``: Stdout or Stderr), for
+    ``logtail.RpcFollower``."""
+    method = f"supervisor.readProcess{stream}Log"
+
+    def read(start: int, length: int) -> Any:
+        answer = endpoint.multicall([(method, (full, start, length))])[0]
+        # no log file (yet, or any more): nothing to read; it may come back
+        return "" if isinstance(answer, Fault) and answer.faultCode == FAULT_NO_FILE else answer
+
+    return read
+
+
+def tail_end(endpoint: Endpoint, full: str, stream: str, nbytes: int) -> tuple[str, int]:
+    """The last ``nbytes`` of a process log (``stream``: Stdout or Stderr) and its size, over
+    RPC; nothing while the log file does not exist (yet).
 
     supervisord decodes what it sends as UTF-8, so an end that begins inside a character fails;
     one of the next three shorter ends begins at a character.
     """
+    method = f"supervisor.tailProcess{stream}Log"
     lengths = [nbytes] + [nbytes - n for n in (1, 2, 3) if nbytes - n > 0]
     answers = endpoint.multicall([(method, (full, 0, lengths[0]))])
     if isinstance(answers[0], Fault) and "UnicodeDecodeError" in answers[0].faultString:
@@ -775,6 +875,8 @@ def _tail_end(endpoint: Endpoint, full: str, method: str, nbytes: int) -> tuple[
             data, size, _overflow = answer
             return str(data), int(size)
     fault = answers[0]
+    if fault.faultCode == FAULT_NO_FILE:
+        return "", 0
     raise UsageError(f"cannot tail {full}: {fault.faultString}")
 
 
@@ -797,7 +899,8 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
         raise _who_can_fix(plan, inst, exc) from None
     scope = None if plan.owns(inst) else CONTROL_GRANT
     with relay_session(endpoint, scope, inst.user, inst.identifier) as session:
-        code = run_foreground(supervisor_command("supervisorctl", session.client_conf, *args))
+        code = run_foreground(supervisor_command("supervisorctl", session.client_conf,
+                                                 *supervisorctl_args(plan, inst, args)))
     # what went wrong on siteboot's side, which supervisorctl showed only as a fault
     problems = list({str(p): _who_can_fix(plan, inst, p) for p in session.relay.problems}.values())
     if len(problems) == 1:
@@ -807,21 +910,64 @@ def ctl(plan: Plan, instance: str, args: list[str]) -> int:
     return code
 
 
+# supervisorctl commands whose arguments name processes, and how many come before the names
+_NAMING_COMMANDS = {"start": 0, "stop": 0, "restart": 0, "status": 0, "pid": 0, "clear": 0,
+                    "fg": 0, "tail": 0, "signal": 1}
+
+
+def supervisorctl_args(plan: Plan, inst: InstancePlan, args: Sequence[str]) -> list[str]:
+    """``args`` as supervisorctl needs them: a name ``siteboot status`` shows (``worker_01``, a
+    program, ``instance:process``) becomes supervisord's ``GROUP:PROCESS``; anything else (an
+    option, ``all``, a name of another instance or of nothing) goes as given."""
+    if not args or args[0] not in _NAMING_COMMANDS:
+        return list(args)
+    skip = 1 + _NAMING_COMMANDS[args[0]]
+    qualified = list(args[:skip])
+    for arg in args[skip:]:
+        qualified += _qualified(plan, inst, arg)
+    return qualified
+
+
+def _qualified(plan: Plan, inst: InstancePlan, arg: str) -> list[str]:
+    if arg.startswith("-") or arg == "all":
+        return [arg]
+    try:
+        named = _named(plan, arg)
+    except UsageError:
+        return [arg]
+    if not named or any(other.name != inst.name for other, _ in named):
+        return [arg]
+    program_of = {process: program for program in inst.programs
+                  for process in program.process_names()}
+    return [f"{supervisor_group(inst, program_of[process])}:{process}" for _, process in named]
+
+
 def _who_can_fix(plan: Plan, inst: InstancePlan, problem: SitebootError) -> SitebootError:
     if isinstance(problem, RpcError) and problem.reason == NOT_RUNNING and not plan.owns(inst):
-        problem.hint = f"only {inst.user} can start it: `siteboot up -i {inst.name}` as {inst.user}"
+        problem.hint = (f"only {inst.user} can start it: "
+                        f"`{command('up', env=plan.env, instance=inst.name)}` as {inst.user}")
     return problem
 
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
-           sleep: Callable[[float], None] = time.sleep) -> StatusResult:
-    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed)."""
+           sleep: Callable[[float], None] = time.sleep,
+           progress: Reporter = SILENT) -> StatusResult:
+    """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed);
+    ``progress`` sees the wait, and which programs it waits for."""
     deadline = clock() + timeout
-    while True:
-        report = status(plan)
-        if report.exit_code != STATUS_WARNING or clock() >= deadline:
-            return report
-        sleep(0.2)
+    report = status(plan)
+    if report.exit_code != STATUS_WARNING:
+        return report
+    with progress.step("waiting for programs to settle") as step:
+        while True:
+            if report.exit_code != STATUS_WARNING or clock() >= deadline:
+                return report
+            waiting = [f"{p.name} {p.state}" for inst in report.instances for p in inst.programs
+                       if p.state in _PROGRAM_WARNING]
+            step.update("waiting for programs to settle"
+                        + (f" ({', '.join(waiting)})" if waiting else ""))
+            sleep(0.2)
+            report = status(plan)
 
 
 # ------------------------------------------------------------------------------------------
@@ -856,8 +1002,9 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
     # FATAL and not started by `up` (autostart = false): it still counts as a failure
     failing = {p: state for p, state in states.items()
                if state == "FATAL" and not planned[p].autostart and p not in held}
-    result.failed += [f"{p}: FATAL (autostart = false: `siteboot start {inst.name}:{p}` starts "
-                      "it again)" for p in failing]
+    result.failed += [f"{p}: FATAL (autostart = false: "
+                      f"`{command('start', f'{inst.name}:{p}', env=plan.env)}` starts it again)"
+                      for p in failing]
     seen: dict[str, str] = {}
     for step, processes in (("stop", to_stop), ("start", to_start)):
         if not processes:
@@ -867,8 +1014,9 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
             if ok and step == "start":
                 result.notes.append(f"started {process} (was {was})")
             elif ok:
+                lift = command("start", f"{inst.name}:{process}", env=plan.env)
                 result.notes.append(f"stopped {process} again: an operator stopped it "
-                                    f"(`siteboot start {inst.name}:{process}` lifts that)")
+                                    f"(`{lift}` lifts that)")
             else:
                 result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
                 failing[process] = seen.get(process, "")

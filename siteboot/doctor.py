@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import EXIT_FAILED, EXIT_OK, SitebootError
+from siteboot.hints import command
 from siteboot.plan import InstancePlan, Plan
 
 
@@ -59,9 +60,9 @@ def examine(plan: Plan, root: Path | None, checks: list[Callable[[Plan, Path | N
     return result
 
 
-def _hint(plan: Plan, command: str) -> str:
-    """A command that works when pasted: it names the site and env that were examined."""
-    return f"`siteboot {command} --site {plan.site.path} --env {plan.env}`"
+def _hint(plan: Plan, verb: str, program: str = "siteboot") -> str:
+    """A command that works when pasted: for the site and env that were examined."""
+    return f"`{command(verb, env=plan.env, program=program)}`"
 
 
 def check_site(plan: Plan, root: Path | None) -> list[Finding]:
@@ -125,7 +126,7 @@ def check_state(plan: Plan, root: Path | None) -> list[Finding]:
             if not kind_ok:
                 findings.append(Finding("state", False, f"{inst.name}: {path} is not a "
                                         f"{'file' if mode == 0o600 else 'directory'}",
-                                        f"remove {path}; `siteboot up` makes it anew"))
+                                        f"remove {path}; {_hint(plan, 'up')} makes it anew"))
             elif info.st_uid != os.geteuid() or stat.S_IMODE(info.st_mode) & ~mode & 0o777:
                 findings.append(Finding("state", False, f"{inst.name}: {path} is mode "
                                         f"{stat.S_IMODE(info.st_mode):o} (uid {info.st_uid})",
@@ -139,7 +140,7 @@ def check_ports(plan: Plan, root: Path | None) -> list[Finding]:
 
     problems = in_use_problems(plan.site, "error", envs={plan.env})
     return [Finding("ports", False, p.message, "stop that process, or move the port in the site "
-                    "file (`siteboot check` finds clashes)") for p in problems]
+                    f"file ({_hint(plan, 'check')} finds clashes)") for p in problems]
 
 
 def check_stale(plan: Plan, root: Path | None) -> list[Finding]:
@@ -198,7 +199,7 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
         if os.path.lexists(venv) and not is_current(checkout, venv):
             findings.append(Finding("venvs", False, f"the tool venv {venv} is out of date or "
                                     "broken (its python moved, or siteboot's dependencies changed)",
-                                    "`python3 -m siteboot init` rebuilds it"))
+                                    _hint(plan, "init", "python3 -m siteboot") + " rebuilds it"))
     seen: set[Path] = set()
     for inst in _owned(plan):
         for program in inst.programs:
@@ -221,8 +222,8 @@ def check_runner(plan: Plan, root: Path | None) -> list[Finding]:
     from siteboot import runner as runners
 
     found = runners.status(plan)
-    findings = [Finding("runner", False, problem, "stop the extra one: `siteboot runner stop`, then "
-                        + _hint(plan, "runner revive")) for problem in found.problems]
+    findings = [Finding("runner", False, problem, f"stop the extra one: {_hint(plan, 'runner stop')}"
+                        ", then " + _hint(plan, "runner revive")) for problem in found.problems]
     if found.state == "not running":
         findings.append(Finding("runner", False, f"the gitlab-runner for {runner.config} is not "
                                 "running", _hint(plan, "runner revive")))

@@ -38,6 +38,11 @@ class SitebootError(Exception):
             return f"{self.message}\n  hint: {self.hint}"
         return self.message
 
+    def one_line(self) -> str:
+        """The message's first line and the hint, for one row of a table."""
+        first = self.message.splitlines()[0] if self.message else ""
+        return f"{first}; {self.hint}" if self.hint else first
+
 
 class UsageError(SitebootError):
     """The command line or environment asks for something that does not exist."""
@@ -60,6 +65,12 @@ class SiteFileError(SitebootError):
 
 class RenderError(SitebootError):
     """A program's values cannot be written into a supervisord config without changing them."""
+
+    exit_code = EXIT_USAGE
+
+
+class SecretError(SitebootError):
+    """A ``{secret:NAME}`` that cannot be read; the message names it, never its value."""
 
     exit_code = EXIT_USAGE
 
@@ -97,37 +108,44 @@ def did_you_mean(name: str, choices: Iterable[str], template: str = "'{}'") -> s
 
 
 def exit_code_for(exc: BaseException, *, debug: bool, error: Callable[[str], None],
-                  internal_code: int = EXIT_FAILED) -> int:
+                  internal_code: int = EXIT_FAILED, broken_pipe_code: int = EXIT_BROKEN_PIPE) -> int:
     """The one translation of an exception into a message and an exit code.
 
-    An expected failure prints its message; Ctrl-C is 130 and quiet; anything else is a bug:
-    one line and ``internal_code`` (for ``status``, UNKNOWN: a verdict a monitor can still read).
+    An expected failure prints its message; Ctrl-C is 130 and quiet; a reader that went away
+    (``| head``) is ``broken_pipe_code`` and quiet; anything else is a bug: one line and
+    ``internal_code``. ``status`` passes UNKNOWN for both: a verdict a monitor can still read.
     With ``debug``, and for exits that are not errors, the exception is raised again.
     """
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(exc, BrokenPipeError):  # the reader went away (`| head`): quietly, as shells do
-        silence_stdout()
-        return EXIT_BROKEN_PIPE
+    if isinstance(exc, BrokenPipeError):  # as shells do: quietly
+        silence_output()
+        return broken_pipe_code
     if debug or not isinstance(exc, Exception):
         raise exc
-    if isinstance(exc, SitebootError):
-        error(str(exc))
-        return exc.exit_code
-    error(f"internal error: {type(exc).__name__}: {exc}\n"
-          "  rerun with --debug (or SITEBOOT_DEBUG=1) for the traceback")
-    return internal_code
+    code = exc.exit_code if isinstance(exc, SitebootError) else internal_code
+    try:
+        if isinstance(exc, SitebootError):
+            error(str(exc))
+        else:
+            error(f"internal error: {type(exc).__name__}: {exc}\n"
+                  "  rerun with --debug (or SITEBOOT_DEBUG=1) for the traceback")
+    except BrokenPipeError:  # stderr too went to a reader that is gone (`2>&1 | head`)
+        silence_output()
+    return code
 
 
-def silence_stdout() -> None:
-    """After the reader of our stdout went away (``| head``): send the rest, and what Python
-    flushes at exit, nowhere, instead of a second BrokenPipeError."""
+def silence_output() -> None:
+    """After a reader of our output went away (``| head``, ``2>&1 | head``): send the rest of
+    stdout and stderr, and what Python flushes at exit, nowhere, instead of a second
+    BrokenPipeError (and exit 120). Nothing is printed after it."""
     import os
     import sys
 
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass

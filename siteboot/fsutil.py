@@ -130,6 +130,74 @@ def _refuse(path: Path, why: str) -> OwnershipError:
                           "remove what is in the way, or change runtime_dir in the site file")
 
 
+def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[str]:
+    """Create ``path`` (missing parents as ordinary dirs) or correct its mode and group to
+    exactly ``mode`` and ``gid``; what was done. It is changed through a descriptor opened with
+    O_NOFOLLOW, so a symlink is refused, never followed; so is a dir of another owner."""
+    created = False
+    try:
+        os.mkdir(path, 0o700)
+        created = True
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return ensure_managed_dir(path, mode, gid)
+    except PermissionError as exc:
+        raise SitebootError(f"cannot create {path}: {exc.strerror}",
+                            "check the permissions of its parent directory") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _refuse(path, "is not a directory (a symlink?)") from None
+        raise
+    try:
+        return _correct_dir(fd, path, mode, gid, created)
+    finally:
+        os.close(fd)
+
+
+def _correct_dir(fd: int, path: Path, mode: int, gid: int | None, created: bool) -> list[str]:
+    import grp
+
+    def group_name(number: int) -> str:
+        try:
+            return grp.getgrgid(number).gr_name
+        except KeyError:
+            return str(number)
+
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        raise OwnershipError(f"{path} belongs to {owner_name(info.st_uid)}, not "
+                             f"{owner_name(os.geteuid())}: only its owner may set its mode and group",
+                             "declare it for the instance of its owner, or have it chowned")
+    done = []
+    if gid is not None and info.st_gid != gid:
+        try:
+            os.fchown(fd, -1, gid)
+        except PermissionError:
+            raise OwnershipError(f"cannot give {path} group {group_name(gid)}: "
+                                 f"{owner_name(os.geteuid())} is not a member of it",
+                                 "add the account to the group (and log in again), or change the "
+                                 "dir's group in the site file") from None
+        done.append(f"group {group_name(info.st_gid)} -> {group_name(gid)}")
+    current = stat.S_IMODE(os.fstat(fd).st_mode)  # a chown may have cleared setgid
+    if current != mode:
+        os.fchmod(fd, mode)
+        got = stat.S_IMODE(os.fstat(fd).st_mode)
+        if got != mode:  # the kernel drops setgid for a group the account is not in
+            raise OwnershipError(f"{path} is mode {got:04o}, not {mode:04o}: the kernel keeps "
+                                 f"the setgid bit only for a group {owner_name(os.geteuid())} is "
+                                 f"in (it is {group_name(os.fstat(fd).st_gid)})",
+                                 "give the dir a group the account belongs to")
+        done.append(f"mode {current:04o} -> {mode:04o}")
+    if created:
+        final = os.fstat(fd)
+        return [f"created {path} (mode {mode:04o}, group {group_name(final.st_gid)})"]
+    return done
+
+
 def verify_private_dir(path: Path) -> None:
     """``path`` is a real directory (not a symlink) of the current user; checked with lstat."""
     info = os.lstat(path)

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from siteboot.errors import (
     EXIT_OK,
     InstanceError,
     OwnershipError,
+    SecretError,
     SitebootError,
     UsageError,
     describe_os_error,
@@ -34,7 +35,8 @@ from siteboot.fsutil import (
     verify_shared_parent,
     verify_unswappable,
 )
-from siteboot.plan import InstancePlan, Plan, socket_path_problem
+from siteboot.hints import command
+from siteboot.plan import InstancePlan, Plan, Selection, socket_path_problem
 from siteboot.proc import (
     TIMED_OUT,
     alive,
@@ -56,9 +58,12 @@ from siteboot.rpc import (
     RpcError,
     connect,
 )
+from siteboot.sitefiles import record_started, restarts
 
 if TYPE_CHECKING:
     from siteboot.records import StartRecord
+    from siteboot.secretstore import SecretStore
+    from siteboot.sitefiles import SiteFiles
 
 LOCK_TIMEOUT = 120.0
 START_TIMEOUT = 30.0
@@ -71,7 +76,8 @@ class InstanceOutcome:
     """What happened to one instance."""
 
     instance: str
-    action: str  # started, already running, updated, stopped, not running, skipped, failed
+    action: str  # started, already running, updated, stopped, not running, skipped, failed,
+    # rendered (`init --no-start`)
     detail: str = ""
     pid: int | None = None
     notes: list[str] = field(default_factory=list)
@@ -255,24 +261,45 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
     ensure_private_dir(inst.childlogdir)
 
 
-def provision(plan: Plan, inst: InstancePlan, root: Path | None) -> Path:
+def provision(plan: Plan, inst: InstancePlan, root: Path | None,
+              secrets: SecretStore | None = None) -> Path:
     """Runtime dir, key and config of ``inst`` (all idempotent); the config's path.
 
     A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
+    The config holds the secrets its programs' environments ask for: it is 0600, like the key.
     """
     from siteboot.keys import ensure_key, password_hash
     from siteboot.render import render_instance, render_preview
+    from siteboot.sitefiles import secret_store
 
-    unallocated = plan.unallocated(inst)
-    if unallocated:  # a config with port 0 would start on a random port
-        raise InstanceError(f"{inst.name}: its auto ports are not allocated yet: "
-                            f"{', '.join(unallocated)}", "`siteboot up` allocates them")
+    _require_allocated(plan, inst)
     render_preview(plan, inst, root)
     prepare_runtime_dir(inst)
-    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root)
+    text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root,
+                           secrets=secrets or secret_store(inst))
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
     return inst.conf_path
+
+
+def provision_all(plan: Plan, inst: InstancePlan, root: Path | None) -> tuple[SiteFiles, Path]:
+    """What ``inst``'s programs need before they start: its managed dirs and files, then its
+    runtime dir, key and config. Nothing is touched while a template or secret is missing."""
+    from siteboot.sitefiles import prepare, secret_store
+
+    _require_allocated(plan, inst)
+    secrets = secret_store(inst)
+    site_files = prepare(plan, inst, root, secrets)
+    return site_files, provision(plan, inst, root, secrets)
+
+
+def _require_allocated(plan: Plan, inst: InstancePlan) -> None:
+    """No config or file is written with an auto port of 0: supervisord would take any port."""
+    unallocated = plan.unallocated(inst)
+    if unallocated:
+        raise InstanceError(f"{inst.name}: its auto ports are not allocated yet: "
+                            f"{', '.join(unallocated)}",
+                            f"`{command('up', env=inst.env, instance=inst.name)}` allocates them")
 
 
 # ------------------------------------------------------------------------------------------
@@ -303,7 +330,7 @@ def probe(endpoint: Endpoint) -> str | None:
 # up
 
 
-def each_owned(plan: Plan, instance: str | None,
+def each_owned(plan: Plan, instance: Selection,
                action: Callable[[InstancePlan], InstanceOutcome],
                parallel: bool = False) -> list[InstanceOutcome]:
     """``action`` under the instance's lock for each instance the invoker owns; others skipped.
@@ -334,7 +361,7 @@ def each_owned(plan: Plan, instance: str | None,
     return concurrently(one, selected)
 
 
-def up(plan: Plan, root: Path | None, instance: str | None = None,
+def up(plan: Plan, root: Path | None, instance: Selection = None,
        timeout: float = START_TIMEOUT, replace_hung: bool = False) -> LifecycleResult:
     """Start every instance the invoker owns; the others are reported as skipped.
 
@@ -362,15 +389,22 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         # its socket was wiped (and maybe no record says it runs): its port still answers
         endpoint = dataclasses.replace(endpoint, url=inst.http_url)
     try:
-        conf = provision(plan, inst, root)
+        site_files, conf = provision_all(plan, inst, root)
     except OSError as exc:
         problem = f"cannot write its runtime files: {describe_os_error(exc)}"
         if running is not None and probe(endpoint) is None:  # serving: not a failure of it
             return InstanceOutcome(inst.name, "already running", f"still serving, but {problem}",
                                    running.pid)
         raise InstanceError(f"{inst.name}: {problem}", "free space on that file system (or fix "
-                            "its permissions), then run `siteboot up` again") from None
-    notes = _publish(inst, endpoint.key)
+                            f"its permissions), then run `{command('up', env=inst.env)}` "
+                            "again") from None
+    except SecretError as exc:
+        # cron's `revive` has no CI variables: a serving instance keeps what it was given
+        if running is not None and probe(endpoint) is None:
+            return InstanceOutcome(inst.name, "already running", "still serving", running.pid,
+                                   [f"{exc}; its files and config were left as they are"])
+        raise
+    notes = site_files.notes + _publish(inst, endpoint.key)
     if running is not None:
         why = probe(endpoint)
         if why == NOT_ANSWERING and replace_hung:
@@ -384,7 +418,8 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
                 _refuse_taken_ports(inst, _ports_to_start(
                     inst, endpoint.call("supervisor.getAllProcessInfo")))
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
-                                   _read_text(inst.conf_path))
+                                   _read_text(inst.conf_path), restarts(inst, site_files))
+            record_started(inst, site_files)
             _record(plan, inst, running)
             if not changes:
                 detail = "runtime dir restored" if runtime_lost else "nothing to do"
@@ -400,12 +435,15 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         else:
             # Busy, stopped, or refusing this key: its programs may be fine; never kill on a guess.
             raise InstanceError(f"supervisord pid {running.pid} of {inst.name} is running but "
-                                f"{why}", "see `siteboot status`; to replace it: `siteboot down "
-                                f"-i {inst.name}` then `siteboot up -i {inst.name}`, or `siteboot "
-                                "revive`, which replaces one that does not answer")
+                                f"{why}", f"see `{command('status', env=inst.env)}`; to replace "
+                                f"it: `{command('down', env=inst.env, instance=inst.name)}` then "
+                                f"`{command('up', env=inst.env, instance=inst.name)}`, or "
+                                f"`{command('revive', env=inst.env)}`, which replaces one that "
+                                "does not answer")
     notes += stop_orphans(inst, find_orphans(inst))
     notes += clear_stale(inst, None)
     _refuse_taken_ports(inst, {inst.port: f"supervisord-{inst.name}", **_ports_to_start(inst, [])})
+    record_started(inst, site_files)
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
     pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
     _record(plan, inst, find_supervisord(inst))
@@ -452,7 +490,8 @@ def _wait_for_shutdown(inst: InstancePlan, running: Any) -> str:
     if lingering:
         raise InstanceError(f"supervisord pid {running.pid} of {inst.name} has been shutting down "
                             f"for over {_stop_wait(inst):g} s",
-                            f"`siteboot down -i {inst.name}` stops it for good")
+                            f"`{command('down', env=inst.env, instance=inst.name)}` stops it "
+                            "for good")
     return f"waited for supervisord pid {running.pid} to finish shutting down"
 
 
@@ -491,17 +530,20 @@ def _server_part(config: str) -> str:
     return config.split("\n[program:", 1)[0]
 
 
-def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current: str) -> list[str]:
+def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current: str,
+                 restart: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """Bring a running supervisord up to its rewritten config, as ``supervisorctl update`` does.
 
     Program changes are applied per group (supervisord restarts a changed group's programs);
     server settings (ports, paths) need a restart of supervisord itself, which is left to the
-    operator rather than done behind their back.
+    operator rather than done behind their back. ``restart``: program -> the files it reads
+    that changed; its running processes are restarted unless their group was just reloaded.
     """
     changes: list[str] = []
     if previous and _server_part(previous) != _server_part(current):
-        changes.append(f"server settings changed: apply with `siteboot down -i {inst.name}` "
-                       f"then `siteboot up -i {inst.name}`")
+        changes.append("server settings changed: apply with "
+                       f"`{command('down', env=inst.env, instance=inst.name)}` then "
+                       f"`{command('up', env=inst.env, instance=inst.name)}`")
     slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
     added, changed, removed = slow.call("supervisor.reloadConfig")[0]
     for group in removed + changed:
@@ -521,7 +563,40 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
             pass  # the next `up` then names these changes again
     changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
                                                    for g in changed] + [f"added {g}" for g in added]
+    if restart:
+        changes += _restart_for_files(inst, slow, restart, set(changed + added))
     return changes
+
+
+_RESTARTABLE = ("RUNNING", "STARTING", "BACKOFF")
+
+
+def _restart_for_files(inst: InstancePlan, endpoint: Endpoint,
+                       restart: Mapping[str, Sequence[str]], reloaded: set[str]) -> list[str]:
+    """Restart the running processes of the programs in ``restart`` (their files changed); a
+    stopped one is left stopped, and reads the new file when it starts."""
+    infos = endpoint.call("supervisor.getAllProcessInfo")
+    said = []
+    for name, files in restart.items():
+        program = inst.program(name)
+        if program is None:
+            continue
+        mine = [i for i in infos if i["name"] in program.process_names()]
+        if any(i["group"] in reloaded for i in mine):
+            continue  # restarted with its group already
+        because = f"{'files' if len(files) > 1 else 'file'} {', '.join(files)} changed"
+        running = [i for i in mine if i["statename"] in _RESTARTABLE]
+        for info in running:
+            full = f"{info['group']}:{info['name']}"
+            for method, *args in (("supervisor.stopProcess", True),
+                                  ("supervisor.startProcess", False)):
+                try:
+                    endpoint.call(method, full, *args)
+                except Fault:  # it exited meanwhile, or failed to start: converge reports that
+                    pass
+        said.append(f"restarted {name}: {because}" if running
+                    else f"{name}: {because}; not running, it reads the new one when started")
+    return said
 
 
 def _publish(inst: InstancePlan, key: str) -> list[str]:
@@ -563,23 +638,26 @@ def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -
     raise InstanceError(
         f"supervisord for {inst.name} did not answer at {inst.unix_url} within {timeout:.0f} s; "
         f"last lines of {inst.logfile}:\n" + _indent(file_tail(inst.logfile) or "(empty)"),
-        "check the log, then `siteboot down` and `siteboot up`")
+        f"check the log, then `{command('down', env=inst.env, instance=inst.name)}` and "
+        f"`{command('up', env=inst.env, instance=inst.name)}`")
 
 
-def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list[str]:
+def foreground_argv(plan: Plan, root: Path | None, instance: Selection) -> list[str]:
     """Prepare ``instance`` and return the supervisord command to exec in the foreground."""
-    if not instance:
-        raise UsageError("--foreground needs --instance: one supervisord per process")
-    inst = plan.instance(instance)
+    if not instance or len(plan.select(instance)) != 1:
+        raise UsageError("--foreground needs one --instance: one supervisord per process")
+    inst = plan.select(instance)[0]
     if not plan.owns(inst):
         raise UsageError(f"instance {inst.name} is owned by {inst.user}: run as {inst.user}")
     with instance_lock(plan, inst):
-        conf = provision(plan, inst, root)
+        site_files, conf = provision_all(plan, inst, root)
         running = find_supervisord(inst)
         if running is not None:
             raise InstanceError(f"instance {inst.name} is already running (pid {running.pid})",
-                                "stop it with `siteboot down` first")
+                                f"stop it with `{command('down', env=inst.env, instance=inst.name)}` "
+                                "first")
         clear_stale(inst, None)
+        record_started(inst, site_files)
     return supervisor_command("supervisord", conf, "-n")
 
 
@@ -587,7 +665,7 @@ def foreground_argv(plan: Plan, root: Path | None, instance: str | None) -> list
 # down
 
 
-def down(plan: Plan, instance: str | None = None, purge: bool = False,
+def down(plan: Plan, instance: Selection = None, purge: bool = False,
          timeout: float | None = None) -> LifecycleResult:
     """Stop every instance the invoker owns; the others are reported as skipped."""
     return LifecycleResult(each_owned(plan, instance, lambda inst: _down_one(plan, inst, purge, timeout),
@@ -612,8 +690,9 @@ def _refuse_foreign_siteboot(plan: Plan, inst: InstancePlan, what: str) -> None:
         f"instance {inst.name} was started by the siteboot in {record.checkout} (python "
         f"{record.python}); this is {here} (python {python}): refusing to {what} it from here",
         f"use that siteboot, or move the instance deliberately: `{record.python} -I -m siteboot "
-        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then `siteboot up -i "
-        f"{inst.name}` from here (if that siteboot is gone: remove {record.path})")
+        f"down -i {inst.name} --site {plan.site.path} --env {plan.env}`, then "
+        f"`{command('up', env=plan.env, instance=inst.name)}` from here (if that siteboot is "
+        f"gone: remove {record.path})")
 
 
 def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
@@ -625,7 +704,8 @@ def _refuse_new_key_while_running(inst: InstancePlan, running: Any) -> None:
         f"supervisord pid {running.pid} of {inst.name} is running, but its key {inst.key_path} "
         "is missing: siteboot makes no new key for a running instance",
         "check $HOME (cron and `sudo -u` without -H keep another one) and the state_dir of the "
-        f"site file; to start it afresh with a new key: `siteboot down -i {inst.name}` (signals)")
+        "site file; to start it afresh with a new key: "
+        f"`{command('down', env=inst.env, instance=inst.name)}` (signals)")
 
 
 def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None) -> InstanceOutcome:
@@ -646,6 +726,13 @@ def _down_one(plan: Plan, inst: InstancePlan, purge: bool, timeout: float | None
     if purge:
         import shutil
 
+        from siteboot.sitefiles import held_by_runtime_dir
+
+        kept = held_by_runtime_dir(inst)
+        if kept:  # a managed dir is never deleted, not even by a purge
+            outcome.notes.append(f"left {inst.runtime_dir} in place: it holds the managed "
+                                 f"dir(s) {', '.join(kept)}")
+            return outcome
         shutil.rmtree(inst.runtime_dir)
         outcome.notes.append(f"purged {inst.runtime_dir}")
     return outcome
@@ -722,7 +809,7 @@ def _indent(text: str) -> str:
 # rotate-key
 
 
-def rotate_keys(plan: Plan, root: Path | None, instance: str | None = None,
+def rotate_keys(plan: Plan, root: Path | None, instance: Selection = None,
                 timeout: float = START_TIMEOUT) -> LifecycleResult:
     """A new key for every instance the invoker owns; a running supervisord is restarted with
     it (its programs restart too) and a granted key is published again."""

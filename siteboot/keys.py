@@ -11,6 +11,7 @@ import stat
 from pathlib import Path
 
 from siteboot.errors import KeyAccessError, SitebootError
+from siteboot.hints import command
 from siteboot.plan import InstancePlan, Plan, uid_of
 
 # hashlib, secrets, grp and siteboot.fsutil are imported where used: `status` only reads keys.
@@ -58,14 +59,14 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
         if acl:
             raise KeyAccessError(f"refusing key file {path}: it {acl}",
                                  f"its owner removes the ACL (`setfacl -b {path}`), then runs "
-                                 "`siteboot rotate-key`: anyone it named may have the key")
+                                 f"`{command('rotate-key')}`: anyone it named may have the key")
         if owner_uid is not None and (info.st_uid != owner_uid or stat.S_IMODE(info.st_mode) & 0o007
                                       or (gid is not None and info.st_gid != gid)
                                       or not stat.S_ISREG(info.st_mode)):
             raise KeyAccessError(f"refusing key file {path}: it must be a regular file of uid "
                                  f"{owner_uid}, group {gid}, unreadable by others (it is uid "
                                  f"{info.st_uid}, gid {info.st_gid}, mode {stat.S_IMODE(info.st_mode):o})",
-                                 "the instance's owner publishes it with `siteboot up`")
+                                 f"the instance's owner publishes it with `{command('up')}`")
         if not stat.S_ISREG(info.st_mode):  # a directory, FIFO or device holds no key
             raise KeyAccessError(f"key file {path} is {_file_kind(info.st_mode)}, not a regular "
                                  "file", "it must be a file holding the instance's key")
@@ -76,7 +77,7 @@ def _read(path: Path, owner_uid: int | None = None, gid: int | None = None) -> s
     finally:
         os.close(fd)
     if not key:
-        raise KeyAccessError(f"key file {path} is empty", "remove it and run `siteboot up`")
+        raise KeyAccessError(f"key file {path} is empty", f"remove it and run `{command('up')}`")
     return key
 
 
@@ -121,8 +122,10 @@ def verify_shared_dir(inst: InstancePlan) -> Path:
     if problem:
         raise OwnershipError(f"shared_dir {folder} {problem}: no key is published or read there",
                              f"as {inst.user}: remove it (or its ACL: `setfacl -bk {folder}`) and "
-                             f"run `siteboot up -i {inst.name}`, which makes it 0755; then "
-                             "`siteboot rotate-key` if a key was ever published there")
+                             f"run `{command('up', env=inst.env, instance=inst.name)}`, which "
+                             "makes it 0755; then "
+                             f"`{command('rotate-key', env=inst.env, instance=inst.name)}` if a "
+                             "key was ever published there")
     return folder
 
 
@@ -193,14 +196,15 @@ def publish_key(inst: InstancePlan, key: str) -> None:
 
 def read_own_key(inst: InstancePlan) -> str:
     """The owner's key of ``inst`` from its state dir (never created here)."""
-    if not inst.key_path.exists():
-        raise KeyAccessError(f"no key for instance {inst.name} yet ({inst.key_path})",
-                             "run `siteboot up` to create it and start the instance")
+    if not inst.key_path.exists():  # `up` makes it: this instance never started here
+        raise KeyAccessError(f"instance {inst.name} is not running: it was never started in env "
+                             f"{inst.env} (no key yet at {inst.key_path})",
+                             f"start it: `{command('up', env=inst.env)}`")
     try:
         return _read(inst.key_path)
     except FileNotFoundError:  # removed since the check above
         raise KeyAccessError(f"no key for instance {inst.name} ({inst.key_path} is gone)",
-                             "run `siteboot up` to create it") from None
+                             f"run `{command('up', env=inst.env)}` to create it") from None
     except PermissionError:
         raise KeyAccessError(f"cannot read key file {inst.key_path}: permission denied",
                              f"it must be readable by {inst.user} (mode 0600, in a 0700 "
@@ -225,7 +229,8 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
     except FileNotFoundError:
         raise KeyAccessError(f"{inst.user} has not published the key of {inst.name} "
                              f"({inst.shared_key_path} missing)",
-                             f"run `siteboot up --instance {inst.name}` as {inst.user}") from None
+                             f"run `{command('up', env=inst.env, instance=inst.name)}` as "
+                             f"{inst.user}") from None
     except PermissionError:
         raise KeyAccessError(f"cannot read {inst.shared_key_path}: {plan.invoker} is not in "
                              f"group {inst.group}, so no grant",

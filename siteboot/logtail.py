@@ -85,6 +85,20 @@ def last_bytes(text: str, nbytes: int) -> str:
     return data[_char_start(data, 0):].decode("utf-8")
 
 
+def lines_start(data: bytes, lines: int) -> int | None:
+    """The index in ``data`` (the end of a log) where its last ``lines`` lines begin (a last
+    line without its newline counts); None when ``data`` holds fewer: it may not reach back far
+    enough."""
+    if lines <= 0:
+        return len(data)
+    end = len(data) - 1 if data.endswith(b"\n") else len(data)
+    for _ in range(lines):
+        end = data.rfind(b"\n", 0, end)
+        if end < 0:
+            return None
+    return end + 1
+
+
 def _backup(path: Path, number: int) -> Path:
     return path.with_name(f"{path.name}.{number}")
 
@@ -107,16 +121,27 @@ class FileFollower:
         self.inode = 0
         self.seen = b""  # the last bytes read, to notice a truncation that was written over
 
-    def start(self, nbytes: int) -> None:
-        """Open the log and print its last ``nbytes``."""
+    def start(self, nbytes: int = 0, lines: int | None = None) -> None:
+        """Open the log and print its last ``lines`` lines, or else its last ``nbytes``."""
         self._open(open(self.path, "rb"))  # noqa: SIM115 - kept open across polls
         assert self.handle is not None
-        size = os.fstat(self.handle.fileno()).st_size
-        start = max(0, size - nbytes)
-        self.handle.seek(start)
-        data = self.handle.read(size - start)
+        fd = self.handle.fileno()
+        size = os.fstat(fd).st_size
+        want = nbytes if lines is None else 4096
+        while True:
+            start = max(0, size - want)
+            data = os.pread(fd, size - start, start)
+            if lines is None:
+                begin = _char_start(data, 0) if start else 0
+                break
+            found = lines_start(data, lines)
+            if found is not None or start == 0:
+                begin = found or 0
+                break
+            want *= 4
+        self.handle.seek(start + len(data))
         self.seen = data[-FINGERPRINT:]
-        self.out.data(data[_char_start(data, 0) if start else 0:])
+        self.out.data(data[begin:])
 
     def close(self) -> None:
         if self.handle is not None:

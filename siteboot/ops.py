@@ -18,17 +18,19 @@ from typing import TYPE_CHECKING, Any, Callable
 from siteboot.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from siteboot.control import ControlResult, StatusResult
+    from siteboot.control import ControlResult, SiteStatus, StatusResult
     from siteboot.cron import CronResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
-    from siteboot.plan import Plan
+    from siteboot.logs import LogStream
+    from siteboot.plan import Plan, Selection
     from siteboot.ports import CheckResult
+    from siteboot.progress import Reporter
     from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
     from siteboot.venvs import VenvOutcome
 
-Progress = Callable[[str], None]
+Progress = Callable[[str], None]  # lines a long runner step prints as it goes
 
 
 # ------------------------------------------------------------------------------------------
@@ -51,17 +53,20 @@ class PortsResult:
 class RenderedConfig:
     instance: str
     path: Path
-    preview: bool  # placeholder key hash: not startable as is
+    preview: bool  # placeholder key hash (and {secret:NAME}): not startable as is
+    file: str | None = None  # a [files] entry, not the supervisord config
 
     def as_json(self) -> dict[str, Any]:
-        return {"instance": self.instance, "path": str(self.path), "preview": self.preview}
+        return {"instance": self.instance, "path": str(self.path), "preview": self.preview,
+                "file": self.file}
 
 
 @dataclass(frozen=True)
 class RenderResult:
     rendered: list[RenderedConfig]
     skipped: list[tuple[str, str]]  # (instance, why)
-    notes: list[str] = field(default_factory=list)  # auto ports allocated, or shown as 0
+    # "<instance>: ...": auto ports allocated (or shown as 0), managed dirs made or corrected
+    notes: list[str] = field(default_factory=list)
     exit_code = EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
@@ -74,16 +79,18 @@ class RenderResult:
 class InitResult:
     venvs: list[VenvOutcome]
     instances: LifecycleResult
-    status: StatusResult
+    status: StatusResult | None  # None: nothing was started (``--no-start``)
 
     @property
     def exit_code(self) -> int:
-        """The status verdict, as monitoring reads it (a failed instance shows there too)."""
-        return self.status.exit_code
+        """The status verdict, as monitoring reads it (a failed instance shows there too);
+        without a start, whether every config could be written."""
+        return self.instances.exit_code if self.status is None else self.status.exit_code
 
     def as_json(self) -> dict[str, Any]:
         return {"sources": self.instances.sources, "venvs": [v.as_json() for v in self.venvs],
-                "instances": self.instances.as_json(), "status": self.status.as_json()}
+                "instances": self.instances.as_json(),
+                "status": None if self.status is None else self.status.as_json()}
 
 
 # ------------------------------------------------------------------------------------------
@@ -104,7 +111,7 @@ def ports(site: Site) -> PortsResult:
     return PortsResult(site.name, list(site.envs), matrix(site, plans), auto)
 
 
-def _allocated(plan: Plan, instance: str | None = None) -> tuple[Plan, dict[str, list[str]]]:
+def _allocated(plan: Plan, instance: Selection = None) -> tuple[Plan, dict[str, list[str]]]:
     """``plan`` with the auto ports of the invoker's instances allocated (what starts or renders
     them needs numbers), and per instance what was chosen or moved."""
     from siteboot.ports import allocate
@@ -127,43 +134,55 @@ def check(paths: Sequence[Path], strict: bool = False) -> CheckResult:
 
 
 def render(plan: Plan, root: Path | None, out: Path | None = None,
-           instance: str | None = None) -> RenderResult:
+           instance: Selection = None) -> RenderResult:
     """Render the env's configs: into ``out`` as previews, or in place for the invoker's own."""
     from siteboot.fsutil import atomic_write
-    from siteboot.instances import instance_lock, provision
-    from siteboot.render import render_preview
+    from siteboot.instances import instance_lock, provision_all
+    from siteboot.render import render_files, render_preview
 
-    notes: list[str] = []
     if out is None:  # in place: what `up` will start, so with its real ports
         plan, allocations = _allocated(plan, instance)
-        notes = [note for name in allocations for note in allocations[name]]
+        notes = [f"{name}: {note}" for name in allocations for note in allocations[name]]
     else:  # a preview is read-only: it allocates nothing
-        notes = [f"{key}: auto port not allocated yet, shown as 0 (`siteboot up` allocates it)"
+        from siteboot.hints import command
+
+        notes = [f"{inst.name}: {key}: auto port not allocated yet, shown as 0 "
+                 f"(`{command('up', env=plan.env, instance=inst.name)}` allocates it)"
                  for inst in plan.select(instance) for key in plan.unallocated(inst)]
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
-    # owner deploys): a refusal leaves nothing written.
-    previews = [(inst, render_preview(plan, inst, root)) for inst in selected]
+    # owner deploys): a refusal leaves nothing written. Previews show {secret:NAME}, never one.
+    previews = [(inst, render_preview(plan, inst, root), render_files(plan, inst, root, None))
+                for inst in selected]
     rendered: list[RenderedConfig] = []
     skipped: list[tuple[str, str]] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        for inst, text in previews:
-            path = out / inst.conf_path.name
+        for inst, text, files in previews:
+            path = inst.preview_path(out)
             atomic_write(path, text, mode=0o600)
             rendered.append(RenderedConfig(inst.name, path, preview=True))
+            for item in files:
+                path = inst.file_preview_path(out, item.name)
+                path.parent.mkdir(exist_ok=True)
+                atomic_write(path, item.text, mode=0o600)
+                rendered.append(RenderedConfig(inst.name, path, True, item.name))
         return RenderResult(rendered, skipped, notes)
     for inst in selected:
         if plan.owns(inst):
             with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
-                rendered.append(RenderedConfig(inst.name, provision(plan, inst, root), False))
+                site_files, conf = provision_all(plan, inst, root)
+            rendered.append(RenderedConfig(inst.name, conf, False))
+            rendered += [RenderedConfig(inst.name, f.path, False, f.name) for f in inst.files]
+            notes += [f"{inst.name}: {note}" for note in site_files.notes
+                      if note.startswith("dir ")]
         else:
             skipped.append((inst.name, f"owned by {inst.user}: run as {inst.user}, "
                                        "or preview it with --out DIR"))
     return RenderResult(rendered, skipped, notes)
 
 
-def up(plan: Plan, root: Path | None, instance: str | None = None,
+def up(plan: Plan, root: Path | None, instance: Selection = None,
        timeout: float = 30.0) -> LifecycleResult:
     """Start the supervisord of every instance the invoker owns (the others: skipped), then
     every program that should run and does not, except those an operator stopped."""
@@ -211,7 +230,7 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
             outcome.action, outcome.detail = "updated", "programs started or stopped"
 
 
-def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
+def run_foreground(plan: Plan, root: Path | None, instance: Selection) -> None:
     """Replace this process by ``instance``'s supervisord in the foreground (never returns)."""
     from siteboot import instances
     from siteboot.proc import exec_replace
@@ -220,7 +239,7 @@ def run_foreground(plan: Plan, root: Path | None, instance: str | None) -> None:
     exec_replace(instances.foreground_argv(plan, root, instance))
 
 
-def down(plan: Plan, instance: str | None = None, purge: bool = False,
+def down(plan: Plan, instance: Selection = None, purge: bool = False,
          orphans: bool = False) -> LifecycleResult:
     """Stop every instance the invoker owns; ``purge`` also deletes its runtime dir and logs;
     ``orphans``: also what this account started for the site and env that the site no longer
@@ -234,7 +253,7 @@ def down(plan: Plan, instance: str | None = None, purge: bool = False,
     return result
 
 
-def rotate_key(plan: Plan, root: Path | None, instance: str | None = None,
+def rotate_key(plan: Plan, root: Path | None, instance: Selection = None,
                timeout: float = 30.0) -> LifecycleResult:
     """A new key per instance you own: running ones restart on it, grants are republished."""
     from siteboot import instances
@@ -257,18 +276,34 @@ def down_recorded(site_path: Path, env: str) -> LifecycleResult:
     return instances.LifecycleResult([instances.stop_recorded(r) for r in records])
 
 
-def status(plan: Plan, instance: str | None = None) -> StatusResult:
-    """Every instance and program of the env, queried concurrently."""
+def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) -> StatusResult:
+    """Every instance and program of the env (or the ``names``d ones), queried concurrently."""
     from siteboot.control import status as query
 
-    result = query(plan, instance)
+    result = query(plan, instance, names)
     runner = plan.runner
     # a supervised runner is a program in its instance's rows; a detached one is shown apart
-    if runner is not None and runner.mode == "detached" and instance in (None, runner.instance):
+    if runner is not None and runner.mode == "detached" and not names \
+            and runner.instance in [inst.name for inst in plan.select(instance)]:
         from siteboot import runner as runners  # reads /proc: no psutil on the status path
 
         result.runner = runners.status(plan)
     return result
+
+
+def status_all_envs(plans: Sequence[Plan], env: str, instance: Selection = None,
+                    names: Sequence[str] = ()) -> SiteStatus:
+    """``status`` of every env in ``plans`` that has an instance running or recorded as started
+    by the invoker (none: ``env``'s, which says what is not running)."""
+    from siteboot.concurrency import concurrently
+    from siteboot.control import SiteStatus, in_use
+    from siteboot.records import starts_of
+
+    reports = concurrently(lambda plan: status(plan, instance, names), plans)
+    recorded = {r.env for plan in plans[:1] for r in starts_of(plan.invoker, plan.site.name)}
+    used = [r for r in reports if r.env in recorded or in_use(r)]
+    return SiteStatus(plans[0].site.name if plans else "",
+                      used or [r for r in reports if r.env == env])
 
 
 def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
@@ -288,12 +323,29 @@ def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
     return result
 
 
+def target_names(plan: Plan) -> list[str]:
+    """The names ``start``, ``stop``, ``restart``, ``tail`` and ``status`` take (completion)."""
+    from siteboot.control import target_names as names
+
+    return names(plan)
+
+
 def tail(plan: Plan, name: str, write: Callable[[str], None], stderr: bool = False,
-         follow: bool = False, nbytes: int = 4096) -> None:
+         follow: bool = False, nbytes: int = 4096, instance: Selection = None) -> None:
     """Write the end of a process's log to ``write``; with ``follow``, keep writing."""
     from siteboot.control import tail as follow_log
 
-    follow_log(plan, name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    follow_log(plan, name, write, stderr=stderr, follow=follow, nbytes=nbytes, instance=instance)
+
+
+def logs(plan: Plan, names: Sequence[str], emit: Callable[[LogStream, str], None],
+         instance: Selection = None, follow: bool = False, lines: int = 10) -> None:
+    """The last ``lines`` lines of the stdout and stderr of every program (or the named ones),
+    each line given to ``emit`` with the log it came from; with ``follow``, every line written
+    after them, until Ctrl-C."""
+    from siteboot.logs import show
+
+    show(plan, names, emit, instance, follow=follow, lines=lines)
 
 
 def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:
@@ -304,18 +356,43 @@ def ctl(plan: Plan, instance: str, args: Sequence[str]) -> int:
 
 
 def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 30.0,
-         progress: Progress | None = None) -> InitResult:
-    """App venvs, then ``up``, then status once programs have settled. Safe to re-run."""
+         progress: Reporter | None = None, start: bool = True) -> InitResult:
+    """App venvs, then ``up``, then status once programs have settled. Safe to re-run.
+    ``progress`` sees the venv builds and the wait for programs to settle. Without ``start``
+    (a CI build stage): the venvs, and the configs of the invoker's instances rendered in
+    place, nothing started."""
     from siteboot import instances
     from siteboot.control import settle
+    from siteboot.progress import SILENT
     from siteboot.venvs import ensure_venvs
 
+    progress = progress or SILENT
     venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    if not start:  # render allocates the auto ports, as up would
+        return InitResult(venvs, _rendered_in_place(plan, root), None)
     plan, notes = _allocated(plan)
     outcomes = _noting(instances.up(plan, root, None, timeout), notes)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)
-    return InitResult(venvs, outcomes, settle(plan, timeout))
+    return InitResult(venvs, outcomes, settle(plan, timeout, progress=progress))
+
+
+def _rendered_in_place(plan: Plan, root: Path | None) -> LifecycleResult:
+    """``render`` as ``init --no-start`` reports it: per instance, its config (the files and
+    dirs written for it as notes), or why it was skipped."""
+    from siteboot.instances import InstanceOutcome, LifecycleResult
+
+    written = render(plan, root)
+    outcomes = []
+    for inst in plan.instances.values():
+        mine = [r for r in written.rendered if r.instance == inst.name]
+        config = next((r for r in mine if r.file is None), None)
+        if config is not None:
+            notes = [f"file {r.file}: {r.path}" for r in mine if r.file is not None]
+            notes += [n.split(": ", 1)[1] for n in written.notes if n.startswith(f"{inst.name}: ")]
+            outcomes.append(InstanceOutcome(inst.name, "rendered", str(config.path), notes=notes))
+    outcomes += [InstanceOutcome(name, "skipped", why) for name, why in written.skipped]
+    return LifecycleResult(outcomes, sources=sources(plan, root))
 
 
 # ------------------------------------------------------------------------------------------
@@ -414,18 +491,21 @@ def revive_envs(plan: Plan, all_envs: bool) -> list[str]:
     return [env for env in plan.site.envs if env in recorded] or [plan.env]
 
 
-def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0) -> ReviveResult:
+def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0,
+           progress: Reporter | None = None) -> ReviveResult:
     """After maintenance or a fault: make every instance of the invoker's run, and what should
-    run in it, without restarting what already runs. Safe to run from cron every few minutes."""
+    run in it, without restarting what already runs. Safe to run from cron every few minutes.
+    ``progress`` sees the wait for programs to settle."""
     from siteboot import instances
     from siteboot.control import settle
+    from siteboot.progress import SILENT
 
     revivals = []
     for plan in plans:
         plan, notes = _allocated(plan)
         result = _noting(instances.up(plan, root, None, timeout, replace_hung=True), notes)
         _converge(plan, result.outcomes)
-        settled = settle(plan, timeout)
+        settled = settle(plan, timeout, progress=progress or SILENT)
         revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))
     return ReviveResult(plans[0].site.name if plans else "", revivals)
 

@@ -11,22 +11,27 @@ import os
 import pwd
 import shlex
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Union
 
 from siteboot.errors import OwnershipError, SitebootError, UsageError
 from siteboot.site import (
     PORT_MAX,
     PORT_MIN,
     RUNNER_PROGRAM,
+    DirSpec,
+    FileSpec,
+    Problem,
     Program,
     RunnerSpec,
     Site,
     default_program_options,
     instance_port_key,
+    locate,
     program_port_key,
+    text_for,
 )
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
@@ -36,6 +41,8 @@ RPC_USERNAME = "siteboot"
 # another account, whose record is not readable here: a preview renders it as 0.
 UNALLOCATED = 0
 _MAX_RECORD_BYTES = 1 << 20
+# Which instances a command is about: one name, several (``-i`` repeated), or None for all.
+Selection = Union[str, Sequence[str], None]
 
 
 def current_user() -> str:
@@ -101,6 +108,57 @@ def home_note() -> str | None:
     return None
 
 
+class Sealed(str):
+    """A resolved text that holds secrets, which are read only when it is written.
+
+    As a ``str`` it is the text with each secret shown as ``{secret:NAME}``, so printing it,
+    putting it in an error or in JSON never shows one; ``reveal`` fills them in, and only the
+    code that writes the text where the program reads it calls that.
+    """
+
+    parts: tuple[tuple[str, bool], ...]  # (text, False) or (secret name, True)
+
+    def __new__(cls, parts: Sequence[tuple[str, bool]]) -> Sealed:
+        shown = "".join(f"{{secret:{text}}}" if secret else text for text, secret in parts)
+        sealed = super().__new__(cls, shown)
+        sealed.parts = tuple(parts)
+        return sealed
+
+    @property
+    def secret_names(self) -> list[str]:
+        return list(dict.fromkeys(text for text, secret in self.parts if secret))
+
+    def reveal(self, secret: Callable[[str], str]) -> str:
+        return "".join(secret(text) if is_secret else text for text, is_secret in self.parts)
+
+
+def reveal(value: str, secret: Callable[[str], str]) -> str:
+    """``value`` with its secrets filled in (a plain string has none)."""
+    return value.reveal(secret) if isinstance(value, Sealed) else value
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """A ``[files.NAME]`` of an instance, resolved: written by its user before its programs
+    start; a change restarts ``users`` at ``up``."""
+
+    name: str
+    template: str  # relative to the site root: templates/...
+    path: Path
+    mode: int
+    users: tuple[str, ...]  # the programs that read it
+
+
+@dataclass(frozen=True)
+class DirPlan:
+    """A ``[dirs.NAME]`` of an instance, resolved: created or corrected by its user."""
+
+    name: str
+    path: Path
+    mode: int
+    group: str | None
+
+
 @dataclass(frozen=True)
 class ProgramPlan:
     name: str
@@ -111,6 +169,7 @@ class ProgramPlan:
     venv: Path | None
     options: dict[str, Any]
     log_dir: Path
+    files: tuple[str, ...] = ()  # the [files] it reads (restarted at `up` when one changed)
 
     @property
     def numprocs(self) -> int:
@@ -144,10 +203,22 @@ class InstancePlan:
     identifier: str
     group_name: str
     programs: list[ProgramPlan]
+    env: str
+    files: list[FilePlan] = field(default_factory=list)  # written by its user, before starting
+    dirs: list[DirPlan] = field(default_factory=list)  # made or corrected by its user
 
     @property
     def conf_path(self) -> Path:
         return self.runtime_dir / f"supervisord-{self.name}.conf"
+
+    def preview_path(self, folder: Path) -> Path:
+        """Where ``render --out folder`` writes this instance's config: named by site, instance
+        and env, so that previews of several envs (or sites) can share a folder."""
+        return folder / f"supervisord-{self.identifier}.conf"
+
+    def file_preview_path(self, folder: Path, name: str) -> Path:
+        """Where ``render --out folder`` writes the preview of its ``[files.name]``."""
+        return folder / f"files-{self.identifier}" / name
 
     @property
     def started_conf_path(self) -> Path:
@@ -178,6 +249,16 @@ class InstancePlan:
     @property
     def key_path(self) -> Path:
         return self.state_dir / "keys" / f"{self.name}.key"
+
+    @property
+    def secrets_path(self) -> Path:
+        """``{secret:NAME}`` values of the owner (0600) when the environment has none."""
+        return self.state_dir / "secrets.toml"
+
+    @property
+    def files_started_path(self) -> Path:
+        """Content hashes of the [files] its programs last (re)started with."""
+        return self.runtime_dir / "files.started.json"
 
     @property
     def http_url(self) -> str:
@@ -241,6 +322,8 @@ class Plan:
     invoker_state_dir: Path
     instances: dict[str, InstancePlan]
     runner: RunnerPlan | None = None
+    vars: dict[str, str] = field(default_factory=dict)  # [vars] in this env (Sealed: secrets)
+    ports: dict[str, int] = field(default_factory=dict)  # program -> its port in this env
 
     def require_runner(self) -> RunnerPlan:
         if self.runner is None:
@@ -254,8 +337,12 @@ class Plan:
                              f"instances: {', '.join(self.instances)}")
         return self.instances[name]
 
-    def select(self, name: str | None) -> list[InstancePlan]:
-        return [self.instance(name)] if name else list(self.instances.values())
+    def select(self, names: Selection) -> list[InstancePlan]:
+        """The named instances (one name or several; none: all), each once, in site order."""
+        if not names:
+            return list(self.instances.values())
+        wanted = {self.instance(name).name for name in ([names] if isinstance(names, str) else names)}
+        return [inst for inst in self.instances.values() if inst.name in wanted]
 
     def user_uids(self) -> set[int]:
         """The uids of the site's users that exist on this host."""
@@ -402,14 +489,33 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[],
+            group_name=f"{site.name}-{env}", programs=[], env=env,
         )
+    # each program's port in this env: its {port}, and {port:NAME} and port() for the others;
+    # an "auto" one as its instance's user recorded it
+    ports: dict[str, int] = {}
+    for p in site.programs.values():
+        if p.port:
+            fixed = p.port[env]
+            ports[p.name] = fixed if fixed is not None else allocated[p.instance].get(
+                program_port_key(p.name), UNALLOCATED)
     plan = Plan(site, env, invoker,
-                state_dir_of(site, env, invoker), plan_instances)
+                state_dir_of(site, env, invoker), plan_instances,
+                vars=_resolve_vars(site, env, ports), ports=ports)
+    named: dict[str, dict[str, str]] = {"var": plan.vars,
+                                        "port": {k: str(v) for k, v in ports.items()},
+                                        "dir": {}, "file": {}}
+    for dspec in site.dirs.values():  # dirs first: a file's path may name one
+        dir_plan = _dir_plan(plan, plan_instances[dspec.instance], dspec, named)
+        plan_instances[dspec.instance].dirs.append(dir_plan)
+        named["dir"][dspec.name] = str(dir_plan.path)
+    for fspec in site.files.values():
+        file_plan = _file_plan(plan, plan_instances[fspec.instance], fspec, named)
+        plan_instances[fspec.instance].files.append(file_plan)
+        named["file"][fspec.name] = str(file_plan.path)
     for program in site.programs.values():
         inst_plan = plan_instances[program.instance]
-        inst_plan.programs.append(_program_plan(plan, inst_plan, program,
-                                                allocated[program.instance]))
+        inst_plan.programs.append(_program_plan(plan, inst_plan, program, named))
     if site.runner is not None:
         runner = _runner_plan(plan, plan_instances[site.runner.instance], site.runner)
         plan = dataclasses.replace(plan, runner=runner)
@@ -429,27 +535,159 @@ def _runtime_location(site: Site, env: str, user: str, instance: str) -> tuple[P
 
 
 def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
-                  allocated: Mapping[str, int]) -> ProgramPlan:
-    port = program.port[plan.env] if program.port else None
-    if program.port and port is None:  # "auto"
-        port = allocated.get(program_port_key(program.name), UNALLOCATED)
+                  named: Mapping[str, Mapping[str, str]]) -> ProgramPlan:
+    port = plan.ports.get(program.name)
     venv = plan.venv_path(program.venv, inst.user) if program.venv else None
     values: dict[str, Any] = {
         "port": port, "env": plan.env, "site": plan.site.name, "instance": inst.name,
         "runtime_dir": inst.runtime_dir, "state_dir": inst.state_dir, "venv": venv,
         "python": sys.executable,
     }
-    quoted = {k: shlex.quote(str(v)) for k, v in values.items() if v is not None}
-    plain = {k: str(v) for k, v in values.items() if v is not None}
+    lookup = _lookup({k: str(v) for k, v in values.items() if v is not None}, named)
     options = dict(program.options)
     directory = options.pop("directory")
     return ProgramPlan(
         name=program.name,
-        command=_expand(program.command, quoted),
-        directory=_expand(directory, plain) if directory else None,
-        environment={k: _expand(v, plain) for k, v in program.environment.items()},
+        command=_expand(text_for(program.command, plan.env), lookup, quote=shlex.quote),
+        directory=_expand(text_for(directory, plan.env), lookup) if directory else None,
+        environment={k: _expand(text_for(v, plan.env), lookup)
+                     for k, v in program.environment.items()},
         port=port, venv=venv, options=options, log_dir=inst.childlogdir,
+        files=tuple(program.files),
     )
+
+
+def _owner_values(plan: Plan, inst: InstancePlan) -> dict[str, str]:
+    """The placeholders of a managed file's or dir's path: its instance's."""
+    return {"env": plan.env, "site": plan.site.name, "instance": inst.name, "user": inst.user,
+            "state_dir": str(inst.state_dir), "runtime_dir": str(inst.runtime_dir)}
+
+
+def _dir_plan(plan: Plan, inst: InstancePlan, spec: DirSpec,
+              named: Mapping[str, Mapping[str, str]]) -> DirPlan:
+    lookup = _lookup(_owner_values(plan, inst), named)
+    group = _expand(text_for(spec.group, plan.env), lookup) if spec.group is not None else None
+    return DirPlan(spec.name, expand_home(_expand(text_for(spec.path, plan.env), lookup), inst.user),
+                   spec.mode, group)
+
+
+def _file_plan(plan: Plan, inst: InstancePlan, spec: FileSpec,
+               named: Mapping[str, Mapping[str, str]]) -> FilePlan:
+    lookup = _lookup(_owner_values(plan, inst), named)
+    users = tuple(p.name for p in plan.site.programs.values() if spec.name in p.files)
+    return FilePlan(spec.name, spec.template,
+                    expand_home(_expand(text_for(spec.path, plan.env), lookup), inst.user),
+                    spec.mode, users)
+
+
+def _resolve_vars(site: Site, env: str, ports: Mapping[str, int]) -> dict[str, str]:
+    """``[vars]`` in ``env``; a var may name others (validation has ruled out cycles)."""
+    resolved: dict[str, str] = {}
+    plain = _lookup({"env": env, "site": site.name}, {"port": {k: str(v) for k, v in ports.items()}})
+
+    def lookup(name: str, arg: str) -> str:
+        return var(arg) if name == "var" and arg else plain(name, arg)
+
+    def var(name: str) -> str:
+        if name not in resolved:
+            resolved[name] = _expand(text_for(site.vars[name], env), lookup)
+        return resolved[name]
+
+    for name in site.vars:
+        var(name)
+    return resolved
+
+
+Lookup = Callable[[str, str], str]
+
+
+def _lookup(plain: Mapping[str, str], named: Mapping[str, Mapping[str, str]]) -> Lookup:
+    """``{name}`` from ``plain``, ``{kind:NAME}`` from ``named[kind]``; a ``{secret:NAME}`` is
+    left sealed (read when written). Validation (site.py) has checked that each is defined."""
+    def lookup(name: str, arg: str) -> str:
+        if not arg:
+            return plain[name]
+        if name == "secret":
+            return Sealed([(arg, True)])
+        return named[name][arg]
+
+    return lookup
+
+
+def _expand(text: str, lookup: Lookup, quote: Callable[[str], str] | None = None) -> str:
+    """``text`` with its placeholders filled (``quote``d, for a command line); ``Sealed`` when
+    a secret is among them."""
+    parts: list[tuple[str, bool]] = []
+    import string
+
+    for literal, name, spec, _conversion in string.Formatter().parse(text):
+        if literal:
+            parts.append((literal, False))
+        if name is None:
+            continue
+        value = lookup(name, spec or "")
+        if isinstance(value, Sealed):  # never quoted: validation keeps secrets off command lines
+            parts.extend(value.parts)
+        else:
+            parts.append((quote(value) if quote else value, False))
+    if any(secret for _text, secret in parts):
+        return Sealed(parts)
+    return "".join(text for text, _secret in parts)
+
+
+def resolved_problems(site: Site) -> list[Problem]:
+    """What only shows once each env is resolved: a managed path that is not absolute, a dir
+    declared twice with different modes, groups or owners, a file written from two entries."""
+    problems: list[Problem] = []
+    for env in site.envs:
+        plan = make_plan(site, env)
+        dirs: dict[Path, tuple[str, str, DirPlan]] = {}
+        files: dict[Path, str] = {}
+        for inst in plan.instances.values():
+            for dplan in inst.dirs:
+                where = locate(site.path, f"dirs.{dplan.name}", "path")
+                if _home_elsewhere(dplan.path):
+                    continue
+                if not dplan.path.is_absolute():
+                    problems.append(Problem("error", where, f"'path' is {str(dplan.path)!r} in "
+                                            f"env {env}: it must be absolute"))
+                    continue
+                first = dirs.setdefault(dplan.path, (dplan.name, inst.user, dplan))
+                if first[0] != dplan.name:
+                    problems += _dir_clash(where, env, first, (dplan.name, inst.user, dplan))
+            for fplan in inst.files:
+                where = locate(site.path, f"files.{fplan.name}", "path")
+                if _home_elsewhere(fplan.path):
+                    continue
+                if not fplan.path.is_absolute():
+                    problems.append(Problem("error", where, f"'path' is {str(fplan.path)!r} in "
+                                            f"env {env}: it must be absolute"))
+                elif files.setdefault(fplan.path, fplan.name) != fplan.name:
+                    problems.append(Problem("error", where, f"file {fplan.name} and file "
+                                            f"{files[fplan.path]} are both {fplan.path} in env "
+                                            f"{env}: one file, one template"))
+    return list({str(p): p for p in problems}.values())
+
+
+def _home_elsewhere(path: Path) -> bool:
+    """``~user/...`` of an account this host does not have: it resolves where that account is."""
+    return str(path).startswith("~")
+
+
+def _dir_clash(where: str, env: str, first: tuple[str, str, DirPlan],
+               second: tuple[str, str, DirPlan]) -> list[Problem]:
+    (name_a, user_a, a), (name_b, user_b, b) = first, second
+    said = f"dir {name_b} and dir {name_a} are both {b.path} in env {env}"
+    if (a.mode, a.group) != (b.mode, b.group):
+        def said_mode(d: DirPlan) -> str:
+            return f"mode {d.mode:04o}" + (f" group {d.group}" if d.group else "")
+
+        return [Problem("error", where, f"{said}, with {said_mode(b)} and {said_mode(a)}: "
+                        "declare it once, with one mode")]
+    if user_a != user_b:
+        return [Problem("error", where, f"{said}, made by {user_b} and by {user_a}: only its "
+                        "owner can correct it; declare it once")]
+    return []
 
 
 def _runner_plan(plan: Plan, inst: InstancePlan, spec: RunnerSpec) -> RunnerPlan:
@@ -488,11 +726,6 @@ def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
         name=RUNNER_PROGRAM, command=shlex.join(runner.argv()), directory=str(runner.cwd),
         environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )
-
-
-def _expand(text: str, values: Mapping[str, str]) -> str:
-    # Validation (site.py) has already checked that every placeholder is known and defined.
-    return text.format_map(values)
 
 
 def socket_path_problem(inst: InstancePlan) -> str | None:

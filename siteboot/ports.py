@@ -14,13 +14,16 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from siteboot.errors import InstanceError, SitebootError
+from siteboot.hints import command
 from siteboot.plan import (
     UNALLOCATED,
     InstancePlan,
     Plan,
+    Selection,
     make_plan,
     port_record_path,
     read_port_record,
+    resolved_problems,
     state_dir_of,
 )
 from siteboot.site import (
@@ -228,6 +231,11 @@ def check(paths: Sequence[Path], strict: bool = False, probe: ListenerProbe = pr
         problems.extend(site_problems)
         if site is not None and not any(p.level == "error" for p in site_problems):
             sites.append(site)
+    for site in sites:
+        try:
+            problems.extend(resolved_problems(site))
+        except SitebootError:  # a refused port record: allocation_problems says which
+            pass
     if len(sites) > 1:
         problems.extend(port_clashes(sites))
     for site in sites:
@@ -318,11 +326,12 @@ def port_is_free(port: int) -> bool:
     return True
 
 
-def allocate(plan: Plan, instance: str | None = None, probe: ListenerProbe = probe_listeners,
+def allocate(plan: Plan, instance: Selection = None, probe: ListenerProbe = probe_listeners,
              held: InstanceHolds = held_by_instance,
              free: Callable[[int], bool] = port_is_free) -> Allocation:
-    """Give every auto port of the invoker's instances (``instance``: of that one) a number,
-    once, and keep it in the invoker's port record (0600, written atomically, under a lock).
+    """Give every auto port of the invoker's instances a number, once, and keep it in the
+    invoker's port record (0600, written atomically, under a lock); those of ``instance``
+    (default: all) are also moved when they can no longer be used.
 
     A recorded port stays as it is, across restarts and reboots, unless it can no longer be
     used: a process outside the instance holds it (another account squatted it while it was
@@ -333,11 +342,13 @@ def allocate(plan: Plan, instance: str | None = None, probe: ListenerProbe = pro
     name (so accounts rarely meet, and a lost record finds the same ports again), not used by
     a fixed port of the site or another auto port of the invoker's in this site.
     """
+    # every auto port of the invoker's gets a number ({port:NAME} may name one of another
+    # instance); only those of the selected instances move
     wanted = [(name, key) for name, key, env in plan.site.auto_ports()
-              if env == plan.env and plan.owns(plan.instances[name])
-              and instance in (None, name)]
+              if env == plan.env and plan.owns(plan.instances[name])]
     if not wanted:
         return Allocation(plan)
+    selected = {inst.name for inst in plan.select(instance)}
     from siteboot.fsutil import atomic_write, ensure_private_dir, flock
 
     owned = plan.instances[wanted[0][0]]  # the invoker's: every one shares its state dir
@@ -355,7 +366,8 @@ def allocate(plan: Plan, instance: str | None = None, probe: ListenerProbe = pro
         fixed = {port for _owner, _env, port in plan.site.port_users()}
         elsewhere = _other_envs(plan)
         listeners: dict[int, list[Listener]] = {}
-        for listener in probe({record[key] for _name, key in wanted if key in record}):
+        for listener in probe({record[key] for name, key in wanted
+                               if key in record and name in selected}):
             listeners.setdefault(listener.port, []).append(listener)
         for name, key in wanted:
             inst = plan.instances[name]
@@ -374,11 +386,12 @@ def allocate(plan: Plan, instance: str | None = None, probe: ListenerProbe = pro
                        f"{current} is held by {holders[0].describe()}" if holders else None)
                 running = key == instance_port_key(name) and len(holders) < len(
                     listeners.get(current, []))
-                if why is None or running:
-                    if why is not None:
-                        notes.setdefault(name, []).append(
-                            f"auto port of {key}: {why}; it keeps it while it runs: `siteboot "
-                            f"down -i {name}` then `siteboot up -i {name}` moves it")
+                if running and why is not None and name in selected:
+                    notes.setdefault(name, []).append(
+                        f"auto port of {key}: {why}; it keeps it while it runs: "
+                        f"`{command('down', instance=name)}` then `{command('up', instance=name)}` "
+                        "moves it")
+                if why is None or running or name not in selected:
                     record[key] = current
                     continue
             port = _choose(plan, key, taken, free)
@@ -470,7 +483,7 @@ def allocation_problems(site: Site) -> list[Problem]:
         if port in seen:
             problems.append(Problem("warning", str(site.path),
                                     f"port {port} of {owner} ({env}) is also used by {seen[port]}: "
-                                    "`siteboot up` allocates it another"))
+                                    f"`{command('up')}` allocates it another"))
         else:
             seen[port] = f"{owner} ({env})"
     return problems

@@ -70,7 +70,7 @@ class StartRecord:
             name=self.instance, user=self.user, port=self.port, group=None, runtime_parent=None,
             runtime_parent_private=True, runtime_dir=Path(self.runtime_dir),
             state_dir=Path(self.state_dir), shared_key_path=None, identifier=self.identifier,
-            group_name=self.group_name, programs=programs)
+            group_name=self.group_name, programs=programs, env=self.env)
 
     def matches(self, inst: InstancePlan) -> bool:
         """Does the site, as it reads now, still describe this supervisord (same files, port)?

@@ -9,17 +9,32 @@ program and key named, instead of being rendered changed.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from siteboot import __version__
-from siteboot.errors import RenderError
-from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, ProgramPlan, socket_path_problem
+from siteboot.errors import RenderError, SitebootError, did_you_mean
+from siteboot.plan import (
+    RPC_USERNAME,
+    FilePlan,
+    InstancePlan,
+    Plan,
+    ProgramPlan,
+    Sealed,
+    reveal,
+    socket_path_problem,
+)
 from siteboot.resources import template_dirs
 from siteboot.site import PROGRAM_KEYS
+
+if TYPE_CHECKING:
+    from siteboot.secretstore import SecretStore
 
 CONFIG_TEMPLATE = "supervisord.conf.j2"
 _INLINE_COMMENT = re.compile(r"\s[;#]")
@@ -125,12 +140,31 @@ def generic_options(program: ProgramPlan) -> list[tuple[str, Any]]:
     return rows
 
 
+def with_secrets(inst: InstancePlan, secrets: SecretStore) -> tuple[InstancePlan, list[str]]:
+    """``inst`` with the secrets of its programs' environments filled in, and every revealed
+    value supervisord could not carry (said with the secret's name, never its value)."""
+    programs, problems = [], []
+    for program in inst.programs:
+        environment = {}
+        for name, value in program.environment.items():
+            environment[name] = reveal(value, secrets.get)
+            if not isinstance(value, Sealed):
+                continue
+            problem = env_problem(environment[name])
+            if problem:
+                problems.append(f"[programs.{program.name}] environment.{name} = {value!r} "
+                                f"(secret {', '.join(value.secret_names)} filled in): {problem}")
+        programs.append(dataclasses.replace(program, environment=environment))
+    return dataclasses.replace(inst, programs=programs), problems
+
+
 def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool,
-                    root: Path | None) -> str:
+                    root: Path | None, secrets: SecretStore | None = None) -> str:
     """The supervisord config text of ``inst``; ``password`` is a ``{SHA}`` hash.
 
     Refuses (``RenderError``, exit 2) what supervisord could not carry unchanged, before any
-    directory, key or file exists: callers validate with a preview first.
+    directory, key or file exists: callers validate with a preview first. A secret in a
+    program's environment is filled in from ``secrets``; a preview shows ``{secret:NAME}``.
     """
     import jinja2
 
@@ -138,6 +172,8 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
     if socket_problem:
         raise RenderError(f"{plan.site.path}: instance {inst.name}: {socket_problem}")
     problems = representable(inst.programs)
+    if not preview and secrets is not None and not problems:
+        inst, problems = with_secrets(inst, secrets)
     runtime_problem = ini_problem(str(inst.runtime_dir))
     if runtime_problem:
         problems.insert(0, f"[site] runtime_dir = {str(inst.runtime_dir)!r}: {runtime_problem}")
@@ -205,6 +241,107 @@ def template_context_names() -> dict[str, str]:
         "preview": "true when the password is a placeholder",
         "username": "the RPC user name",
         "password": "the {SHA} hash of the instance key (or the placeholder)",
+    }
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    """A ``[files.NAME]`` rendered for one instance and env, not written."""
+
+    name: str
+    path: Path
+    mode: int
+    text: str  # a preview shows {secret:NAME} where a secret goes
+    users: tuple[str, ...]  # the programs that read it
+    preview: bool
+
+    @property
+    def sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+
+def render_files(plan: Plan, inst: InstancePlan, root: Path | None,
+                 secrets: SecretStore | None) -> list[RenderedFile]:
+    """Every ``[files]`` entry of ``inst``, rendered (nothing written); ``secrets`` None: a
+    preview, with ``{secret:NAME}`` where each secret goes.
+
+    A template is data: rendered in Jinja2's sandbox with StrictUndefined, from the site root's
+    ``templates/`` (trusted like the supervisord template) or the shipped one.
+    """
+    if not inst.files:
+        return []
+    environment = _environment(tuple(template_dirs(root)))
+    context = file_context(plan, inst, secrets)
+    return [RenderedFile(f.name, f.path, f.mode, _render_file(environment, f, context, secrets),
+                         f.users, secrets is None)
+            for f in inst.files]
+
+
+def _render_file(environment: Any, file: FilePlan, context: Mapping[str, Any],
+                 secrets: SecretStore | None) -> str:
+    import jinja2
+
+    name = file.template.split("/", 1)[1]  # "templates/x.j2" -> "x.j2" in the template dirs
+    where = f"file {file.name}: template {file.template}"
+    try:
+        return str(environment.get_template(name).render(**context))
+    except SitebootError:
+        raise
+    except jinja2.TemplateNotFound:
+        raise RenderError(f"{where} not found", "templates are looked up in the site root's "
+                          "templates/, then the shipped one") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise RenderError(f"{where}, line {exc.lineno}: {exc.message}") from None
+    except jinja2.UndefinedError as exc:
+        raise RenderError(f"{where}: {_scrubbed(exc.message or str(exc), secrets)}") from None
+    except Exception as exc:  # the template's own mistake: say it, never a traceback
+        raise RenderError(f"{where}: {type(exc).__name__}: {_scrubbed(str(exc), secrets)}") \
+            from None
+
+
+def _scrubbed(text: str, secrets: SecretStore | None) -> str:
+    return secrets.scrub(text) if secrets is not None else text
+
+
+class _Revealing(Mapping[str, str]):
+    """``vars`` as a template sees them: a var's secrets are read only when it is used."""
+
+    def __init__(self, values: Mapping[str, str], secret: Callable[[str], str]) -> None:
+        self._values = values
+        self._secret = secret
+
+    def __getitem__(self, name: str) -> str:
+        return reveal(self._values[name], self._secret)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def file_context(plan: Plan, inst: InstancePlan, secrets: SecretStore | None) -> dict[str, Any]:
+    """What a ``[files]`` template sees (documented in the README)."""
+    def secret(name: str) -> str:
+        return secrets.get(str(name)) if secrets is not None else f"{{secret:{name}}}"
+
+    def port(name: str) -> int:
+        if name not in plan.ports:
+            raise RenderError(f"port({name!r}): no program '{name}' with a port in site "
+                              f"{plan.site.name}{did_you_mean(str(name), plan.ports)}")
+        return plan.ports[name]
+
+    everyone = list(plan.instances.values())
+    return {
+        "env": plan.env, "site": plan.site.name, "instance": inst.name, "user": inst.user,
+        "state_dir": str(inst.state_dir), "runtime_dir": str(inst.runtime_dir),
+        "vars": _Revealing(plan.vars, secret), "ports": dict(plan.ports), "port": port,
+        "secret": secret,
+        "files": {f.name: str(f.path) for i in everyone for f in i.files},
+        "dirs": {d.name: str(d.path) for i in everyone for d in i.dirs},
+        "venvs": {name: str(plan.venv_path(name, inst.user)) for name in plan.site.venvs},
     }
 
 

@@ -4,11 +4,17 @@ The site root comes from ``--root``, ``SITEBOOT_ROOT``, or the nearest directory
 current one that holds ``sites/``. The package's own ``templates/`` and ``sites/`` are the
 fallback: in a checkout they are the top-level folders beside ``siteboot/``; in an installed
 wheel they are ``siteboot/templates`` and ``siteboot/sites`` (``setup.cfg`` maps them there).
+
+Without ``--site`` (or ``SITEBOOT_SITE``) the site is the site root's own: the one its
+``sites/default`` file names, else the only ``.toml`` in its ``sites/``; else the shipped
+``local``. ``sites/default`` is read like every file of an implicitly found root: only when the
+root passed the trust check (``untrusted``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +23,8 @@ from siteboot.errors import UsageError
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SITE = "local"
 DEFAULT_ENV = "dev"
+DEFAULT_FILE = "default"  # sites/default: one line, the name of the site a root uses by default
+_SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 def _shipped(folder: str) -> Path:
@@ -148,20 +156,73 @@ def site_dirs(root: Path | None) -> list[Path]:
     return dirs
 
 
-def resolve_site_path(site: str, root: Path | None) -> Path:
-    """A site name (``sites/<name>.toml``) or a path to a ``.toml`` file."""
+def resolve_site_path(site: str | None, root: Path | None) -> Path:
+    """A site name (``sites/<name>.toml``) or a path to a ``.toml`` file; None: the default
+    (``default_site_path``)."""
+    if site is None:
+        return default_site_path(root)
     if site.endswith(".toml") or os.sep in site:
         path = Path(site).expanduser()
         if not path.is_file():
-            raise UsageError(f"site file {path} does not exist")
+            raise UsageError(f"site file {path} does not exist", _elsewhere(path, root))
         return path.resolve()
     for folder in site_dirs(root):
         path = folder / f"{site}.toml"
         if path.is_file():
             return path
-    known = sorted({p.stem for folder in site_dirs(root) for p in folder.glob("*.toml")})
     raise UsageError(f"no site named '{site}' (looked in {', '.join(map(str, site_dirs(root)))})",
-                     f"known sites: {', '.join(known) or 'none'}; or pass a path to a .toml file")
+                     f"known sites: {', '.join(site_names(root)) or 'none'}; or pass a path to a "
+                     ".toml file")
+
+
+def site_names(root: Path | None) -> list[str]:
+    """The names ``--site`` takes: every ``sites/<name>.toml`` of the root and the shipped ones."""
+    return sorted({p.stem for folder in site_dirs(root) for p in folder.glob("*.toml")})
+
+
+def _elsewhere(path: Path, root: Path | None) -> str | None:
+    """``--site myapp.toml`` run beside ``sites/``, or ``--site sites/myapp.toml`` from below
+    the root: the file of that name under ``sites/``, as a ``--site`` that works."""
+    for folder in site_dirs(root):
+        found = folder / path.name
+        if found.suffix == ".toml" and found.is_file():
+            return f"did you mean --site {found.stem} ({found})?"
+    return None
+
+
+def default_site_path(root: Path | None) -> Path:
+    """The site used when none is named: the one the site root's ``sites/default`` names, else
+    the root's only site, else the shipped ``local``."""
+    folder = root / "sites" if root is not None else None
+    if folder is not None and folder.is_dir():
+        named = folder / DEFAULT_FILE
+        if os.path.lexists(named):
+            return _declared_default(named)
+        own = sorted(folder.glob("*.toml"))
+        if len(own) == 1:
+            return own[0]
+    return resolve_site_path(DEFAULT_SITE, root)
+
+
+def _declared_default(named: Path) -> Path:
+    """The site ``sites/default`` names: one line, a site name (``#`` comments allowed)."""
+    try:
+        lines = named.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {named}: {exc}", "it names the default site: one "
+                         "line, a site name under sites/") from None
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    name = names[0] if len(names) == 1 else ""
+    name = name[:-len(".toml")] if name.endswith(".toml") else name
+    if not _SITE_NAME.fullmatch(name):
+        raise UsageError(f"{named} must hold one site name (a line like `myapp`), not "
+                         f"{' / '.join(names) or 'nothing'}", "or pass --site")
+    path = named.parent / f"{name}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in named.parent.glob("*.toml"))
+        raise UsageError(f"{named} names site '{name}', but there is no {path}",
+                         f"sites there: {', '.join(known) or 'none'}; fix {named} or pass --site")
+    return path
 
 
 def all_site_paths(root: Path | None) -> list[Path]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.errors import InstanceError
+from siteboot.hints import command
 from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, uid_of
 
 DEFAULT_TIMEOUT = 10.0
@@ -357,7 +358,8 @@ def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
     if peer is not None and peer != uid:
         raise RpcError(IMPOSTOR, f"the process listening at {url} runs as uid {peer}, not "
                        f"uid {uid}: the key was not sent",
-                       "someone else took the socket path; stop that process, then `siteboot up`")
+                       f"someone else took the socket path; stop that process, then "
+                       f"`{command('up')}`")
 
 
 TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
@@ -400,7 +402,7 @@ def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,
             if owner != uid:
                 raise RpcError(IMPOSTOR, f"port {server_port} is held by uid {owner}, not uid "
                                f"{uid}: the key was not sent", "another process took the "
-                               "instance's port; stop it, then `siteboot up` as its owner")
+                               f"instance's port; stop it, then `{command('up')}` as its owner")
             return
     if sockets is not None or any(Path(t).exists() for t in tables):
         raise RpcError(IMPOSTOR, f"cannot tell who answers at {url}: the key was not sent",
@@ -412,9 +414,9 @@ def classify(exc: BaseException, url: str) -> RpcError:
     if isinstance(exc, HttpStatusError) and exc.code == 401:
         return RpcError(REFUSED, f"{url} refused the key (HTTP 401)",
                         "the key file changed since the instance started: restart it with "
-                        "`siteboot down` then `siteboot up` as its owner")
+                        f"`{command('down')}` then `{command('up')}` as its owner")
     if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
-        return RpcError(NOT_RUNNING, f"nothing is listening at {url}", "run `siteboot up`")
+        return RpcError(NOT_RUNNING, f"nothing is listening at {url}", f"run `{command('up')}`")
     if isinstance(exc, PermissionError):
         return RpcError(NO_ACCESS, f"no permission to connect to {url}",
                         "only the instance's owner may use its socket")
@@ -424,5 +426,5 @@ def classify(exc: BaseException, url: str) -> RpcError:
     if isinstance(exc, HttpStatusError):
         return RpcError(NOT_ANSWERING, f"{url} answered {exc}")
     if isinstance(exc, OSError):
-        return RpcError(NOT_RUNNING, f"cannot reach {url}: {exc}", "run `siteboot up`")
+        return RpcError(NOT_RUNNING, f"cannot reach {url}: {exc}", f"run `{command('up')}`")
     return RpcError(NOT_ANSWERING, f"unexpected answer from {url}: {exc}")

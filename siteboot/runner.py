@@ -35,6 +35,7 @@ from siteboot.errors import (
     SitebootError,
     UsageError,
 )
+from siteboot.hints import command
 from siteboot.plan import Plan, RunnerPlan, expand_home, uid_of
 from siteboot.site import RUNNER_PROGRAM
 
@@ -318,8 +319,9 @@ def _hold(plan: Plan, runner: RunnerPlan, stopped: bool) -> None:
     mark_stopped(plan.instance(runner.instance), [RUNNER_PROGRAM], stopped=stopped)
 
 
-_HELD = ("stopped on purpose (runner drain or stop, or siteboot stop): `siteboot runner revive` "
-         "starts it")
+def _held_detail(plan: Plan) -> str:
+    return ("stopped on purpose (runner drain or stop, or siteboot stop): "
+            f"`{command('runner revive', env=plan.env)}` starts it")
 
 
 # ------------------------------------------------------------------------------------------
@@ -397,7 +399,8 @@ def status(plan: Plan) -> RunnerStatus:
         _supervised_status(plan, runner, result)
     elif plan.invoker != runner.user:
         result.state = NOT_YOURS
-        result.detail = f"owned by {runner.user}: run `siteboot runner status` as {runner.user}"
+        result.detail = (f"owned by {runner.user}: run `{command('runner status', env=plan.env)}` "
+                         f"as {runner.user}")
     else:
         _detached_status(plan, runner, result)
     return result
@@ -428,11 +431,11 @@ def _detached_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> No
         else:
             result.detail = "not started by siteboot (by hand?)"
     elif held(plan, runner):
-        result.state, result.detail = STOPPED, _HELD
+        result.state, result.detail = STOPPED, _held_detail(plan)
     else:
         result.state = NOT_RUNNING
         result.detail = (f"no `{runner.executable} run` on {runner.config} runs as {runner.user}: "
-                         "`siteboot runner revive` starts one")
+                         f"`{command('runner revive', env=plan.env)}` starts one")
     if not views and record.get("pid"):
         result.notes.append(f"last started by siteboot at {record.get('started_at')} (pid "
                             f"{record['pid']}); see its log")
@@ -467,7 +470,7 @@ def _supervised_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> 
         result.detail = f"supervisord: {row.state}" + (f" ({row.spawnerr})" if row.spawnerr else "")
         if result.state == NOT_RUNNING and plan.owns(inst) and held(plan, runner):
             result.state = STOPPED
-            result.notes.append(_HELD)
+            result.notes.append(_held_detail(plan))
     if plan.invoker == runner.user and runner.resolved is not None:
         outside = [v for v in find_runners(runner) if v.pid not in result.pids]
         if outside:
@@ -511,7 +514,7 @@ def revive(plan: Plan, respect_operator_stop: bool = False) -> RunnerOutcome:
             return RunnerOutcome("already running", f"pid {views[0].pid}", [v.pid for v in views],
                                  notes)
         if respect_operator_stop and held(plan, runner):
-            return RunnerOutcome("left stopped", _HELD)
+            return RunnerOutcome("left stopped", _held_detail(plan))
         outcome = _start_detached(plan, runner)
         if outcome.ok:
             _hold(plan, runner, False)
@@ -578,12 +581,13 @@ def _revive_supervised(plan: Plan, runner: RunnerPlan, respect_operator_stop: bo
     if current.program_state == "BACKOFF":  # supervisord retries it already: say why it fails
         return RunnerOutcome("failed", f"{current.detail}; see {current.log}")
     if current.instance_state != INSTANCE_RUNNING:
-        return RunnerOutcome("failed", f"{current.detail}; `siteboot up -i {runner.instance}` "
-                             "starts the instance and its runner")
+        start = command("up", env=plan.env, instance=runner.instance)
+        return RunnerOutcome("failed", f"{current.detail}; `{start}` starts the instance and its "
+                             "runner")
     if current.problems:  # a runner outside supervisord: starting ours would make two
         return RunnerOutcome("failed", current.problems[0])
     if respect_operator_stop and held(plan, runner):
-        return RunnerOutcome("left stopped", _HELD)
+        return RunnerOutcome("left stopped", _held_detail(plan))
     result = control(plan, "start", [f"{runner.instance}:{RUNNER_PROGRAM}"]).outcomes[0]
     if not result.ok:
         return RunnerOutcome("failed", result.message)
@@ -623,7 +627,8 @@ def drain(plan: Plan, timeout: float | None = None, progress: Progress | None = 
     if alive:
         still = ", ".join(str(p.pid) for p in alive)
         return RunnerOutcome("failed", f"pid {still} still running after {wait:g} s (jobs still "
-                             "running): wait longer, or `siteboot runner stop` ends it now", pids)
+                             f"running): wait longer, or `{command('runner stop', env=plan.env)}` "
+                             "ends it now", pids)
     # wait_procs leaves the exit code on each process it saw go (None: not our child)
     codes = ", ".join(f"pid {p.pid}" + (f" exit {code}" if code is not None else "")
                       for p, code in ((p, getattr(p, "returncode", None)) for p in gone))
@@ -665,7 +670,8 @@ def _drain_supervised(plan: Plan, runner: RunnerPlan, timeout: float | None,
     if timeout is not None:
         raise UsageError("a supervised runner drains for its stopwaitsecs, which is "
                          f"drain_timeout ({runner.drain_timeout} s) in the rendered config",
-                         "change [runner] drain_timeout and run `siteboot up`, or leave out --timeout")
+                         f"change [runner] drain_timeout and run `{command('up', env=plan.env)}`, "
+                         "or leave out --timeout")
     _hold(plan, runner, True)
     say(f"asking supervisord of {runner.instance} to stop {RUNNER_PROGRAM} with SIGQUIT; it waits "
         f"up to {runner.drain_timeout} s for running jobs")

@@ -7,12 +7,13 @@ and decide which program keys pass through to supervisord.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 from siteboot.errors import SiteFileError, did_you_mean
 
@@ -20,6 +21,16 @@ PORT_MIN = 1024
 PORT_MAX = 65535
 AUTO = "auto"  # a port siteboot allocates (``ports.allocate``); None in the model
 PLACEHOLDERS = ("port", "env", "site", "instance", "runtime_dir", "state_dir", "venv", "python")
+# ``{kind:NAME}``: a var, another program's port, a secret, a managed file's or dir's path
+NAMED_PLACEHOLDERS = ("var", "port", "secret", "file", "dir")
+DEFAULT_ENV_KEY = "default"  # in a per-env table: the value of every env it does not name
+# What the texts of each table may use (a program's also depend on its port and venv).
+PROGRAM_USES = (*PLACEHOLDERS, "var:", "port:", "file:", "dir:")
+VAR_USES = ("env", "site", "var:", "port:", "secret:")
+FILE_PATH_USES = ("env", "site", "instance", "user", "state_dir", "runtime_dir", "var:", "port:",
+                  "dir:")
+DIR_PATH_USES = ("env", "site", "instance", "user", "state_dir", "var:")
+_SECRETS_GO = "secrets go only into environment values, vars and files"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
@@ -38,11 +49,15 @@ class Key:
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     supervisor: str | None = None  # the supervisord program option this key sets
+    per_env: bool = False  # a string (or each string of a table) may be given per env
 
     @property
     def type_name(self) -> str:
         if self.kind == "choice":
             return " | ".join(f'"{c}"' for c in self.choices)
+        if self.per_env:
+            return {"str": "string, or per env", "str_table": "table of strings, each may be "
+                    "per env"}[self.kind]
         return {
             "str": "string",
             "int": "integer",
@@ -80,14 +95,20 @@ INSTANCE_KEYS: tuple[Key, ...] = (
 PROGRAM_KEYS: tuple[Key, ...] = (
     Key("instance", "str", None, "The instance (supervisord) that runs it.", required=True),
     Key("command", "str", None,
-        "Command line; placeholders: " + " ".join("{" + p + "}" for p in PLACEHOLDERS) + ".",
-        required=True),
+        "Command line; placeholders: " + " ".join("{" + p + "}" for p in PLACEHOLDERS)
+        + " {var:NAME} {port:PROGRAM} {file:NAME} {dir:NAME} (shell-quoted).",
+        required=True, per_env=True),
     Key("port", "port_table", None,
         "Its port per env, available as `{port}`; `\"auto\"`: siteboot picks one (see "
         "[Auto ports](#auto-ports))."),
-    Key("environment", "str_table", {}, "Environment variables; placeholders allowed."),
+    Key("environment", "str_table", {},
+        "Environment variables; placeholders as in `command`, and `{secret:NAME}`.", per_env=True),
     Key("venv", "str", None, "Name of a `[venvs.*]` table, available as `{venv}`."),
-    Key("directory", "str", None, "Working directory; placeholders allowed."),
+    Key("directory", "str", None, "Working directory; placeholders as in `command`.",
+        per_env=True),
+    Key("files", "str_list", [],
+        "Names of `[files.*]` of its instance that it reads: written before it starts; `up` "
+        "restarts it when one of them changed."),
     Key("numprocs", "int", 1, "Number of copies (not with `port`).", minimum=1, supervisor="numprocs"),
     Key("autostart", "bool", True, "Start with the instance; also: must be RUNNING for `status` to be OK.",
         supervisor="autostart"),
@@ -142,21 +163,85 @@ RUNNER_KEYS: tuple[Key, ...] = (
         "GitLab documents for systemd.", minimum=0),
 )
 
+VAR_KEYS: tuple[Key, ...] = (
+    Key("NAME", "str", None,
+        "A named value, used as `{var:NAME}` in programs, files, dirs and other vars; "
+        "placeholders {env} {site} {var:NAME} {port:PROGRAM} {secret:NAME}.", per_env=True),
+)
+
+FILE_KEYS: tuple[Key, ...] = (
+    Key("template", "str", None,
+        "Jinja2 template under the site root's `templates/` (e.g. "
+        "`\"templates/app.conf.j2\"`), rendered in the sandbox; it sees `env`, `site`, "
+        "`instance`, `user`, `state_dir`, `runtime_dir`, `vars`, `ports`/`port(NAME)`, `files`, "
+        "`dirs`, `venvs` and `secret(NAME)`.", required=True),
+    Key("path", "str", None,
+        "Where it is written (absolute or `~`); placeholders {env} {site} {instance} {user} "
+        "{state_dir} {runtime_dir} {var:NAME} {port:PROGRAM} {dir:NAME}.",
+        required=True, per_env=True),
+    Key("mode", "str", "0600", "Its permissions, an octal string; never writable by others."),
+    Key("instance", "str", None,
+        "Whose account writes it (atomically, at `up`, `init` and `render`, before the "
+        "instance's programs start).", required=True),
+)
+
+DIR_KEYS: tuple[Key, ...] = (
+    Key("path", "str", None,
+        "The directory (absolute or `~`); placeholders {env} {site} {instance} {user} "
+        "{state_dir} {var:NAME}.", required=True, per_env=True),
+    Key("mode", "str", "0700",
+        "Its one mode, an octal string such as `\"2770\"` (setgid and sticky bits allowed)."),
+    Key("group", "str", None, "Its group (the instance's user must be a member).",
+        per_env=True),
+    Key("instance", "str", None,
+        "Whose account creates it, or corrects its mode and group, before the instance's "
+        "programs start; never deleted (not even by `down --purge`).", required=True),
+)
+
 VENV_KEYS: tuple[Key, ...] = (
     Key("requirements", "str_list", [], "pip requirement specifiers.", required=True),
     Key("python", "str", None, "Interpreter for the venv; omitted: the one running siteboot."),
 )
 
 # Program keys with fields of their own; the rest are ``Program.options``.
-_STRUCTURAL = ("instance", "command", "port", "environment", "venv")
+_STRUCTURAL = ("instance", "command", "port", "environment", "venv", "files")
 
 TABLES: tuple[tuple[str, tuple[Key, ...]], ...] = (
     ("[site]", SITE_KEYS),
     ("[instances.NAME]", INSTANCE_KEYS),
     ("[programs.NAME]", PROGRAM_KEYS),
+    ("[vars]", VAR_KEYS),
+    ("[files.NAME]", FILE_KEYS),
+    ("[dirs.NAME]", DIR_KEYS),
     ("[venvs.NAME]", VENV_KEYS),
     ("[runner]", RUNNER_KEYS),
 )
+
+
+@dataclass(frozen=True)
+class PerEnv:
+    """A string given per env (``{ dev = "DEBUG", prod = "INFO" }``), every env filled in
+    (``default`` stands for the envs the table does not name). ``plan`` picks one per env."""
+
+    by_env: dict[str, str]
+
+    def get(self, env: str) -> str:
+        return self.by_env[env]
+
+
+Text = Union[str, PerEnv]
+
+
+def text_for(value: Text, env: str) -> str:
+    """``value`` as it reads in ``env``."""
+    return value.get(env) if isinstance(value, PerEnv) else value
+
+
+def variants(value: Text) -> list[str]:
+    """The distinct texts ``value`` takes across envs (validation checks each)."""
+    if isinstance(value, PerEnv):
+        return list(dict.fromkeys(value.by_env.values()))
+    return [value]
 
 
 @dataclass(frozen=True)
@@ -171,11 +256,34 @@ class Instance:
 class Program:
     name: str
     instance: str
-    command: str
+    command: Text
     port: dict[str, int | None] | None  # None per env: "auto"
-    environment: dict[str, str]
+    environment: dict[str, Text]
     venv: str | None
-    options: dict[str, Any]  # every other key, defaults filled in
+    options: dict[str, Any]  # every other key, defaults filled in (``directory``: a Text)
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """``[files.NAME]``: a file rendered from a template by its instance's user."""
+
+    name: str
+    template: str  # relative to the site root, under templates/
+    path: Text
+    mode: int
+    instance: str
+
+
+@dataclass(frozen=True)
+class DirSpec:
+    """``[dirs.NAME]``: a directory its instance's user creates, or corrects, before starting."""
+
+    name: str
+    path: Text
+    mode: int
+    group: Text | None
+    instance: str
 
 
 @dataclass(frozen=True)
@@ -210,6 +318,9 @@ class Site:
     programs: dict[str, Program]
     venvs: dict[str, VenvSpec] = field(default_factory=dict)
     runner: RunnerSpec | None = None
+    vars: dict[str, Text] = field(default_factory=dict)
+    files: dict[str, FileSpec] = field(default_factory=dict)
+    dirs: dict[str, DirSpec] = field(default_factory=dict)
 
     def port_users(self) -> list[tuple[str, str, int]]:
         """Every fixed port of the site as (owner label, env, port): programs and supervisords
@@ -329,6 +440,11 @@ class _Locator:
         return f"{self.path}:{line_no + 1}: {label}"
 
 
+def locate(path: Path, table: str, key: str | None = None) -> str:
+    """``file:line: [table] key`` of a table or key of the site file at ``path``."""
+    return _Locator(path).where(table, key)
+
+
 class _Validator:
     def __init__(self, path: Path) -> None:
         self.locator = _Locator(path)
@@ -361,10 +477,31 @@ class _Validator:
         return checker(table, key, value, envs)
 
     def _str(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
+        if key.per_env and isinstance(value, dict):
+            return self.per_env(table, key.name, value, envs)
         if not isinstance(value, str):
-            self.error(table, key.name, f"'{key.name}' must be a string, not {_tname(value)}")
+            also = " or a table of env = string" if key.per_env else ""
+            self.error(table, key.name, f"'{key.name}' must be a string{also}, not {_tname(value)}")
             return key.default
         return value
+
+    def per_env(self, table: str, label: str, value: dict[str, Any], envs: Sequence[str]) -> PerEnv:
+        """``{ dev = "...", prod = "..." }``: only the site's envs (and ``default``), each env
+        covered, every value a string."""
+        for env, item in value.items():
+            if env != DEFAULT_ENV_KEY and env not in envs:
+                self.error(table, label, f"'{label}.{env}': '{env}' is not an env of this site"
+                           f"{did_you_mean(env, [*envs, DEFAULT_ENV_KEY])}")
+            elif not isinstance(item, str):
+                self.error(table, label, f"'{label}.{env}' must be a string, not {_tname(item)}")
+        texts = {env: item for env, item in value.items() if isinstance(item, str)}
+        missing = [env for env in envs if env not in value]
+        if missing and DEFAULT_ENV_KEY not in value:
+            self.error(table, label, f"'{label}' has no value for env "
+                       f"{', '.join(repr(e) for e in missing)} (add it, or a "
+                       f"'{DEFAULT_ENV_KEY}' for the envs not named)")
+        fallback = texts.get(DEFAULT_ENV_KEY, "")
+        return PerEnv({env: texts.get(env, fallback) for env in envs})
 
     def _int(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
         if not isinstance(value, int) or isinstance(value, bool):
@@ -399,10 +536,12 @@ class _Validator:
         if not isinstance(value, dict):
             self.error(table, key.name, f"'{key.name}' must be a table of strings")
             return {}
-        result: dict[str, str] = {}
+        result: dict[str, Text] = {}
         for name, item in value.items():
             if not _ENV_NAME_RE.match(name):
                 self.error(table, key.name, f"'{key.name}.{name}' is not a valid variable name")
+            elif key.per_env and isinstance(item, dict):
+                result[name] = self.per_env(table, f"{key.name}.{name}", item, envs)
             elif not isinstance(item, str):
                 self.error(table, key.name,
                            f"'{key.name}.{name}' must be a string, not {_tname(item)} "
@@ -453,7 +592,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
     """Read and validate a site file. Returns the model (None if unusable) and every problem."""
     data = read_toml(path)
     v = _Validator(path)
-    known_top = ("site", "instances", "programs", "venvs", "runner")
+    known_top = ("site", "instances", "programs", "vars", "files", "dirs", "venvs", "runner")
     for top in data:
         if top not in known_top:
             hint = did_you_mean(top, known_top, "'[{}]'")
@@ -470,6 +609,9 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         v.error("site", "envs", "'envs' must list at least one env, each once")
     for env in site_values["envs"]:
         _check_name(v, "site", "envs", env)
+        if env == DEFAULT_ENV_KEY:
+            v.error("site", "envs", f"'{DEFAULT_ENV_KEY}' cannot be an env: in a per-env value "
+                    "it stands for the envs not named")
 
     instances: dict[str, Instance] = {}
     for name, raw in _subtables(v, data, "instances").items():
@@ -500,6 +642,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
             environment=values["environment"],
             venv=values["venv"],
             options={k.name: values[k.name] for k in PROGRAM_KEYS if k.name not in _STRUCTURAL},
+            files=values["files"],
         )
         _check_program(v, table, program, instances, venvs)
         programs[name] = program
@@ -516,8 +659,12 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         programs=programs,
         venvs=venvs,
         runner=_runner(v, data, envs, instances, programs),
+        vars=_vars(v, data, envs),
+        files=_files(v, data, envs, instances),
+        dirs=_dirs(v, data, envs, instances),
     )
     _check_paths(v, site)
+    _check_texts(v, site)
     for inst in instances.values():
         if inst.group and not site.shared_dir:
             v.error(f"instances.{inst.name}", "group",
@@ -530,6 +677,79 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
                     f"\"{AUTO}\" in {', '.join(auto)}")
     v.problems.extend(port_clashes([site]))
     return site, v.problems
+
+
+def _vars(v: _Validator, data: Mapping[str, Any], envs: Sequence[str]) -> dict[str, Text]:
+    found: dict[str, Text] = {}
+    for name, raw in _subtables(v, data, "vars").items():
+        if not _ENV_NAME_RE.match(name):
+            v.error("vars", name, f"'{name}' is not a valid var name (letters, digits, '_')")
+        found[name] = v.value("vars", dataclasses.replace(VAR_KEYS[0], name=name), raw, envs) or ""
+    return found
+
+
+def _files(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
+           instances: Mapping[str, Instance]) -> dict[str, FileSpec]:
+    found: dict[str, FileSpec] = {}
+    for name, table, values, instance in _owned(v, data, "files", FILE_KEYS, envs, instances):
+        template = values["template"] or ""
+        parts = template.split("/")
+        if template and (parts[0] != "templates" or len(parts) < 2 or ".." in parts
+                         or "" in parts or "\\" in template):
+            v.error(table, "template", f"'template' must be a path under the site root's "
+                    f"templates/ folder, like \"templates/{name}.j2\", not {template!r}")
+        mode = _mode(v, table, values["mode"], directory=False)
+        found[name] = FileSpec(name, template, values["path"] or "", mode, instance)
+    return found
+
+
+def _dirs(v: _Validator, data: Mapping[str, Any], envs: Sequence[str],
+          instances: Mapping[str, Instance]) -> dict[str, DirSpec]:
+    found: dict[str, DirSpec] = {}
+    for name, table, values, instance in _owned(v, data, "dirs", DIR_KEYS, envs, instances):
+        mode = _mode(v, table, values["mode"], directory=True)
+        found[name] = DirSpec(name, values["path"] or "", mode, values["group"], instance)
+    return found
+
+
+def _owned(v: _Validator, data: Mapping[str, Any], top: str, keys: Sequence[Key],
+           envs: Sequence[str], instances: Mapping[str, Instance]
+           ) -> Iterator[tuple[str, str, dict[str, Any], str]]:
+    """(name, table, values, instance) of each ``[top.NAME]`` that an instance's user keeps."""
+    for name, raw in _subtables(v, data, top).items():
+        table = f"{top}.{name}"
+        _check_name(v, table, None, name)
+        values = v.table(table, raw, keys, envs)
+        yield name, table, values, _instance_of(v, table, values["instance"], instances)
+
+
+def _instance_of(v: _Validator, table: str, name: str | None,
+                 instances: Mapping[str, Instance]) -> str:
+    if name and name not in instances:
+        v.error(table, "instance", f"instance '{name}' is not declared"
+                f"{did_you_mean(name, instances)}")
+    return name or ""
+
+
+def _mode(v: _Validator, table: str, text: str, directory: bool) -> int:
+    """An octal mode string; a file's has permission bits only, and neither kind lets everyone
+    change what is in it (a dir may, with the sticky bit, as /tmp does)."""
+    if not re.fullmatch(r"[0-7]{3,4}", text):
+        v.error(table, "mode", f"'mode' must be an octal string like \"{'2770' if directory else '0640'}\""
+                f", not {text!r}")
+        return 0o700 if directory else 0o600
+    mode = int(text, 8)
+    if not directory and mode & ~0o777:
+        v.error(table, "mode", f"'mode' {text}: a file takes permission bits only (no setuid, "
+                "setgid or sticky bit)")
+    elif mode & 0o002 and not (directory and mode & 0o1000):
+        v.error(table, "mode", f"'mode' {text} lets everyone write to it"
+                + (": add the sticky bit (like 1777) or drop o+w" if directory else ""))
+    if directory and mode & 0o700 != 0o700:
+        v.error(table, "mode", f"'mode' {text}: its owner needs rwx (7..) to manage what is in it")
+    elif not directory and not mode & 0o400:
+        v.error(table, "mode", f"'mode' {text}: its owner (and programs) could not read it")
+    return mode
 
 
 def _subtables(v: _Validator, data: Mapping[str, Any], top: str) -> dict[str, Any]:
@@ -559,22 +779,160 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
     if isinstance(maxbytes, str) and not _BYTE_SIZE_RE.fullmatch(maxbytes):
         v.error(table, "log_maxbytes", f"'log_maxbytes' must be a size like \"10MB\" "
                 f"(a number, optionally with KB, MB or GB), not {maxbytes!r}")
-    texts = {"command": program.command, "directory": program.options.get("directory") or ""}
-    texts.update({f"environment.{k}": val for k, val in program.environment.items()})
-    for key, text in texts.items():
+
+
+def _check_texts(v: _Validator, site: Site) -> None:
+    """Every placeholder of every text, in the context it is used in; vars first (the others
+    may name them), with cycles and the vars that carry a secret."""
+    secret_vars = _check_vars(v, site)
+    for program in site.programs.values():
+        table = f"programs.{program.name}"
+        unavailable = {}
+        if not program.port:
+            unavailable["port"] = "the program has no 'port' table"
+        if not program.venv:
+            unavailable["venv"] = "the program names no 'venv'"
+        texts: dict[str, Text] = {"command": program.command}
+        if program.options.get("directory"):
+            texts["directory"] = program.options["directory"]
+        for key, text in texts.items():
+            _check_text(v, site, secret_vars, table, key, text, PROGRAM_USES, unavailable)
+        for name, text in program.environment.items():
+            _check_text(v, site, secret_vars, table, f"environment.{name}", text,
+                        (*PROGRAM_USES, "secret:"), unavailable)
+        for name in program.files:
+            spec = site.files.get(name)
+            if spec is None:
+                v.error(table, "files", f"file '{name}' is not declared in [files]"
+                        f"{did_you_mean(name, site.files)}")
+            elif spec.instance and program.instance and spec.instance != program.instance:
+                v.error(table, "files", f"file '{name}' belongs to instance '{spec.instance}', "
+                        f"the program to '{program.instance}': a program can only use files its "
+                        "own instance writes (and restarts it for)")
+    for spec in site.files.values():
+        _check_text(v, site, secret_vars, f"files.{spec.name}", "path", spec.path,
+                    FILE_PATH_USES, path=True)
+    for dspec in site.dirs.values():
+        table = f"dirs.{dspec.name}"
+        _check_text(v, site, secret_vars, table, "path", dspec.path, DIR_PATH_USES, path=True,
+                    unavailable={"runtime_dir": "a managed dir must survive `down --purge` and "
+                                 "reboots, which remove the runtime dir"})
+        if dspec.group is not None:
+            _check_text(v, site, secret_vars, table, "group", dspec.group, ("env", "site", "var:"))
+
+
+def _check_vars(v: _Validator, site: Site) -> set[str]:
+    """Check ``[vars]``; the names of those that hold a secret (directly or through another)."""
+    refers: dict[str, set[str]] = {}
+    secret = set()
+    for name, value in site.vars.items():
+        _check_text(v, site, set(), "vars", name, value, VAR_USES)
+        refers[name] = set()
+        for text in variants(value):
+            for field_name in _fields_or_none(text):
+                kind, _, arg = field_name.partition(":")
+                if kind == "var":
+                    refers[name].add(arg)
+                elif kind == "secret":
+                    secret.add(name)
+    for name in refers:
+        path = _cycle_from(name, refers)
+        if path:
+            v.error("vars", name, f"'{name}' refers back to itself: "
+                    + " -> ".join(f"{{var:{n}}}" for n in path))
+    changed = True
+    while changed:  # a var that names a secret-holding var holds a secret too
+        changed = False
+        for name, names in refers.items():
+            if name not in secret and names & secret:
+                secret.add(name)
+                changed = True
+    return secret
+
+
+def _cycle_from(start: str, refers: Mapping[str, set[str]]) -> list[str] | None:
+    """A path of var references from ``start`` back to itself, if there is one."""
+    stack: list[tuple[str, list[str]]] = [(start, [start])]
+    seen: set[str] = set()
+    while stack:
+        name, path = stack.pop()
+        for nxt in sorted(refers.get(name, ())):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in seen:
+                seen.add(nxt)
+                stack.append((nxt, [*path, nxt]))
+    return None
+
+
+def _fields_or_none(text: str) -> set[str]:
+    try:
+        return placeholder_fields(text)
+    except ValueError:
+        return set()
+
+
+def _check_text(v: _Validator, site: Site, secret_vars: set[str], table: str, key: str,
+                value: Text, uses: Sequence[str], unavailable: Mapping[str, str] | None = None,
+                path: bool = False) -> None:
+    """Each placeholder of ``value`` (each per-env text) is one that ``uses`` allows and that
+    names something declared; ``path``: it reads as an absolute path. One message per problem."""
+    messages: list[str | None] = []
+    for text in variants(value):
         try:
             fields = placeholder_fields(text)
         except ValueError as exc:
-            v.error(table, key, f"'{key}': {exc} (write a literal brace as '{{{{' or '}}}}')")
+            messages.append(f"'{key}': {exc} (write a literal brace as '{{{{' or '}}}}')")
             continue
-        for name in fields:
-            if name not in PLACEHOLDERS:
-                hint = did_you_mean(name, PLACEHOLDERS, "'{{{}}}'")  # -> '{port}'
-                v.error(table, key, f"'{key}' uses undefined placeholder {{{name}}}{hint}")
-            elif name == "port" and not program.port:
-                v.error(table, key, f"'{key}' uses {{port}} but the program has no 'port' table")
-            elif name == "venv" and not program.venv:
-                v.error(table, key, f"'{key}' uses {{venv}} but the program names no 'venv'")
+        messages += [_placeholder_problem(site, secret_vars, key, name, uses, unavailable or {})
+                     for name in sorted(fields)]
+        if path and text and not text.startswith(("/", "~", "{")):
+            messages.append(f"'{key}' must be an absolute path (or start with ~ or a "
+                            f"placeholder such as {{state_dir}}), not {text!r}")
+    for message in dict.fromkeys(m for m in messages if m):
+        v.error(table, key, message)
+
+
+def _placeholder_problem(site: Site, secret_vars: set[str], key: str, name: str,
+                         uses: Sequence[str], unavailable: Mapping[str, str]) -> str | None:
+    kind, named, arg = name.partition(":")
+    plain = [u for u in uses if not u.endswith(":")]
+    if not named:
+        if name in unavailable:
+            return f"'{key}' uses {{{name}}} but {unavailable[name]}"
+        if name not in plain:
+            hint = did_you_mean(name, plain, "'{{{}}}'")  # -> '{port}'
+            return f"'{key}' uses undefined placeholder {{{name}}}{hint}"
+        return None
+    shown = f"{{{name}}}"
+    if kind not in NAMED_PLACEHOLDERS:
+        return f"'{key}' uses undefined placeholder {shown}"
+    if not arg:
+        return f"'{key}' uses {shown} without a name: {{{kind}:NAME}}"
+    if f"{kind}:" not in uses:
+        why = _SECRETS_GO if kind == "secret" else "allowed here: " + " ".join(
+            "{" + u + ("NAME}" if u.endswith(":") else "}") for u in uses)
+        return f"'{key}' cannot use {shown}: {why}"
+    if kind == "var":
+        if arg not in site.vars:
+            return f"'{key}' uses {shown}, which [vars] does not declare{did_you_mean(arg, site.vars)}"
+        if arg in secret_vars and "secret:" not in uses:
+            return f"'{key}' uses {shown}, which holds a secret: {_SECRETS_GO}"
+    elif kind == "port":
+        program = site.programs.get(arg)
+        if program is None:
+            return f"'{key}' uses {shown}, but there is no program '{arg}'" \
+                   f"{did_you_mean(arg, site.programs)}"
+        if not program.port:
+            return f"'{key}' uses {shown}, but program '{arg}' has no port"
+    elif kind == "secret" and not _ENV_NAME_RE.match(arg):
+        return f"'{key}' uses {shown}: a secret name has letters, digits and '_' only"
+    elif kind in ("file", "dir"):
+        declared = site.files if kind == "file" else site.dirs
+        if arg not in declared:
+            return f"'{key}' uses {shown}, which [{kind}s] does not declare" \
+                   f"{did_you_mean(arg, declared)}"
+    return None
 
 
 def default_program_options() -> dict[str, Any]:
@@ -630,20 +988,27 @@ def _check_path(v: _Validator, table: str, key: str, value: str, allowed: Sequen
 
 
 def placeholder_fields(text: str) -> set[str]:
-    """Names used as ``{name}`` in ``text``; raises ValueError on unbalanced braces."""
+    """The placeholders of ``text``: ``name`` for ``{name}``, ``kind:NAME`` for ``{kind:NAME}``
+    (a var, a program's port, a secret, a file, a dir); ValueError on unbalanced braces."""
+    return {name if not arg else f"{name}:{arg}" for name, arg in placeholders(text)}
+
+
+def placeholders(text: str) -> list[tuple[str, str]]:
+    """``(name, NAME)`` for each ``{name}`` (NAME empty) or ``{kind:NAME}`` of ``text``, in
+    order; ValueError on unbalanced braces or a placeholder of another shape."""
     import string
 
-    names = set()
+    found = []
     for _literal, name, spec, conversion in string.Formatter().parse(text):
         if name is None:
             continue
         if not name.isidentifier():
             raise ValueError(f"'{{{name}}}' is not a placeholder")
-        if spec or conversion:
+        if conversion or (spec and (name not in NAMED_PLACEHOLDERS or "{" in spec)):
             raise ValueError(f"unsupported placeholder {{{name}{'!' + conversion if conversion else ''}"
                              f"{':' + spec if spec else ''}}}")
-        names.add(name)
-    return names
+        found.append((name, spec or ""))
+    return found
 
 
 def port_clashes(sites: Sequence[Site]) -> list[Problem]:

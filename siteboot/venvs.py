@@ -38,8 +38,10 @@ from typing import Any, Callable
 from siteboot import __version__
 from siteboot.errors import BootstrapError, OwnershipError
 from siteboot.fsutil import atomic_write, ensure_private_dir, flock, owner_name
+from siteboot.hints import command
 from siteboot.plan import Plan
 from siteboot.proc import RunResult, clean_env, last_lines, run_command
+from siteboot.progress import SILENT, Reporter
 from siteboot.site import VenvSpec
 
 # argv[0] that the default runner executes in-process with virtualenv's Python API.
@@ -195,11 +197,11 @@ def _usable(venv: Path, digest: str, runner: Runner) -> bool:
 
 
 def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = run,
-                 progress: Callable[[str], None] | None = None) -> list[VenvOutcome]:
+                 progress: Reporter = SILENT) -> list[VenvOutcome]:
     """Build (or confirm) every venv used by a program of an instance the invoker owns, once each.
 
     ``wheelhouse``: install only from this directory (``pip --no-index --find-links``).
-    ``progress`` is told before each build starts (builds can take a while).
+    ``progress`` is told before each build starts, and sees its steps (they take a while).
     """
     results: list[VenvOutcome] = []
     done: set[Path] = set()
@@ -218,7 +220,7 @@ def ensure_venvs(plan: Plan, wheelhouse: Path | None = None, runner: Runner = ru
 
 def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runner: Runner = run,
                 site_path: Path | None = None,
-                progress: Callable[[str], None] | None = None) -> VenvOutcome:
+                progress: Reporter = SILENT) -> VenvOutcome:
     """Make the stable ``path`` (a symlink) point at a complete build of ``spec``."""
     started = time.monotonic()
     venv_dir = path.parent
@@ -236,11 +238,11 @@ def ensure_venv(spec: VenvSpec, path: Path, wheelhouse: Path | None = None, runn
         if old is not None and _usable(path, digest, runner):
             return VenvOutcome(spec.name, path, "up to date", time.monotonic() - started)
         if not _usable(build, digest, runner):  # else: an earlier build, kept as previous: reuse
-            if progress is not None:
-                count = len(spec.requirements)
-                progress(f"venv {spec.name}: building {path} "
-                         f"({count} requirement{'s' if count != 1 else ''})")
-            _build(spec, path, build, python, version, digest, wheelhouse, runner, site_path, old)
+            count = len(spec.requirements)
+            progress.note(f"venv {spec.name}: building {path} "
+                          f"({count} requirement{'s' if count != 1 else ''})")
+            _build(spec, path, build, python, version, digest, wheelhouse, runner, site_path, old,
+                   progress)
         _swap(path, build)
         replaced = old.name if old is not None and old.parent == Path(os.path.normpath(venv_dir)) else ""
         _cleanup(venv_dir, spec.name, keep={build.name, replaced})
@@ -257,7 +259,7 @@ def _refuse_real(spec: VenvSpec, path: Path) -> None:
         f"venv '{spec.name}': {path} is a real {kind}, not the symlink siteboot manages there; "
         "refusing to replace it (it may hold data)",
         f"move it away (mv {path} {path}.old) or choose another [site] venv_dir, "
-        "then run `siteboot init` again")
+        f"then run `{command('init')}` again")
 
 
 def _ensure_venv_dir(venv_dir: Path) -> None:
@@ -290,13 +292,14 @@ def _log_path(path: Path) -> Path:
 
 def _build(spec: VenvSpec, path: Path, build: Path, python: str, version: str, digest: str,
            wheelhouse: Path | None, runner: Runner, site_path: Path | None,
-           old: Path | None) -> None:
+           old: Path | None, progress: Reporter = SILENT) -> None:
     """Build ``build`` completely (stamp last), or remove it and raise ``BootstrapError``."""
     if build.exists() or build.is_symlink():
         _remove(build, strict=True)  # half-built (a crash) or unusable: not a complete build
     try:
-        result = runner([VIRTUALENV, str(build), "--python", python, "--prompt", spec.name,
-                         "--no-periodic-update"])
+        with progress.step(f"venv {spec.name}: virtualenv with {python}"):
+            result = runner([VIRTUALENV, str(build), "--python", python, "--prompt", spec.name,
+                             "--no-periodic-update"])
         if result.returncode != 0:
             raise _failure(spec, path, "virtualenv could not create it", result, wheelhouse,
                            site_path, old)
@@ -305,7 +308,8 @@ def _build(spec: VenvSpec, path: Path, build: Path, python: str, version: str, d
                     "--disable-pip-version-check", "--no-input"]
             if wheelhouse is not None:
                 argv += ["--no-index", "--find-links", str(wheelhouse)]
-            result = runner([*argv, *spec.requirements])
+            with progress.step(f"venv {spec.name}: pip install {' '.join(spec.requirements)}"):
+                result = runner([*argv, *spec.requirements])
             if result.returncode != 0:
                 raise _failure(spec, path, "pip install failed", result, wheelhouse, site_path, old)
         _write_stamp(build, spec, python, version, digest)
@@ -335,10 +339,11 @@ def _failure(spec: VenvSpec, path: Path, what: str, result: RunResult, wheelhous
     where = f"[venvs.{spec.name}] in {site_path}" if site_path else f"[venvs.{spec.name}]"
     if wheelhouse is not None:
         hint = (f"pip may only use the wheels in {wheelhouse}: add the missing ones there, or fix "
-                f"the requirements of {where}; then run `siteboot init` again")
+                f"the requirements of {where}; then run "
+                f"`{command('init', '--wheelhouse', str(wheelhouse))}` again")
     else:
         hint = (f"fix the requirements of {where} (a misspelt name, a version that does not exist, "
-                "no network or index?), then run `siteboot init` again")
+                f"no network or index?), then run `{command('init')}` again")
     return BootstrapError("\n".join(lines), hint)
 
 
@@ -383,7 +388,7 @@ def _remove(path: Path, strict: bool) -> None:
     except OSError as exc:
         if strict:
             raise BootstrapError(f"cannot remove the unfinished build {path}: {exc}",
-                                 "remove it by hand, then run `siteboot init` again") from None
+                                 f"remove it by hand, then run `{command('init')}` again") from None
 
 
 def _unlink(path: Path) -> None:

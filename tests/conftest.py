@@ -11,7 +11,17 @@ from typing import Callable
 
 import pytest
 
+from siteboot.hints import remember
 from tests.helpers import MINIMAL_SITE
+
+
+@pytest.fixture(autouse=True)
+def no_remembered_invocation() -> Iterator[None]:
+    """Every test starts as if the command line gave no site options (a CliRunner test records
+    its own; hints elsewhere must not carry them)."""
+    remember([], {})
+    yield
+    remember([], {})
 
 
 @pytest.fixture

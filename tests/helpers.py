@@ -14,9 +14,12 @@ import textwrap
 import time
 import xmlrpc.client
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
+
+from siteboot.progress import Reporter, Step
 
 REPO = Path(__file__).resolve().parent.parent
 # A stand-in for gitlab-runner (a real one cannot be installed here): see its docstring.
@@ -88,6 +91,20 @@ def invoke_cli(*args: object) -> Any:
     return result
 
 
+def run_unread(*args: object, env: dict[str, str] | None = None,
+               stderr_too: bool = False) -> subprocess.CompletedProcess[str]:
+    """The CLI (``SITEBOOT``) writing into a real pipe whose reader is gone (``| head`` once
+    head has exited); with ``stderr_too``, stderr as well (``2>&1 | head``)."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([*SITEBOOT, *map(str, args)], stdout=write,
+                              stderr=write if stderr_too else subprocess.PIPE, text=True, env=env,
+                              timeout=120, check=False)
+    finally:
+        os.close(write)
+
+
 def plan_from(text: str, folder: Path, env: str = "dev") -> Any:
     """Write ``text`` (dedented) as ``folder/t.toml`` and resolve it for ``env``."""
     from siteboot.plan import make_plan
@@ -118,6 +135,38 @@ def supervisor_parse(path: Path) -> Any:
     finally:
         (datatypes.existing_dirpath, datatypes.existing_directory,
          options.existing_dirpath, options.existing_directory) = saved
+
+
+class _RecordedStep(Step):
+    def __init__(self, events: list[tuple[str, str]]) -> None:
+        self.events = events
+
+    def update(self, what: str) -> None:
+        self.events.append(("update", what))
+
+
+class RecordingReporter(Reporter):
+    """A progress reporter that remembers what it was told: ``("note", text)``, ``("step",
+    what)``, ``("update", what)``, and ``("end", what)`` or ``("failed", what)``."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def note(self, text: str) -> None:
+        self.events.append(("note", text))
+
+    @contextmanager
+    def step(self, what: str) -> Iterator[Step]:
+        self.events.append(("step", what))
+        try:
+            yield _RecordedStep(self.events)
+        except BaseException:
+            self.events.append(("failed", what))
+            raise
+        self.events.append(("end", what))
+
+    def steps(self) -> list[str]:
+        return [what for kind, what in self.events if kind == "step"]
 
 
 def free_ports(count: int) -> list[int]:

@@ -39,6 +39,7 @@ from siteboot.bootstrap.locate import (
     PTH_NAME,
     STAMP_NAME,
     debug_enabled,
+    init_command,
     log,
     venv_python,
 )
@@ -65,10 +66,13 @@ from siteboot.bootstrap.stamp import (
 )
 from siteboot.errors import BootstrapError
 from siteboot.proc import RunResult, last_lines
+from siteboot.progress import SILENT, Reporter
 
-OFFLINE_HINT = ("on a node without network access pass --wheelhouse DIR (a folder of wheels, made "
-                "elsewhere with `pip download -d DIR <requirements>`), or set PIP_FIND_LINKS / "
-                "PIP_INDEX_URL; then rerun `python3 -m siteboot init`")
+
+def offline_hint() -> str:
+    return ("on a node without network access pass --wheelhouse DIR (a folder of wheels, made "
+            "elsewhere with `pip download -d DIR <requirements>`), or set PIP_FIND_LINKS / "
+            f"PIP_INDEX_URL; then rerun `{init_command()}`")
 PIP_TAIL_LINES = 12
 
 # The shell launcher: finds the venv from its own location, so the venv may move. `-I`: no
@@ -213,7 +217,7 @@ class Bootstrapper:
                  make_venv: Callable[[Path, str], None] = create_venv,
                  fetcher: Fetcher | None = None,
                  pip_config: Mapping[str, str] | None = None,
-                 log: Callable[[str], None] = log) -> None:
+                 log: Callable[[str], None] = log, progress: Reporter = SILENT) -> None:
         self.checkout = checkout
         self.venv = venv_dir
         self.wheelhouse = wheelhouse
@@ -225,6 +229,7 @@ class Bootstrapper:
                            else pip_config)
         self.fetcher = fetcher or make_fetcher(self.environ, self.pip_config)
         self.log = log
+        self.progress = progress  # the long steps, shown live on a terminal
         self.requires = read_requirements(checkout / "setup.cfg")
         self.version = read_metadata_version(checkout)
 
@@ -375,7 +380,8 @@ class Bootstrapper:
         """A complete venv at ``target``: python, pip, the requirements, siteboot.pth, launcher.
         Returns the version of its python."""
         try:
-            self.make_venv(target, self.venv.name)  # the final name as the prompt
+            with self.progress.step("tool venv: creating a virtualenv"):
+                self.make_venv(target, self.venv.name)  # the final name as the prompt
         except (OSError, ValueError) as exc:  # (with_pip=False: venv itself runs no subprocess)
             raise BootstrapError(f"cannot create a virtualenv at {target}: {exc}") from None
         python = venv_python(target)
@@ -391,7 +397,9 @@ class Bootstrapper:
         import tempfile
 
         if self.ensurepip_available():
-            result = self.runner([str(python), "-Im", "ensurepip", "--upgrade", "--default-pip"])
+            with self.progress.step("tool venv: installing pip (ensurepip)"):
+                result = self.runner([str(python), "-Im", "ensurepip", "--upgrade",
+                                      "--default-pip"])
             if result.returncode == 0:
                 return
             last = result.output.strip().splitlines()[-1:] or [f"exit code {result.returncode}"]
@@ -400,8 +408,9 @@ class Bootstrapper:
             why = "ensurepip is not available (Debian without python3-venv?)"
         with tempfile.TemporaryDirectory(prefix="siteboot-pip-") as tmp:
             wheel = self.find_pip_wheel(python_version, Path(tmp), why)
-            result = self.runner([str(python), f"{wheel}/pip", "install", "--no-index",
-                                  "--disable-pip-version-check", "--quiet", str(wheel)])
+            with self.progress.step(f"tool venv: installing pip from {wheel.name}"):
+                result = self.runner([str(python), f"{wheel}/pip", "install", "--no-index",
+                                      "--disable-pip-version-check", "--quiet", str(wheel)])
             if result.returncode != 0:
                 raise BootstrapError(f"{why}; installing pip from {wheel} failed:\n"
                                      f"{tail(result.output)}",
@@ -439,13 +448,14 @@ class Bootstrapper:
         names = ", ".join(required_distributions(self.requires, None)) or "requirements"
         where = f" from {self.wheelhouse}" if self.wheelhouse else ""
         self.log(f"installing {names}{where} with pip")
-        result = self.runner([*cmd, *self.requires])
+        with self.progress.step(f"tool venv: pip install {names}"):
+            result = self.runner([*cmd, *self.requires])
         if result.returncode != 0:
             raise BootstrapError(
                 f"pip could not install siteboot's dependencies (setup.cfg install_requires)"
                 f"{where} into {python.parent.parent} (exit code {result.returncode}):\n"
                 f"{tail(result.output)}",
-                OFFLINE_HINT if self.wheelhouse is None else
+                offline_hint() if self.wheelhouse is None else
                 f"put a wheel for every requirement (and their dependencies) into {self.wheelhouse}: "
                 f"`pip download -d {self.wheelhouse} <requirements>` on a machine with network "
                 "access, for this Python version and platform")
@@ -464,5 +474,6 @@ class Bootstrapper:
             raise BootstrapError(f"cannot install siteboot into {target}: {exc}") from None
         # Bytecode, as pip compiles what it installs: `siteboot status` starts measurably faster
         # where PYTHONDONTWRITEBYTECODE is set. Best effort: the checkout may be read-only to us.
-        self.runner([str(venv_python(target)), "-I", "-m", "compileall", "-q",
-                     str(self.checkout / "siteboot")])
+        with self.progress.step("tool venv: compiling siteboot"):
+            self.runner([str(venv_python(target)), "-I", "-m", "compileall", "-q",
+                         str(self.checkout / "siteboot")])

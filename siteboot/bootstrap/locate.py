@@ -29,6 +29,13 @@ INIT_COMMAND = "python3 -m siteboot init"
 MIN_PYTHON = (3, 9)
 
 
+def init_command() -> str:
+    """``python3 -m siteboot init`` with the site options the operator gave: a hint to paste."""
+    from siteboot.hints import command
+
+    return command("init", program="python3 -m siteboot")
+
+
 def debug_enabled(argv: Sequence[str] = ()) -> bool:
     return os.environ.get(ENV_DEBUG, "") not in ("", "0") or "--debug" in argv
 
@@ -98,4 +105,4 @@ def reexec(python: Path, args: Sequence[str]) -> None:
         proc.exec_replace(proc.python_module("siteboot", *args, python=str(python)), env)
     except OSError as exc:
         raise BootstrapError(f"cannot run {python}: {exc.strerror or exc}",
-                             f"remove {python.parent.parent} and run `{INIT_COMMAND}`") from None
+                             f"remove {python.parent.parent} and run `{init_command()}`") from None

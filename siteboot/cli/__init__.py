@@ -14,19 +14,21 @@ from siteboot.errors import STATUS_UNKNOWN, exit_code_for
 
 def main() -> None:
     """Console entry point: one message and an exit code for expected failures."""
-    from siteboot.cli.context import Ctx, debug_enabled
+    from siteboot.cli.context import Ctx, debug_enabled, remember_invocation
     from siteboot.cli.fast import parse_status_args, show_status
     from siteboot.cli.output import error
 
     args = sys.argv[1:]
+    remember_invocation(args)
     debug = debug_enabled(args)
     fast = None if debug else parse_status_args(args)
     if fast is not None:
         try:
             code = show_status(Ctx(fast["site"], fast["env"], fast["root"]), fast["instance"],
-                               fast["as_json"])
+                               fast["as_json"], fast["names"], fast["all_envs"])
         except BaseException as exc:  # a bug too is a verdict a monitor reads: "unknown"
-            code = exit_code_for(exc, debug=debug, error=error, internal_code=STATUS_UNKNOWN)
+            code = exit_code_for(exc, debug=debug, error=error, internal_code=STATUS_UNKNOWN,
+                                 broken_pipe_code=STATUS_UNKNOWN)
         sys.exit(code)
     from siteboot.cli.commands import cli
 

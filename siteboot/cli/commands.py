@@ -7,16 +7,18 @@ operations that need them, so ``siteboot --help`` and ``siteboot status`` start 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 
-from siteboot import __version__, ops
-from siteboot.cli.context import Ctx, debug_enabled
+from siteboot import __version__, ops, usage
+from siteboot.cli.context import Ctx, debug_enabled, remember_invocation
 from siteboot.cli.fast import show_status
 from siteboot.cli.output import (
+    LABEL_COLORS,
     echo,
     error,
     log_tail_lines,
@@ -25,25 +27,86 @@ from siteboot.cli.output import (
     styled,
     table,
 )
-from siteboot.errors import STATUS_UNKNOWN, SitebootError, SiteFileError, exit_code_for
-from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE
+from siteboot.cli.progress import reporter
+from siteboot.errors import (
+    EXIT_BROKEN_PIPE,
+    STATUS_UNKNOWN,
+    SitebootError,
+    SiteFileError,
+    exit_code_for,
+    silence_output,
+)
+from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE, site_names
 
 if TYPE_CHECKING:
     from siteboot.instances import LifecycleResult
+    from siteboot.logs import LogStream
     from siteboot.runner import RunnerOutcome
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+NAMES_EPILOG = ("NAME is any name `siteboot status` shows: a program, a process (worker_01), an "
+                "instance, instance:program, instance:process, instance:* or all; supervisord's "
+                "group:process works too.")
+
+
+# ------------------------------------------------------------------------------------------
+# Shell completion: names from the site the command line names so far; never an error
+
+
+def _completion(names: Callable[[Ctx], Iterable[str]]) -> Callable[..., list[str]]:
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+        given = ctx.params
+        try:
+            found = list(names(Ctx(given.get("site") or None,  # None: the default site
+                                   given.get("env") or DEFAULT_ENV, given.get("root"))))
+        except (SitebootError, OSError):  # no site (yet): nothing to offer
+            return []
+        return [name for name in found if name.startswith(incomplete)]
+
+    return complete
+
+
+_complete_site_names = _completion(lambda ctx: site_names(ctx.root))
+
+
+def complete_sites(ctx: click.Context, param: click.Parameter,
+                   incomplete: str) -> list[CompletionItem] | list[str]:
+    """Site names; a path (``./``, ``~/``, ``/``...) is left to the shell's file completion."""
+    if "/" in incomplete or incomplete.startswith((".", "~")):
+        return [CompletionItem(incomplete, type="file")]
+    return _complete_site_names(ctx, param, incomplete)
+
+
+complete_envs = _completion(lambda ctx: ctx.site().envs)
+complete_instances = _completion(lambda ctx: ctx.plan().instances)
+complete_targets = _completion(lambda ctx: ops.target_names(ctx.plan()))
 
 
 def site_options(func: F) -> F:
     """--site/--env/--root on a command (also read from SITEBOOT_SITE/SITEBOOT_ENV/SITEBOOT_ROOT)."""
     func = click.option("--root", envvar="SITEBOOT_ROOT", metavar="DIR",
+                        type=click.Path(file_okay=False),
                         help="Folder holding sites/ and templates/ [default: nearest above cwd].")(func)
     func = click.option("--env", "-e", envvar="SITEBOOT_ENV", default=DEFAULT_ENV,
-                        show_default=True, help="Environment (one of the site's envs).")(func)
-    func = click.option("--site", "-s", envvar="SITEBOOT_SITE", default=DEFAULT_SITE,
-                        show_default=True, help="Site name under sites/, or a path to a .toml.")(func)
+                        show_default=True, shell_complete=complete_envs,
+                        help="Environment (one of the site's envs).")(func)
+    func = click.option("--site", "-s", envvar="SITEBOOT_SITE", metavar="SITE",
+                        shell_complete=complete_sites,
+                        help="Site name under sites/, or a path to a .toml [default: the one "
+                        f"sites/default names, or the only one there; else {DEFAULT_SITE}].")(func)
     return func
+
+
+def instances_option(func: F) -> F:
+    """-i/--instance, repeatable: only these instances."""
+    return click.option("--instance", "-i", metavar="NAME", multiple=True,
+                        shell_complete=complete_instances,
+                        help="Only this instance (repeat for several).")(func)
+
+
+def names_argument(required: bool) -> Callable[[F], F]:
+    return click.argument("names", nargs=-1, required=required, shell_complete=complete_targets)
 
 
 def json_option(func: F) -> F:
@@ -52,12 +115,34 @@ def json_option(func: F) -> F:
 
 class SitebootGroup(click.Group):
     """Expected failures become one message and an exit code, never a traceback (bugs are
-    reported by ``siteboot.cli.main``, through the same ``exit_code_for``)."""
+    reported by ``siteboot.cli.main``, through the same ``exit_code_for``). A reader that went
+    away (``| head``) is exit 141 and quiet, not click's exit 1. Commands are listed in
+    ``siteboot.usage``'s order, with its summaries (stage 0 answers ``--help`` with them)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return [n for n in usage.COMMANDS if n in names] + [n for n in names if n not in usage.COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and cmd_name in usage.COMMANDS:
+            command.short_help = usage.COMMANDS[cmd_name]
+        return command
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        try:  # --help, --version and a bare `siteboot` print here
+            return super().make_context(info_name, args, parent, **extra)
+        except BrokenPipeError:
+            silence_output()
+            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
 
     def invoke(self, ctx: click.Context) -> Any:
+        remember_invocation([*ctx.protected_args, *ctx.args])
         try:
             return super().invoke(ctx)
-        except (SitebootError, KeyboardInterrupt) as exc:  # Ctrl-C: before click says "Aborted!"
+        # Ctrl-C here, before click says "Aborted!"; a closed pipe before click makes it exit 1
+        except (SitebootError, KeyboardInterrupt, BrokenPipeError) as exc:
             ctx.exit(exit_code_for(exc, debug=debug_enabled() or bool(ctx.params.get("debug")),
                                    error=error))
 
@@ -65,7 +150,7 @@ class SitebootGroup(click.Group):
 @click.group(cls=SitebootGroup,
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="siteboot")
-@click.option("--debug", is_flag=True, help="Show tracebacks (also SITEBOOT_DEBUG=1).")
+@click.option("--debug", is_flag=True, help=usage.DEBUG_HELP)
 def cli(debug: bool) -> None:
     """Run privilege-separated supervisord instances for a site, without root.
 
@@ -124,11 +209,12 @@ def check(site: str, env: str, root: str | None, all_sites: bool, strict: bool,
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
-              help="Write previews here (placeholder key hash) instead of the runtime dirs.")
+              help="Write previews here (placeholder key hash), named "
+              "supervisord-<site>-<instance>-<env>.conf, instead of the runtime dirs.")
 @json_option
-def render(site: str, env: str, root: str | None, instance: str | None, out: Path | None,
+def render(site: str, env: str, root: str | None, instance: tuple[str, ...], out: Path | None,
            as_json: bool) -> None:
     """Render one supervisord config per instance from templates/."""
     ctx = Ctx(site, env, root)
@@ -136,11 +222,15 @@ def render(site: str, env: str, root: str | None, instance: str | None, out: Pat
     if as_json:
         print_json(result.as_json())
         return
-    for line in result.notes:
-        echo(line)
     for item in result.rendered:
         note = "  (preview: placeholder key hash, not startable as is)" if item.preview else ""
+        if item.file:
+            note = "  (preview: {secret:NAME} placeholders)" if item.preview else ""
+            echo(f"wrote file {item.file}: {item.path}{note}")
+            continue
         echo(f"wrote {item.path}{note}")
+    for line in result.notes:
+        echo(line)
     for name, why in result.skipped:
         echo(f"skipped {name}: {why}")
 
@@ -150,7 +240,7 @@ def _print_outcomes(result: LifecycleResult) -> None:
         echo(f"using {result.sources}")
     for o in result.outcomes:
         color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
-                 "skipped": "yellow",
+                 "rendered": "green", "skipped": "yellow",
                  "failed": "red"}.get(o.action)
         detail = f": {o.detail}" if o.detail else ""
         echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
@@ -169,14 +259,14 @@ def _report(result: LifecycleResult, as_json: bool) -> None:
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--foreground", is_flag=True,
               help="Run supervisord in the foreground (batch jobs, systemd, containers); "
               "needs --instance.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer.")
 @json_option
-def up(site: str, env: str, root: str | None, instance: str | None, foreground: bool,
+def up(site: str, env: str, root: str | None, instance: tuple[str, ...], foreground: bool,
        timeout: float, as_json: bool) -> None:
     """Start the supervisord of every instance you own (others: run as their owner)."""
     ctx = Ctx(site, env, root)
@@ -187,12 +277,12 @@ def up(site: str, env: str, root: str | None, instance: str | None, foreground: 
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--purge", is_flag=True, help="Also delete the runtime dir with its logs.")
 @click.option("--orphans", is_flag=True, help="Also stop what you started for this site and env "
               "that the site no longer describes (see `status`).")
 @json_option
-def down(site: str, env: str, root: str | None, instance: str | None, purge: bool, orphans: bool,
+def down(site: str, env: str, root: str | None, instance: tuple[str, ...], purge: bool, orphans: bool,
          as_json: bool) -> None:
     """Stop instances you own: shutdown over RPC, then SIGTERM, then SIGKILL; nothing stays.
 
@@ -213,17 +303,22 @@ def down(site: str, env: str, root: str | None, instance: str | None, purge: boo
 
 @cli.command()
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@names_argument(required=False)
+@instances_option
+@click.option("--all-envs", is_flag=True,
+              help="Every env of the site that has an instance running or recorded as started.")
 @json_option
-def status(site: str, env: str, root: str | None, instance: str | None, as_json: bool) -> None:
-    """Every instance and program of the env.
+def status(site: str, env: str, root: str | None, names: tuple[str, ...],
+           instance: tuple[str, ...], all_envs: bool, as_json: bool) -> None:
+    """Every instance and program of the env; with NAMEs, only those programs.
 
     \b
     Exit codes (monitoring plugins): 0 all that should run are RUNNING; 1 some are
     STARTING/BACKOFF or crash-looping, a runtime dir was wiped, an instance is orphaned;
-    2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown.
+    2 an instance is down or a program FATAL/EXITED/STOPPED; 3 unknown. A reader that goes
+    away (`| head`) does not change it.
     """
-    sys.exit(show_status(Ctx(site, env, root), instance, as_json))
+    sys.exit(show_status(Ctx(site, env, root), instance, as_json, names, all_envs))
 
 
 def _control(action: str, site: str, env: str, root: str | None, names: Sequence[str],
@@ -243,14 +338,14 @@ def _control_command(action: str, summary: str) -> click.Command:
     """``start``, ``stop`` and ``restart`` differ only in their action."""
 
     @site_options
-    @click.argument("names", nargs=-1, required=True)
+    @names_argument(required=True)
     @json_option
     def command(site: str, env: str, root: str | None, names: Sequence[str], as_json: bool) -> None:
         _control(action, site, env, root, names, as_json)
 
     command.__doc__ = summary
-    return click.command(name=action, epilog="NAME is a program, instance:program, "
-                         "instance:process_NN, instance:* or all.")(command)
+    return click.command(name=action, epilog=NAMES_EPILOG)(command)
+
 
 
 for _action, _summary in (("start", "Start programs and wait until they count as started."),
@@ -259,32 +354,58 @@ for _action, _summary in (("start", "Start programs and wait until they count as
     cli.add_command(_control_command(_action, _summary))
 
 
-@cli.command(name="tail")
+@cli.command(name="tail", epilog=NAMES_EPILOG)
 @site_options
-@click.argument("name")
+@instances_option
+@click.argument("name", shell_complete=complete_targets)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
 @click.option("--stderr", is_flag=True, help="The stderr log instead of stdout.")
 @click.option("--bytes", "nbytes", type=int, default=4096, show_default=True,
               help="How much of the end to print first.")
-def tail_cmd(site: str, env: str, root: str | None, name: str, follow: bool, stderr: bool,
-             nbytes: int) -> None:
-    """Print the end of a program's log (NAME or instance:NAME)."""
+def tail_cmd(site: str, env: str, root: str | None, instance: Sequence[str], name: str,
+             follow: bool, stderr: bool, nbytes: int) -> None:
+    """Print the end of a program's log (NAME names one process)."""
     def write(text: str) -> None:
         if text:
             echo(text, nl=False)
 
-    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow, nbytes=nbytes)
+    ops.tail(Ctx(site, env, root).plan(), name, write, stderr=stderr, follow=follow,
+             nbytes=nbytes, instance=instance)
+
+
+@cli.command(epilog=NAMES_EPILOG)
+@site_options
+@instances_option
+@names_argument(required=False)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing, across log rotations.")
+@click.option("--lines", "-n", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Lines of each log to print first.")
+def logs(site: str, env: str, root: str | None, instance: Sequence[str], names: Sequence[str],
+         follow: bool, lines: int) -> None:
+    """The logs of every program of the env (or the NAMEs): stdout and stderr, each line
+    marked with its process (`web |`, `web err |`); -f follows them all, Ctrl-C ends it."""
+    def emit(stream: LogStream, line: str) -> None:
+        echo(styled(f"{stream.label} |", fg=LABEL_COLORS[stream.index % len(LABEL_COLORS)])
+             + f" {line}")
+
+    ops.logs(Ctx(site, env, root).plan(), names, emit, instance, follow=follow, lines=lines)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
 @site_options
-@click.option("--instance", "-i", metavar="NAME", required=True, help="The instance.")
+@click.option("--instance", "-i", metavar="NAME", required=True, help="The instance.",
+              shell_complete=complete_instances)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str]) -> None:
     """Run the real supervisorctl against one instance: siteboot ctl -i NAME -- ARGS...
 
     supervisorctl talks to siteboot's relay with a one-time credential and never holds the
     key; a member of a granted group gets state, start/stop/restart/signal and logs.
+
+    \b
+    supervisorctl names processes GROUP:PROCESS (`siteboot status --json` shows the group);
+    in ARGS, the names `siteboot status` shows (worker_01, a program) are qualified for it.
+    Interactively, type GROUP:PROCESS.
     """
     sys.exit(ops.ctl(Ctx(site, env, root).plan(), instance, args))
 
@@ -296,34 +417,39 @@ def ctl(site: str, env: str, root: str | None, instance: str, args: Sequence[str
               help="Install from these wheels only (offline nodes).")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer.")
+@click.option("--no-start", is_flag=True,
+              help="Build the venvs and render the configs; start nothing (a CI build stage).")
 @json_option
 def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout: float,
-         as_json: bool) -> None:
+         no_start: bool, as_json: bool) -> None:
     """Bootstrap, build venvs, render, start your instances, print status. Safe to re-run.
 
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
     ctx = Ctx(site, env, root)
-    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout,
-                      progress=None if as_json else lambda line: echo(line, err=True))
+    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout, progress=reporter(as_json),
+                      start=not no_start)
     if as_json:
         print_json(result.as_json())
     else:
         for v in result.venvs:
             echo(f"venv {v.name}: {v.action} ({v.path})")
         _print_outcomes(result.instances)
-        echo()
-        print_status(result.status)
+        if result.status is None:
+            echo("nothing started (--no-start)")
+        else:
+            echo()
+            print_status(result.status)
     sys.exit(result.exit_code)
 
 
 @cli.command(name="rotate-key")
 @site_options
-@click.option("--instance", "-i", metavar="NAME", help="Only this instance.")
+@instances_option
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds to wait for each supervisord to answer again.")
 @json_option
-def rotate_key(site: str, env: str, root: str | None, instance: str | None, timeout: float,
+def rotate_key(site: str, env: str, root: str | None, instance: tuple[str, ...], timeout: float,
                as_json: bool) -> None:
     """Give your instances new keys: a running supervisord restarts on its new key (its
     programs restart too), and a group grant is published again. Use it when a key may have
@@ -350,7 +476,7 @@ def revive(site: str, env: str, root: str | None, all_envs: bool, timeout: float
     ctx = Ctx(site, env, root)
     first = ctx.plan()
     plans = [first if e == first.env else ctx.plan_for(e) for e in ops.revive_envs(first, all_envs)]
-    result = ops.revive(plans, ctx.root, timeout)
+    result = ops.revive(plans, ctx.root, timeout, progress=reporter(as_json))
     if as_json:
         print_json(result.as_json())
     else:

@@ -14,6 +14,13 @@ if TYPE_CHECKING:
 _UNSET = object()
 
 
+def remember_invocation(args: Sequence[str]) -> None:
+    """What the command line gave (site, env, root, instances), for the commands in hints."""
+    from siteboot.hints import remember
+
+    remember(args)
+
+
 def debug_enabled(args: Sequence[str] = ()) -> bool:
     return "--debug" in args or os.environ.get("SITEBOOT_DEBUG", "") not in ("", "0")
 
@@ -21,8 +28,8 @@ def debug_enabled(args: Sequence[str] = ()) -> bool:
 class Ctx:
     """What every command gets: the chosen site, env and root, resolved lazily."""
 
-    def __init__(self, site: str, env: str, root: str | None) -> None:
-        self.site_arg = site
+    def __init__(self, site: str | None, env: str, root: str | None) -> None:
+        self.site_arg = site  # None: the site root's own default (resources.default_site_path)
         self.env = env
         self.root_arg = root
         self._root: object = _UNSET

@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Callable
 
-_CODES = {"red": 31, "green": 32, "yellow": 33}
+_CODES = {"red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36}
+# Labels of interleaved logs (`siteboot logs`), one per process in turn; red is for errors.
+LABEL_COLORS = ("cyan", "yellow", "green", "magenta", "blue")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -83,6 +85,7 @@ def log_tail_lines(tail: Any, indent: str = "    ") -> list[str]:
 
 def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
+    echo(styled(f"site {report.site}, env {report.env}", bold=True))
     for inst in report.instances:
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""

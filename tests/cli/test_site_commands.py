@@ -196,7 +196,8 @@ def test_render_jaws_prod_previews(tmp_path):
     result = run("render", "--root", REPO, "--site", "jaws", "--env", "prod", "--out", out)
     assert result.exit_code == 0, result.stderr
     configs = sorted(out.iterdir())
-    assert [p.name for p in configs] == ["supervisord-jaws.conf", "supervisord-jtm.conf"]
+    assert [p.name for p in configs] == ["supervisord-jaws-jaws-prod.conf",
+                                         "supervisord-jaws-jtm-prod.conf"]
     assert result.stdout.count("(preview:") == 2
     listening = {}
     for path in configs:
@@ -231,7 +232,7 @@ def test_render_out_creates_no_runtime_or_state_dirs(tmp_path, short_dir):
     assert list(short_dir.iterdir()) == []
     one = run("render", "--site", path, "--out", tmp_path / "one", "--instance", "theirs")
     assert one.exit_code == 0
-    assert [p.name for p in (tmp_path / "one").iterdir()] == ["supervisord-theirs.conf"]
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["supervisord-t-theirs-dev.conf"]
 
 
 def test_render_own_instance_in_place(tmp_path, short_dir):
@@ -313,7 +314,7 @@ def test_render_round_trips_tricky_values(tmp_path, short_dir):
         """), runtime=f"{short_dir}/r 1%-{{env}}")
     result = run("render", "--site", path, "--out", tmp_path / "out")
     assert result.exit_code == 0, result.stderr
-    opts = supervisor_parse(tmp_path / "out" / "supervisord-main.conf")
+    opts = supervisor_parse(tmp_path / "out" / "supervisord-t-main-dev.conf")
     (group,) = opts.process_group_configs
     tricky = next(pc for pc in group.process_configs if pc.name == "tricky")
     assert tricky.environment == {"MSG": '50% off, "quoted" and spaces, too'}
@@ -375,8 +376,8 @@ def test_auto_ports_are_shown_and_previewed_without_being_allocated(tmp_path, sh
     assert data["auto"] == {"supervisord-main": ["dev"], "web": ["dev", "prod"]}
     preview = run("render", "--site", path, "--out", tmp_path / "out")
     assert preview.exit_code == 0
-    assert "supervisord-main: auto port not allocated yet, shown as 0" in preview.stdout
-    assert "port = 127.0.0.1:0" in (tmp_path / "out" / "supervisord-main.conf").read_text()
+    assert "main: supervisord-main: auto port not allocated yet, shown as 0" in preview.stdout
+    assert "port = 127.0.0.1:0" in (tmp_path / "out" / "supervisord-t-main-dev.conf").read_text()
     assert run("check", "--site", path).exit_code == 0
     assert list(short_dir.iterdir()) == []  # none of them allocated anything
 

@@ -22,6 +22,10 @@ CASES = [
     ["--site=/tmp/a b.toml", "--env=dev", "--root=/srv/sites", "-i", "beta", "--json"],
     ["--json", "--json"],
     ["-i", "a", "-i", "b"],
+    ["extra"],
+    ["web", "-i", "alpha", "worker_01"],
+    ["--all-envs", "beta:*", "--json"],
+    ["--all-envs", "--all-envs"],
 ]
 
 
@@ -40,7 +44,7 @@ def test_fast_parser_reads_what_click_reads(args, environ, monkeypatch):
 
 @pytest.mark.parametrize("args", [
     ["status", "--help"], ["status", "-h"], ["status", "--bogus"], ["status", "-i"],
-    ["status", "extra"], ["status", "-ij"], ["status", "--instance", "--json"], ["ports"], [],
+    ["status", "--", "web"], ["status", "-ij"], ["status", "--instance", "--json"], ["ports"], [],
 ])
 def test_anything_else_is_left_to_click(args):
     assert parse_status_args(args) is None
@@ -60,8 +64,9 @@ def heavy_imports(cwd: Path, args: list[str], heavy: tuple[str, ...]) -> tuple[s
     return verdict, result.stdout + result.stderr
 
 
-def test_status_does_not_import_click_or_jinja2(tmp_path):
-    verdict, output = heavy_imports(tmp_path, ["--site", "nope"],
+@pytest.mark.parametrize("args", [[], ["web", "-i", "a", "-i", "b", "--all-envs", "--json"]])
+def test_status_does_not_import_click_or_jinja2(tmp_path, args):
+    verdict, output = heavy_imports(tmp_path, ["--site", "nope", *args],
                                     ("click", "jinja2", "virtualenv", "psutil", "supervisor"))
     assert verdict == "3 []", output
     assert "no site named 'nope'" in output

@@ -19,22 +19,25 @@ def test_restarts_column_and_last_exit(capsys, monkeypatch):
                             restart_limit=3)
     steady = ProgramStatus("worker", "t-dev", "RUNNING", 13, 900, None, "", True,
                            history=History(0, 300, None), restart_limit=3)
-    unknown = ProgramStatus("other", "t-dev", "STOPPED", None, None, 0, "", False)
-    print_status(report(looping, steady, unknown))
+    unknown = ProgramStatus("other", "t-dev", "EXITED", None, None, 0, "", False)
+    stopped = ProgramStatus("held", "t-dev", "STOPPED", None, None, None, "", False)
+    print_status(report(looping, steady, unknown, stopped))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["program", "state", "pid", "restarts"]
-    assert lines[2].split()[:4] == ["web", "RUNNING", "12", "4!"]
-    assert lines[2].endswith("uptime 2s; crash loop: 4 restarts in 300s (more than 3); "
+    assert lines[0] == "site t, env dev"
+    assert lines[2].split() == ["program", "state", "pid", "restarts"]
+    assert lines[3].split()[:4] == ["web", "RUNNING", "12", "4!"]
+    assert lines[3].endswith("uptime 2s; crash loop: 4 restarts in 300s (more than 3); "
                              "last exit 8s ago: exit status 3, not expected")
-    assert lines[3].split() == ["worker", "RUNNING", "13", "0", "uptime", "900s"]
-    assert lines[4].split() == ["other", "STOPPED", "exit", "0"]
+    assert lines[4].split() == ["worker", "RUNNING", "13", "0", "uptime", "900s"]
+    assert lines[5].split() == ["other", "EXITED", "exit", "0"]
+    assert lines[6].split() == ["held", "STOPPED"]  # an operator's stop: no "exit -1"
 
 
 def test_no_restarts_column_when_nothing_is_counted(capsys, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     print_status(report(ProgramStatus("web", "t-dev", "RUNNING", 12, 2, None, "", True)))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["program", "state", "pid"]
+    assert lines[2].split() == ["program", "state", "pid"]
 
 
 def test_a_failing_programs_last_log_lines_are_under_its_row(capsys, monkeypatch):
@@ -48,7 +51,7 @@ def test_a_failing_programs_last_log_lines_are_under_its_row(capsys, monkeypatch
     fine = ProgramStatus("worker", "t-dev", "RUNNING", 13, 9, None, "", True)
     print_status(report(fatal, fine))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2].split()[:2] == ["web", "FATAL"]
-    assert lines[3:5] == ["    stderr | Traceback (most recent call last):",
+    assert lines[3].split()[:2] == ["web", "FATAL"]
+    assert lines[4:6] == ["    stderr | Traceback (most recent call last):",
                           "    stderr | ImportError: no module named app"]
-    assert lines[5].split()[:2] == ["worker", "RUNNING"]
+    assert lines[6].split()[:2] == ["worker", "RUNNING"]

@@ -20,6 +20,10 @@ from siteboot.bootstrap.locate import BUILDING_NAME, STAMP_NAME
 REPO = Path(__file__).resolve().parent.parent.parent
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 BOGUS = "siteboot-no-such-package-xyz==9.9"
+# What builds the tool venv and starts nothing: `init --no-start` of the clone's default site
+# (its sites/default names `build`, whose runtime dir is the test's own). `init --help` does not
+# build: stage 0 answers it.
+BUILD = ("init", "--no-start")
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +33,8 @@ pytestmark = [
 
 @pytest.fixture
 def clone(tmp_path: Path) -> Path:
-    """The checkout's sources as a fresh clone has them (no venv, no build artefacts)."""
+    """The checkout's sources as a fresh clone has them (no venv, no build artefacts), with a
+    default site of the test's own (`build`: one instance, nothing that may collide)."""
     target = tmp_path / "clone"
     target.mkdir()
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -37,6 +42,20 @@ def clone(tmp_path: Path) -> Path:
         shutil.copytree(REPO / folder, target / folder, ignore=ignore)
     for name in ("setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, target / name)
+    (target / "sites" / "build.toml").write_text(f"""
+[site]
+envs = ["dev"]
+runtime_dir = "{tmp_path}/run"
+state_dir = "{tmp_path}/state"
+
+[instances.main]
+port = {{ dev = 40001 }}
+
+[programs.idle]
+instance = "main"
+command = "sleep 3600"
+""")
+    (target / "sites" / "default").write_text("build\n")
     return target
 
 
@@ -111,14 +130,46 @@ def assert_status_imports_little(venv: Path, clone: Path, env: dict[str, str]) -
     assert heavy == [], heavy
 
 
+def test_help_and_version_on_a_fresh_clone_build_nothing(clone: Path, bare: Path,
+                                                        tmp_path: Path) -> None:
+    """Before `init`: stage 0 answers --help and --version itself, without a venv or pip."""
+    venv = tmp_path / "tool-venv"
+    env = environment(venv, HOME=str(tmp_path / "home"))
+    listing, _ = siteboot(bare, clone, env, "--help")
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.startswith("Usage: siteboot [OPTIONS] COMMAND [ARGS]...")
+    assert "  logs        Every program's stdout and stderr" in listing.stdout
+    version, _ = siteboot(bare, clone, env, "--version")
+    assert version.stdout.strip() == f"siteboot, version {__version__}"
+    init_help, _ = siteboot(bare, clone, env, "init", "--help")
+    assert init_help.returncode == 0, init_help.stderr
+    assert "--no-start" in init_help.stdout
+    assert not os.path.lexists(venv)
+    assert not (tmp_path / "home").exists()
+    assert not (tmp_path / "run").exists()
+    # quick: it starts no process and imports no build code (only whether the dependencies are
+    # installed is looked up, to give click's fuller help where they are)
+    traced = subprocess.run([str(bare), "-X", "importtime", "-m", "siteboot", "--help"], cwd=clone,
+                            env=env, capture_output=True, text=True, check=False)
+    assert traced.returncode == 0, traced.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in traced.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "siteboot.usage" in imported
+    assert not imported & {"siteboot.bootstrap.build", "subprocess", "venv", "ensurepip",
+                           "siteboot.cli.commands", "click"}
+
+
 def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp_path: Path) -> None:
     venv = tmp_path / "tool-venv"
     env = environment(venv)
 
-    # 1. the first run builds the venv, then re-executes `init --help` inside it
-    first, first_time = siteboot(bare, clone, env, "init", "--help")
+    # 1. the first run builds the venv, then re-executes `init --no-start` inside it: the
+    #    config rendered, nothing started
+    first, first_time = siteboot(bare, clone, env, *BUILD)
     assert first.returncode == 0, first.stderr
-    assert "Usage:" in first.stdout
+    assert first.stdout.rstrip().endswith("nothing started (--no-start)")
+    assert (tmp_path / "run" / "main" / "supervisord-main.conf").is_file()
+    assert not (tmp_path / "run" / "main" / "supervisord.pid").exists()
     assert "siteboot: creating tool venv at" in first.stderr
     python = venv / "bin" / "python"
     assert imports(python, "supervisor")
@@ -131,9 +182,9 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     assert "tool-venv.new" not in (venv / "pyvenv.cfg").read_text()
 
     # 2. the second run has nothing to do: no pip
-    second, second_time = siteboot(bare, clone, env, "init", "--help")
+    second, second_time = siteboot(bare, clone, env, *BUILD)
     assert second.returncode == 0, second.stderr
-    assert "Usage:" in second.stdout
+    assert "nothing started" in second.stdout
     assert "up to date" in second.stderr
     assert "installing" not in second.stderr
     assert second_time < first_time / 3, (first_time, second_time)
@@ -170,7 +221,7 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     setup_cfg = clone / "setup.cfg"
     original = setup_cfg.read_text()
     setup_cfg.write_text(original.replace("    click>=8.0\n", "    click>=8.0.0\n"))
-    upgraded, _ = siteboot(bare, clone, env, "init", "--help")
+    upgraded, _ = siteboot(bare, clone, env, *BUILD)
     assert upgraded.returncode == 0, upgraded.stderr
     assert "out of date (setup.cfg's install_requires changed)" in upgraded.stderr
     assert not (tmp_path / "tool-venv.new").exists()
@@ -187,7 +238,7 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     setup_cfg.write_text(original.replace("    psutil>=5.9\n", f"    psutil>=5.9\n    {BOGUS}\n"))
     empty = tmp_path / "empty-wheelhouse"
     empty.mkdir()
-    failed, _ = siteboot(bare, clone, env, "init", "--help", "--wheelhouse", str(empty))
+    failed, _ = siteboot(bare, clone, env, *BUILD, "--wheelhouse", str(empty))
     assert failed.returncode == 1, failed.stderr
     assert "Traceback" not in failed.stderr
     errors = [line for line in failed.stderr.splitlines() if line.startswith("error: ")]
@@ -197,13 +248,13 @@ def test_fresh_clone_init_update_and_failed_upgrade(clone: Path, bare: Path, tmp
     assert f"the previous tool venv at {venv} is unchanged and still works" in failed.stderr
     assert f"hint: put a wheel for every requirement (and their dependencies) into {empty}" \
         in failed.stderr
-    assert "Usage:" not in failed.stdout
+    assert "nothing started" not in failed.stdout
     assert not (tmp_path / "tool-venv.new").exists()
     assert (venv / STAMP_NAME).read_text() == stamp
     assert imports(python, "supervisor")
 
-    # ... and `status`-like commands now say what to do, in one line
-    stale, _ = siteboot(bare, clone, env, "--version")
+    # ... and other commands now say what to do, in one line (--help and --version still answer)
+    stale, _ = siteboot(bare, clone, env, "status")
     assert stale.returncode == 2
     assert stale.stderr.strip().splitlines() == [
         f"error: the tool venv at {venv} is out of date or broken; "
@@ -215,7 +266,7 @@ def test_a_killed_init_is_cleaned_up_by_the_next_one(clone: Path, bare: Path,
     """SIGKILL (OOM, a CI timeout) in the middle of the first build: the next init succeeds."""
     venv = tmp_path / "tool-venv"
     new = tmp_path / "tool-venv.new"
-    proc = subprocess.Popen([str(bare), "-m", "siteboot", "init", "--help"], cwd=clone,
+    proc = subprocess.Popen([str(bare), "-m", "siteboot", *BUILD], cwd=clone,
                             env=environment(venv), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -232,9 +283,9 @@ def test_a_killed_init_is_cleaned_up_by_the_next_one(clone: Path, bare: Path,
     assert (new / BUILDING_NAME).is_file()
     assert not (new / STAMP_NAME).exists()
 
-    result, _ = siteboot(bare, clone, environment(venv), "init", "--help")
+    result, _ = siteboot(bare, clone, environment(venv), *BUILD)
     assert result.returncode == 0, result.stderr
-    assert "Usage:" in result.stdout
+    assert "nothing started" in result.stdout
     assert f"removing leftover {new}" in result.stderr
     assert not new.exists()
     assert (venv / STAMP_NAME).is_file()
@@ -247,9 +298,9 @@ def test_without_ensurepip_pip_comes_from_a_wheel(clone: Path, bare: Path, tmp_p
     (hidden / "ensurepip").mkdir(parents=True)
     (hidden / "ensurepip" / "__init__.py").write_text('raise ImportError("hidden for test")\n')
     venv = tmp_path / "tool-venv"
-    result, _ = siteboot(bare, clone, environment(venv, PYTHONPATH=str(hidden)), "init", "--help")
+    result, _ = siteboot(bare, clone, environment(venv, PYTHONPATH=str(hidden)), *BUILD)
     assert result.returncode == 0, result.stderr
-    assert "Usage:" in result.stdout
+    assert "nothing started" in result.stdout
     assert "ensurepip is not available (Debian without python3-venv?); installed pip from " \
         in result.stderr
     pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "--version"],

@@ -729,3 +729,28 @@ def test_a_granted_member_follows_a_log_over_rpc(two_users):
     beats = [int(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "heartbeat" in line]
     assert len(beats) >= 3, out + err
     assert beats == list(range(beats[0], beats[0] + len(beats)))
+
+
+def test_a_granted_member_reads_every_log_with_logs(two_users):
+    """Issue 9, item 4: `logs` as a member: its own instance from the files, the granted one
+    over RPC; someone the grant does not cover gets the refusal as the error, no lines."""
+    env = two_users
+    assert env.run(JTM, "up").returncode == 0
+    assert env.run(JAWS, "up").returncode == 0
+    _wait_ok(env, JAWS)
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:  # until each program has written something
+        result = env.run(JAWS, "logs", "-n", "2")
+        labels = {line.split(" | ")[0].strip() for line in result.stdout.splitlines()}
+        if {"web", "runner"} <= labels or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode == 0, result.stderr
+    assert {"web", "runner"} <= labels, result.stdout
+    assert any(line.startswith("runner") and "heartbeat" in line
+               for line in result.stdout.splitlines())
+    refused = env.run(OTHER, "logs", "-i", "jtm")
+    assert refused.returncode == 1, refused.stdout
+    assert refused.stdout == ""

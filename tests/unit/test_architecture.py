@@ -126,7 +126,8 @@ def test_commands_only_parse_and_print():
     """cli/commands.py calls operations: it builds no JSON and orchestrates nothing itself."""
     edges = siteboot_edges("siteboot.cli.commands")
     allowed = {"siteboot", "siteboot.ops", "siteboot.errors", "siteboot.resources",
-               "siteboot.cli.context", "siteboot.cli.fast", "siteboot.cli.output"}
+               "siteboot.cli.context", "siteboot.cli.fast", "siteboot.cli.output",
+               "siteboot.cli.progress", "siteboot.usage"}
     assert edges <= allowed, sorted(edges - allowed)
     for node in ast.walk(parsed("siteboot.cli.commands")):
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "print_json":

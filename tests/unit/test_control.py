@@ -32,7 +32,7 @@ from siteboot.history import MAIN_LOG_TAIL
 from siteboot.logtail import RPC_CHUNK
 from siteboot.plan import Plan
 from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
-from tests.helpers import plan_from
+from tests.helpers import own_site_text, plan_from
 
 GROUP = "t-dev"
 
@@ -436,6 +436,70 @@ def test_resolve_unknown_instance_or_program_in_it(plan):
         resolve_targets(plan, ["beta:worker_07"])
 
 
+def test_every_name_status_prints_is_accepted(plan):
+    """`worker_01` as the table shows it, the instance of a header, supervisord's names."""
+    assert resolve_targets(plan, ["worker_01"]) == {"beta": ["worker_01"]}
+    assert resolve_targets(plan, ["beta"]) == {"beta": ["worker_00", "worker_01"]}
+    assert resolve_targets(plan, [f"{GROUP}:worker_01"]) == {"beta": ["worker_01"]}
+    assert resolve_targets(plan, [f"{GROUP}:web"]) == {"alpha": ["web"]}
+    assert resolve_targets(plan, [f"{GROUP}:*"]) == {
+        "alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"], "gamma": ["web2"]}
+    assert resolve_targets(plan, ["worker_00", "alpha", "worker"]) == {
+        "beta": ["worker_00", "worker_01"], "alpha": ["web", "idle"]}
+
+
+def test_supervisor_groups_come_from_one_function(plan, monkeypatch):
+    """One group per program (the deploy layout) needs only ``supervisor_group`` to change."""
+    monkeypatch.setattr(control, "supervisor_group", lambda inst, program: program.name)
+    assert resolve_targets(plan, ["worker:worker_01"]) == {"beta": ["worker_01"]}
+    assert resolve_targets(plan, ["worker:*"]) == {"beta": ["worker_00", "worker_01"]}
+    assert resolve_targets(plan, ["beta:*"]) == {"beta": ["worker_00", "worker_01"]}
+    assert control.supervisorctl_args(plan, plan.instances["beta"], ["stop", "worker_01"]) == \
+        ["stop", "worker:worker_01"]
+    with pytest.raises(UsageError, match="group worker has no program 'web'"):
+        resolve_targets(plan, ["worker:web"])
+
+
+def test_a_name_of_an_instance_and_a_program_is_ambiguous(short_dir):
+    text = SITE.format(base=short_dir) + '\n[programs.beta]\ninstance = "alpha"\ncommand = "x"\n'
+    plan = plan_from(text, short_dir)
+    with pytest.raises(UsageError, match="'beta' is both an instance and a program") as info_:
+        resolve_targets(plan, ["beta"])
+    assert info_.value.hint == "say `beta:*` for the instance, `alpha:beta` for the program"
+    assert resolve_targets(plan, ["alpha:beta"]) == {"alpha": ["beta"]}
+    assert resolve_targets(plan, ["beta:*"]) == {"beta": ["worker_00", "worker_01"]}
+
+
+def test_target_names_short_ones_first(plan):
+    names = control.target_names(plan)
+    assert names[:9] == ["all", "alpha", "beta", "gamma", "web", "idle", "worker", "worker_00",
+                         "worker_01"]
+    assert {"alpha:*", "beta:worker_01", "gamma:web2"} <= set(names)
+    assert len(names) == len(set(names))
+
+
+def test_did_you_mean_knows_processes(plan):
+    with pytest.raises(UsageError, match="did you mean 'worker_01'"):
+        resolve_targets(plan, ["wroker_01"])
+    with pytest.raises(UsageError, match="no program '\\*'"):  # `all` says it
+        resolve_targets(plan, ["*"])
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["stop", "worker_01"], ["stop", f"{GROUP}:worker_01"]),
+    (["restart", "worker", "beta:worker_00"],
+     ["restart", f"{GROUP}:worker_00", f"{GROUP}:worker_01", f"{GROUP}:worker_00"]),
+    (["signal", "HUP", "worker_00"], ["signal", "HUP", f"{GROUP}:worker_00"]),
+    (["tail", "-f", "worker_01", "stderr"], ["tail", "-f", f"{GROUP}:worker_01", "stderr"]),
+    (["status", f"{GROUP}:worker_01", "all"], ["status", f"{GROUP}:worker_01", "all"]),
+    (["stop", "web", "nosuch"], ["stop", "web", "nosuch"]),  # alpha's, nothing: as given
+    (["reread"], ["reread"]),
+    ([], []),
+])
+def test_ctl_args_get_supervisord_names(plan, args, expected):
+    assert control.supervisorctl_args(plan, plan.instances["beta"], args) == expected
+
+
 # --------------------------------------------------------------------------------------------
 # control
 
@@ -693,8 +757,8 @@ def test_instances_fail_independently(plan, endpoints):
         ("alpha", "web"), ("alpha", "idle"), ("beta", "worker_00"), ("beta", "worker_01"),
         ("gamma", "web2")]
     assert results(rows) == {
-        "alpha:web": (False, "nothing is listening at u"),
-        "alpha:idle": (False, "nothing is listening at u"),
+        "alpha:web": (False, "nothing is listening at u; run `siteboot up`"),
+        "alpha:idle": (False, "nothing is listening at u; run `siteboot up`"),
         "beta:worker_00": (True, "started"),
         "beta:worker_01": (True, "started"),
         "gamma:web2": (False, "instance gamma belongs to someone-else"),
@@ -847,6 +911,70 @@ def test_status_of_every_instance_concurrently(plan, endpoints):
 def test_status_of_unknown_instance(plan, endpoints):
     with pytest.raises(UsageError, match="no instance 'delta'"):
         control.status(plan, "delta")
+
+
+def test_status_of_named_programs(plan, endpoints):
+    endpoints["alpha"] = running_alpha()
+    endpoints["beta"] = running_beta("FATAL")
+    report = control.status(plan, None, ["worker_00", "web"])
+    assert [(i.name, [p.name for p in i.programs]) for i in report.instances] == [
+        ("alpha", ["web"]), ("beta", ["worker_00"])]
+    assert report.exit_code == STATUS_OK  # worker_01 is FATAL, but not asked about
+    assert control.status(plan, None, ["worker"]).exit_code == STATUS_CRITICAL
+    assert [i.name for i in control.status(plan, ["beta"], ["worker_00", "web"]).instances] == \
+        ["beta"]
+    with pytest.raises(UsageError, match="web: not in instance beta"):
+        control.status(plan, "beta", ["web"])
+
+
+def test_status_of_several_instances(plan, endpoints):
+    endpoints["alpha"] = running_alpha()
+    endpoints["beta"] = running_beta()
+    report = control.status(plan, ["beta", "alpha", "beta"])
+    assert [i.name for i in report.instances] == ["alpha", "beta"]
+
+
+def test_a_stopped_program_has_no_exit_status(plan, endpoints):
+    """supervisord's -1 for a STOPPED process is its stop signal, not an exit to report."""
+    endpoints["beta"] = FakeEndpoint(infos=[info("worker_00", "STOPPED", exitstatus=-1),
+                                            info("worker_01", "EXITED", exitstatus=3)])
+    (beta,) = control.status(plan, "beta").instances
+    assert [(p.state, p.exitstatus) for p in beta.programs] == [("STOPPED", None), ("EXITED", 3)]
+
+
+def test_an_env_is_in_use_when_something_of_it_answers(plan):
+    def report(*states: str) -> StatusResult:
+        return StatusResult("t", "dev", [InstanceStatus(f"i{n}", "me", state, "u")
+                                         for n, state in enumerate(states)])
+
+    assert not control.in_use(report(NOT_RUNNING, NO_KEY, control.NOT_YOURS, control.ERROR))
+    assert control.in_use(report(NOT_RUNNING, RUNNING))
+    assert control.in_use(report(NOT_ANSWERING))
+    assert control.in_use(report(control.ORPHANED))
+
+
+def test_status_of_every_env_in_use(monkeypatch, short_dir):
+    """`status --all-envs`: envs with an instance that answers, or recorded as started."""
+    from siteboot import ops
+
+    plans = [plan_from(own_site_text(short_dir), short_dir, env) for env in ("dev", "staging", "prod")]
+    states = {"dev": NOT_RUNNING, "staging": NOT_RUNNING, "prod": RUNNING}
+
+    def status(plan: Plan, instance: Any, names: Any) -> StatusResult:
+        return StatusResult("t", plan.env, [InstanceStatus("alpha", "me", states[plan.env], "u")])
+
+    class Record:
+        env = "staging"
+
+    monkeypatch.setattr(ops, "status", status)
+    monkeypatch.setattr("siteboot.records.starts_of", lambda user, site: [Record()])
+    result = ops.status_all_envs(plans, "dev")
+    assert [r.env for r in result.reports] == ["staging", "prod"]
+    assert result.exit_code == STATUS_CRITICAL
+    assert [e["env"] for e in result.as_json()["envs"]] == ["staging", "prod"]
+    monkeypatch.setattr("siteboot.records.starts_of", lambda user, site: [])
+    states["prod"] = NOT_RUNNING  # nothing anywhere: the env asked about, saying so
+    assert [r.env for r in ops.status_all_envs(plans, "dev").reports] == ["dev"]
 
 
 def test_unexpected_errors_reach_the_caller(plan, endpoints):
@@ -1135,6 +1263,41 @@ def test_tail_follow_of_the_owner_reads_the_files(plan, endpoints):
     control.tail(plan, "web", write, follow=True, nbytes=4, stop=stop, interval=0.01)
     assert out == ["new\n"]
     assert endpoints["alpha"].calls == []  # files only
+
+
+def test_tail_of_the_owner_reads_the_files_without_follow_too(plan, endpoints):
+    # supervisord puts control characters raw into XML-RPC: the owner never needs it to read
+    endpoints["alpha"] = FakeEndpoint()
+    log = plan.instances["alpha"].programs[0].log_path("web", "stderr")
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"old\n\x1b[31mred\x1b[0m \x00\x07\r\n")
+    out: list[str] = []
+    control.tail(plan, "web", out.append, stderr=True, nbytes=17)
+    assert out == ["\x1b[31mred\x1b[0m \x00\x07\r\n"]
+    assert endpoints["alpha"].calls == []
+
+
+@pytest.mark.parametrize(("names", "instance", "expected"), [
+    (["worker"], ["beta"], {"beta": ["worker_00", "worker_01"]}),
+    (["web", "worker_01"], ["beta"], {"beta": ["worker_01"]}),
+    ([], ["beta", "alpha"], {"alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"]}),
+    ([], ["gamma"], {"gamma": ["web2"]}),  # named: tried, though it grants nothing
+    ([], [], {"alpha": ["web", "idle"], "beta": ["worker_00", "worker_01"]}),  # all: readable
+])
+def test_names_narrowed_to_instances(plan, names, instance, expected):
+    assert control.select_targets(plan, names, instance) == expected
+
+
+def test_tail_takes_the_instance_apart(plan, endpoints):
+    fake = endpoints["beta"] = FakeEndpoint()
+    fake.tails[(f"{GROUP}:worker_01", 0, 4096)] = ["w1\n", 3, False]
+    out: list[str] = []
+    control.tail(plan, "worker_01", out.append, instance="beta")
+    assert out == ["w1\n"]
+    with pytest.raises(UsageError, match="alpha:web: not in instance beta"):
+        control.tail(plan, "alpha:web", out.append, instance="beta")
+    with pytest.raises(UsageError, match="'worker' names 2 processes"):
+        control.tail(plan, "worker", out.append, instance=["beta", "alpha"])
 
 
 def test_tail_an_end_that_starts_inside_a_character(plan, endpoints):

@@ -52,10 +52,24 @@ def test_exit_code_for_reraises_with_debug_and_for_exits():
 
 def test_a_closed_pipe_is_quiet(monkeypatch):
     silenced: list[bool] = []
-    monkeypatch.setattr("siteboot.errors.silence_stdout", lambda: silenced.append(True))
+    monkeypatch.setattr("siteboot.errors.silence_output", lambda: silenced.append(True))
     said: list[str] = []
     assert exit_code_for(BrokenPipeError(), debug=False, error=said.append) == 141
     assert (said, silenced) == ([], [True])
+
+
+def test_an_error_nobody_can_read_is_quiet_too(monkeypatch):
+    """`siteboot ... 2>&1 | head -1`: stderr is the closed pipe as well."""
+    silenced: list[bool] = []
+    monkeypatch.setattr("siteboot.errors.silence_output", lambda: silenced.append(True))
+
+    def closed(text: str) -> None:
+        raise BrokenPipeError
+
+    assert exit_code_for(SitebootError("x"), debug=False, error=closed) == 1
+    assert exit_code_for(ValueError("bug"), debug=False, error=closed, internal_code=3) == 3
+    assert exit_code_for(BrokenPipeError(), debug=False, error=closed, broken_pipe_code=3) == 3
+    assert silenced == [True, True, True]
 
 
 def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
@@ -66,12 +80,13 @@ def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
     def closed(report: object) -> None:
         raise BrokenPipeError
 
-    monkeypatch.setattr("siteboot.ops.status", lambda plan, instance: StatusResult("t", "dev", []))
+    monkeypatch.setattr("siteboot.ops.status",
+                        lambda plan, instance, names: StatusResult("t", "dev", []))
     monkeypatch.setattr("siteboot.cli.output.print_status", closed)
-    monkeypatch.setattr(fast, "silence_stdout", lambda: None)
+    monkeypatch.setattr(fast, "silence_output", lambda: None)
 
     class FakeCtx:
         def plan(self) -> None:
             return None
 
-    assert fast.show_status(FakeCtx(), None, as_json=False) == 0  # type: ignore[arg-type]
+    assert fast.show_status(FakeCtx(), (), as_json=False) == 0  # type: ignore[arg-type]

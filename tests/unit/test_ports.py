@@ -592,3 +592,17 @@ def test_probe_names_the_user_of_a_socket_whose_pid_is_hidden(monkeypatch, liste
 
 def test_port_is_free_sees_any_listener(listener):
     assert not port_is_free(listener)
+
+
+def test_port_of_another_program_is_its_auto_port_once_allocated(short_dir):
+    text = AUTO_SITE.format(base=short_dir).replace(
+        'command = "work"', 'command = "work"\nenvironment = { API = "http://127.0.0.1:{port:api}" }')
+    plan = plan_from(text, short_dir)
+    assert prog(plan.instances["main"], "worker").environment == {"API": "http://127.0.0.1:0"}
+    # `up -i main` allocates api's port too (another instance's): the worker needs it
+    allocated = allocate(plan, "main", probe=no_one, free=always_free).plan
+    api = prog(allocated.instances["fixed"], "api").port
+    assert api in AUTO_PORTS
+    assert prog(allocated.instances["main"], "worker").environment == {
+        "API": f"http://127.0.0.1:{api}"}
+    assert allocated.ports["api"] == api

@@ -313,7 +313,7 @@ def test_previews_go_only_into_out(write_site, tmp_path):
     result = ops.render(plan, None, out)
     (item,) = result.rendered
     assert item.preview
-    assert item.path == out / "supervisord-main.conf"
+    assert item.path == out / "supervisord-t-main-dev.conf"
     assert PLACEHOLDER_HASH in item.path.read_text()
     assert (item.path.stat().st_mode & 0o777) == 0o600
     assert not (tmp_path / "rt-dev").exists()

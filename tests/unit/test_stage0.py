@@ -60,6 +60,16 @@ def never() -> bool:
     ([], Path("/co"), "/usr", False, lambda: True, never, stage0.REEXEC),
     (["status"], Path("/co"), "/dev-env", False, lambda: False, lambda: True, stage0.CLI),
     (["status"], Path("/co"), "/usr", False, lambda: False, lambda: False, stage0.MISSING),
+    # --help and --version never build; without a venv or the dependencies stage 0 answers
+    (["--help"], Path("/co"), "/usr", False, lambda: False, lambda: False, stage0.HELP),
+    ([], Path("/co"), "/usr", False, lambda: False, lambda: False, stage0.HELP),
+    (["--version"], Path("/co"), "/usr", False, lambda: False, lambda: False, stage0.HELP),
+    (["init", "--help"], Path("/co"), "/usr", False, lambda: False, lambda: False, stage0.HELP),
+    (["init", "-h"], Path("/co"), "/usr", False, lambda: True, never, stage0.REEXEC),
+    (["--help"], Path("/co"), "/dev-env", False, lambda: False, lambda: True, stage0.CLI),
+    (["ctl", "-i", "a", "--", "--help"], Path("/co"), "/usr", False, lambda: False,
+     lambda: False, stage0.MISSING),  # supervisorctl's --help, not ours
+    (["init", "--", "--help"], Path("/co"), "/usr", False, never, never, stage0.BOOTSTRAP),
     # after a re-exec that did not land in the venv: never again
     (["init"], Path("/co"), "/usr", True, never, lambda: True, stage0.CLI),
     (["init"], Path("/co"), "/usr", True, never, lambda: False, stage0.MISSING),
@@ -113,6 +123,30 @@ def test_run_says_to_init_when_nothing_is_installed(fake_stage0: Recorder,
                           "`python3 -m siteboot init`")
     assert err.count("\n") == 1
     assert fake_stage0.calls == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["init", "--help"], ["--version"], [],
+                                  ["--debug", "logs", "-h"]])
+def test_help_on_a_fresh_clone_builds_nothing(fake_stage0: Recorder, checkout: Path, argv,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(Bootstrapper, "ensure", never)
+    with pytest.raises(SystemExit) as info:
+        stage0.run(argv)
+    assert info.value.code == 0
+    assert fake_stage0.calls == []
+    assert not (checkout / ".venv").exists()
+    out = capsys.readouterr().out
+    assert out.startswith("siteboot, version " if argv == ["--version"] else "Usage: siteboot ")
+
+
+def test_help_of_a_command_that_does_not_exist(fake_stage0: Recorder,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        stage0.run(["stauts", "--help"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("error: no such command 'stauts' (did you mean 'status'?)\n"
+                                       "  hint: `python3 -m siteboot --help` lists them\n")
 
 
 def test_run_bootstraps_then_reexecs(fake_stage0: Recorder, checkout: Path,

@@ -15,6 +15,7 @@ from siteboot import venvs
 from siteboot.errors import BootstrapError
 from siteboot.plan import make_plan
 from siteboot.proc import RunResult
+from siteboot.progress import Lines
 from siteboot.site import VenvSpec, load_site
 from siteboot.venvs import (
     STAMP_NAME,
@@ -25,7 +26,7 @@ from siteboot.venvs import (
     read_stamp,
     venv_hash,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, RecordingReporter
 
 
 class FakeRunner:
@@ -94,6 +95,20 @@ def stable(tmp_path: Path) -> Path:
 
 def builds(venv_dir: Path, name: str = "app") -> set[str]:
     return {p.name for p in venv_dir.iterdir() if p.name.startswith(f".{name}-") and p.is_dir()}
+
+
+def test_a_build_reports_virtualenv_and_pip_as_steps(runner, stable):
+    recorded = RecordingReporter()
+    ensure_venv(spec("flask", "gunicorn"), stable, runner=runner, progress=recorded)
+    assert recorded.events == [
+        ("note", f"venv app: building {stable} (2 requirements)"),
+        ("step", f"venv app: virtualenv with {sys.executable}"),
+        ("end", f"venv app: virtualenv with {sys.executable}"),
+        ("step", "venv app: pip install flask gunicorn"),
+        ("end", "venv app: pip install flask gunicorn")]
+    recorded.events.clear()
+    ensure_venv(spec("flask", "gunicorn"), stable, runner=runner, progress=recorded)
+    assert recorded.events == []  # up to date: nothing to wait for
 
 
 # --- hashes and stamps ----------------------------------------------------------------------
@@ -419,7 +434,7 @@ def test_ensure_venvs_builds_each_owned_venv_once(runner, write_site, tmp_path):
     venv_dir = tmp_path / "venvs"
     plan = make_plan(load_site(write_site(SITE.format(venv_dir=venv_dir))), "dev")
     messages: list[str] = []
-    results = ensure_venvs(plan, runner=runner, progress=messages.append)
+    results = ensure_venvs(plan, runner=runner, progress=Lines(messages.append))
     assert [(r.name, r.path, r.action) for r in results] == [
         ("app", venv_dir / "app", "created"),
         ("tools", venv_dir / "tools", "created"),
