@@ -411,7 +411,9 @@ def read_port_record(path: Path, owner: str, strict: bool = True) -> dict[str, i
     import json
     import stat
 
-    fix = f"remove {path}: `siteboot up` allocates the auto ports again (as {owner})"
+    from siteboot.hints import command
+
+    fix = f"remove {path}: `{command('up')}` allocates the auto ports again (as {owner})"
     try:
         uid = uid_of(owner)
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)

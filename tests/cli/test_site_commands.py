@@ -407,8 +407,8 @@ def test_a_planted_port_record_is_one_clear_error(tmp_path, short_dir):
         result = run(*args, "--site", path)
         assert result.exit_code == (3 if args == ["status"] else 1), (args, result.stderr)
         assert f"refusing port record {planted}: it must be a regular file of " in result.stderr
-        assert f"hint: remove {planted}: `siteboot up` allocates the auto ports again" \
-            in result.stderr
+        assert f"hint: remove {planted}: `siteboot up --site {path}` allocates the auto ports " \
+            "again" in result.stderr  # pasted, it works
     check = run("check", "--site", path)
     assert check.exit_code == 2
     assert "env dev: refusing port record" in check.stdout + check.stderr
