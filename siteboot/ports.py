@@ -374,7 +374,7 @@ def allocate(plan: Plan, instance: Selection = None, probe: ListenerProbe = prob
             current = record.get(key)
             taken = fixed | elsewhere | {port for other, port in record.items() if other != key}
             if current is None:  # new, or its record was lost (a wiped state dir) while it runs
-                current = _still_running_on(plan, inst, key, taken, probe, held, free)
+                current = _still_running_on(plan, inst, key, taken, probe, held)
                 if current is not None:
                     notes.setdefault(name, []).append(
                         f"auto port of {key}: {current}, where it runs (its port record was lost)")
@@ -382,15 +382,15 @@ def allocate(plan: Plan, instance: Selection = None, probe: ListenerProbe = prob
                 holders = [found for found in listeners.get(current, [])
                            if not (found.pid and held(found.pid, inst, None))]
                 why = (f"{current} is now a fixed port of the site" if current in fixed else
-                       f"{current} is another auto port's" if current in taken else
+                       f"{current} is allocated to another too" if current in taken else
                        f"{current} is held by {holders[0].describe()}" if holders else None)
                 running = key == instance_port_key(name) and len(holders) < len(
                     listeners.get(current, []))
                 if running and why is not None and name in selected:
                     notes.setdefault(name, []).append(
                         f"auto port of {key}: {why}; it keeps it while it runs: "
-                        f"`{command('down', instance=name)}` then `{command('up', instance=name)}` "
-                        "moves it")
+                        f"`{command('down', env=plan.env, instance=name)}` then "
+                        f"`{command('up', env=plan.env, instance=name)}` moves it")
                 if why is None or running or name not in selected:
                     record[key] = current
                     continue
@@ -420,17 +420,17 @@ def _other_envs(plan: Plan) -> set[int]:
 
 
 def _still_running_on(plan: Plan, inst: InstancePlan, key: str, taken: set[int],
-                      probe: ListenerProbe, held: InstanceHolds,
-                      free: Callable[[int], bool]) -> int | None:
+                      probe: ListenerProbe, held: InstanceHolds) -> int | None:
     """The port a running supervisord (its start record says which) or program of ``inst``
     holds, when its port record was lost: its auto port still. A program is looked for among
     the first ports it would be given (the ones before its own were busy then)."""
-    if key == instance_port_key(inst.name):
-        from siteboot.records import is_running, read_start, record_of
+    from siteboot.records import is_running, read_start, record_of
 
-        started = read_start(record_of(plan, inst))
-        return started.port if started is not None and started.port and is_running(started) \
-            else None
+    started = read_start(record_of(plan, inst))
+    if started is None or not is_running(started):  # nothing of it runs: a new port it is
+        return None
+    if key == instance_port_key(inst.name):
+        return started.port or None
     process = key.removeprefix(program_port_key(""))
     first = [port for port in _candidates(plan, key)[:_LOOK_FOR_A_LOST_PORT] if port not in taken]
     found = [listener.port for listener in probe(set(first))

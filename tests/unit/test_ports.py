@@ -493,7 +493,8 @@ def test_another_accounts_record_is_read_only_to_show_its_ports(auto_plan):
 
 
 def test_a_lost_record_of_a_running_instance_comes_back_from_its_start_record(
-        auto_plan, monkeypatch):
+        auto_plan, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # where start records are kept
     from siteboot import records
 
     plan = allocate(auto_plan, probe=no_one, free=always_free).plan
@@ -509,9 +510,15 @@ def test_a_lost_record_of_a_running_instance_comes_back_from_its_start_record(
     records.remove_start(records.record_of(plan, main))
 
 
-def test_a_lost_record_of_a_running_program_finds_it_where_it_runs(auto_plan):
+def test_a_lost_record_of_a_running_program_finds_it_where_it_runs(auto_plan, monkeypatch,
+                                                                  tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # where start records are kept
+    from siteboot import records
+
     plan = allocate(auto_plan, probe=no_one, free=always_free).plan
     web = prog(plan.instances["main"], "web").port
+    records.write_start(plan, plan.instances["main"], 4242, 0.0)
+    monkeypatch.setattr(records, "is_running", lambda record: True)
     plan.port_record(plan.instances["main"]).unlink()
     running = Listener(web, 77, "me", "python3")
 
@@ -531,6 +538,7 @@ def test_a_lost_record_of_a_running_program_finds_it_where_it_runs(auto_plan):
     other = allocate(make_plan(plan.site, "dev"), probe=probe,
                      held=lambda pid, inst, process: False, free=lambda port: port != web)
     assert prog(other.plan.instances["main"], "web").port != web
+    records.remove_start(records.record_of(plan, plan.instances["main"]))
 
 
 def test_matrix_and_check_show_allocated_ports(auto_plan):
