@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from siteboot.concurrency import concurrently
@@ -46,13 +47,15 @@ from siteboot.rpc import (
 RUNNING = "running"
 NO_KEY = "no key"
 NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing to monitor
+ELSEWHERE = "elsewhere"  # placed on another host: not asked from here, not counted
 ERROR = "error"  # could not be asked (an unreadable runtime dir, an unknown user): unknown
 
 SHUTTING_DOWN = "shutting down"
 RUNTIME_LOST = "running (runtime dir lost)"
 ORPHANED = "orphaned"  # running, recorded as started by this account, no longer in the site
 # A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, RUNTIME_LOST: STATUS_WARNING,
+_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, ELSEWHERE: STATUS_OK,
+                         RUNTIME_LOST: STATUS_WARNING,
                          ORPHANED: STATUS_WARNING,
                          NOT_RUNNING: STATUS_CRITICAL,
                          NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
@@ -101,6 +104,19 @@ class ProgramStatus:
     history: History | None = None  # restarts from supervisord's log; None: not counted
     restart_limit: int | None = None  # more restarts than this in the window: a crash loop
     log_tail: LogTail | None = None  # FATAL or BACKOFF: the end of its error output
+    health: Any = None  # a ``health.Health`` where a healer watches (probes, restarts)
+
+    @property
+    def health_state(self) -> str:
+        """ready, not ready or unknown; without a healer's record: ready once RUNNING."""
+        if self.health is not None:
+            return str(self.health.state)
+        return "ready" if self.state == "RUNNING" else "not ready"
+
+    @property
+    def unhealthy(self) -> bool:
+        """RUNNING, but its ready probe fails."""
+        return self.state == "RUNNING" and self.health_state == "not ready"
 
     @property
     def restarts(self) -> int | None:
@@ -114,7 +130,7 @@ class ProgramStatus:
     @property
     def severity(self) -> int:
         own = self._state_severity()
-        return worst([own, STATUS_WARNING]) if self.crash_looping else own
+        return worst([own, STATUS_WARNING]) if self.crash_looping or self.unhealthy else own
 
     def _state_severity(self) -> int:
         if self.state == "RUNNING":
@@ -130,7 +146,10 @@ class ProgramStatus:
         return {"name": self.name, "group": self.group, "state": self.state, "pid": self.pid,
                 "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr,
                 "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None,
-                "log_tail": self.log_tail.as_json() if self.log_tail else None}
+                "log_tail": self.log_tail.as_json() if self.log_tail else None,
+                "health": self.health_state,
+                "health_detail": (self.health.detail or None) if self.health is not None else None,
+                "backoff": self.health.backoff_json() if self.health is not None else None}
 
 
 @dataclass
@@ -142,6 +161,7 @@ class InstanceStatus:
     pid: int | None = None
     error: str | None = None
     programs: list[ProgramStatus] = field(default_factory=list)
+    host: str | None = None  # as the site places it; None: any host
 
     @property
     def severity(self) -> int:
@@ -150,7 +170,7 @@ class InstanceStatus:
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "user": self.user, "state": self.state, "pid": self.pid,
-                "url": self.url, "error": self.error,
+                "url": self.url, "error": self.error, "host": self.host,
                 "programs": [p.as_json() for p in self.programs]}
 
 
@@ -163,28 +183,44 @@ def worst(severities: list[int]) -> int:
 
 
 @dataclass
+class VenvProblem:
+    """A venv whose interpreter moved or vanished: what runs on it will not start again."""
+
+    venv: str  # its path ("the tool venv" is siteboot's own)
+    programs: list[str]  # the programs that use it
+    problem: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"venv": self.venv, "programs": self.programs, "problem": self.problem}
+
+
+@dataclass
 class StatusResult:
     site: str
     env: str
     instances: list[InstanceStatus]
     runner: Any | None = None  # the site's detached gitlab-runner (a ``runner.RunnerStatus``)
+    venv_problems: list[VenvProblem] = field(default_factory=list)  # a warning each
 
     @property
     def exit_code(self) -> int:
-        runner = [] if self.runner is None or self.runner.state == "not yours" \
+        runner = [] if self.runner is None or self.runner.state in (NOT_YOURS, ELSEWHERE) \
             else [self.runner.exit_code]
-        return worst([i.severity for i in self.instances] + runner)
+        venvs = [STATUS_WARNING] if self.venv_problems else []
+        return worst([i.severity for i in self.instances] + runner + venvs)
 
     def as_json(self) -> dict[str, Any]:
         data = {"site": self.site, "env": self.env, "ok": self.exit_code == STATUS_OK,
                 "instances": [i.as_json() for i in self.instances]}
         if self.runner is not None:
             data["runner"] = self.runner.as_json()
+        if self.venv_problems:
+            data["venv_problems"] = [v.as_json() for v in self.venv_problems]
         return data
 
 
 # An instance in one of these states was never started here (or cannot be seen to run).
-_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR}
+_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR, ELSEWHERE}
 
 
 def in_use(report: StatusResult) -> bool:
@@ -210,12 +246,17 @@ class SiteStatus:
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     """One instance's report; whatever keeps it from being asked is its own error, never the
-    whole report's (a monitor must get a document for the others)."""
+    whole report's (a monitor must get a document for the others). One placed on another host
+    is listed, not asked: its port here is not its port."""
+    if not inst.here:
+        return InstanceStatus(inst.name, inst.user, ELSEWHERE, inst.http_url, host=inst.host)
     try:
-        return _query(plan, inst)
+        report = _query(plan, inst)
     except (SitebootError, OSError) as exc:
         detail = str(exc) if isinstance(exc, SitebootError) else f"{type(exc).__name__}: {exc}"
-        return InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+        report = InstanceStatus(inst.name, inst.user, ERROR, plan.url_for(inst), error=detail)
+    report.host = inst.host
+    return report
 
 
 def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
@@ -283,7 +324,23 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         tails = log_tails(plan, inst, endpoint, failing)
         for row in result.programs:
             row.log_tail = tails.get(row.name)
+    if inst.heals:
+        _add_health(inst, result.programs)
     return result
+
+
+def _add_health(inst: InstancePlan, rows: list[ProgramStatus]) -> None:
+    """Probe results and restart attempts, as the instance's healer recorded them (``status``
+    probes nothing itself: one request per instance stays all it costs)."""
+    from siteboot.health import health_of, read
+
+    records = read(inst.health_path)  # not the owner: unreadable, so health is unknown
+    now = time.time()
+    for row in rows:
+        program = _program_of(inst, row.name)
+        if program is not None:
+            row.health = health_of(program.probe is not None, row.state, row.pid,
+                                   records.get(row.name), now)
 
 
 def _program_of(inst: InstancePlan, process: str) -> ProgramPlan | None:
@@ -422,7 +479,41 @@ def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) ->
             row.programs = [p for p in row.programs if p.name in wanted[row.name]]
     elif not instance:
         rows += orphaned_rows(plan)
-    return StatusResult(plan.site.name, plan.env, rows)
+    return StatusResult(plan.site.name, plan.env, rows, venv_problems=venv_problems(plan, insts))
+
+
+def venv_problems(plan: Plan, insts: list[InstancePlan]) -> list[VenvProblem]:
+    """The tool venv and the app venvs of the invoker's programs here whose interpreter moved
+    or vanished (a module upgrade): found with stat alone, nothing is started."""
+    from siteboot.bootstrap.locate import STAMP_NAME, find_checkout, tool_venv_path
+    from siteboot.interpreters import APP_VENV_STAMP, stamped_moved
+
+    problems: list[VenvProblem] = []
+    checkout = find_checkout()
+    if checkout is not None:
+        tool = tool_venv_path(checkout)
+        why = stamped_moved(tool, STAMP_NAME)
+        if why:
+            problems.append(VenvProblem(str(tool), [], f"the tool venv: {why}; `python3 -m siteboot "
+                                        "init` rebuilds it"))
+    checked: dict[Path, VenvProblem | None] = {}
+    for inst in insts:
+        if not (plan.owns(inst) and inst.here):
+            continue
+        for program in inst.programs:
+            if program.venv is None:
+                continue
+            if program.venv not in checked:
+                why = stamped_moved(program.venv, APP_VENV_STAMP)
+                found = VenvProblem(str(program.venv), [], f"{why}; `siteboot init` rebuilds it") \
+                    if why else None
+                checked[program.venv] = found
+                if found is not None:
+                    problems.append(found)
+            found = checked[program.venv]
+            if found is not None:
+                found.programs.append(program.name)
+    return problems
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
@@ -504,7 +595,8 @@ def _named(plan: Plan, name: str) -> list[tuple[InstancePlan, str]]:
     """The processes one name stands for, in site order."""
     every = [(inst, program) for inst in plan.instances.values() for program in inst.programs]
     if name == "all":
-        return [(inst, process) for inst, program in every if plan.owns(inst) or inst.group
+        return [(inst, process) for inst, program in every
+                if inst.here and (plan.owns(inst) or inst.group)
                 for process in program.process_names()]
     prefix, colon, rest = name.partition(":")
     if colon:  # an instance's name first; else supervisord's group
@@ -989,14 +1081,16 @@ class Convergence:
 
 def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
     """Start every process that should run (``autostart``) and does not, except those an operator
-    stopped (``held``); stop held ones that an edit or a fresh supervisord started again."""
+    stopped (``held``) and those that wait for others (``readiness.start_dependants`` starts
+    them in order); stop held ones that an edit or a fresh supervisord started again."""
     endpoint = connect(plan, inst, timeout=30.0)
     planned = {process: program for program in inst.programs
                for process in program.process_names()}
     infos = endpoint.call("supervisor.getAllProcessInfo")
     states = {i["name"]: i["statename"] for i in infos if i["name"] in planned}
     to_start = [p for p, state in states.items()
-                if state in _NOT_RUNNING_STATES and planned[p].autostart and p not in held]
+                if state in _NOT_RUNNING_STATES and planned[p].starts_with_supervisord
+                and p not in held]
     to_stop = [p for p, state in states.items() if state in _RUNNING_STATES and p in held]
     result = Convergence()
     # FATAL and not started by `up` (autostart = false): it still counts as a failure

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from siteboot.errors import SitebootError
+from siteboot.login import wrap
 from siteboot.proc import run_command, run_with_input
 
 CRONTAB = "crontab"
@@ -36,23 +38,25 @@ def markers(site: str) -> tuple[str, str]:
     return f"# >>> siteboot {site}: managed by `siteboot cron`", f"# <<< siteboot {site}"
 
 
-def launcher() -> str:
+def launcher() -> list[str]:
     """How cron runs siteboot: the tool venv's launcher when there is one, else this python."""
     candidate = Path(sys.prefix) / "bin" / "siteboot"
     if candidate.is_file():
-        return shlex.quote(str(candidate))
-    return " ".join(shlex.quote(part) for part in (sys.executable, "-I", "-m", "siteboot"))
+        return [str(candidate)]
+    return [sys.executable, "-I", "-m", "siteboot"]
 
 
 def block(site: str, site_path: Path, root: Path | None, log: Path,
-          preamble: list[str] | None = None) -> list[str]:
-    """The crontab block for ``site``: revive every env it has run, at boot and every 5 minutes."""
-    args = f"revive --all-envs --site {shlex.quote(str(site_path))}"
+          preamble: Sequence[str] = ()) -> list[str]:
+    """The crontab block for ``site``: revive every env it has run, at boot and every 5 minutes.
+
+    ``preamble``: the site's login environment (``module load ...``), which cron does not have;
+    its output and failures go to the log too."""
+    argv = [*launcher(), "revive", "--all-envs", "--site", str(site_path)]
     if root is not None:
-        args += f" --root {shlex.quote(str(root))}"
-    command = f"{launcher()} {args} >> {shlex.quote(str(log))} 2>&1"
-    if preamble:  # a login environment (module load ...) for what cron does not have
-        command = "bash -lc " + shlex.quote("; ".join([*preamble, command]))
+        argv += ["--root", str(root)]
+    command = f"{shlex.join(wrap(preamble, argv))} >> {shlex.quote(str(log))} 2>&1"
+    command = command.replace("%", "\\%")  # cron turns an unescaped % into a line break
     begin, end = markers(site)
     return [begin, f"@reboot {command}", f"{EVERY} {command}", end]
 

@@ -19,7 +19,7 @@ from siteboot.plan import InstancePlan, Plan
 
 @dataclass(frozen=True)
 class Finding:
-    check: str  # which check: site, runtime, state, ports, stale, orphans, venvs, runner, cron
+    check: str  # which check: site, runtime, state, ports, stale, orphans, venvs, preamble, runner, cron
     ok: bool
     message: str
     fix: str = ""
@@ -191,14 +191,16 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
     findings = []
     checkout = find_checkout()
     if checkout is not None:
-        from siteboot.bootstrap.stamp import is_current
+        from siteboot.bootstrap.stamp import interpreter_moved, is_current
 
         venv = tool_venv_path(checkout)
         # no tool venv at all is fine (siteboot runs from another environment); a broken one
         # is what a module upgrade or a moved python leaves behind
         if os.path.lexists(venv) and not is_current(checkout, venv):
+            reason = interpreter_moved(venv) or ("its python moved, or siteboot's dependencies "
+                                                 "changed")
             findings.append(Finding("venvs", False, f"the tool venv {venv} is out of date or "
-                                    "broken (its python moved, or siteboot's dependencies changed)",
+                                    f"broken: {reason}",
                                     _hint(plan, "init", "python3 -m siteboot") + " rebuilds it"))
     seen: set[Path] = set()
     for inst in _owned(plan):
@@ -212,6 +214,21 @@ def check_venvs(plan: Plan, root: Path | None) -> list[Finding]:
                                         f"{program.name}): {why}", _hint(plan, "init")
                                         + " builds it again"))
     return findings
+
+
+def check_preamble(plan: Plan, root: Path | None) -> list[Finding]:
+    """The login preamble's file: there, and nobody else's to change (it runs as each account)."""
+    from siteboot.login import file_problem
+    from siteboot.plan import preamble_path
+
+    path = preamble_path(plan.site, plan.invoker)
+    if path is None:
+        return []
+    problem = file_problem(path)
+    if problem:
+        return [Finding("preamble", False, problem, f"fix it, or [site] preamble_file in "
+                        f"{plan.site.path}")]
+    return [Finding("preamble", True, f"programs start after `. {path}` in a login shell")]
 
 
 def check_runner(plan: Plan, root: Path | None) -> list[Finding]:
@@ -251,8 +268,8 @@ def check_cron(plan: Plan, root: Path | None) -> list[Finding]:
 
 CHECKS: list[Callable[[Plan, Path | None], list[Finding]]] = [
     check_site, check_runtime, check_state, check_ports, check_stale, check_orphans, check_venvs,
-    check_runner, check_cron]
+    check_preamble, check_runner, check_cron]
 
 
 def _owned(plan: Plan) -> list[InstancePlan]:
-    return [inst for inst in plan.instances.values() if plan.owns(inst)]
+    return [inst for inst in plan.instances.values() if plan.owns(inst) and inst.here]

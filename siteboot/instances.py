@@ -261,6 +261,18 @@ def prepare_runtime_dir(inst: InstancePlan) -> None:
     ensure_private_dir(inst.childlogdir)
 
 
+def _check_preamble_file(plan: Plan, inst: InstancePlan) -> None:
+    from siteboot.login import file_problem
+    from siteboot.plan import preamble_path
+
+    path = preamble_path(plan.site, inst.user)
+    problem = file_problem(path) if path is not None else None
+    if problem:
+        raise UsageError(f"{plan.site.path}: {problem}: every program of {inst.name} would fail to "
+                         "start", "fix the file (or [site] preamble_file), then run the command "
+                         "again")
+
+
 def provision(plan: Plan, inst: InstancePlan, root: Path | None,
               secrets: SecretStore | None = None) -> Path:
     """Runtime dir, key and config of ``inst`` (all idempotent); the config's path.
@@ -271,14 +283,23 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
     from siteboot.keys import ensure_key, password_hash
     from siteboot.render import render_instance, render_preview
     from siteboot.sitefiles import secret_store
+    from siteboot.venvs import with_builds
 
     _require_allocated(plan, inst)
+    inst = with_builds(inst)  # a program whose venv has a new build: a changed program
     render_preview(plan, inst, root)
+    _check_preamble_file(plan, inst)
     prepare_runtime_dir(inst)
     text = render_instance(plan, inst, password_hash(ensure_key(inst)), preview=False, root=root,
                            secrets=secrets or secret_store(inst))
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
+    if inst.heals:  # what its event listener watches (``healer``)
+        from siteboot.healer import spec_text
+
+        spec = spec_text(plan, inst)
+        if _read_text(inst.healer_spec_path) != spec:
+            atomic_write(inst.healer_spec_path, spec, mode=0o600)
     return inst.conf_path
 
 
@@ -333,7 +354,8 @@ def probe(endpoint: Endpoint) -> str | None:
 def each_owned(plan: Plan, instance: Selection,
                action: Callable[[InstancePlan], InstanceOutcome],
                parallel: bool = False) -> list[InstanceOutcome]:
-    """``action`` under the instance's lock for each instance the invoker owns; others skipped.
+    """``action`` under the instance's lock for each instance the invoker owns on this host;
+    the others are skipped (``owned by <user>``, ``on <host>``).
 
     ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
     and the slowest program's stop wait is paid once, not once per instance).
@@ -341,6 +363,9 @@ def each_owned(plan: Plan, instance: Selection,
     def one(inst: InstancePlan) -> InstanceOutcome:
         import psutil
 
+        elsewhere = plan.elsewhere(inst)
+        if elsewhere:
+            return InstanceOutcome(inst.name, "skipped", elsewhere)
         if not plan.owns(inst):
             return InstanceOutcome(inst.name, "skipped", f"owned by {inst.user}: run as {inst.user}")
         try:
@@ -417,9 +442,13 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
             if any(program.port and program.autostart for program in inst.programs):
                 _refuse_taken_ports(inst, _ports_to_start(
                     inst, endpoint.call("supervisor.getAllProcessInfo")))
+            from siteboot.venvs import venv_changes
+
+            stale = venv_changes(inst, running)  # before the update restarts them
             changes = apply_config(inst, endpoint, _read_text(inst.started_conf_path),
                                    _read_text(inst.conf_path), restarts(inst, site_files))
             record_started(inst, site_files)
+            notes += _restart_stale(inst, endpoint, stale)
             _record(plan, inst, running)
             if not changes:
                 detail = "runtime dir restored" if runtime_lost else "nothing to do"
@@ -566,6 +595,33 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
     if restart:
         changes += _restart_for_files(inst, slow, restart, set(changed + added))
     return changes
+
+
+def _restart_stale(inst: InstancePlan, endpoint: Endpoint, stale: list[Any]) -> list[str]:
+    """Say which processes the update restarted because their venv has a new build; restart one
+    it left on an old build, never silently. (One that names no build at all after the update
+    has a site template that drops the environment: said, not restarted on every ``up``.)"""
+    from siteboot.control import supervisor_group
+
+    notes = []
+    slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
+    for change in stale:
+        if not pid_alive(change.pid):
+            notes.append(change.describe(restarted=True))
+            continue
+        if change.was is None:
+            notes.append(change.describe(restarted=False))
+            continue
+        program = next(p for p in inst.programs if change.process in p.process_names())
+        full = f"{supervisor_group(inst, program)}:{change.process}"
+        try:
+            slow.call("supervisor.stopProcess", full, True)
+            slow.call("supervisor.startProcess", full, True)
+        except Fault as fault:
+            notes.append(change.describe(restarted=False) + f" ({fault.faultString})")
+            continue
+        notes.append(change.describe(restarted=True))
+    return notes
 
 
 _RESTARTABLE = ("RUNNING", "STARTING", "BACKOFF")

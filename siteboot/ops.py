@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from siteboot.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from siteboot.control import ControlResult, SiteStatus, StatusResult
+    from siteboot.control import ControlResult, Convergence, SiteStatus, StatusResult
     from siteboot.cron import CronResult
     from siteboot.doctor import DoctorResult
     from siteboot.instances import InstanceOutcome, LifecycleResult
@@ -139,6 +139,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     from siteboot.fsutil import atomic_write
     from siteboot.instances import instance_lock, provision_all
     from siteboot.render import render_files, render_preview
+    from siteboot.venvs import with_builds
 
     if out is None:  # in place: what `up` will start, so with its real ports
         plan, allocations = _allocated(plan, instance)
@@ -152,8 +153,8 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
     # owner deploys): a refusal leaves nothing written. Previews show {secret:NAME}, never one.
-    previews = [(inst, render_preview(plan, inst, root), render_files(plan, inst, root, None))
-                for inst in selected]
+    previews = [(inst, render_preview(plan, with_builds(inst), root),
+                 render_files(plan, inst, root, None)) for inst in selected]
     rendered: list[RenderedConfig] = []
     skipped: list[tuple[str, str]] = []
     if out is not None:
@@ -169,7 +170,10 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
                 rendered.append(RenderedConfig(inst.name, path, True, item.name))
         return RenderResult(rendered, skipped, notes)
     for inst in selected:
-        if plan.owns(inst):
+        elsewhere = plan.elsewhere(inst)
+        if elsewhere:
+            skipped.append((inst.name, f"{elsewhere}: render it there, or preview it with --out DIR"))
+        elif plan.owns(inst):
             with instance_lock(plan, inst):  # never half-way through an `up` of the same instance
                 site_files, conf = provision_all(plan, inst, root)
             rendered.append(RenderedConfig(inst.name, conf, False))
@@ -220,14 +224,40 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
         except Fault as fault:  # it began to shut down meanwhile
             outcome.action, outcome.detail = "failed", f"supervisord answered: {fault.faultString}"
             continue
-        outcome.notes += done.notes
-        outcome.notes += [f"{process} {tail.stream} | {line}"
-                          for process, tail in done.tails.items() for line in tail.lines]
-        if done.failed:
-            outcome.action = "failed"
-            outcome.detail = "programs that should run do not: " + "; ".join(done.failed)
-        elif done.notes and outcome.action == "already running":
-            outcome.action, outcome.detail = "updated", "programs started or stopped"
+        _merge(outcome, done)
+    _start_in_order(plan, outcomes)
+
+
+def _merge(outcome: InstanceOutcome, done: Convergence) -> None:
+    outcome.notes += done.notes
+    outcome.notes += [f"{process} {tail.stream} | {line}"
+                      for process, tail in done.tails.items() for line in tail.lines]
+    if done.failed and outcome.action == "failed" and outcome.detail.startswith(_DO_NOT_RUN):
+        outcome.detail += "; " + "; ".join(done.failed)
+    elif done.failed:
+        outcome.action, outcome.detail = "failed", _DO_NOT_RUN + "; ".join(done.failed)
+    elif done.notes and outcome.action == "already running":
+        outcome.action, outcome.detail = "updated", "programs started or stopped"
+
+
+_DO_NOT_RUN = "programs that should run do not: "
+
+
+def _start_in_order(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
+    """Programs that wait for others (``depends_on``): started once those are ready, in waves
+    across the invoker's instances that run."""
+    if not any(p.depends_on for inst in plan.instances.values() for p in inst.programs):
+        return
+    from siteboot.readiness import start_dependants
+    from siteboot.records import operator_stops
+
+    running = [o for o in outcomes if o.action in ("started", "already running", "updated",
+                                                   "rotated")
+               or (o.action == "failed" and o.detail.startswith(_DO_NOT_RUN))]
+    held = {o.instance: operator_stops(plan.instance(o.instance)) for o in running}
+    done = start_dependants(plan, [o.instance for o in running], held)
+    for outcome in running:
+        _merge(outcome, done[outcome.instance])
 
 
 def run_foreground(plan: Plan, root: Path | None, instance: Selection) -> None:
@@ -245,10 +275,14 @@ def down(plan: Plan, instance: Selection = None, purge: bool = False,
     ``orphans``: also what this account started for the site and env that the site no longer
     describes (from the start records)."""
     from siteboot import instances
+    from siteboot.readiness import stop_dependants_first
     from siteboot.records import orphaned
 
     drifted = orphaned(plan) if orphans else []  # before `down` changes the records
+    first = stop_dependants_first(plan, instance)
     result = instances.down(plan, instance, purge)
+    for outcome in result.outcomes:
+        outcome.notes[:0] = first.get(outcome.instance, [])
     result.outcomes += [instances.stop_recorded(record) for record in drifted]
     return result
 
@@ -312,10 +346,10 @@ def control(plan: Plan, action: str, names: Sequence[str]) -> ControlResult:
     A stop by an operator is remembered (in the owner's state) so that ``up`` and ``revive``
     leave that process stopped; a start or restart of it lifts that.
     """
-    from siteboot.control import control as act
+    from siteboot.readiness import control_in_waves
     from siteboot.records import mark_stopped
 
-    result = act(plan, action, list(names))
+    result = control_in_waves(plan, action, list(names))
     for inst in plan.instances.values():
         done = [o.process for o in result.outcomes if o.instance == inst.name and o.ok]
         if done and plan.owns(inst):
@@ -367,7 +401,7 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     from siteboot.venvs import ensure_venvs
 
     progress = progress or SILENT
-    venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    venvs = ensure_venvs(plan, wheelhouse, progress=progress, root=root)
     if not start:  # render allocates the auto ports, as up would
         return InitResult(venvs, _rendered_in_place(plan, root), None)
     plan, notes = _allocated(plan)
@@ -514,7 +548,8 @@ def _revive_runner(plan: Plan) -> RunnerOutcome | None:
     """The site's detached gitlab-runner, when this account runs it (a supervised one is a
     program of its instance and came back with it). An operator's drain or stop is kept."""
     runner = plan.runner
-    if runner is None or runner.mode != "detached" or runner.user != plan.invoker:
+    if runner is None or runner.mode != "detached" or runner.user != plan.invoker \
+            or not plan.instance(runner.instance).here:
         return None
     from siteboot import runner as runners
 
@@ -529,7 +564,7 @@ def cron(plan: Plan, root: Path | None, install: bool = False, remove: bool = Fa
     from siteboot.records import records_dir
 
     log = ensure_private_dir(records_dir(plan.invoker)).parent / f"{plan.site.name}-revive.log"
-    lines = crontab.block(plan.site.name, plan.site.path, root, log)
+    lines = crontab.block(plan.site.name, plan.site.path, root, log, plan.preamble(plan.invoker))
     return crontab.apply(plan.site.name, lines, install, remove, log)
 
 

@@ -31,6 +31,7 @@ from siteboot.site import (
     instance_port_key,
     locate,
     program_port_key,
+    same_host,
     text_for,
 )
 
@@ -41,6 +42,16 @@ RPC_USERNAME = "siteboot"
 # another account, whose record is not readable here: a preview renders it as 0.
 UNALLOCATED = 0
 _MAX_RECORD_BYTES = 1 << 20
+HOST_ENV = "SITEBOOT_HOST"
+
+
+def this_host() -> str:
+    """The host commands run on: ``$SITEBOOT_HOST``, else the kernel's host name (as short or
+    as full as the host is set up: ``same_host`` matches either). Not ``getfqdn``: it asks DNS,
+    which can hang a login node for seconds, and ``status`` runs every minute."""
+    return os.environ.get(HOST_ENV) or os.uname().nodename
+
+
 # Which instances a command is about: one name, several (``-i`` repeated), or None for all.
 Selection = Union[str, Sequence[str], None]
 
@@ -177,7 +188,29 @@ class ProgramPlan:
 
     @property
     def autostart(self) -> bool:
+        """Should run: started by ``up`` and counted by ``status``."""
         return bool(self.options["autostart"])
+
+    @property
+    def depends_on(self) -> list[str]:
+        return list(self.options.get("depends_on") or [])
+
+    @property
+    def probe(self) -> dict[str, Any] | None:
+        """``ready``, placeholders filled in; None: ready once RUNNING."""
+        return self.options.get("ready")
+
+    @property
+    def backoff_max(self) -> int | None:
+        """``restart.backoff_max``; None: no self-healing (FATAL is final)."""
+        restart = self.options.get("restart")
+        return int(restart["backoff_max"]) if restart else None
+
+    @property
+    def starts_with_supervisord(self) -> bool:
+        """What the config says (``autostart``): one that waits for others is started by siteboot
+        (or the healer) once they are ready, never by supervisord at once."""
+        return self.autostart and not self.depends_on
 
     def process_names(self) -> list[str]:
         """The names supervisord gives this program's processes."""
@@ -204,6 +237,8 @@ class InstancePlan:
     group_name: str
     programs: list[ProgramPlan]
     env: str
+    host: str | None = None  # as declared; None: any host
+    here: bool = True  # placed on the host this runs on (or on any host)
     files: list[FilePlan] = field(default_factory=list)  # written by its user, before starting
     dirs: list[DirPlan] = field(default_factory=list)  # made or corrected by its user
 
@@ -249,6 +284,21 @@ class InstancePlan:
     @property
     def key_path(self) -> Path:
         return self.state_dir / "keys" / f"{self.name}.key"
+
+    @property
+    def healer_spec_path(self) -> Path:
+        """What the event listener watches (``healer``): written with the config."""
+        return self.runtime_dir / f"healer-{self.name}.json"
+
+    @property
+    def health_path(self) -> Path:
+        """The listener's records (probe results, restart attempts), read by ``status``."""
+        return self.state_dir / f"health-{self.name}.json"
+
+    @property
+    def heals(self) -> bool:
+        """Whether a listener runs in it: something to probe, restart or start in order."""
+        return any(p.probe or p.backoff_max or p.depends_on for p in self.programs)
 
     @property
     def secrets_path(self) -> Path:
@@ -322,6 +372,7 @@ class Plan:
     invoker_state_dir: Path
     instances: dict[str, InstancePlan]
     runner: RunnerPlan | None = None
+    host: str = ""  # the host this runs on (``this_host``)
     vars: dict[str, str] = field(default_factory=dict)  # [vars] in this env (Sealed: secrets)
     ports: dict[str, int] = field(default_factory=dict)  # program -> its port in this env
 
@@ -357,6 +408,15 @@ class Plan:
     def owns(self, inst: InstancePlan) -> bool:
         return inst.user == self.invoker
 
+    def elsewhere(self, inst: InstancePlan) -> str | None:
+        """``on <host>`` when ``inst`` is placed on another host than this one, else None."""
+        return None if inst.here else f"on {inst.host}"
+
+    def preamble(self, user: str) -> list[str]:
+        """The shell lines run before ``user``'s programs: ``[site] preamble``, or a line that
+        sources ``preamble_file`` (relative to the site file; ``~`` is ``user``'s home)."""
+        return preamble_lines(self.site, user)
+
     def url_for(self, inst: InstancePlan) -> str:
         """How the invoker reaches ``inst``: its own over the unix socket, others over 127.0.0.1."""
         return inst.unix_url if self.owns(inst) else inst.http_url
@@ -388,6 +448,29 @@ class Plan:
 
 def _fill(template: str, **values: str) -> str:
     return template.format_map(values)
+
+
+def preamble_lines(site: Site, user: str) -> list[str]:
+    path = preamble_path(site, user)
+    if path is None:
+        return list(site.preamble)
+    from siteboot.login import source_line  # only for a site with a preamble: not on every status
+
+    return [source_line(str(path))]
+
+
+def _wrapped(preamble: list[str], command: str) -> str:
+    if not preamble:
+        return command
+    from siteboot.login import wrap_command
+
+    return wrap_command(preamble, command)
+
+
+def preamble_path(site: Site, user: str) -> Path | None:
+    if site.preamble_file is None:
+        return None
+    return site.path.parent / expand_home(site.preamble_file, user)  # an absolute one stays
 
 
 def state_dir_of(site: Site, env: str, user: str) -> Path:
@@ -452,8 +535,9 @@ def read_port_record(path: Path, owner: str, strict: bool = True) -> dict[str, i
     return dict(ports)
 
 
-def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
-    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user).
+def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None = None) -> Plan:
+    """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user) on
+    ``host`` (default: ``this_host``).
 
     An ``"auto"`` port is the one recorded for its instance's user (``UNALLOCATED`` until
     ``ports.allocate`` chose it): reading the record never allocates.
@@ -461,6 +545,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
     if env not in site.envs:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
+    host = host or this_host()
     common = {"site": site.name, "env": env}
     # Whose instance dirs share a parent: one account's parent is private (0700); one that
     # several accounts share must be root's and sticky (``fsutil.verify_shared_parent``).
@@ -491,7 +576,8 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
-            group_name=f"{site.name}-{env}", programs=[], env=env,
+            group_name=f"{site.name}-{env}", programs=[], env=env, host=inst.host,
+            here=inst.host is None or same_host(inst.host, host),
         )
     # each program's port in this env: its {port}, and {port:NAME} and port() for the others;
     # an "auto" one as its instance's user recorded it
@@ -503,7 +589,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
                 program_port_key(p.name), UNALLOCATED)
     plan = Plan(site, env, invoker,
                 state_dir_of(site, env, invoker), plan_instances,
-                vars=_resolve_vars(site, env, ports), ports=ports)
+                vars=_resolve_vars(site, env, ports), ports=ports, host=host)
     named: dict[str, dict[str, str]] = {"var": plan.vars,
                                         "port": {k: str(v) for k, v in ports.items()},
                                         "dir": {}, "file": {}}
@@ -523,7 +609,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None) -> Plan:
         plan = dataclasses.replace(plan, runner=runner)
         if runner.mode == "supervised":
             plan_instances[runner.instance].programs.append(
-                _runner_program(runner, plan_instances[runner.instance]))
+                _runner_program(runner, plan_instances[runner.instance], plan.preamble(runner.user)))
     return plan
 
 
@@ -548,9 +634,13 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
     lookup = _lookup({k: str(v) for k, v in values.items() if v is not None}, named)
     options = dict(program.options)
     directory = options.pop("directory")
+    if options.get("ready"):  # a command probe is a command line: quoted as `command` is
+        options["ready"] = {k: _expand(v, lookup, quote=shlex.quote if k == "command" else None)
+                            if isinstance(v, str) else v for k, v in options["ready"].items()}
     return ProgramPlan(
         name=program.name,
-        command=_expand(text_for(program.command, plan.env), lookup, quote=shlex.quote),
+        command=_wrapped(plan.preamble(inst.user),
+                         _expand(text_for(program.command, plan.env), lookup, quote=shlex.quote)),
         directory=_expand(text_for(directory, plan.env), lookup) if directory else None,
         environment={k: _expand(text_for(v, plan.env), lookup)
                      for k, v in program.environment.items()},
@@ -717,7 +807,7 @@ def _runner_plan(plan: Plan, inst: InstancePlan, spec: RunnerSpec) -> RunnerPlan
     )
 
 
-def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
+def _runner_program(runner: RunnerPlan, inst: InstancePlan, preamble: list[str]) -> ProgramPlan:
     """A supervised runner: one more program of its instance, stopped the way GitLab drains."""
     options = default_program_options()
     options.pop("directory")
@@ -725,7 +815,8 @@ def _runner_program(runner: RunnerPlan, inst: InstancePlan) -> ProgramPlan:
     options.update(stopsignal="QUIT", stopwaitsecs=runner.drain_timeout, autorestart="true",
                    redirect_stderr=True)
     return ProgramPlan(
-        name=RUNNER_PROGRAM, command=shlex.join(runner.argv()), directory=str(runner.cwd),
+        name=RUNNER_PROGRAM, command=_wrapped(preamble, shlex.join(runner.argv())),
+        directory=str(runner.cwd),
         environment={}, port=None, venv=None, options=options, log_dir=inst.childlogdir,
     )
 

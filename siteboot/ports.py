@@ -25,6 +25,7 @@ from siteboot.plan import (
     read_port_record,
     resolved_problems,
     state_dir_of,
+    this_host,
 )
 from siteboot.site import (
     Problem,
@@ -32,7 +33,9 @@ from siteboot.site import (
     instance_port_key,
     parse_site,
     port_clashes,
+    port_host,
     program_port_key,
+    same_host,
 )
 
 # Where auto ports are chosen: above the well-known and most registered service ports, below
@@ -40,6 +43,7 @@ from siteboot.site import (
 AUTO_PORTS = range(20000, 32768)
 ALLOCATION_LOCK_TIMEOUT = 60.0
 _LOOK_FOR_A_LOST_PORT = 32  # how many of a program's first ports to look for it on
+AUTO_MARK = " (auto)"  # an allocated port's owner, as check names it
 
 
 def matrix(site: Site, plans: Sequence[Plan] = ()) -> dict[str, dict[str, int | None]]:
@@ -162,15 +166,21 @@ def belongs_to_site(pid: int, config_paths: set[str]) -> bool:
     return False
 
 
+def _placed_here(site: Site, owner: str, here: str) -> bool:
+    host = port_host(site, owner)
+    return host is None or same_host(host, here)
+
+
 def in_use_problems(site: Site, level: str, probe: ListenerProbe = probe_listeners,
                     ours: Callable[[int, set[str]], bool] = belongs_to_site,
                     envs: set[str] | None = None) -> list[Problem]:
-    """A port of the site (of ``envs``, default all) bound by a process outside the site: a
-    warning (or error if strict)."""
-    rows = site.port_users() + allocated_users(site)[0]
-    owners: dict[int, tuple[str, str]] = {port: (owner, env) for owner, env, port in rows
-                                          if envs is None or env in envs}
-    listeners = probe(set(owners))
+    """A port of the site (of ``envs``, default all; of instances placed on this host) bound by
+    a process outside the site: a warning (or error if strict). Allocated auto ports count."""
+    here = this_host()
+    owners: dict[int, tuple[str, str]] = {
+        port: (owner, env) for owner, env, port in site.port_users() + allocated_users(site)[0]
+        if (envs is None or env in envs) and _placed_here(site, owner.removesuffix(AUTO_MARK), here)}
+    listeners = probe(set(owners)) if owners else []
     if not listeners:
         return []
     config_paths = _site_config_paths(site)
@@ -345,7 +355,7 @@ def allocate(plan: Plan, instance: Selection = None, probe: ListenerProbe = prob
     # every auto port of the invoker's gets a number ({port:NAME} may name one of another
     # instance); only those of the selected instances move
     wanted = [(name, key) for name, key, env in plan.site.auto_ports()
-              if env == plan.env and plan.owns(plan.instances[name])]
+              if env == plan.env and plan.owns(plan.instances[name]) and plan.instances[name].here]
     if not wanted:
         return Allocation(plan)
     selected = {inst.name for inst in plan.select(instance)}
@@ -406,7 +416,7 @@ def allocate(plan: Plan, instance: Selection = None, probe: ListenerProbe = prob
                         "ports": dict(sorted(record.items()))}
             atomic_write(path, json.dumps(document, indent=2) + "\n", mode=0o600)
     # read again even when nothing changed here: another `up` may have allocated meanwhile
-    return Allocation(make_plan(plan.site, plan.env, plan.invoker), notes)
+    return Allocation(make_plan(plan.site, plan.env, plan.invoker, plan.host), notes)
 
 
 def _other_envs(plan: Plan) -> set[int]:
@@ -470,7 +480,7 @@ def allocated_users(site: Site) -> tuple[list[tuple[str, str, int]], list[Proble
         except SitebootError as exc:
             problems.append(Problem("error", str(site.path), f"env {env}: {exc}"))
             continue
-        rows += [(f"{key} (auto)", env, port) for key, _name, port in auto_rows(plan) if port]
+        rows += [(key + AUTO_MARK, env, port) for key, _name, port in auto_rows(plan) if port]
     return rows, problems
 
 

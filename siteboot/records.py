@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.fsutil import atomic_write, ensure_private_dir
-from siteboot.plan import UNALLOCATED, InstancePlan, Plan, ProgramPlan, expand_home
+from siteboot.plan import UNALLOCATED, InstancePlan, Plan, ProgramPlan, expand_home, this_host
 from siteboot.proc import is_supervisord
+from siteboot.site import same_host
 
 RECORDS_DIR = "~/.local/state/siteboot/started"
 STOPS_FILE = "operator-stops.json"
@@ -51,6 +52,7 @@ class StartRecord:
     # which siteboot started it: its package dir and interpreter (the tool venv's python)
     checkout: str = ""
     python: str = ""
+    host: str = ""  # where it runs: a home shared between hosts holds the records of each
 
     @property
     def path(self) -> Path:
@@ -110,7 +112,7 @@ def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float) -> 
         user=inst.user, port=inst.port, runtime_dir=str(inst.runtime_dir),
         state_dir=str(inst.state_dir), identifier=inst.identifier, group_name=inst.group_name,
         pid=pid, started_at=started_at,
-        stop_waits=inst.stop_waits(), checkout=checkout, python=python)
+        stop_waits=inst.stop_waits(), checkout=checkout, python=python, host=plan.host)
     ensure_private_dir(records_dir(inst.user))
     atomic_write(record.path, json.dumps(record.as_json(), indent=2) + "\n", mode=0o600)
     return record
@@ -124,14 +126,17 @@ def remove_start(path: Path) -> None:
 
 
 def read_starts(user: str) -> list[StartRecord]:
-    """Every start record of ``user`` (unreadable or foreign-format files are passed over)."""
+    """Every start record of ``user`` on this host (unreadable or foreign-format files, and the
+    records of other hosts sharing this home, are passed over)."""
     folder = records_dir(user)
     try:
         names = sorted(os.listdir(folder))
     except OSError:
         return []
+    here = this_host()
     found = (read_start(folder / name) for name in names if name.endswith(".json"))
-    return [record for record in found if record is not None]
+    return [record for record in found
+            if record is not None and (not record.host or same_host(record.host, here))]
 
 
 def starts_of(user: str, site: str, env: str | None = None) -> list[StartRecord]:
@@ -169,9 +174,11 @@ def is_running(record: StartRecord) -> bool:
 
 
 def orphaned(plan: Plan) -> list[StartRecord]:
-    """Records of this site and env, by the invoker, that the site no longer describes."""
+    """Records of this site and env, by the invoker, that the site no longer describes (here:
+    an instance since placed on another host is an orphan on this one)."""
     return [record for record in starts_of(plan.invoker, plan.site.name, plan.env)
-            if not any(plan.owns(inst) and record.matches(inst) for inst in plan.instances.values())]
+            if not any(plan.owns(inst) and inst.here and record.matches(inst)
+                       for inst in plan.instances.values())]
 
 
 # ------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from siteboot.plan import (
     socket_path_problem,
 )
 from siteboot.resources import template_dirs
-from siteboot.site import PROGRAM_KEYS
+from siteboot.site import HEALER_PROGRAM, PROGRAM_KEYS
 
 if TYPE_CHECKING:
     from siteboot.secretstore import SecretStore
@@ -135,9 +135,36 @@ def generic_options(program: ProgramPlan) -> list[tuple[str, Any]]:
     rows = []
     for key in PROGRAM_KEYS:
         if key.supervisor:
-            value = program.options[key.name]
+            # `autostart` in a site file means "should run"; one that waits for others does,
+            # but not at once: siteboot (or the healer) starts it once they are ready
+            value = (program.starts_with_supervisord if key.name == "autostart"
+                     else program.options[key.name])
             rows.append((key.supervisor, str(value).lower() if isinstance(value, bool) else value))
     return rows
+
+
+def healer_section(inst: InstancePlan) -> dict[str, str] | None:
+    """The ``[eventlistener:siteboot-healer]`` of an instance that heals (``healer``), run by
+    the interpreter running siteboot (the tool venv's), or None."""
+    if not inst.heals:
+        return None
+    import sys
+
+    command = [sys.executable, "-I", "-m", "siteboot.healer", str(inst.healer_spec_path)]
+    return {"name": HEALER_PROGRAM, "command": shlex.join(command),
+            "log": str(inst.childlogdir / f"{HEALER_PROGRAM}.err.log")}
+
+
+def _after_preamble(plan: Plan, inst: InstancePlan,
+                    listener: dict[str, str] | None) -> dict[str, str] | None:
+    """The event listener runs on the tool venv's interpreter, which may need the site's login
+    preamble (a module's libraries) as much as the programs do."""
+    preamble = plan.preamble(inst.user)
+    if listener is None or not preamble:
+        return listener
+    from siteboot.login import wrap_command
+
+    return {**listener, "command": wrap_command(preamble, listener["command"])}
 
 
 def with_secrets(inst: InstancePlan, secrets: SecretStore) -> tuple[InstancePlan, list[str]]:
@@ -187,6 +214,7 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
         return str(template.render(
             version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
             username=RPC_USERNAME, password=password, generic_options=generic_options,
+            healer=_after_preamble(plan, inst, healer_section(inst)),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",
@@ -241,6 +269,7 @@ def template_context_names() -> dict[str, str]:
         "preview": "true when the password is a placeholder",
         "username": "the RPC user name",
         "password": "the {SHA} hash of the instance key (or the placeholder)",
+        "healer": "the event listener to render (name, command, log), or none",
     }
 
 

@@ -86,24 +86,24 @@ def untrusted(root: Path) -> str | None:
     """Why the site root ``root`` must not be used implicitly, or None: the folder itself,
     ``sites/``, ``templates/`` and every file below them must be of a trusted owner and not
     writable by others; a symlink only counts when the link and its target both are."""
-    why = _untrusted_entry(root, root)
+    why = untrusted_entry(root, root)
     if why:
         return why
     for folder in (root / "sites", root / "templates"):
         if not os.path.lexists(folder):
             continue
-        why = _untrusted_entry(folder, root)
+        why = untrusted_entry(folder, root)
         if why:
             return why
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
             for name in sorted(dirnames + filenames):
-                why = _untrusted_entry(Path(dirpath) / name, root)
+                why = untrusted_entry(Path(dirpath) / name, root)
                 if why:
                     return why
     return None
 
 
-def _untrusted_entry(path: Path, root: Path) -> str | None:
+def untrusted_entry(path: Path, root: Path) -> str | None:
     import stat
 
     from siteboot.fsutil import owner_name
@@ -178,6 +178,16 @@ def resolve_site_path(site: str | None, root: Path | None) -> Path:
 def site_names(root: Path | None) -> list[str]:
     """The names ``--site`` takes: every ``sites/<name>.toml`` of the root and the shipped ones."""
     return sorted({p.stem for folder in site_dirs(root) for p in folder.glob("*.toml")})
+
+
+def root_of(site_path: Path, root: Path | None) -> Path:
+    """The folder a site file's relative paths start from: the site root whose ``sites/``
+    holds it (a checkout: ``sites/jaws.toml`` beside ``jaws-site/``), else its own folder (a
+    site file named by path from elsewhere)."""
+    if root is not None and Path(os.path.realpath(root / "sites")) in \
+            Path(os.path.realpath(site_path)).parents:
+        return root
+    return site_path.parent
 
 
 def _elsewhere(path: Path, root: Path | None) -> str | None:

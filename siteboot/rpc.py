@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from siteboot.errors import InstanceError
+from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
-from siteboot.plan import RPC_USERNAME, InstancePlan, Plan, uid_of
+from siteboot.plan import HOST_ENV, RPC_USERNAME, InstancePlan, Plan, uid_of
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -332,6 +332,11 @@ def url_to(plan: Plan, inst: InstancePlan) -> str:
 def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | None = None) -> Endpoint:
     """The one way to reach an instance: its owner over the unix socket, a granted member over
     127.0.0.1; either way the key only goes to a server running as the instance's user."""
+    elsewhere = plan.elsewhere(inst)
+    if elsewhere:  # its port here is not its port: nothing is sent to whatever listens there
+        raise UsageError(f"instance {inst.name} runs {elsewhere}, not on this host ({plan.host})",
+                         f"run the command on {inst.host} (this host's name: ${HOST_ENV}, "
+                         "else the kernel's host name)")
     if key is None:
         from siteboot.keys import read_key
 

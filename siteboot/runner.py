@@ -36,11 +36,13 @@ from siteboot.errors import (
     UsageError,
 )
 from siteboot.hints import command
+from siteboot.login import in_preamble, wrap
 from siteboot.plan import Plan, RunnerPlan, expand_home, uid_of
 from siteboot.site import RUNNER_PROGRAM
 
 LOCK_TIMEOUT = 120.0
 START_GRACE = 1.0  # a runner that exits within this after its start is reported as failed
+PREAMBLE_TIMEOUT = 120.0  # how long a detached runner's login preamble may take
 STOP_GRACE = 30.0  # SIGTERM to SIGKILL: gitlab-runner's own default shutdown_timeout
 
 # Runner states (``RunnerStatus.state``)
@@ -49,6 +51,7 @@ STARTING = "starting"  # supervised: STARTING or BACKOFF
 STOPPED = "stopped"  # not running, as an operator wanted (as `siteboot status` counts it: OK)
 NOT_RUNNING = "not running"
 NOT_YOURS = "not yours"
+ELSEWHERE = "elsewhere"  # its instance is placed on another host (as `status` counts it: not)
 UNKNOWN = "unknown"
 _SEVERITY = {RUNNING: STATUS_OK, STOPPED: STATUS_OK, STARTING: STATUS_WARNING,
              NOT_RUNNING: STATUS_CRITICAL}
@@ -395,7 +398,10 @@ def status(plan: Plan) -> RunnerStatus:
     runner = plan.require_runner()
     result = RunnerStatus(plan.site.name, plan.env, runner.mode, runner.instance, runner.user,
                           str(runner.config), UNKNOWN)
-    if runner.mode == "supervised":
+    elsewhere = plan.elsewhere(plan.instance(runner.instance))
+    if elsewhere:
+        result.state, result.detail = ELSEWHERE, f"{elsewhere}: ask there"
+    elif runner.mode == "supervised":
         _supervised_status(plan, runner, result)
     elif plan.invoker != runner.user:
         result.state = NOT_YOURS
@@ -485,6 +491,11 @@ def _supervised_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> 
 
 def _own_runner(plan: Plan, action: str) -> RunnerPlan:
     runner = plan.require_runner()
+    elsewhere = plan.elsewhere(plan.instance(runner.instance))
+    if elsewhere:
+        raise SitebootError(f"the gitlab-runner of site {plan.site.name} runs {elsewhere} (its "
+                            f"instance {runner.instance}), not on {plan.host}",
+                            f"run `siteboot runner {action}` on {plan.instance(runner.instance).host}")
     if plan.invoker != runner.user:
         raise SitebootError(f"the gitlab-runner of site {plan.site.name} is owned by {runner.user}: "
                             f"run as {runner.user}",
@@ -521,6 +532,24 @@ def revive(plan: Plan, respect_operator_stop: bool = False) -> RunnerOutcome:
         return outcome
 
 
+def _exit_after_start(proc: Any) -> int | None:
+    """The exit code of a runner that did not last ``START_GRACE``, else None. Its login
+    preamble (``module load``) may take a while first: the grace counts once it is past it."""
+    import psutil
+
+    deadline = time.monotonic() + PREAMBLE_TIMEOUT
+    while True:
+        try:
+            return int(proc.wait(timeout=START_GRACE))
+        except psutil.TimeoutExpired:
+            pass
+        try:
+            if not in_preamble(proc.cmdline()) or time.monotonic() > deadline:
+                return None
+        except psutil.Error:
+            continue  # it exited meanwhile: the next wait says how
+
+
 def _start_detached(plan: Plan, runner: RunnerPlan) -> RunnerOutcome:
     import psutil
 
@@ -536,15 +565,13 @@ def _start_detached(plan: Plan, runner: RunnerPlan) -> RunnerOutcome:
     with open(runner.log_path, "a", encoding="utf-8", opener=_private_opener) as log:
         log.write(f"--- {_now()} siteboot runner revive ({plan.invoker}): {' '.join(argv)}\n")
     try:
-        pid = start_detached(argv, cwd=runner.cwd, log=runner.log_path, env=clean_env())
+        pid = start_detached(wrap(plan.preamble(runner.user), argv), cwd=runner.cwd,
+                             log=runner.log_path, env=clean_env())
     except OSError as exc:
         return RunnerOutcome("failed", f"cannot start {argv[0]}: {exc.strerror or exc}")
     proc = psutil.Process(pid)
-    try:
-        code = proc.wait(timeout=START_GRACE)
-    except psutil.TimeoutExpired:
-        pass
-    else:
+    code = _exit_after_start(proc)
+    if code is not None:
         return RunnerOutcome("failed", f"{argv[0]} exited with {code} right after its start; last "
                              f"lines of {runner.log_path}:\n" + _indent(file_tail(runner.log_path)))
     view = next((v for v in find_runners(runner) if v.pid == pid), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ DIR_PATH_USES = ("env", "site", "instance", "user", "state_dir", "var:")
 _SECRETS_GO = "secrets go only into environment values, vars and files"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
 _SIGNALS = ("TERM", "HUP", "INT", "QUIT", "KILL", "USR1", "USR2")
 _BYTE_SIZE_RE = re.compile(r"[0-9]+(KB|MB|GB)?", re.IGNORECASE)  # supervisord's byte_size
 
@@ -65,6 +68,8 @@ class Key:
             "str_list": "list of strings",
             "str_table": "table of strings",
             "port_table": f'table env → port (or "{AUTO}"), or "{AUTO}"',
+            "probe": "table: `tcp`, `http` (+ `status`) or `command`",
+            "restart": "table: `backoff_max`",
         }[self.kind]
 
 
@@ -80,6 +85,13 @@ SITE_KEYS: tuple[Key, ...] = (
         "A directory both accounts can reach; only needed for group grants."),
     Key("venv_dir", "str", "~/.local/share/siteboot/{site}-{env}/venvs",
         "Where application virtualenvs (`[venvs.*]`) are built, per user."),
+    Key("preamble", "str_list", [],
+        "Shell lines (e.g. `module load python/3.11`) run in a login shell (`bash -l`) before "
+        "each program starts, before a detached gitlab-runner, and before `revive` from cron; "
+        "a line that fails keeps the program from starting."),
+    Key("preamble_file", "str", None,
+        "A shell file sourced (`.`) in that login shell instead of `preamble` lines; relative "
+        "to the site file's folder. Read at each start: an edit applies at the next restart."),
 )
 
 INSTANCE_KEYS: tuple[Key, ...] = (
@@ -90,6 +102,10 @@ INSTANCE_KEYS: tuple[Key, ...] = (
     Key("group", "str", None,
         "Grant: members of this group may control the instance with the key the owner "
         "publishes in `shared_dir`."),
+    Key("host", "str", None,
+        "The host it runs on (`jaws.lbl.gov`; a short name matches the full one); omitted: any. "
+        "Commands on other hosts list it as `on <host>`; this host is `SITEBOOT_HOST`, else "
+        "the kernel's host name."),
 )
 
 PROGRAM_KEYS: tuple[Key, ...] = (
@@ -110,8 +126,9 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "Names of `[files.*]` of its instance that it reads: written before it starts; `up` "
         "restarts it when one of them changed."),
     Key("numprocs", "int", 1, "Number of copies (not with `port`).", minimum=1, supervisor="numprocs"),
-    Key("autostart", "bool", True, "Start with the instance; also: must be RUNNING for `status` to be OK.",
-        supervisor="autostart"),
+    Key("autostart", "bool", True,
+        "Should run: started with the instance (with `depends_on`: once those are ready) and "
+        "must be RUNNING for `status` to be OK.", supervisor="autostart"),
     Key("autorestart", "choice", "unexpected", "Restart policy after exit.",
         choices=("true", "false", "unexpected"), supervisor="autorestart"),
     Key("startsecs", "int", 3, "Seconds it must stay up to count as started.", minimum=0,
@@ -132,7 +149,25 @@ PROGRAM_KEYS: tuple[Key, ...] = (
     Key("crash_loop_window", "int", 300,
         "Seconds over which `status` counts restarts (read from supervisord's log); 0 turns the "
         "count off.", minimum=0),
+    Key("depends_on", "str_list", [],
+        "Programs (of any instance of the site) that must be ready before this one starts: "
+        "`up`, `init` and `revive` start it only then (supervisord does not start it by itself), "
+        "and stop it before them."),
+    Key("ready", "probe", None,
+        "When it is ready: `{ tcp = \"{port}\" }` (a connection is accepted), `{ http = "
+        "\"http://127.0.0.1:{port}/health\", status = 200 }` or `{ command = \"...\" }` (exit 0); "
+        "placeholders as in `command`. Checked every 5 s while it runs (`status` shows it). "
+        "Omitted: ready once RUNNING."),
+    Key("ready_timeout", "int", 60,
+        "Seconds to wait for it to become ready before what depends on it is given up.",
+        minimum=1),
+    Key("restart", "restart", None,
+        "Self-healing, `{ backoff_max = 300 }`: after it ends FATAL (or exits where supervisord "
+        "does not restart it), start it again, forever, 1 s later, doubling up to `backoff_max` "
+        "seconds; back to 1 s once it has run for 60 s. Omitted: FATAL is final."),
 )
+HEALER_PROGRAM = "siteboot-healer"  # the event listener rendered into a supervisord that heals
+DEFAULT_BACKOFF_MAX = 300
 
 RUNNER_MODES = ("supervised", "detached")
 RUNNER_PROGRAM = "gitlab-runner"  # the program a supervised runner becomes in its instance
@@ -199,7 +234,12 @@ DIR_KEYS: tuple[Key, ...] = (
 )
 
 VENV_KEYS: tuple[Key, ...] = (
-    Key("requirements", "str_list", [], "pip requirement specifiers.", required=True),
+    Key("requirements", "str_list", [],
+        "pip requirement specifiers, one per item; also local paths (`\"./jaws-site\"`, a wheel "
+        "file) and wheel folders (`\"--find-links ./dist\"`) inside the site root (the folder "
+        "holding `sites/`; for a site file elsewhere, its folder), whose content is part of the "
+        "venv's hash: new code is a new build, and the programs using it restart.",
+        required=True),
     Key("python", "str", None, "Interpreter for the venv; omitted: the one running siteboot."),
 )
 
@@ -250,6 +290,7 @@ class Instance:
     user: str | None
     port: dict[str, int | None]  # None: "auto", allocated per user (``plan`` reads the record)
     group: str | None
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +359,8 @@ class Site:
     programs: dict[str, Program]
     venvs: dict[str, VenvSpec] = field(default_factory=dict)
     runner: RunnerSpec | None = None
+    preamble: list[str] = field(default_factory=list)  # shell lines for the login shell
+    preamble_file: str | None = None  # or a file it sources (as written: resolved by the plan)
     vars: dict[str, Text] = field(default_factory=dict)
     files: dict[str, FileSpec] = field(default_factory=dict)
     dirs: dict[str, DirSpec] = field(default_factory=dict)
@@ -550,6 +593,30 @@ class _Validator:
                 result[name] = item
         return result
 
+    def _probe(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
+        from siteboot.probes import validate
+
+        probe, problems = validate(value)
+        for problem in problems:
+            self.error(table, key.name, f"'{key.name}': {problem}")
+        return probe
+
+    def _restart(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
+        if not isinstance(value, dict):
+            self.error(table, key.name, f"'{key.name}' must be a table like {{ backoff_max = "
+                       f"{DEFAULT_BACKOFF_MAX} }}, not {_tname(value)}")
+            return None
+        for name in value:
+            if name != "backoff_max":
+                self.error(table, key.name, f"unknown key '{key.name}.{name}'"
+                           f"{did_you_mean(name, ['backoff_max'])}")
+        backoff_max = value.get("backoff_max", DEFAULT_BACKOFF_MAX)
+        if not isinstance(backoff_max, int) or isinstance(backoff_max, bool) or backoff_max < 1:
+            self.error(table, key.name, f"'{key.name}.backoff_max' must be a number of seconds "
+                       f"(at least 1), not {backoff_max!r}")
+            return None
+        return {"backoff_max": backoff_max}
+
     def _port_table(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
         if value == AUTO:
             return {env: None for env in envs}
@@ -618,7 +685,9 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         table = f"instances.{name}"
         _check_name(v, table, None, name)
         values = v.table(table, raw, INSTANCE_KEYS, envs)
-        instances[name] = Instance(name, values["user"], values["port"] or {}, values["group"])
+        _check_host(v, table, values["host"])
+        instances[name] = Instance(name, values["user"], values["port"] or {}, values["group"],
+                                   values["host"])
     if not instances:
         v.problems.append(Problem("error", f"{path}", "the site declares no [instances.NAME]"))
 
@@ -627,6 +696,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         table = f"venvs.{name}"
         _check_name(v, table, None, name)
         values = v.table(table, raw, VENV_KEYS, envs)
+        _check_requirements(v, table, values["requirements"])
         venvs[name] = VenvSpec(name, values["requirements"], values["python"])
 
     programs: dict[str, Program] = {}
@@ -646,6 +716,7 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         )
         _check_program(v, table, program, instances, venvs)
         programs[name] = program
+    _check_dependencies(v, programs)
 
     site = Site(
         name=site_name,
@@ -659,12 +730,15 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         programs=programs,
         venvs=venvs,
         runner=_runner(v, data, envs, instances, programs),
+        preamble=site_values["preamble"],
+        preamble_file=site_values["preamble_file"],
         vars=_vars(v, data, envs),
         files=_files(v, data, envs, instances),
         dirs=_dirs(v, data, envs, instances),
     )
     _check_paths(v, site)
     _check_texts(v, site)
+    _check_preamble(v, site)
     for inst in instances.values():
         if inst.group and not site.shared_dir:
             v.error(f"instances.{inst.name}", "group",
@@ -779,6 +853,14 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
     if isinstance(maxbytes, str) and not _BYTE_SIZE_RE.fullmatch(maxbytes):
         v.error(table, "log_maxbytes", f"'log_maxbytes' must be a size like \"10MB\" "
                 f"(a number, optionally with KB, MB or GB), not {maxbytes!r}")
+    for text in variants(program.command):
+        try:
+            shlex.split(text)  # as supervisord splits it
+        except ValueError as exc:
+            v.error(table, "command", f"'command' cannot be split into words: {exc}")
+    if program.name == HEALER_PROGRAM:
+        v.error(table, None, f"'{HEALER_PROGRAM}' is the name of siteboot's event listener: "
+                "rename the program")
 
 
 def _check_texts(v: _Validator, site: Site) -> None:
@@ -800,6 +882,9 @@ def _check_texts(v: _Validator, site: Site) -> None:
         for name, text in program.environment.items():
             _check_text(v, site, secret_vars, table, f"environment.{name}", text,
                         (*PROGRAM_USES, "secret:"), unavailable)
+        for key, text in probe_texts(program.options.get("ready")).items():
+            _check_text(v, site, secret_vars, table, f"ready.{key}", text, PROGRAM_USES,
+                        unavailable)
         for name in program.files:
             spec = site.files.get(name)
             if spec is None:
@@ -935,6 +1020,82 @@ def _placeholder_problem(site: Site, secret_vars: set[str], key: str, name: str,
     return None
 
 
+def _check_requirements(v: _Validator, table: str, requirements: list[str]) -> None:
+    for item in requirements:
+        if not item.strip():
+            v.error(table, "requirements", "'requirements' has an empty item")
+        elif item.startswith("-"):  # a pip option: only then is its module worth importing
+            from siteboot.sources import requirement_problem
+
+            problem = requirement_problem(item)
+            if problem:
+                v.error(table, "requirements", problem)
+
+
+def _check_host(v: _Validator, table: str, host: str | None) -> None:
+    if host is not None and not _HOST_RE.match(host):
+        v.error(table, "host", f"'host' must be a host name like \"jaws.lbl.gov\", not {host!r}")
+
+
+def same_host(declared: str, actual: str) -> bool:
+    """Whether the host name ``declared`` in a site names the host ``actual``: equal ignoring
+    case and a trailing dot, or equal in their first label when either is a short name
+    (``jaws`` is ``jaws.lbl.gov``; ``jaws.lbl.gov`` is not ``jaws.nersc.gov``)."""
+    a, b = declared.lower().rstrip("."), actual.lower().rstrip(".")
+    if a == b:
+        return True
+    if "." in a and "." in b:
+        return False
+    return a.split(".", 1)[0] == b.split(".", 1)[0]
+
+
+def _check_preamble(v: _Validator, site: Site) -> None:
+    if site.preamble and site.preamble_file:
+        v.error("site", "preamble_file", "'preamble' and 'preamble_file' exclude each other: put "
+                "the lines in the file, or the file's lines in 'preamble'")
+    for line in site.preamble:
+        if "\n" in line or "\r" in line or "\x00" in line:
+            v.error("site", "preamble", f"'preamble' line {line!r}: one shell line per list item "
+                    "(no line breaks)")
+        elif not line.strip():
+            v.error("site", "preamble", "'preamble' has an empty line")
+        elif re.search(r"\s[;#]", line):  # inside each program's command line
+            v.error("site", "preamble", f"'preamble' line {line!r}: whitespace followed by ';' "
+                    "or '#' reads as a comment in supervisord's config; drop the comment (or the "
+                    "space), or move the lines into a preamble_file")
+    if site.preamble_file is not None and not site.preamble_file.strip():
+        v.error("site", "preamble_file", "'preamble_file' is empty")
+
+
+def probe_texts(probe: Mapping[str, Any] | None) -> dict[str, str]:
+    """The strings of a ``ready`` table, where placeholders may be (none without a probe)."""
+    if not probe:
+        return {}
+    from siteboot.probes import texts
+
+    return texts(probe)
+
+
+def _check_dependencies(v: _Validator, programs: Mapping[str, Program]) -> None:
+    """``depends_on`` names programs of the site, and no program waits for itself."""
+    edges: dict[str, list[str]] = {}
+    for program in programs.values():
+        table = f"programs.{program.name}"
+        for dep in program.options["depends_on"]:
+            if dep not in programs:
+                v.error(table, "depends_on", f"depends on '{dep}', which is not a program of "
+                        f"the site{did_you_mean(dep, programs)}")
+        edges[program.name] = [d for d in program.options["depends_on"] if d in programs]
+    if not any(edges.values()):
+        return
+    from siteboot.ordering import find_cycle
+
+    cycle = find_cycle(edges)
+    if cycle:
+        v.error(f"programs.{cycle[0]}", "depends_on",
+                "dependency cycle: " + " -> ".join(cycle) + " (nothing in it could ever start)")
+
+
 def default_program_options() -> dict[str, Any]:
     """``Program.options`` of a program that sets none of them."""
     return {k.name: k.default for k in PROGRAM_KEYS if k.name not in _STRUCTURAL}
@@ -1012,24 +1173,38 @@ def placeholders(text: str) -> list[tuple[str, str]]:
 
 
 def port_clashes(sites: Sequence[Site]) -> list[Problem]:
-    """The same port used twice anywhere (across envs, programs, instances and sites)."""
-    seen: dict[int, tuple[Site, str, str]] = {}
+    """The same port used twice on one host (across envs, programs, instances and sites); an
+    instance without ``host`` may run on any host, so it shares a host with every other."""
+    seen: dict[int, list[tuple[Site, str, str, str | None]]] = {}
     problems: list[Problem] = []
     for site in sites:
         locator = _Locator(site.path)
         for owner, env, port in site.port_users():
+            host = port_host(site, owner)
             label = f"{owner} ({env})" if len(sites) == 1 else f"{site.name}: {owner} ({env})"
-            if port in seen:
-                first_site, first_owner, first_env = seen[port]
+            earlier = seen.setdefault(port, [])
+            clash = next((e for e in earlier if e[3] is None or host is None
+                          or same_host(e[3], host)), None)
+            if clash is not None:
+                first_site, first_owner, first_env, _ = clash
                 first = (f"{first_owner} ({first_env})" if len(sites) == 1
                          else f"{first_site.name}: {first_owner} ({first_env})")
                 table = (f"programs.{owner.split(' ', 1)[1]}" if owner.startswith("program ")
                          else f"instances.{owner.split('-', 1)[1]}")
                 problems.append(Problem("error", locator.where(table, "port"),
                                         f"port {port} is used by both {first} and {label}"))
-            else:
-                seen[port] = (site, owner, env)
+            earlier.append((site, owner, env, host))
     return problems
+
+
+def port_host(site: Site, owner: str) -> str | None:
+    """The declared host of a ``port_users`` row's instance (None: any host)."""
+    if owner.startswith("program "):
+        program = site.programs.get(owner.split(" ", 1)[1])
+        instance = site.instances.get(program.instance) if program else None
+    else:
+        instance = site.instances.get(owner.split("-", 1)[1])
+    return instance.host if instance else None
 
 
 def load_site(path: Path) -> Site:

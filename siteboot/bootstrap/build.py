@@ -57,6 +57,7 @@ from siteboot.bootstrap.pipsource import (
 )
 from siteboot.bootstrap.requirements import read_requirements, required_distributions
 from siteboot.bootstrap.stamp import (
+    interpreter_moved,
     made_by_siteboot,
     read_metadata_version,
     read_stamp,
@@ -257,6 +258,9 @@ class Bootstrapper:
 
     def why_outdated(self) -> str:
         stamp = read_stamp(self.venv)
+        moved = interpreter_moved(self.venv)
+        if moved is not None:
+            return moved
         python_version = probe_python(self.python, self.runner)
         if python_version is None:
             return "its python does not run"

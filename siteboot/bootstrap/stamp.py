@@ -1,7 +1,8 @@
 """Whether the tool venv is current, told by its ``siteboot-stamp.json``.
 
 The stamp is a sha256 over ``setup.cfg``'s ``install_requires``, siteboot's version, the venv's
-Python version and the checkout path, written into the venv as the last step of a build. A
+Python version and the checkout path, written into the venv as the last step of a build, with
+the interpreter it was built with (``interpreters``: a venv whose interpreter moved is rebuilt). A
 matching stamp and a working ``bin/python`` mean nothing to do: no pip call at all. Stage 0
 asks ``is_current`` before every re-exec into the tool venv, so it reads files and starts no
 process; ``init`` checks the same stamp with the venv's python run for its version.
@@ -21,6 +22,7 @@ from typing import Callable
 from siteboot.bootstrap.locate import BUILDING_NAME, STAMP_NAME, read_setup_cfg, venv_python
 from siteboot.bootstrap.requirements import read_requirements
 from siteboot.errors import BootstrapError
+from siteboot.interpreters import RECORD_KEY, built_with, stamped_moved
 
 
 def read_metadata_version(checkout: Path) -> str:
@@ -106,7 +108,7 @@ def write_stamp(venv_dir: Path, requires: Sequence[str], version: str, python_ve
                 checkout: Path) -> None:
     data = {"sha256": compute_stamp(requires, version, python_version, checkout),
             "install_requires": list(requires), "version": version, "python": python_version,
-            "checkout": str(checkout)}
+            "checkout": str(checkout), RECORD_KEY: built_with(venv_dir)}
     from siteboot.fsutil import atomic_write  # not at the top: it imports tempfile
 
     atomic_write(venv_dir / STAMP_NAME, json.dumps(data, indent=2) + "\n", 0o644)
@@ -117,11 +119,17 @@ def stamp_matches(venv_dir: Path, checkout: Path, requires: Sequence[str], versi
     """A stamp in ``venv_dir`` made for these inputs and for the version of its python, as
     ``python_version`` tells it (by default from ``pyvenv.cfg``, without running anything); that
     is only asked when there is a stamp."""
-    stamp = read_stamp(venv_dir).get("sha256")
-    if not stamp:
+    data = read_stamp(venv_dir)
+    stamp = data.get("sha256")
+    if not stamp or interpreter_moved(venv_dir) is not None:
         return False
     found = python_version(venv_dir)
     return found is not None and stamp == compute_stamp(requires, version, found, checkout)
+
+
+def interpreter_moved(venv_dir: Path) -> str | None:
+    """Why the tool venv's interpreter is not the one that built it (``interpreters.moved``)."""
+    return stamped_moved(venv_dir, STAMP_NAME)
 
 
 def is_current(checkout: Path, venv_dir: Path) -> bool:

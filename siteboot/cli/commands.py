@@ -433,7 +433,9 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
         print_json(result.as_json())
     else:
         for v in result.venvs:
-            echo(f"venv {v.name}: {v.action} ({v.path})")
+            build = f" -> {v.build.name}" if v.build else ""
+            was = f", was {v.previous.name}" if v.previous and v.previous != v.build else ""
+            echo(f"venv {v.name}: {v.action} ({v.path}{build}{was})")
         _print_outcomes(result.instances)
         if result.status is None:
             echo("nothing started (--no-start)")

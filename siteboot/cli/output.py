@@ -69,6 +69,9 @@ def _program_detail(p: Any) -> str:
     if history is not None and p.crash_looping:
         notes.append(f"crash loop: {history.restarts} restarts in {history.window_s}s "
                      f"(more than {p.restart_limit})")
+    health = getattr(p, "health", None)
+    if health is not None and health.detail and p.state == "RUNNING":
+        notes.append(f"{health.state}: {health.detail}")
     if history is not None and history.last_exit is not None:
         last = history.last_exit
         notes.append(f"last exit {last.ago_s}s ago: {last.reason}"
@@ -83,33 +86,57 @@ def log_tail_lines(tail: Any, indent: str = "    ") -> list[str]:
     return [f"{indent}{tail.stream} | {line}" for line in tail.lines]
 
 
+_HEALTH_COLORS = {"ready": "green", "not ready": "yellow"}
+
+
+def _backoff(p: Any) -> str:
+    """``3 tries, next in 4s``: the healer's restarts since the program last stayed up."""
+    health = getattr(p, "health", None)
+    if health is None or not (health.attempts or health.next_try_s is not None):
+        return ""
+    text = f"{health.attempts} {'try' if health.attempts == 1 else 'tries'}"
+    return text + (f", next in {health.next_try_s}s" if health.next_try_s is not None else "")
+
+
 def print_status(report: Any) -> None:
     runner = getattr(report, "runner", None)
     echo(styled(f"site {report.site}, env {report.env}", bold=True))
     for inst in report.instances:
+        if inst.state == "elsewhere":  # another host's: listed, not asked
+            echo(f"{inst.name} ({inst.user}) on {inst.host}")
+            continue
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""
         echo(styled(head, bold=True) + f"  {inst.url}")
         if inst.error:
             echo(styled(f"  {inst.error}", fg="red"))
         counted = any(p.restarts is not None for p in inst.programs)
+        watched = any(getattr(p, "health", None) is not None for p in inst.programs)
         rows = []
         for p in inst.programs:
             restarts = ([] if not counted else
                         ["" if p.restarts is None else str(p.restarts) + ("!" if p.crash_looping else "")])
-            rows.append(["  " + p.name, p.state, p.pid or "", *restarts, _program_detail(p)])
+            healing = [p.health_state, _backoff(p)] if watched else []
+            rows.append(["  " + p.name, p.state, *healing, p.pid or "", *restarts,
+                         _program_detail(p)])
         if rows:
-            headers = ["  program", "state", "pid", *(["restarts"] if counted else []), ""]
+            headers = ["  program", "state", *(["health", "backoff"] if watched else []), "pid",
+                       *(["restarts"] if counted else []), ""]
             colors: dict[int, Callable[[str], str | None]] = {
                 1: lambda state: _STATE_COLORS.get(state, "red")}
+            if watched:
+                colors[2] = _HEALTH_COLORS.get
             if counted:
-                colors[3] = lambda cell: "yellow" if cell.endswith("!") else None
+                colors[headers.index("restarts")] = lambda cell: "yellow" if cell.endswith("!") else None
             head, *lines = table(headers, rows, colors).split("\n")
             echo(head)
             for p, line in zip(inst.programs, lines):
                 echo(line)
                 for text in log_tail_lines(p.log_tail):
                     echo(text)
+    for problem in getattr(report, "venv_problems", []):
+        used = f" (used by {', '.join(problem.programs)})" if problem.programs else ""
+        echo(styled(f"venv {problem.venv}{used}: {problem.problem}", fg="yellow"))
     if runner is not None:
         pids = ", ".join(map(str, runner.pids))
         head = f"gitlab-runner ({runner.user}, {runner.mode}) {runner.state}"

@@ -29,7 +29,8 @@ def venv_builds(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The progress reporter each venv build was given (nothing is built)."""
     given: list[Any] = []
 
-    def ensure_venvs(plan: Any, wheelhouse: Any = None, progress: Any = None) -> list[Any]:
+    def ensure_venvs(plan: Any, wheelhouse: Any = None, progress: Any = None,
+                     root: Any = None) -> list[Any]:
         given.append(progress)
         return []
 

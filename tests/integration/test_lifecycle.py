@@ -29,12 +29,12 @@ def test_up_status_down_leaves_nothing(site_factory):
     assert data["env"] == "dev"
     assert data["ok"] is True
     alpha = data["instances"][0]
-    assert set(alpha) == {"name", "user", "state", "pid", "url", "error", "programs"}
+    assert set(alpha) == {"name", "user", "state", "pid", "url", "error", "host", "programs"}
     assert alpha["state"] == "running"
     assert alpha["url"] == f"unix://{site.runtime(alpha['name'])}/supervisor.sock"
     program = alpha["programs"][0]
     assert set(program) == {"name", "group", "state", "pid", "uptime_s", "exitstatus", "spawnerr",
-                            "restarts", "last_exit", "log_tail"}
+                            "restarts", "last_exit", "health", "health_detail", "backoff", "log_tail"}
     assert program["group"] == "it-dev"
     assert program["state"] == "RUNNING"
     workers = [p["name"] for p in data["instances"][1]["programs"]]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from siteboot import ordering
 from tests.helpers import REPO
 
 PACKAGE = REPO / "siteboot"
@@ -55,29 +56,9 @@ def siteboot_edges(name: str) -> set[str]:
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}  # 1 on the stack, 2 done
-    stack: list[str] = []
-
-    def visit(node: str) -> list[str] | None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return [*stack[stack.index(nxt):], nxt]
-            if nxt not in state:
-                cycle = visit(nxt)
-                if cycle:
-                    return cycle
-        stack.pop()
-        state[node] = 2
-        return None
-
-    for name in sorted(graph):
-        if name not in state:
-            cycle = visit(name)
-            if cycle:
-                return cycle
-    return None
+    """The one cycle finder (``siteboot.ordering``), over names in sorted order: the same
+    cycle is named on every run."""
+    return ordering.find_cycle({name: sorted(graph[name]) for name in sorted(graph)})
 
 
 def test_no_import_cycles():

@@ -304,15 +304,16 @@ def test_report_exit_code_and_json_keys():
     assert set(data) == {"site", "env", "ok", "instances"}
     assert (data["site"], data["env"], data["ok"]) == ("t", "dev", False)
     first = data["instances"][0]
-    assert set(first) == {"name", "user", "state", "pid", "url", "error", "programs"}
+    assert set(first) == {"name", "user", "state", "pid", "url", "error", "host", "programs"}
     assert first == {"name": "alpha", "user": "me", "state": "running", "pid": 7,
-                     "url": "unix:///a", "error": None, "programs": [
+                     "url": "unix:///a", "error": None, "host": None, "programs": [
                          {"name": "web", "group": GROUP, "state": "RUNNING", "pid": 12,
                           "uptime_s": 30, "exitstatus": None, "spawnerr": "",
-                          "restarts": None, "last_exit": None, "log_tail": None}]}
+                          "restarts": None, "last_exit": None, "health": "ready",
+                          "health_detail": None, "backoff": None, "log_tail": None}]}
     assert set(first["programs"][0]) == {"name", "group", "state", "pid", "uptime_s",
                                          "exitstatus", "spawnerr", "restarts", "last_exit",
-                                         "log_tail"}
+                                         "health", "health_detail", "backoff", "log_tail"}
     assert data["instances"][1]["error"] == "nothing there"
     assert data["instances"][1]["programs"] == []
 
@@ -798,7 +799,7 @@ def test_status_all_running(plan, endpoints):
         [("web", "RUNNING", 30), ("idle", "STOPPED", None)]
     data = report.as_json()
     assert data["ok"] is True
-    assert set(data["instances"][0]) == {"name", "user", "state", "pid", "url", "error", "programs"}
+    assert set(data["instances"][0]) == {"name", "user", "state", "pid", "url", "error", "host", "programs"}
 
     report = control.status(plan, "beta")
     assert report.exit_code == STATUS_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,18 @@ def test_the_block_revives_at_boot_and_every_five_minutes():
 
 def test_paths_are_shell_quoted_and_a_preamble_runs_in_a_login_shell():
     (_, boot, _, _) = block("s", Path("/a b/s.toml"), None, LOG, preamble=["module load python/3.11"])
-    assert boot.startswith("@reboot bash -lc ")
-    assert "module load python/3.11;" in boot
-    assert "'\"'\"'/a b/s.toml'\"'\"'" in boot  # quoted inside the quoted login-shell command
+    assert boot.startswith("@reboot /bin/bash -lc ")
+    assert "eval '\"'\"'module load python/3.11'\"'\"' && exec \"$@\"" in boot
+    command = shlex.split(boot.removeprefix("@reboot ").removesuffix(f" >> {LOG} 2>&1"))
+    assert command[3:] == ["siteboot-preamble", *cron.launcher(), "revive", "--all-envs", "--site",
+                           "/a b/s.toml"]
+    assert boot.endswith(f" >> {LOG} 2>&1")  # login-shell noise and a failed preamble: logged
+
+
+def test_a_percent_sign_is_escaped_for_cron():
+    (_, boot, _, _) = block("s", Path("/s/s.toml"), None, LOG, preamble=["export STAMP=$(date +%s)"])
+    assert "+\\%s" in boot
+    assert "%" not in boot.replace("\\%", "")
 
 
 def test_without_block_removes_only_that_sites_block():

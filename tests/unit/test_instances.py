@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sys
@@ -374,3 +375,40 @@ def test_nothing_is_rendered_with_an_unallocated_auto_port(base):
                                             "supervisord-alpha"):
         provision(plan, plan.instances["alpha"], None)
     assert not plan.instances["alpha"].conf_path.exists()
+
+
+@dataclasses.dataclass
+class RecordingEndpoint:
+    """An Endpoint stand-in that records its calls (copies made with another timeout share them)."""
+
+    calls: list[tuple[str, tuple[object, ...]]] = dataclasses.field(default_factory=list)
+    fail: str = ""
+    timeout: float = 5.0
+
+    def call(self, method: str, *params: object) -> object:
+        from siteboot.rpc import Fault
+
+        self.calls.append((method, params))
+        if method == self.fail:
+            raise Fault(60, "ALREADY_STARTED")
+        return True
+
+
+def test_processes_left_on_an_old_build_are_restarted_and_said(alpha, spawn):
+    from siteboot import instances
+    from siteboot.venvs import VenvChange
+
+    still = spawn("sleep", "30")
+    venv = Path("/v/app")
+    new = Path("/v/.app-bbbbbbbbbbbb")
+    changes = [VenvChange("web", dead_pid(), venv, "/v/.app-aaaaaaaaaaaa", new),
+               VenvChange("web", still.pid, venv, "/v/.app-aaaaaaaaaaaa", new),
+               VenvChange("web", still.pid, venv, None, new)]
+    endpoint = RecordingEndpoint()
+    notes = instances._restart_stale(alpha, endpoint, changes)  # type: ignore[arg-type]
+    said = "web: restarted on venv app's new build .app-bbbbbbbbbbbb (was .app-aaaaaaaaaaaa)"
+    assert notes[:2] == [said, said]
+    assert notes[2].startswith("web: still runs on the old build; run `siteboot restart web`")
+    # the first the update restarted (its pid is gone); the second it left: restarted by name
+    assert endpoint.calls == [("supervisor.stopProcess", ("t-dev:web", True)),
+                              ("supervisor.startProcess", ("t-dev:web", True))]

@@ -614,3 +614,13 @@ def test_port_of_another_program_is_its_auto_port_once_allocated(short_dir):
     assert prog(allocated.instances["main"], "worker").environment == {
         "API": f"http://127.0.0.1:{api}"}
     assert allocated.ports["api"] == api
+
+
+def test_an_instance_placed_on_another_host_gets_its_ports_there(short_dir, monkeypatch):
+    monkeypatch.setenv("SITEBOOT_HOST", "here.example.org")
+    text = AUTO_SITE.format(base=short_dir).replace(
+        '[instances.fixed]\n', '[instances.fixed]\nhost = "there.example.org"\n')
+    result = allocate(plan_from(text, short_dir), probe=no_one, free=always_free)
+    assert set(result.notes) == {"main"}
+    assert prog(result.plan.instances["fixed"], "api").port == UNALLOCATED  # allocated there
+    assert "program api" not in record_of(result.plan)["ports"]

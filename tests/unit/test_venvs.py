@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from siteboot import venvs
+from siteboot import sources, venvs
 from siteboot.errors import BootstrapError
 from siteboot.plan import make_plan
 from siteboot.proc import RunResult
@@ -467,3 +467,141 @@ def test_importing_does_not_import_virtualenv():
     code = "import sys, siteboot.venvs; sys.exit('virtualenv' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=False)
     assert result.returncode == 0
+
+
+# --- local paths: new code, new build ------------------------------------------------------
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Path:
+    """A site root holding a local package."""
+    base = tmp_path / "root"
+    (base / "pkg" / "pkg").mkdir(parents=True)
+    (base / "pkg" / "pyproject.toml").write_text("[project]\nname = 'pkg'\nversion = '1'\n")
+    (base / "pkg" / "pkg" / "__init__.py").write_text("CODE = 1\n")
+    return base
+
+
+def test_a_local_package_is_installed_from_a_copy_made_for_the_build(runner, stable, checkout):
+    first = ensure_venv(spec("six", "./pkg"), stable, runner=runner, base=checkout)
+    assert first.action == "created"
+    [pip] = [argv for argv in runner.calls if argv[1:4] == ["-I", "-m", "pip"]]
+    installed = pip[pip.index("--no-input") + 1:]
+    assert installed[0] == "six"
+    assert installed[1].startswith(f"{stable.parent}/.app-src-")  # the copy, not the checkout
+    assert installed[1].endswith("/pkg")
+    assert not [p for p in stable.parent.iterdir() if "-src-" in p.name]  # removed after the build
+    assert not (checkout / "pkg" / "build").exists()  # nothing written into the checkout
+    stamp = read_stamp(stable)
+    assert stamp is not None
+    assert set(stamp["contents"]) == {"./pkg"}
+    assert first.build == stable.parent / os.readlink(stable)
+
+
+def test_new_code_is_a_new_build_and_the_same_code_is_not(runner, stable, checkout):
+    first = ensure_venv(spec("./pkg"), stable, runner=runner, base=checkout)
+    assert ensure_venv(spec("./pkg"), stable, runner=runner, base=checkout).action == "up to date"
+    (checkout / "pkg" / "pkg" / "__init__.py").write_text("CODE = 2\n")
+    second = ensure_venv(spec("./pkg"), stable, runner=runner, base=checkout)
+    assert (second.action, second.previous) == ("updated", first.build)
+    assert second.build != first.build
+    (checkout / "pkg" / "pkg" / "__init__.py").write_text("CODE = 1\n")  # back: the first build
+    runner.calls.clear()
+    third = ensure_venv(spec("./pkg"), stable, runner=runner, base=checkout)
+    assert third.build == first.build
+    assert "pip" not in runner.kinds()
+
+
+def test_code_changed_while_it_is_copied_is_built_as_copied(runner, stable, checkout, monkeypatch):
+    source = checkout / "pkg" / "pkg" / "__init__.py"
+    real_snapshot = sources.snapshot
+
+    def edit_then_copy(requirements: list[sources.Requirement], base: Path,
+                       into: Path) -> sources.Snapshot:
+        source.write_text("CODE = 3\n")  # someone pulls the checkout mid-init
+        return real_snapshot(requirements, base, into)
+
+    monkeypatch.setattr(sources, "snapshot", edit_then_copy)
+    result = ensure_venv(spec("./pkg"), stable, runner=runner, base=checkout)
+    monkeypatch.undo()
+    # labelled with what it holds: the next init sees CODE = 3 and has nothing to do
+    assert ensure_venv(spec("./pkg"), stable, runner=runner, base=checkout).action == "up to date"
+    assert result.build == stable.parent / os.readlink(stable)
+
+
+def test_a_refused_local_path_names_the_venv(runner, stable, checkout):
+    with pytest.raises(BootstrapError, match=r"venv 'app': requirement '../x' names .* outside"):
+        ensure_venv(spec("../x"), stable, runner=runner, base=checkout)
+
+
+def test_local_paths_are_relative_to_the_site_root(runner, tmp_path, checkout):
+    text = SITE.format(venv_dir=tmp_path / "venvs").replace('requirements = ["six"]',
+                                                            'requirements = ["./pkg"]', 1)
+    (checkout / "sites").mkdir()
+    (checkout / "sites" / "t.toml").write_text(text)
+    (tmp_path / "t.toml").write_text(text)
+    outside = make_plan(load_site(tmp_path / "t.toml"), "dev")
+    with pytest.raises(BootstrapError, match=f"{tmp_path}/pkg does not exist"):  # its own folder
+        ensure_venvs(outside, runner=runner, root=checkout)
+    inside = make_plan(load_site(checkout / "sites" / "t.toml"), "dev")
+    assert ensure_venvs(inside, runner=runner, root=checkout)[0].action == "created"
+
+
+# --- which build each program runs on -------------------------------------------------------
+
+
+class FakeProcess:
+    def __init__(self, pid: int, environ: dict[str, str]) -> None:
+        self.pid = pid
+        self._environ = environ
+
+    def environ(self) -> dict[str, str]:
+        return self._environ
+
+
+class FakeSupervisord:
+    def __init__(self, children: list[FakeProcess]) -> None:
+        self._children = children
+
+    def children(self) -> list[FakeProcess]:
+        return self._children
+
+
+def test_programs_name_the_build_they_start_on(runner, write_site, tmp_path):
+    venv_dir = tmp_path / "venvs"
+    plan = make_plan(load_site(write_site(SITE.format(venv_dir=venv_dir))), "dev")
+    inst = plan.instance("main")
+    assert venvs.program_builds(inst) == {"web": None, "worker": None, "cron": None}
+    assert venvs.with_builds(inst) == inst  # nothing built yet: nothing named
+    ensure_venvs(plan, runner=runner)
+    app = venv_dir / os.readlink(venv_dir / "app")
+    assert venvs.program_builds(inst)["web"] == app
+    named = venvs.with_builds(inst)
+    web, plain = named.program("web"), named.program("plain")
+    assert web is not None
+    assert plain is not None
+    assert web.environment[venvs.BUILD_ENV] == str(app)
+    assert venvs.BUILD_ENV not in plain.environment
+    assert inst.program("web").environment == {}  # type: ignore[union-attr]  # a copy
+
+
+def test_venv_changes_are_processes_on_another_build(runner, write_site, tmp_path):
+    venv_dir = tmp_path / "venvs"
+    plan = make_plan(load_site(write_site(SITE.format(venv_dir=venv_dir))), "dev")
+    inst = plan.instance("main")
+    ensure_venvs(plan, runner=runner)
+    app = venv_dir / os.readlink(venv_dir / "app")
+    tools = venv_dir / os.readlink(venv_dir / "tools")
+    supervisord = FakeSupervisord([
+        FakeProcess(11, {"SUPERVISOR_PROCESS_NAME": "web", venvs.BUILD_ENV: str(app)}),
+        FakeProcess(12, {"SUPERVISOR_PROCESS_NAME": "worker", venvs.BUILD_ENV: "/old/.app-x"}),
+        FakeProcess(13, {"SUPERVISOR_PROCESS_NAME": "cron"}),  # from before builds were named
+        FakeProcess(14, {"SUPERVISOR_PROCESS_NAME": "plain"}),
+        FakeProcess(15, {}),
+    ])
+    changes = venvs.venv_changes(inst, supervisord)
+    assert [(c.process, c.pid, c.was, c.now) for c in changes] == [
+        ("worker", 12, "/old/.app-x", app), ("cron", 13, None, tools)]
+    assert changes[0].describe(restarted=True) == (
+        f"worker: restarted on venv app's new build {app.name} (was .app-x)")
+    assert "siteboot restart cron" in changes[1].describe(restarted=False)

@@ -1,0 +1,150 @@
+"""Readiness probes: when a program is ready, as a site file says (``ready = {...}``).
+
+Three kinds: ``{ tcp = "{port}" }`` (a connection is accepted), ``{ http = URL, status = 200 }``
+(a GET answers that status) and ``{ command = "..." }`` (exit status 0). The same functions
+validate the table (``site``), describe it in messages, and run it (``readiness`` from the
+command line, ``healer`` inside supervisord). Standard library only; nothing heavy is imported
+until a probe runs.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Mapping
+from typing import Any, Callable
+
+KINDS = ("tcp", "http", "command")
+DEFAULT_STATUS = 200
+DEFAULT_TIMEOUT = 5.0
+_TCP_TARGET = re.compile(r"^(?:(?P<host>[^\s:]+|\[[0-9a-fA-F:]+\]):)?(?P<port>\{port\}|[0-9]+)$")
+
+Probe = Mapping[str, Any]  # one of the three tables, validated
+Runner = Callable[[list[str], float], "tuple[int, str]"]
+
+
+def validate(value: Any) -> tuple[dict[str, Any] | None, list[str]]:
+    """The probe table as siteboot uses it (``status`` filled in for http), and every problem."""
+    if not isinstance(value, dict):
+        return None, [f"must be a table like {{ tcp = \"{{port}}\" }}, not {_type(value)}"]
+    kinds = [k for k in KINDS if k in value]
+    problems = [f"unknown key '{k}' (a probe has one of: tcp, http with status, command)"
+                for k in value if k not in (*KINDS, "status")]
+    if len(kinds) != 1:
+        found = " and ".join(kinds) if kinds else "none"
+        return None, [*problems, f"needs exactly one of tcp, http, command (found {found})"]
+    kind = kinds[0]
+    target = value[kind]
+    if not isinstance(target, str) or not target.strip():
+        return None, [*problems, f"'{kind}' must be a non-empty string, not {_type(target)}"]
+    probe: dict[str, Any] = {kind: target}
+    if kind == "tcp" and not _TCP_TARGET.match(target):
+        problems.append(f"'tcp' must be \"{{port}}\", a port number or \"host:port\", not {target!r}")
+    if kind == "http":
+        if not target.startswith(("http://", "https://")):
+            problems.append(f"'http' must be a URL starting with http:// or https://, not {target!r}")
+        status = value.get("status", DEFAULT_STATUS)
+        if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+            problems.append(f"'status' must be an HTTP status code (100-599), not {status!r}")
+            status = DEFAULT_STATUS
+        probe["status"] = status
+    elif "status" in value:
+        problems.append("'status' belongs to an http probe")
+    return probe, problems
+
+
+def texts(probe: Probe | None) -> dict[str, str]:
+    """The probe's strings by key (``tcp``, ``http``, ``command``), where placeholders may be."""
+    return {k: str(probe[k]) for k in KINDS if probe and k in probe}
+
+
+def kind_of(probe: Probe) -> str:
+    for kind in KINDS:
+        if kind in probe:
+            return kind
+    raise ValueError(f"not a probe: {dict(probe)!r}")
+
+
+def describe(probe: Probe) -> str:
+    """``tcp 127.0.0.1:5001``, ``http http://... (want 200)``, ``command `...```."""
+    kind = kind_of(probe)
+    if kind == "tcp":
+        host, port = tcp_address(str(probe["tcp"]))
+        return f"tcp {host}:{port}"
+    if kind == "http":
+        return f"http {probe['http']} (want {probe.get('status', DEFAULT_STATUS)})"
+    return f"command `{probe['command']}`"
+
+
+def tcp_address(target: str) -> tuple[str, str]:
+    host, _, port = target.rpartition(":")
+    return (host.strip("[]") or "127.0.0.1"), port
+
+
+def check(probe: Probe, timeout: float = DEFAULT_TIMEOUT, run: Runner | None = None) -> str | None:
+    """None when the probe passes, else what it found (its last error, for messages)."""
+    try:
+        kind = kind_of(probe)
+        if kind == "tcp":
+            return _tcp(str(probe["tcp"]), timeout)
+        if kind == "http":
+            return _http(str(probe["http"]), int(probe.get("status", DEFAULT_STATUS)), timeout)
+        return _command(str(probe["command"]), timeout, run or _run)
+    except Exception as exc:  # a probe reports, it never raises (bad input included)
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _tcp(target: str, timeout: float) -> str | None:
+    host, port = tcp_address(target)
+    if not port.isdigit():
+        return f"not a port: {port!r}"
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return _os_error(exc)
+
+
+def _http(url: str, want: int, timeout: float) -> str | None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
+                        else http.client.HTTPConnection)
+    connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    try:
+        connection.request("GET", path, headers={"User-Agent": "siteboot-probe"})
+        status = connection.getresponse().status
+    except (OSError, http.client.HTTPException) as exc:
+        return _os_error(exc) if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+    finally:
+        connection.close()
+    return None if status == want else f"HTTP {status} (want {want})"
+
+
+def _command(command: str, timeout: float, run: Runner) -> str | None:
+    code, output = run(["/bin/sh", "-c", command], timeout)
+    if code == 0:
+        return None
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return f"exit status {code}" + (f": {lines[-1]}" if lines else "")
+
+
+def _run(argv: list[str], timeout: float) -> tuple[int, str]:
+    from siteboot.proc import clean_env, run_command
+
+    result = run_command(argv, timeout=timeout, env=clean_env())
+    return result.returncode, result.output
+
+
+def _os_error(exc: OSError) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    return exc.strerror.lower() if exc.strerror else str(exc) or type(exc).__name__
+
+
+def _type(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a float", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)
