@@ -332,9 +332,10 @@ def stop_dependants_first(plan: Plan, instance: Selection = None) -> dict[str, l
     from siteboot.records import started_elsewhere
 
     owner = owners(plan)
-    # another checkout's instance: `down` refuses it, so nothing of it is stopped here either
+    # another checkout's instance: `down` refuses it, so nothing of it is stopped here either;
+    # one placed on another host is that host's `down` to stop (and not reachable from here)
     selected = {inst.name for inst in plan.select(instance)
-                if plan.owns(inst) and started_elsewhere(plan, inst) is None}
+                if plan.owns(inst) and inst.here and started_elsewhere(plan, inst) is None}
     names = sorted(n for n in involved if owner[n][0].name in selected)
     grouped = waves(names, ranks(plan))
     if len(grouped) < 2:

@@ -24,6 +24,8 @@ from siteboot.progress import Reporter, Step
 REPO = Path(__file__).resolve().parent.parent
 # A stand-in for gitlab-runner (a real one cannot be installed here): see its docstring.
 STAND_IN_RUNNER = REPO / "tests" / "fixtures" / "gitlab-runner"
+# The interpreter the two-account tests build their world-readable siteboot venv with.
+SYSTEM_PYTHON = "/usr/bin/python3"
 # The CLI in a fresh interpreter of the test venv (no stage 0: the test venv has the dependencies).
 SITEBOOT = [sys.executable, "-c", "from siteboot.cli import main; main()"]
 
@@ -421,6 +423,29 @@ def start_fake_supervisord(where: Path | None, key: str = "s3cret",
     return server, url
 
 
+def install_for_all(base: Path) -> Path:
+    """siteboot in a venv every account can run (the two-account tests): the system python, a
+    world-readable copy of the source under ``base``; its interpreter."""
+    import configparser
+    import shutil
+
+    src = base / "src"
+    src.mkdir()
+    for folder in ("siteboot", "templates", "sites"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    venv = base / "venv"
+    subprocess.run([SYSTEM_PYTHON, "-m", "venv", str(venv)], check=True, capture_output=True)
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    requirements = [r.strip() for r in config["options"]["install_requires"].splitlines() if r.strip()]
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet",
+                    "--disable-pip-version-check", *requirements], check=True, capture_output=True)
+    site_packages = next((venv / "lib").glob("python3*/site-packages"))
+    (site_packages / "siteboot-src.pth").write_text(f"{src}\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True, capture_output=True)
+    return venv / "bin/python"
+
+
 @contextlib.contextmanager
 def squatter(port: int, user: str = "nobody") -> Iterator[subprocess.Popen[str]]:
     """Another account (``user``; as root) listening on 127.0.0.1:``port`` while inside, as
@@ -436,7 +461,7 @@ def squatter(port: int, user: str = "nobody") -> Iterator[subprocess.Popen[str]]
     account = pwd.getpwnam(user)
     as_user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
                "--clear-groups"] if os.geteuid() == 0 else []
-    proc = subprocess.Popen([*as_user, "/usr/bin/python3", "-c", code], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([*as_user, SYSTEM_PYTHON, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

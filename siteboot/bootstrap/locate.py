@@ -7,14 +7,17 @@ whether there is anything to build, so it holds only what that decision needs an
 
 from __future__ import annotations
 
-import configparser
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from siteboot import proc
 from siteboot.errors import BootstrapError
+
+if TYPE_CHECKING:
+    import configparser
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the siteboot package
 STAMP_NAME = "siteboot-stamp.json"
@@ -45,6 +48,8 @@ def log(message: str) -> None:
 
 
 def read_setup_cfg(path: Path) -> configparser.ConfigParser:
+    import configparser
+
     parser = configparser.ConfigParser(interpolation=None)
     with open(path, encoding="utf-8") as handle:
         parser.read_file(handle)
@@ -58,10 +63,25 @@ def find_checkout(package_dir: Path = PACKAGE_DIR) -> Path | None:
     if not setup_cfg.is_file():
         return None
     try:
-        return root if read_setup_cfg(setup_cfg).get("metadata", "name", fallback="") == "siteboot" \
-            else None
-    except (OSError, configparser.Error):
+        text = setup_cfg.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
         return None
+    return root if _metadata_name(text) == "siteboot" else None
+
+
+def _metadata_name(setup_cfg: str) -> str:
+    """``[metadata] name`` of a setup.cfg, read by a line scan: every command asks, and
+    configparser costs `status` more than the rest of this module."""
+    section = ""
+    for line in setup_cfg.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            section = stripped[1:-1].strip()
+        elif section == "metadata" and not line[:1].isspace() and "=" in stripped:
+            key, _, value = stripped.partition("=")
+            if key.strip() == "name":
+                return value.strip()
+    return ""
 
 
 def tool_venv_path(checkout: Path, environ: Mapping[str, str] = os.environ) -> Path:

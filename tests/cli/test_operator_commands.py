@@ -140,8 +140,8 @@ def test_completion_of_programs_instances_envs_and_sites(short_dir):
     assert complete("up", "--site", site, "-i", "") == ["main", "jobs"]
     assert complete("ctl", "--site", site, "-i", "j") == ["jobs"]
     assert complete("status", "--site", site, "-e", "") == ["dev", "staging", "prod"]
-    assert complete("tail", "--root", str(REPO), "--site", "jaws", "c") == [
-        "central-auth", "central-rest", "cromwell"]
+    assert complete("tail", "--root", str(REPO), "--site", "jaws", "jaws-site-") == [
+        "jaws-site-daemon", "jaws-site-jtm-rpc", "jaws-site-central-rpc"]
     assert "local" in complete("up", "--root", str(REPO), "--site", "")
     assert complete("stop", "--site", str(short_dir / "nope.toml"), "") == []
 

@@ -19,11 +19,12 @@ from tests.helpers import MINIMAL_SITE, REPO, invoke_cli, own_site_text, supervi
 
 NOBODY = 65534
 JAWS_PORTS = {
+    "jaws-cromwell": {"dev": 50101, "staging": 50102, "prod": 50103},
     "central-auth": {"dev": 3001, "staging": 3002, "prod": 3003},
     "central-rest": {"dev": 5001, "staging": 5002, "prod": 5003},
-    "cromwell": {"dev": 50101, "staging": 50102, "prod": 50103},
     "supervisord-jaws": {"dev": 64101, "staging": 64102, "prod": 64103},
     "supervisord-jtm": {"dev": 64111, "staging": 64112, "prod": 64113},
+    "supervisord-central": {"dev": 64121, "staging": 64122, "prod": 64123},
 }
 
 
@@ -74,9 +75,9 @@ def test_ports_table():
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["name", "dev", "staging", "prod"]
-    assert lines[1].split() == ["central-auth", "3001", "3002", "3003"]
-    assert lines[-1].split() == ["supervisord-jtm", "64111", "64112", "64113"]
-    assert len(lines) == 6
+    assert lines[1].split() == ["jaws-cromwell", "50101", "50102", "50103"]
+    assert lines[-1].split() == ["supervisord-central", "64121", "64122", "64123"]
+    assert len(lines) == 7
 
 
 def test_site_name_is_looked_up_under_root(tmp_path):
@@ -191,14 +192,17 @@ def test_bad_site_is_one_screen_and_exit_2(tmp_path, case, command):
 # render
 
 
-def test_render_jaws_prod_previews(tmp_path):
+def test_render_jaws_previews_every_env_without_secrets(tmp_path, monkeypatch):
+    for name in ("JAWS_DB_PW", "JAWS_RMQ_PW", "SITE_RMQ_PW", "JAWS_GLOBUS_CLIENT_SECRET"):
+        monkeypatch.setenv(f"SITEBOOT_SECRET_{name}", f"real-{name}")  # what a deploy job has
     out = tmp_path / "d"
-    result = run("render", "--root", REPO, "--site", "jaws", "--env", "prod", "--out", out)
-    assert result.exit_code == 0, result.stderr
-    configs = sorted(out.iterdir())
-    assert [p.name for p in configs] == ["supervisord-jaws-jaws-prod.conf",
-                                         "supervisord-jaws-jtm-prod.conf"]
-    assert result.stdout.count("(preview:") == 2
+    for env in ("dev", "staging", "prod"):
+        result = run("render", "--root", REPO, "--site", "jaws", "--env", env, "--out", out)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.count("(preview:") == 3 + 5  # configs, then [files]
+    configs = sorted(p for p in out.iterdir() if p.suffix == ".conf")
+    assert [p.name for p in configs] == [f"supervisord-jaws-{i}-{e}.conf" for i in ("central", "jaws", "jtm")
+                                         for e in ("dev", "prod", "staging")]
     listening = {}
     for path in configs:
         text = path.read_text()
@@ -208,7 +212,21 @@ def test_render_jaws_prod_previews(tmp_path):
         inet = next(c for c in sv.server_configs if c["section"] == "inet_http_server")
         assert inet["password"] == PLACEHOLDER_HASH
         listening[sv.identifier] = (inet["host"], inet["port"])
-    assert listening == {"jaws-jaws-prod": ("127.0.0.1", 64103), "jaws-jtm-prod": ("127.0.0.1", 64113)}
+    assert listening["jaws-jaws-prod"] == ("127.0.0.1", 64103)
+    assert listening["jaws-jtm-prod"] == ("127.0.0.1", 64113)
+    assert listening["jaws-central-staging"] == ("127.0.0.1", 64122)
+    files = sorted(p.relative_to(out).as_posix() for p in out.glob("files-*/*"))
+    assert len(files) == 3 * 5
+    previews = [(out / name).read_text() for name in files]
+    assert not any("real-" in text for text in [*previews, *(p.read_text() for p in configs)])
+    site_conf = (out / "files-jaws-jaws-prod" / "site-conf").read_text()
+    assert "password = {secret:JAWS_DB_PW}" in site_conf
+    assert "url = http://localhost:50103" in site_conf
+    cromwell = (out / "files-jaws-jtm-dev" / "cromwell-conf").read_text()
+    assert "port = 50101" in cromwell
+    assert 'password = "{secret:JAWS_DB_PW}"' in cromwell
+    central = (out / "files-jaws-central-staging" / "central-conf").read_text()
+    assert "auth_port = 3002\nrest_port = 5002" in central
 
 
 def test_render_out_creates_no_runtime_or_state_dirs(tmp_path, short_dir):

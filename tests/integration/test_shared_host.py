@@ -22,12 +22,11 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, SYSTEM_PYTHON
 
 pytestmark = [pytest.mark.slow, pytest.mark.users]
 
 ACCOUNTS = ("sbt_p9a", "sbt_p9b")
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _drop(user: str) -> None:

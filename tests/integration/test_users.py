@@ -27,12 +27,18 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import REPO, Interactive, free_ports, kill_all, processes_under
+from tests.helpers import (
+    SYSTEM_PYTHON,
+    Interactive,
+    free_ports,
+    install_for_all,
+    kill_all,
+    processes_under,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.users]
 
 JAWS, JTM, OTHER = "sbt_jaws", "sbt_jtm", "sbt_other"
-SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _sh(*cmd: str) -> None:
@@ -82,26 +88,6 @@ class TwoUsers:
         return Path(pwd.getpwnam(user).pw_dir) / ".local/state/siteboot/pv-dev/keys" / f"{instance}.key"
 
 
-def _install(base: Path) -> Path:
-    """siteboot in a venv every user can run: the system python, a world-readable copy."""
-    src = base / "src"
-    src.mkdir()
-    for folder in ("siteboot", "templates", "sites"):
-        shutil.copytree(REPO / folder, src / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    venv = base / "venv"
-    _sh(SYSTEM_PYTHON, "-m", "venv", str(venv))
-    config = configparser.ConfigParser()
-    config.read(REPO / "setup.cfg")
-    requirements = [r.strip() for r in config["options"]["install_requires"].splitlines() if r.strip()]
-    _sh(str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-        *requirements)
-    site_packages = next((venv / "lib").glob("python3*/site-packages"))
-    (site_packages / "siteboot-src.pth").write_text(f"{src}\n")
-    _sh("chmod", "-R", "a+rX", str(base))
-    return venv / "bin/python"
-
-
 @pytest.fixture(scope="module")
 def two_users() -> Iterator[TwoUsers]:
     if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
@@ -113,7 +99,7 @@ def two_users() -> Iterator[TwoUsers]:
         for user in (JAWS, JTM, OTHER):
             _sh("useradd", "-m", "-U", "-s", "/bin/sh", user)
         _sh("usermod", "-aG", JTM, JAWS)
-        python = _install(base)
+        python = install_for_all(base)
         (base / "tmp").mkdir()
         os.chmod(base / "tmp", 0o1777)  # stands in for /tmp
         _make_shared_parent(base / "tmp" / "pv-run")

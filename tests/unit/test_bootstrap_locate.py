@@ -27,6 +27,21 @@ def test_find_checkout_needs_our_setup_cfg(tmp_path: Path, checkout: Path) -> No
     assert locate.find_checkout(checkout / "siteboot") is None
 
 
+@pytest.mark.parametrize(("text", "name"), [
+    ("[metadata]\nname = siteboot\n", "siteboot"),
+    ("[metadata]\nversion = 1\nname=siteboot\n[options]\nname = x\n", "siteboot"),
+    ("[options]\nname = siteboot\n", ""),  # not the metadata section
+    ("[metadata]\ndescription = a\n  name = siteboot\n", ""),  # a continuation line
+    ("[metadata]\nnamespace = siteboot\n", ""),
+])
+def test_setup_cfg_name_is_read_as_configparser_would(tmp_path: Path, text: str, name: str) -> None:
+    path = tmp_path / "setup.cfg"
+    path.write_text(text)
+    parsed = locate.read_setup_cfg(path).get("metadata", "name", fallback="")
+    assert parsed == name
+    assert locate._metadata_name(text) == name
+
+
 def test_tool_venv_path(tmp_path: Path) -> None:
     assert locate.tool_venv_path(tmp_path, {}) == tmp_path / ".venv"
     assert locate.tool_venv_path(tmp_path, {"SITEBOOT_VENV": "/x/v"}) == Path("/x/v")

@@ -32,11 +32,12 @@ from siteboot.site import load_site
 from tests.helpers import REPO, plan_from
 
 JAWS_MATRIX = {
+    "jaws-cromwell": {"dev": 50101, "staging": 50102, "prod": 50103},
     "central-auth": {"dev": 3001, "staging": 3002, "prod": 3003},
     "central-rest": {"dev": 5001, "staging": 5002, "prod": 5003},
-    "cromwell": {"dev": 50101, "staging": 50102, "prod": 50103},
     "supervisord-jaws": {"dev": 64101, "staging": 64102, "prod": 64103},
     "supervisord-jtm": {"dev": 64111, "staging": 64112, "prod": 64113},
+    "supervisord-central": {"dev": 64121, "staging": 64122, "prod": 64123},
 }
 
 

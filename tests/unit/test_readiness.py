@@ -329,6 +329,21 @@ def test_down_stops_dependants_before_what_they_depend_on(tmp_path, monkeypatch)
                           "stopped auth in dependency order (dependants first)"]
 
 
+def test_down_on_one_host_leaves_what_runs_on_another_to_that_host(tmp_path, monkeypatch):
+    monkeypatch.setenv("SITEBOOT_HOST", "cori20.nersc.gov")
+    plan = plan_from(SITE.format(base=tmp_path).replace(
+        "[instances.b]\n", '[instances.b]\nhost = "jaws.lbl.gov"\n'), tmp_path)
+    steps = []
+
+    def act(plan: Any, step: str, inst: str, processes: list[str]) -> list[ProcessOutcome]:
+        steps.append((inst, processes))
+        return [ProcessOutcome(inst, p, True, "stopped") for p in processes]
+
+    monkeypatch.setattr(readiness, "_act", act)
+    readiness.stop_dependants_first(plan)
+    assert steps == [("a", ["rest"]), ("a", ["auth"])]  # b's db is not asked from here
+
+
 # ------------------------------------------------------------------------------------------
 # What status makes of the healer's records
 

@@ -18,9 +18,10 @@ def test_jaws_matrix_is_faithful():
     site = load_site(REPO / "sites" / "jaws.toml")
     assert site.programs["central-auth"].port == {"dev": 3001, "staging": 3002, "prod": 3003}
     assert site.programs["central-rest"].port == {"dev": 5001, "staging": 5002, "prod": 5003}
-    assert site.programs["cromwell"].port == {"dev": 50101, "staging": 50102, "prod": 50103}
+    assert site.programs["jaws-cromwell"].port == {"dev": 50101, "staging": 50102, "prod": 50103}
     assert site.instances["jaws"].port == {"dev": 64101, "staging": 64102, "prod": 64103}
     assert site.instances["jtm"].port == {"dev": 64111, "staging": 64112, "prod": 64113}
+    assert site.instances["central"].port == {"dev": 64121, "staging": 64122, "prod": 64123}
     assert site.instances["jaws"].user == "jaws"
     assert site.instances["jtm"].user == "jaws_jtm"
     assert site.runtime_dir == "/tmp/jaws-supervisord-{env}"
