@@ -12,6 +12,7 @@ section (a venv build, a file): supervisord never sees them, siteboot restarts o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,17 +105,22 @@ def server_of(text: str) -> dict[str, dict[str, str]]:
             if not name.startswith((*PROCESS_PREFIXES, "group:"))}
 
 
-def _differing(old: dict[str, str], new: dict[str, str]) -> tuple[str, ...]:
+def _differing(old: dict[str, str], new: dict[str, str],
+               names: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The keys whose values differ (named through ``names``: never the values, which may be
+    secrets), each once, in the order of ``new``."""
     keys = list(new) + [k for k in old if k not in new]
-    return tuple(k for k in keys if old.get(k) != new.get(k))
+    found = [(names or {}).get(k, k) for k in keys if old.get(k) != new.get(k)]
+    return tuple(dict.fromkeys(found))
 
 
-def compare_programs(loaded: str, rendered: str,
-                     running: set[str] | None = None) -> list[ProgramChange]:
+def compare_programs(loaded: str, rendered: str, running: set[str] | None = None,
+                     names: Mapping[str, str] | None = None) -> list[ProgramChange]:
     """Programs added, removed and changed (with the keys) from ``loaded`` to ``rendered``.
 
     ``running``: the programs supervisord has in use, when known; it decides what is added and
     removed, and a program it runs that ``loaded`` does not describe counts as changed.
+    ``names``: supervisord option -> the site file's key (``render.SITE_KEY_OF_OPTION``).
     """
     old, new = programs_of(loaded), programs_of(rendered)
     present = set(old) if running is None else running
@@ -125,7 +131,7 @@ def compare_programs(loaded: str, rendered: str,
         elif name not in old:
             changes.append(ProgramChange(name, "changed", (UNKNOWN,)))
         else:
-            keys = _differing(old[name], options)
+            keys = _differing(old[name], options, names)
             if keys:
                 changes.append(ProgramChange(name, "changed", keys))
     return changes
@@ -140,9 +146,9 @@ def compare_server(started: str, rendered: str) -> list[str]:
     return differing
 
 
-def compare(started: str, applied: str, rendered: str,
-            running: set[str] | None = None) -> ConfigChanges:
+def compare(started: str, applied: str, rendered: str, running: set[str] | None = None,
+            names: Mapping[str, str] | None = None) -> ConfigChanges:
     """What applying ``rendered`` to a supervisord started with ``started``, whose programs
     run as ``applied`` says, would change."""
-    return ConfigChanges(compare_programs(applied, rendered, running),
+    return ConfigChanges(compare_programs(applied, rendered, running, names),
                          compare_server(started, rendered) if started else [])

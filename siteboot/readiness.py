@@ -387,6 +387,8 @@ def converge_outcomes(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
 
 def _merge(outcome: InstanceOutcome, done: Convergence) -> None:
     outcome.notes += done.notes
+    outcome.notes += [f"{process} {tail.stream} | {line}"
+                      for process, tail in done.tails.items() for line in tail.lines]
     if done.failed and outcome.action == "failed" and outcome.detail.startswith(_DO_NOT_RUN):
         outcome.detail += "; " + "; ".join(done.failed)
     elif done.failed:

@@ -240,6 +240,15 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc}") from None
 
 
+# supervisord options as the site file names them, to say which keys of a program changed
+SITE_KEY_OF_OPTION = {
+    **{key.supervisor: key.name for key in PROGRAM_KEYS if key.supervisor},
+    "process_name": "numprocs",
+    "stdout_logfile_maxbytes": "log_maxbytes", "stderr_logfile_maxbytes": "log_maxbytes",
+    "stdout_logfile_backups": "log_backups", "stderr_logfile_backups": "log_backups",
+}
+
+
 def template_context_names() -> dict[str, str]:
     """What a site's own template may use (documented in the README)."""
     return {

@@ -367,13 +367,15 @@ def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
                        f"`{command('up')}`")
 
 
-def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,
-                       tables: tuple[str, ...] = ("/proc/net/tcp", "/proc/net/tcp6")) -> None:
-    """The server end of our TCP connection must belong to ``uid`` (Linux /proc/net/tcp).
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+TCP_LISTEN = "0A"  # the state of a listening socket in those tables
 
-    Checked after connecting, on the connection itself: whoever else listens on the same port
-    (another address, IPv6) cannot pass, nor slip in between a check and the connect.
-    """
+
+def tcp_sockets(tables: tuple[str, ...] = TCP_TABLES) -> list[tuple[int, int, str, int]] | None:
+    """(local port, remote port, state, uid) of every TCP socket the kernel lists (Linux
+    /proc/net/tcp): whose a socket is, even where its process is not ours to see. None when
+    no table could be read."""
+    sockets: list[tuple[int, int, str, int]] = []
     readable = False
     for table in tables:
         try:
@@ -386,19 +388,28 @@ def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,
         readable = True
         for line in lines:
             fields = line.split()
-            if len(fields) < 8:
-                continue
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
-            if local_port == server_port and remote_port == client_port:
-                owner = int(fields[7])
-                if owner != uid:
-                    raise RpcError(IMPOSTOR, f"port {server_port} is held by uid {owner}, not uid "
-                                   f"{uid}: the key was not sent", "another process took the "
-                                   f"instance's port; stop it, then `{command('up')}` as its "
-                                   "owner")
-                return
-    if readable or any(Path(t).exists() for t in tables):
+            if len(fields) >= 8:
+                sockets.append((int(fields[1].rsplit(":", 1)[1], 16),
+                                int(fields[2].rsplit(":", 1)[1], 16), fields[3], int(fields[7])))
+    return sockets if readable else None
+
+
+def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,
+                       tables: tuple[str, ...] = TCP_TABLES) -> None:
+    """The server end of our TCP connection must belong to ``uid`` (Linux /proc/net/tcp).
+
+    Checked after connecting, on the connection itself: whoever else listens on the same port
+    (another address, IPv6) cannot pass, nor slip in between a check and the connect.
+    """
+    sockets = tcp_sockets(tables)
+    for local_port, remote_port, _state, owner in sockets or []:
+        if local_port == server_port and remote_port == client_port:
+            if owner != uid:
+                raise RpcError(IMPOSTOR, f"port {server_port} is held by uid {owner}, not uid "
+                               f"{uid}: the key was not sent", "another process took the "
+                               f"instance's port; stop it, then `{command('up')}` as its owner")
+            return
+    if sockets is not None or any(Path(t).exists() for t in tables):
         raise RpcError(IMPOSTOR, f"cannot tell who answers at {url}: the key was not sent",
                        "is /proc/net/tcp readable here?")
 
