@@ -121,7 +121,7 @@ startsecs = 1
         assert {p["name"]: p["state"] for p in data["instances"][0]["programs"]} == \
             {"web": "RUNNING", "api": "NOT LOADED"}
     result = site.run("up", check=True)
-    assert "alpha: updated: program api: added" in result.stdout
+    assert "alpha: updated: added api" in result.stdout
     site.wait_status(0)
 
 
