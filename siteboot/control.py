@@ -1044,21 +1044,30 @@ def _who_can_fix(plan: Plan, inst: InstancePlan, problem: SitebootError) -> Site
 
 def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep,
-           progress: Reporter = SILENT) -> StatusResult:
+           progress: Reporter = SILENT, every_program: bool = False) -> StatusResult:
     """Status once no program is STARTING or BACKOFF any more (or ``timeout`` has passed);
-    ``progress`` sees the wait, and which programs it waits for."""
+    ``progress`` sees the wait, and which programs it waits for. Without ``every_program`` a
+    report that is already critical is final (one program FATAL); with it (a deploy, which
+    judges each program) every program gets there."""
     deadline = clock() + timeout
+
+    def waiting(report: StatusResult) -> list[str]:
+        return [f"{p.name} {p.state}" for inst in report.instances for p in inst.programs
+                if p.state in _PROGRAM_WARNING]
+
+    def settled(report: StatusResult) -> bool:
+        return not waiting(report) if every_program else report.exit_code != STATUS_WARNING
+
     report = status(plan)
-    if report.exit_code != STATUS_WARNING:
+    if settled(report):
         return report
     with progress.step("waiting for programs to settle") as step:
         while True:
-            if report.exit_code != STATUS_WARNING or clock() >= deadline:
+            if settled(report) or clock() >= deadline:
                 return report
-            waiting = [f"{p.name} {p.state}" for inst in report.instances for p in inst.programs
-                       if p.state in _PROGRAM_WARNING]
+            names = waiting(report)
             step.update("waiting for programs to settle"
-                        + (f" ({', '.join(waiting)})" if waiting else ""))
+                        + (f" ({', '.join(names)})" if names else ""))
             sleep(0.2)
             report = status(plan)
 

@@ -379,7 +379,7 @@ def apply_release(plan: Plan, root: Path | None, release: str, timeout: float,
 
     result = instances.up(plan, root, None, timeout)
     converge_outcomes(plan, result.outcomes)
-    settled = settle(plan, timeout, progress=progress)
+    settled = settle(plan, timeout, progress=progress, every_program=True)
     owned = {inst.name for inst in plan.instances.values() if plan.owns(inst)}
     failed = {o.instance for o in result.outcomes if o.action == "failed"}
     failures = [f"{o.instance}: {o.detail}" for o in result.outcomes if o.instance in failed]

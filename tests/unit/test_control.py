@@ -1350,6 +1350,23 @@ def test_settle_gives_up_at_the_deadline(plan, endpoints):
     assert 2.0 <= now[0] < 2.5
 
 
+def test_settle_for_every_program_waits_past_a_critical_one(plan, endpoints):
+    """A deploy judges each program: one FATAL must not cut the wait for one still STARTING."""
+    endpoints["alpha"] = running_alpha()
+    fake = endpoints["beta"] = running_beta("STARTING")
+    endpoints["gamma"] = FakeEndpoint(error=RpcError(REFUSED, "refused"))
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+        if now[0] >= 1.0:
+            fake.infos[1] = info("worker_01", "RUNNING", pid=22)
+
+    report = control.settle(plan, 30, clock=lambda: now[0], sleep=sleep, every_program=True)
+    assert report.exit_code == STATUS_UNKNOWN  # gamma's verdict stays, nothing is STARTING
+    assert 1.0 <= now[0] < 2.0
+
+
 # --------------------------------------------------------------------------------------------
 # converge: what should run is started, what an operator stopped stays stopped
 
