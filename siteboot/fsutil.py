@@ -133,7 +133,10 @@ def _refuse(path: Path, why: str) -> OwnershipError:
 def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[str]:
     """Create ``path`` (missing parents as ordinary dirs) or correct its mode and group to
     exactly ``mode`` and ``gid``; what was done. It is changed through a descriptor opened with
-    O_NOFOLLOW, so a symlink is refused, never followed; so is a dir of another owner."""
+    O_NOFOLLOW, so a symlink is refused, never followed; so is a dir of another owner, and one
+    on a way another account could swap (``verify_unswappable``): its programs would write into
+    whatever that account put there, and a symlink on the way would point the chmod elsewhere."""
+    verify_unswappable(path.parent, os.geteuid())
     created = False
     try:
         os.mkdir(path, 0o700)
@@ -153,6 +156,8 @@ def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[st
             raise _refuse(path, "is not a directory (a symlink?)") from None
         raise
     try:
+        if os.fstat(fd).st_uid == os.geteuid():  # (another's is refused next, saying why)
+            verify_unswappable(path, os.geteuid())  # its parent may be written by nobody else
         return _correct_dir(fd, path, mode, gid, created)
     finally:
         os.close(fd)

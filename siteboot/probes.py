@@ -135,7 +135,9 @@ def _command(command: str, timeout: float, run: Runner) -> str | None:
 def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     from siteboot.proc import clean_env, run_command
 
-    result = run_command(argv, timeout=timeout, env=clean_env())
+    # its own session: a timeout kills what the command started too (else the wait for its
+    # output lasts as long as they do, and a healer stuck in it probes nothing else)
+    result = run_command(argv, timeout=timeout, env=clean_env(), new_session=True)
     return result.returncode, result.output
 
 

@@ -105,3 +105,29 @@ def test_real_command_probe():
 def test_a_probe_never_raises():
     assert probes.check({"tcp": "notaport"}) == "not a port: 'notaport'"
     assert probes.check({"nothing": 1}) == "ValueError: not a probe: {'nothing': 1}"
+
+
+def test_a_hung_command_probe_is_killed_with_what_it_started(tmp_path):
+    """``sleep`` keeps the shell's output pipe open: killing the shell alone left the probe (and
+    the healer, which waits for every probe of a tick) waiting for as long as it ran."""
+    import psutil
+
+    from tests.helpers import wait_until
+
+    marker = tmp_path / "finished"
+    error = probes.check({"command": f"echo started; sleep 600.25; touch {marker}"}, timeout=0.5)
+    assert error is not None
+    assert error.startswith("exit status 124")
+
+    def sleeping() -> list[Any]:
+        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "600.25"]]
+
+    wait_until(lambda: not sleeping())
+    assert not marker.exists()
+
+
+def test_a_command_probe_sees_no_secret_of_siteboot_s_environment(monkeypatch):
+    monkeypatch.setenv("SITEBOOT_SECRET_DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    assert probes.check({"command": 'test -z "$SITEBOOT_SECRET_DB_PASSWORD" && '
+                                    'test "$SOMETHING_ELSE" = kept'}) is None
