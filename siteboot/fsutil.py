@@ -8,7 +8,7 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -237,16 +237,16 @@ def unmapped_uid() -> int | None:
         return None
 
 
-def verify_unswappable(path: Path, owner_uid: int) -> None:
+def verify_unswappable(path: Path, owner_uid: int, trusted: Collection[int] = ()) -> None:
     """No directory on the way to ``path`` (itself included) can be renamed or replaced by
-    anyone but root and ``owner_uid``.
+    anyone but root, ``owner_uid`` and the ``trusted``.
 
     A directory can be swapped by whoever may write its parent: so every directory from / down
     must belong to root or the owner (or, in a user namespace, to the unmapped outside), and one
     that others may write must be sticky (then only the owner of an entry can move it). A
     symlink on the way must be root's or the owner's, and so must everything it leads through.
     """
-    allowed = {0, owner_uid, unmapped_uid()}
+    allowed = {0, owner_uid, unmapped_uid(), *trusted}
     for step in (*reversed(path.parents), path):
         try:
             info = os.lstat(step)
@@ -255,7 +255,7 @@ def verify_unswappable(path: Path, owner_uid: int) -> None:
         if stat.S_ISLNK(info.st_mode):
             if info.st_uid not in allowed:
                 raise _refuse(path, f"lies under {step}, a symlink of {owner_name(info.st_uid)}")
-            verify_unswappable(Path(os.path.realpath(step)), owner_uid)
+            verify_unswappable(Path(os.path.realpath(step)), owner_uid, trusted)
             continue
         if info.st_uid not in allowed:
             where = "belongs to" if step == path else f"lies under {step}, which belongs to"
