@@ -5,6 +5,7 @@ failing HTTP probe makes status exit 1; several programs start and stop in prior
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -201,3 +202,80 @@ def test_the_healer_starts_a_dependant_when_nobody_runs_siteboot(site_factory):
         site.run("down", timeout=120)
         runner.wait(timeout=60)
 
+
+
+def _healer_pids(site: Any) -> list[int]:
+    import psutil
+
+    spec = str(site.runtime("alpha") / "healer-alpha.json")
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "siteboot.healer" in (p.info["cmdline"] or []) and spec in p.info["cmdline"]]
+
+
+def _lost_healer_log(healer: int) -> str:
+    """The listener's log that went with the runtime dir: supervisord still has it open."""
+    import psutil
+
+    folder = Path(f"/proc/{psutil.Process(healer).ppid()}/fd")
+    for fd in folder.iterdir():
+        try:
+            if "siteboot-healer.err.log" in os.readlink(fd):
+                return fd.read_text()
+        except OSError:
+            continue
+    return ""
+
+
+def test_the_healer_outlives_a_kill_and_a_wipe_and_ignores_a_planted_spec(site_factory, tmp_path):
+    """kill -9 of the listener: supervisord starts it again and status keeps its verdicts. A
+    /tmp wipe: another account could make the runtime dir again with a spec of its own, whose
+    command probe the listener would run as this account; it is ignored, and revive writes the
+    real one back."""
+    import json
+    import shutil
+    import signal
+
+    site = site_factory(f"""
+        [programs.web]
+        instance = "alpha"
+        command = "{SERVICE} --port {{port}} --status 500"
+        port = {{ dev = PORT_WEB }}
+        startsecs = 1
+        ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
+        """)
+    site.run("up", "-i", "alpha", timeout=120)
+
+    def web_health() -> str:
+        _, data = site.status()
+        alpha = next(i for i in data["instances"] if i["name"] == "alpha")
+        return str(next(p["health"] for p in alpha["programs"] if p["name"] == "web"))
+
+    wait_until(lambda: web_health() == "not ready", timeout=60)
+    [healer] = wait_until(lambda: _healer_pids(site), timeout=60)
+    os.kill(healer, signal.SIGKILL)
+    [again] = wait_until(lambda: [p for p in _healer_pids(site) if p != healer], timeout=60)
+    wait_until(lambda: web_health() == "not ready", timeout=60)
+
+    runtime = site.runtime("alpha")
+    shutil.rmtree(runtime)
+    runtime.mkdir(mode=0o755)
+    marker = tmp_path / "planted-probe-ran"
+    planted = {"programs": {"web": {"processes": ["web"], "autorestart": "unexpected",
+                                    "probe": {"command": f"touch {marker}"}, "depends_on": []}},
+               "health_path": str(tmp_path / "overwritten")}
+    (runtime / "healer-alpha.json").write_text(json.dumps(planted))
+    os.chown(runtime / "healer-alpha.json", 65534, 65534)
+    os.chown(runtime, 65534, 65534)
+    wait_until(lambda: "ignoring" in _lost_healer_log(again), timeout=60)
+    assert not marker.exists()
+    assert not (tmp_path / "overwritten").exists()
+    assert web_health() == "not ready"  # the last good spec: it probes on, records on
+
+    shutil.rmtree(runtime)
+    revived = site.run("revive", timeout=120)  # exit 1: web is not ready
+    assert "dev alpha: updated: runtime dir restored" in revived.stdout, revived.stdout
+    spec = json.loads((runtime / "healer-alpha.json").read_text())
+    assert spec["programs"]["web"]["probe"]["http"].endswith("/health")
+    assert _healer_pids(site) == [again]
+    wait_until(lambda: web_health() == "not ready", timeout=60)
+    assert not marker.exists()
