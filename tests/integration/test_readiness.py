@@ -279,3 +279,51 @@ def test_the_healer_outlives_a_kill_and_a_wipe_and_ignores_a_planted_spec(site_f
     assert _healer_pids(site) == [again]
     wait_until(lambda: web_health() == "not ready", timeout=60)
     assert not marker.exists()
+
+
+SQUATTER = "sbt_ak_squat"
+
+
+@pytest.mark.users
+def test_another_account_on_the_dependency_s_port_does_not_pass_its_probe(site_factory):
+    """Another account listens on db's port before db starts (db then cannot bind): a plain
+    connect would pass db's probe and start app against that account's listener."""
+    import pwd
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    subprocess.run(["userdel", SQUATTER], check=False, capture_output=True)
+    subprocess.run(["useradd", "-M", "-s", "/bin/false", SQUATTER], check=True)
+    squatter = None
+    try:
+        account = pwd.getpwnam(SQUATTER)
+        site = site_factory(ordered(ready_timeout=3))
+        port = site.ports["spare"]
+        squatter = subprocess.Popen(["/usr/bin/python3", "-I", "-m", "http.server", str(port),
+                                     "--bind", "127.0.0.1"], user=account.pw_uid,
+                                    group=account.pw_gid, extra_groups=[], cwd="/",
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _accepts(port))
+        alone = site.run("up", "-i", "alpha", timeout=120)
+        assert alone.returncode == 1, alone.stdout + alone.stderr
+        assert (f"app: not started: beta:db not ready after 3 s: tcp 127.0.0.1:{port}: port "
+                f"{port} is held by {SQUATTER}, not {pwd.getpwuid(os.geteuid()).pw_name}"
+                in alone.stdout), alone.stdout
+        assert not (site.runtime("alpha") / "app.started").exists()
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait()
+        subprocess.run(["userdel", SQUATTER], check=False, capture_output=True)
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

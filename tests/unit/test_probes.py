@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -86,6 +87,21 @@ def test_http_probe_compares_the_status(http_port):
     assert probes.check({"http": url + "/health?x=1", "status": 200}) is None
     assert probes.check({"http": url + "/broken", "status": 200}) == "HTTP 500 (want 200)"
     assert probes.check({"http": url + "/broken", "status": 500}) is None
+
+
+def test_a_port_of_the_program_s_own_counts_only_when_its_account_holds_it(http_port):
+    """Another account listening first on the program's port (the program then cannot bind)
+    would otherwise pass its probe, and what depends on it would talk to that account."""
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    url = f"http://127.0.0.1:{http_port}/health"
+    assert probes.check({"http": url, "status": 200, "owner": me}) is None
+    assert probes.check({"tcp": str(http_port), "owner": me}) is None
+    held = f"port {http_port} is held by {me}, not nobody"
+    assert probes.check({"http": url, "status": 200, "owner": "nobody"}) == held
+    assert probes.check({"tcp": f"127.0.0.1:{http_port}", "owner": "nobody"}) == held
+    assert probes.check({"tcp": str(http_port)}) is None  # another's service: no owner to check
 
 
 def test_command_probe_reports_exit_status_and_last_line():
