@@ -7,9 +7,10 @@ Instances are queried concurrently, each in one multicall request.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -70,6 +71,26 @@ FAULT_NOT_RUNNING = 70
 FAULT_SPAWN_ERROR = 50
 
 
+# A process in these states failed to start: its own words say why (``log_tails``).
+FAILING_TO_START = {"FATAL", "BACKOFF"}
+LOG_TAIL_LINES = 5
+_LOG_TAIL_BYTES = 4096  # over RPC: enough for LOG_TAIL_LINES lines of a traceback
+_LOG_LINE_WIDTH = 200
+# What a log line must not bring to the operator's terminal: colours, cursor moves, controls.
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class LogTail:
+    """The last lines a failing process wrote where its errors go."""
+
+    stream: str  # "stderr", or "stdout" for a program with redirect_stderr
+    lines: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"stream": self.stream, "lines": self.lines}
+
+
 @dataclass
 class ProgramStatus:
     name: str
@@ -82,6 +103,7 @@ class ProgramStatus:
     expected: bool  # should be running (autostart)
     history: History | None = None  # restarts from supervisord's log; None: not counted
     restart_limit: int | None = None  # more restarts than this in the window: a crash loop
+    log_tail: LogTail | None = None  # FATAL or BACKOFF: the end of its error output
     health: Any = None  # a ``health.Health`` where a healer watches (probes, restarts)
 
     @property
@@ -124,6 +146,7 @@ class ProgramStatus:
         return {"name": self.name, "group": self.group, "state": self.state, "pid": self.pid,
                 "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr,
                 "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None,
+                "log_tail": self.log_tail.as_json() if self.log_tail else None,
                 "health": self.health_state,
                 "health_detail": (self.health.detail or None) if self.health is not None else None,
                 "backoff": self.health.backoff_json() if self.health is not None else None}
@@ -296,6 +319,11 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     for row in result.programs:
         if row.state in _FAILING:
             row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
+    failing = [row.name for row in result.programs if row.state in FAILING_TO_START]
+    if failing:  # only then: a healthy status reads no log
+        tails = log_tails(plan, inst, endpoint, failing)
+        for row in result.programs:
+            row.log_tail = tails.get(row.name)
     if inst.heals:
         _add_health(inst, result.programs)
     return result
@@ -309,10 +337,63 @@ def _add_health(inst: InstancePlan, rows: list[ProgramStatus]) -> None:
     records = read(inst.health_path)  # not the owner: unreadable, so health is unknown
     now = time.time()
     for row in rows:
-        program = next((p for p in inst.programs if row.name in p.process_names()), None)
+        program = _program_of(inst, row.name)
         if program is not None:
             row.health = health_of(program.probe is not None, row.state, row.pid,
                                    records.get(row.name), now)
+
+
+def _program_of(inst: InstancePlan, process: str) -> ProgramPlan | None:
+    return next((p for p in inst.programs if process in p.process_names()), None)
+
+
+def log_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
+              processes: list[str]) -> dict[str, LogTail]:
+    """The last lines each of ``processes`` wrote to stderr (to stdout, with ``redirect_stderr``):
+    the owner reads the log file, anyone else (a granted member) asks supervisord."""
+    from siteboot.proc import file_tail
+
+    tails: dict[str, LogTail] = {}
+    for process in processes:
+        program = _program_of(inst, process)
+        if program is None:
+            continue
+        stream = "stdout" if program.options.get("redirect_stderr") else "stderr"
+        if plan.owns(inst):  # supervisord writes it as the owner: no need to ask it
+            text = file_tail(program.log_path(process, stream), 10 * LOG_TAIL_LINES)
+        else:
+            try:
+                text, _size = tail_end(endpoint, f"{inst.group_name}:{process}",
+                                       stream.capitalize(), _LOG_TAIL_BYTES)
+            except (SitebootError, Fault):  # not readable: nothing to show
+                continue
+        lines = _collapsed(_TERMINAL_CODES.sub("", line)[:_LOG_LINE_WIDTH].rstrip()
+                           for line in text.splitlines())
+        if lines:
+            tails[process] = LogTail(stream, lines[-LOG_TAIL_LINES:])
+    return tails
+
+
+def _collapsed(lines: Iterable[str]) -> list[str]:
+    """Non-blank ``lines``, a run of the same line once (a program that fails the same way at
+    each of its start retries says so once)."""
+    runs: list[list[Any]] = []
+    for line in lines:
+        if not line.strip():
+            continue
+        if runs and runs[-1][0] == line:
+            runs[-1][1] += 1
+        else:
+            runs.append([line, 1])
+    return [line if count == 1 else f"{line}  [{count} times]" for line, count in runs]
+
+
+def failing_tails(plan: Plan, inst: InstancePlan, endpoint: Endpoint,
+                  states: dict[str, str]) -> dict[str, LogTail]:
+    """``log_tails`` of the processes that ``states`` (process -> state) says are FATAL or
+    BACKOFF."""
+    return log_tails(plan, inst, endpoint,
+                     [process for process, state in states.items() if state in FAILING_TO_START])
 
 
 def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
@@ -335,8 +416,8 @@ _FAILING = {"BACKOFF", "FATAL", "EXITED"}
 
 def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
     """``message``, plus who holds the process's port when a process outside the site does."""
-    program = next((p for p in inst.programs if process in p.process_names()), None)
-    if program is None or program.port is None:
+    program = _program_of(inst, process)
+    if program is None or not program.port:  # none, or an auto one not allocated yet
         return message
     from siteboot.ports import foreign_holder  # psutil: only when something is failing
 
@@ -466,10 +547,12 @@ class ProcessOutcome:
     process: str
     ok: bool
     message: str
+    log_tail: LogTail | None = None  # it did not start (FATAL, BACKOFF): the end of its log
 
     def as_json(self) -> dict[str, Any]:
         return {"instance": self.instance, "process": self.process, "ok": self.ok,
-                "message": self.message}
+                "message": self.message,
+                "log_tail": self.log_tail.as_json() if self.log_tail else None}
 
 
 @dataclass
@@ -582,12 +665,15 @@ def control(plan: Plan, action: str, names: list[str]) -> ControlResult:
 
     def run(inst: InstancePlan) -> list[ProcessOutcome]:
         processes = targets[inst.name]
+        seen: dict[str, str] = {}
         try:
             endpoint = connect(plan, inst, timeout=30.0)
-            outcome = _apply(endpoint, inst, action, processes)
+            outcome = _apply(endpoint, inst, action, processes, seen)
+            tails = {} if action == "stop" else failing_tails(
+                plan, inst, endpoint, {p: seen.get(p, "") for p in processes if not outcome[p][0]})
         except (RpcError, KeyAccessError) as exc:
             return [ProcessOutcome(inst.name, p, False, exc.one_line()) for p in processes]
-        return [ProcessOutcome(inst.name, p, *outcome[p]) for p in processes]
+        return [ProcessOutcome(inst.name, p, *outcome[p], tails.get(p)) for p in processes]
 
     return ControlResult([row for rows in concurrently(run, insts) for row in rows])
 
@@ -633,9 +719,10 @@ def _limits(inst: InstancePlan) -> dict[str, int]:
     return {_TO_STOP: stopwait, _TO_START: startsecs, _STARTING: startsecs}
 
 
-def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
-           processes: list[str]) -> dict[str, tuple[bool, str]]:
-    """Ask for ``action`` on all processes at once, then poll until each has got there.
+def _apply(endpoint: Endpoint, inst: InstancePlan, action: str, processes: list[str],
+           seen: dict[str, str] | None = None) -> dict[str, tuple[bool, str]]:
+    """Ask for ``action`` on all processes at once, then poll until each has got there;
+    ``seen`` gets the last state each process was seen in.
 
     Polling instead of supervisord's ``wait`` keeps a multicall from waiting out every
     process's startsecs one after another.
@@ -650,6 +737,7 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
     answers = endpoint.multicall(calls)
     outcome: dict[str, tuple[bool, str]] = {}
     tracked: list[_Tracked] = []
+    seen = {} if seen is None else seen
 
     def enter(item: _Tracked, phase: str) -> None:
         item.phase, item.limit = phase, limits[phase]
@@ -657,6 +745,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
 
     for n, process in enumerate(processes):
         before, answer = answers[2 * n], answers[2 * n + 1]
+        if isinstance(before, dict):
+            seen[process] = before["statename"]
         verdict, phase = _first_answer(action, before, answer)
         if verdict is not None:
             outcome[process] = verdict
@@ -690,6 +780,8 @@ def _apply(endpoint: Endpoint, inst: InstancePlan, action: str,
                                     for t in tracked])
         waiting = []
         for item, info in zip(tracked, infos):
+            if isinstance(info, dict):
+                seen[item.process] = info["statename"]
             verdict = _progress(item, info, action, enter)
             if verdict is None:
                 waiting.append(item)
@@ -984,6 +1076,7 @@ class Convergence:
 
     notes: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    tails: dict[str, LogTail] = field(default_factory=dict)  # of the failed ones
 
 
 def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
@@ -1000,10 +1093,17 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
                 and p not in held]
     to_stop = [p for p, state in states.items() if state in _RUNNING_STATES and p in held]
     result = Convergence()
+    # FATAL and not started by `up` (autostart = false): it still counts as a failure
+    failing = {p: state for p, state in states.items()
+               if state == "FATAL" and not planned[p].autostart and p not in held}
+    result.failed += [f"{p}: FATAL (autostart = false: "
+                      f"`{command('start', f'{inst.name}:{p}', env=plan.env)}` starts it again)"
+                      for p in failing]
+    seen: dict[str, str] = {}
     for step, processes in (("stop", to_stop), ("start", to_start)):
         if not processes:
             continue
-        for process, (ok, message) in _apply(endpoint, inst, step, processes).items():
+        for process, (ok, message) in _apply(endpoint, inst, step, processes, seen).items():
             was = states[process]
             if ok and step == "start":
                 result.notes.append(f"started {process} (was {was})")
@@ -1013,4 +1113,6 @@ def converge(plan: Plan, inst: InstancePlan, held: set[str]) -> Convergence:
                                     f"(`{lift}` lifts that)")
             else:
                 result.failed.append(f"{process}: {_with_port_holder(inst, process, message)}")
+                failing[process] = seen.get(process, "")
+    result.tails = failing_tails(plan, inst, endpoint, failing)
     return result

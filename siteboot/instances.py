@@ -286,6 +286,7 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
     from siteboot.sitefiles import secret_store
     from siteboot.venvs import with_builds
 
+    _require_allocated(plan, inst)
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
     render_preview(plan, inst, root)
     _check_preamble_file(plan, inst)
@@ -308,9 +309,19 @@ def provision_all(plan: Plan, inst: InstancePlan, root: Path | None) -> tuple[Si
     runtime dir, key and config. Nothing is touched while a template or secret is missing."""
     from siteboot.sitefiles import prepare, secret_store
 
+    _require_allocated(plan, inst)
     secrets = secret_store(inst)
     site_files = prepare(plan, inst, root, secrets)
     return site_files, provision(plan, inst, root, secrets)
+
+
+def _require_allocated(plan: Plan, inst: InstancePlan) -> None:
+    """No config or file is written with an auto port of 0: supervisord would take any port."""
+    unallocated = plan.unallocated(inst)
+    if unallocated:
+        raise InstanceError(f"{inst.name}: its auto ports are not allocated yet: "
+                            f"{', '.join(unallocated)}",
+                            f"`{command('up', env=inst.env, instance=inst.name)}` allocates them")
 
 
 # ------------------------------------------------------------------------------------------
@@ -429,6 +440,9 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
+            if any(program.port and program.autostart for program in inst.programs):
+                _refuse_taken_ports(inst, _ports_to_start(
+                    inst, endpoint.call("supervisor.getAllProcessInfo")))
             from siteboot.venvs import venv_changes
 
             stale = venv_changes(inst, running)  # before the update restarts them
@@ -458,6 +472,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
                                 "does not answer")
     notes += stop_orphans(inst, find_orphans(inst))
     notes += clear_stale(inst, None)
+    _refuse_taken_ports(inst, {inst.port: f"supervisord-{inst.name}", **_ports_to_start(inst, [])})
     record_started(inst, site_files)
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
     pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
@@ -466,6 +481,35 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
 
 
 SHUTTING_DOWN = "in state SHUTDOWN"
+_HOLDING_ITS_PORT = {"RUNNING", "STARTING", "STOPPING"}  # a process in these has its port
+
+
+def _ports_to_start(inst: InstancePlan, infos: list[dict[str, Any]]) -> dict[int, str]:
+    """port -> program, for each program with a port that ``up`` is about to start: it should
+    run (``autostart``, not stopped by an operator) and, per ``infos`` (getAllProcessInfo of the
+    running supervisord, if any), does not run yet."""
+    from siteboot.records import operator_stops
+
+    held = operator_stops(inst)
+    states = {info["name"]: info["statename"] for info in infos}
+    return {program.port: f"program {program.name}" for program in inst.programs
+            if program.port and program.autostart
+            and not all(p in held for p in program.process_names())
+            and not any(states.get(p) in _HOLDING_ITS_PORT for p in program.process_names())}
+
+
+def _refuse_taken_ports(inst: InstancePlan, ports: dict[int, str]) -> None:
+    """Refuse at once, naming who holds them, to start what needs a port that a process
+    other than the instance's own listens on (it would only end in BACKOFF, then FATAL)."""
+    from siteboot.ports import held_ports
+
+    taken = held_ports(inst, ports) if ports else []
+    if taken:
+        raise InstanceError(
+            "nothing started, a port it needs is taken:\n"
+            + "\n".join(f"    {line}" for line in taken),
+            "stop that process, or change the port in the site file (`port = \"auto\"` lets "
+            "siteboot pick a free one)")
 
 
 def _wait_for_shutdown(inst: InstancePlan, running: Any) -> str:
@@ -537,6 +581,16 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint, previous: str, current:
         slow.call("supervisor.removeProcessGroup", group)
     for group in changed + added:
         slow.call("supervisor.addProcessGroup", group)
+    if previous and (added or changed or removed):
+        from siteboot.render import program_changes
+
+        changes += program_changes(previous, current)
+        # what it runs now: its server settings as started, its programs as just applied
+        try:
+            atomic_write(inst.started_conf_path,
+                         _server_part(previous) + current[len(_server_part(current)):], mode=0o600)
+        except OSError:
+            pass  # the next `up` then names these changes again
     changes += [f"removed {g}" for g in removed] + [f"reloaded {g} (its programs restarted)"
                                                    for g in changed] + [f"added {g}" for g in added]
     if restart:

@@ -41,11 +41,12 @@ Progress = Callable[[str], None]  # lines a long runner step prints as it goes
 class PortsResult:
     site: str
     envs: list[str]
-    ports: dict[str, dict[str, int]]  # name -> env -> port
+    ports: dict[str, dict[str, int | None]]  # name -> env -> port (None: auto, not allocated)
+    auto: dict[str, list[str]]  # name -> the envs where its port is "auto"
     exit_code = EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
-        return {"site": self.site, "envs": self.envs, "ports": self.ports}
+        return {"site": self.site, "envs": self.envs, "ports": self.ports, "auto": self.auto}
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,8 @@ class RenderedConfig:
 class RenderResult:
     rendered: list[RenderedConfig]
     skipped: list[tuple[str, str]]  # (instance, why)
-    notes: list[str] = field(default_factory=list)  # managed dirs made or corrected
+    # "<instance>: ...": auto ports allocated (or shown as 0), managed dirs made or corrected
+    notes: list[str] = field(default_factory=list)
     exit_code = EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
@@ -96,10 +98,32 @@ class InitResult:
 
 
 def ports(site: Site) -> PortsResult:
-    """The port matrix: one row per program and ``supervisord-<instance>``, one column per env."""
-    from siteboot.ports import matrix
+    """The port matrix: one row per program and ``supervisord-<instance>``, one column per env;
+    an auto port shows the number allocated for the invoker (reading, never allocating)."""
+    from siteboot.plan import make_plan
+    from siteboot.ports import auto_rows, matrix
 
-    return PortsResult(site.name, list(site.envs), matrix(site))
+    plans = [make_plan(site, env) for env in site.envs] if site.auto_ports() else []
+    auto: dict[str, list[str]] = {}
+    for plan in plans:
+        for _key, name, _port in auto_rows(plan):
+            auto.setdefault(name, []).append(plan.env)
+    return PortsResult(site.name, list(site.envs), matrix(site, plans), auto)
+
+
+def _allocated(plan: Plan, instance: Selection = None) -> tuple[Plan, dict[str, list[str]]]:
+    """``plan`` with the auto ports of the invoker's instances allocated (what starts or renders
+    them needs numbers), and per instance what was chosen or moved."""
+    from siteboot.ports import allocate
+
+    allocation = allocate(plan, instance)
+    return allocation.plan, allocation.notes
+
+
+def _noting(result: LifecycleResult, notes: dict[str, list[str]]) -> LifecycleResult:
+    for outcome in result.outcomes:
+        outcome.notes[:0] = notes.get(outcome.instance, [])
+    return result
 
 
 def check(paths: Sequence[Path], strict: bool = False) -> CheckResult:
@@ -117,6 +141,15 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
     from siteboot.render import render_files, render_preview
     from siteboot.venvs import with_builds
 
+    if out is None:  # in place: what `up` will start, so with its real ports
+        plan, allocations = _allocated(plan, instance)
+        notes = [f"{name}: {note}" for name in allocations for note in allocations[name]]
+    else:  # a preview is read-only: it allocates nothing
+        from siteboot.hints import command
+
+        notes = [f"{inst.name}: {key}: auto port not allocated yet, shown as 0 "
+                 f"(`{command('up', env=plan.env, instance=inst.name)}` allocates it)"
+                 for inst in plan.select(instance) for key in plan.unallocated(inst)]
     selected = plan.select(instance)
     # Every instance is validated first (other users' too, so a bad value is found before their
     # owner deploys): a refusal leaves nothing written. Previews show {secret:NAME}, never one.
@@ -124,7 +157,6 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
                  render_files(plan, inst, root, None)) for inst in selected]
     rendered: list[RenderedConfig] = []
     skipped: list[tuple[str, str]] = []
-    notes: list[str] = []
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for inst, text, files in previews:
@@ -136,7 +168,7 @@ def render(plan: Plan, root: Path | None, out: Path | None = None,
                 path.parent.mkdir(exist_ok=True)
                 atomic_write(path, item.text, mode=0o600)
                 rendered.append(RenderedConfig(inst.name, path, True, item.name))
-        return RenderResult(rendered, skipped)
+        return RenderResult(rendered, skipped, notes)
     for inst in selected:
         elsewhere = plan.elsewhere(inst)
         if elsewhere:
@@ -160,7 +192,8 @@ def up(plan: Plan, root: Path | None, instance: Selection = None,
     every program that should run and does not, except those an operator stopped."""
     from siteboot import instances
 
-    result = instances.up(plan, root, instance, timeout)
+    plan, notes = _allocated(plan, instance)
+    result = _noting(instances.up(plan, root, instance, timeout), notes)
     _converge(plan, result.outcomes)
     result.sources = sources(plan, root)
     return result
@@ -197,6 +230,8 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
 
 def _merge(outcome: InstanceOutcome, done: Convergence) -> None:
     outcome.notes += done.notes
+    outcome.notes += [f"{process} {tail.stream} | {line}"
+                      for process, tail in done.tails.items() for line in tail.lines]
     if done.failed and outcome.action == "failed" and outcome.detail.startswith(_DO_NOT_RUN):
         outcome.detail += "; " + "; ".join(done.failed)
     elif done.failed:
@@ -230,6 +265,7 @@ def run_foreground(plan: Plan, root: Path | None, instance: Selection) -> None:
     from siteboot import instances
     from siteboot.proc import exec_replace, without_secrets
 
+    plan, _notes = _allocated(plan, instance)
     exec_replace(instances.foreground_argv(plan, root, instance), env=without_secrets())
 
 
@@ -256,7 +292,8 @@ def rotate_key(plan: Plan, root: Path | None, instance: Selection = None,
     """A new key per instance you own: running ones restart on it, grants are republished."""
     from siteboot import instances
 
-    result = instances.rotate_keys(plan, root, instance, timeout)
+    plan, notes = _allocated(plan, instance)
+    result = _noting(instances.rotate_keys(plan, root, instance, timeout), notes)
     _converge(plan, [o for o in result.outcomes if o.action == "rotated" and o.pid])
     return result
 
@@ -365,9 +402,10 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
 
     progress = progress or SILENT
     venvs = ensure_venvs(plan, wheelhouse, progress=progress, root=root)
-    if not start:
+    if not start:  # render allocates the auto ports, as up would
         return InitResult(venvs, _rendered_in_place(plan, root), None)
-    outcomes = instances.up(plan, root, None, timeout)
+    plan, notes = _allocated(plan)
+    outcomes = _noting(instances.up(plan, root, None, timeout), notes)
     _converge(plan, outcomes.outcomes)
     outcomes.sources = sources(plan, root)
     return InitResult(venvs, outcomes, settle(plan, timeout, progress=progress))
@@ -498,7 +536,8 @@ def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0,
 
     revivals = []
     for plan in plans:
-        result = instances.up(plan, root, None, timeout, replace_hung=True)
+        plan, notes = _allocated(plan)
+        result = _noting(instances.up(plan, root, None, timeout, replace_hung=True), notes)
         _converge(plan, result.outcomes)
         settled = settle(plan, timeout, progress=progress or SILENT)
         revivals.append(EnvRevival(plan.env, result, settled, _revive_runner(plan)))

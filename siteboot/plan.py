@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
-from siteboot.errors import UsageError
+from siteboot.errors import OwnershipError, SitebootError, UsageError
 from siteboot.site import (
+    PORT_MAX,
+    PORT_MIN,
     RUNNER_PROGRAM,
     DirSpec,
     FileSpec,
@@ -26,7 +28,9 @@ from siteboot.site import (
     RunnerSpec,
     Site,
     default_program_options,
+    instance_port_key,
     locate,
+    program_port_key,
     same_host,
     text_for,
 )
@@ -34,6 +38,10 @@ from siteboot.site import (
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
 RPC_USERNAME = "siteboot"
+# An "auto" port not allocated yet (``ports.allocate`` does that for what it starts), or one of
+# another account, whose record is not readable here: a preview renders it as 0.
+UNALLOCATED = 0
+_MAX_RECORD_BYTES = 1 << 20
 HOST_ENV = "SITEBOOT_HOST"
 
 
@@ -416,6 +424,22 @@ class Plan:
     def lock_path(self, inst: InstancePlan) -> Path:
         return self.invoker_state_dir / "locks" / f"{inst.name}.lock"
 
+    def port_record(self, inst: InstancePlan) -> Path:
+        """Where ``inst``'s owner keeps the auto ports of this site and env (``ports.allocate``)."""
+        return port_record_path(inst.state_dir, self.site.name, self.env)
+
+    def port_lock(self, inst: InstancePlan) -> Path:
+        return inst.state_dir / "locks" / f"ports-{self.site.name}-{self.env}.lock"
+
+    def unallocated(self, inst: InstancePlan | None = None) -> list[str]:
+        """The auto ports of the env (of ``inst``) that have no number yet (shown as 0)."""
+        found = []
+        for each in [inst] if inst is not None else self.instances.values():
+            if each.port == UNALLOCATED:  # a fixed port is never 0
+                found.append(instance_port_key(each.name))
+            found += [program_port_key(p.name) for p in each.programs if p.port == UNALLOCATED]
+        return found
+
     def venv_path(self, name: str, user: str | None = None) -> Path:
         base = _fill(self.site.venv_dir, site=self.site.name, env=self.env,
                      user=user or self.invoker)
@@ -465,9 +489,75 @@ def _owned(probe: dict[str, Any], port: int | None, user: str) -> dict[str, Any]
     return {**probe, "owner": user} if probed == port else probe
 
 
+def state_dir_of(site: Site, env: str, user: str) -> Path:
+    """``user``'s state dir for ``site`` in ``env``."""
+    return expand_home(_fill(site.state_dir, site=site.name, env=env, user=user), user)
+
+
+def port_record_path(state_dir: Path, site: str, env: str) -> Path:
+    """The port record of one site and env in a user's state dir (the site and env are in its
+    name: a ``state_dir`` may be shared by several)."""
+    return state_dir / f"ports-{site}-{env}.json"
+
+
+def read_port_record(path: Path, owner: str, strict: bool = True) -> dict[str, int]:
+    """The auto ports recorded at ``path`` (record key -> port); {} when there is none.
+
+    Used only when it is a regular file of ``owner`` that nobody else may read or write, holding
+    a record: anything else (planted, corrupted, too open) is refused with what to do, or, with
+    ``strict`` off (another account's record, read only to show its ports), ignored.
+    """
+    import json
+    import stat
+
+    from siteboot.hints import command
+
+    fix = f"remove {path}: `{command('up')}` allocates the auto ports again (as {owner})"
+    try:
+        uid = uid_of(owner)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return {}
+    except (OSError, SitebootError) as exc:
+        if not strict:
+            return {}
+        if isinstance(exc, OSError):
+            raise OwnershipError(f"cannot read port record {path}: {exc.strerror or exc} "
+                                 "(a symlink?)", fix) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
+            if not strict:
+                return {}
+            raise OwnershipError(
+                f"refusing port record {path}: it must be a regular file of {owner}, mode 0600 "
+                f"(it is uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})", fix)
+        data = os.read(fd, _MAX_RECORD_BYTES)
+    finally:
+        os.close(fd)
+    try:
+        record = json.loads(data.decode("utf-8"))
+        ports = record["ports"]
+        if not isinstance(ports, dict) or not all(
+                isinstance(k, str) and type(v) is int and PORT_MIN <= v <= PORT_MAX
+                for k, v in ports.items()):
+            raise ValueError("'ports' must map names to ports")
+    except (ValueError, KeyError, TypeError) as exc:
+        if not strict:
+            return {}
+        raise SitebootError(f"port record {path} is corrupted ({type(exc).__name__}: {exc})",
+                            fix) from None
+    return dict(ports)
+
+
 def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None = None) -> Plan:
     """Resolve ``site`` for ``env`` as seen by ``invoker`` (default: the current user) on
-    ``host`` (default: ``this_host``)."""
+    ``host`` (default: ``this_host``).
+
+    An ``"auto"`` port is the one recorded for its instance's user (``UNALLOCATED`` until
+    ``ports.allocate`` chose it): reading the record never allocates.
+    """
     if env not in site.envs:
         raise UsageError(f"site {site.name} has no env '{env}'", f"envs: {', '.join(site.envs)}")
     invoker = invoker or current_user()
@@ -481,15 +571,23 @@ def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None
         if parent is not None:
             sharing.setdefault(parent, set()).add(inst.user or invoker)
     plan_instances: dict[str, InstancePlan] = {}
+    allocated: dict[str, dict[str, int]] = {}  # instance -> its owner's record
+    with_auto = {instance for instance, _key, auto_env in site.auto_ports() if auto_env == env}
     for inst in site.instances.values():
         user = inst.user or invoker
         values = {**common, "user": user, "instance": inst.name}
         parent, runtime_dir = _runtime_location(site, env, user, inst.name)
-        state_dir = expand_home(_fill(site.state_dir, **values), user)
+        state_dir = state_dir_of(site, env, user)
         shared = (expand_home(_fill(site.shared_dir, **values), user) / f"{inst.name}.key"
                   if site.shared_dir and inst.group else None)
+        record = allocated[inst.name] = (
+            read_port_record(port_record_path(state_dir, site.name, env), user,
+                             strict=user == invoker) if inst.name in with_auto else {})
+        port = inst.port[env]
         plan_instances[inst.name] = InstancePlan(
-            name=inst.name, user=user, port=inst.port[env], group=inst.group,
+            name=inst.name, user=user,
+            port=record.get(instance_port_key(inst.name), UNALLOCATED) if port is None else port,
+            group=inst.group,
             runtime_parent=parent,
             runtime_parent_private=parent is None or len(sharing.get(parent, ())) < 2,
             runtime_dir=runtime_dir, state_dir=state_dir,
@@ -497,10 +595,16 @@ def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None
             group_name=f"{site.name}-{env}", programs=[], env=env, host=inst.host,
             here=inst.host is None or same_host(inst.host, host),
         )
-    # each program's port in this env: its {port}, and {port:NAME} and port() for the others
-    ports = {p.name: p.port[env] for p in site.programs.values() if p.port}
+    # each program's port in this env: its {port}, and {port:NAME} and port() for the others;
+    # an "auto" one as its instance's user recorded it
+    ports: dict[str, int] = {}
+    for p in site.programs.values():
+        if p.port:
+            fixed = p.port[env]
+            ports[p.name] = fixed if fixed is not None else allocated[p.instance].get(
+                program_port_key(p.name), UNALLOCATED)
     plan = Plan(site, env, invoker,
-                expand_home(_fill(site.state_dir, **common, user=invoker), invoker), plan_instances,
+                state_dir_of(site, env, invoker), plan_instances,
                 vars=_resolve_vars(site, env, ports), ports=ports, host=host)
     named: dict[str, dict[str, str]] = {"var": plan.vars,
                                         "port": {k: str(v) for k, v in ports.items()},

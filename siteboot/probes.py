@@ -136,12 +136,15 @@ def _http(url: str, want: int, timeout: float, owner: str | None = None) -> str 
 
 
 TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+TCP_LISTEN = "0A"  # the state of a listening socket in those tables
 
 
-def server_uid(client_port: int, server_port: int,
-               tables: tuple[str, ...] = TCP_TABLES) -> int | None:
-    """The uid that owns the server end of our TCP connection from ``client_port`` to
-    ``server_port`` on this host (Linux /proc/net/tcp), or None when it cannot be told."""
+def tcp_sockets(tables: tuple[str, ...] = TCP_TABLES) -> list[tuple[int, int, str, int]] | None:
+    """(local port, remote port, state, uid) of every TCP socket the kernel lists (Linux
+    /proc/net/tcp): whose a socket is, even where its process is not ours to see. None when
+    no table could be read."""
+    sockets: list[tuple[int, int, str, int]] = []
+    readable = False
     for table in tables:
         try:
             with open(table) as handle:
@@ -149,14 +152,23 @@ def server_uid(client_port: int, server_port: int,
         except FileNotFoundError:
             continue
         except OSError:
-            return None
+            break
+        readable = True
         for line in lines:
             fields = line.split()
-            if len(fields) < 8:
-                continue
-            if int(fields[1].rsplit(":", 1)[1], 16) == server_port and \
-                    int(fields[2].rsplit(":", 1)[1], 16) == client_port:
-                return int(fields[7])
+            if len(fields) >= 8:
+                sockets.append((int(fields[1].rsplit(":", 1)[1], 16),
+                                int(fields[2].rsplit(":", 1)[1], 16), fields[3], int(fields[7])))
+    return sockets if readable else None
+
+
+def server_uid(client_port: int, server_port: int,
+               tables: tuple[str, ...] = TCP_TABLES) -> int | None:
+    """The uid that owns the server end of our TCP connection from ``client_port`` to
+    ``server_port`` on this host, or None when it cannot be told."""
+    for local_port, remote_port, _state, owner in tcp_sockets(tables) or []:
+        if local_port == server_port and remote_port == client_port:
+            return owner
     return None
 
 

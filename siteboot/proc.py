@@ -228,13 +228,17 @@ def last_lines(output: str, count: int) -> list[str]:
     return [line.rstrip() for line in output.splitlines() if line.strip()][-count:]
 
 
-def file_tail(path: Path, count: int = 15) -> str:
-    """The last ``count`` non-blank lines of the file at ``path`` ("" when it cannot be read)."""
+def file_tail(path: Path, count: int = 15, max_bytes: int = 65536) -> str:
+    """The last ``count`` non-blank lines of the file at ``path`` ("" when it cannot be read),
+    from its last ``max_bytes`` only: a log may be large."""
     try:
-        text = path.read_text(errors="replace")
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read(max_bytes)
     except OSError:
         return ""
-    return "\n".join(last_lines(text, count))
+    return "\n".join(last_lines(data.decode("utf-8", "replace"), count))
 
 
 # ------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.fsutil import atomic_write, ensure_private_dir
-from siteboot.plan import InstancePlan, Plan, ProgramPlan, expand_home, this_host
+from siteboot.plan import UNALLOCATED, InstancePlan, Plan, ProgramPlan, expand_home, this_host
 from siteboot.proc import is_supervisord
 from siteboot.site import same_host
 
@@ -75,8 +75,10 @@ class StartRecord:
             group_name=self.group_name, programs=programs, env=self.env)
 
     def matches(self, inst: InstancePlan) -> bool:
-        """Does the site, as it reads now, still describe this supervisord (same files, port)?"""
-        return (str(inst.runtime_dir) == self.runtime_dir and inst.port == self.port
+        """Does the site, as it reads now, still describe this supervisord (same files, port)?
+        An auto port not known here (its port record lost) is no reason to think otherwise."""
+        return (str(inst.runtime_dir) == self.runtime_dir
+                and inst.port in (self.port, UNALLOCATED)
                 and str(inst.state_dir) == self.state_dir and inst.user == self.user)
 
 

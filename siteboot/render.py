@@ -223,6 +223,43 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc}") from None
 
 
+# supervisord options as the site file names them, to say which keys of a program changed
+_SITE_KEY_OF_OPTION = {
+    **{key.supervisor: key.name for key in PROGRAM_KEYS if key.supervisor},
+    "process_name": "numprocs",
+    "stdout_logfile_maxbytes": "log_maxbytes", "stderr_logfile_maxbytes": "log_maxbytes",
+    "stdout_logfile_backups": "log_backups", "stderr_logfile_backups": "log_backups",
+}
+
+
+def program_changes(previous: str, current: str) -> list[str]:
+    """What differs per program between two rendered configs: ``program web: added``, ``program
+    old: removed``, ``program web: command, environment changed`` (key names only: values may
+    be secrets)."""
+    import configparser
+
+    def programs(text: str) -> dict[str, dict[str, str]]:
+        parser = configparser.RawConfigParser(interpolation=None, strict=False)
+        try:
+            parser.read_string(text)
+        except configparser.Error:
+            return {}
+        return {section.split(":", 1)[1]: dict(parser.items(section))
+                for section in parser.sections() if section.startswith("program:")}
+
+    before, after = programs(previous), programs(current)
+    lines = [f"program {name}: added" for name in after if name not in before]
+    lines += [f"program {name}: removed" for name in before if name not in after]
+    for name in after:
+        if name not in before or before[name] == after[name]:
+            continue
+        options = set(before[name]) | set(after[name])
+        keys = sorted({_SITE_KEY_OF_OPTION.get(option, option) for option in options
+                       if before[name].get(option) != after[name].get(option)})
+        lines.append(f"program {name}: {', '.join(keys)} changed")
+    return lines
+
+
 def template_context_names() -> dict[str, str]:
     """What a site's own template may use (documented in the README)."""
     return {

@@ -20,6 +20,7 @@ from siteboot.errors import SiteFileError, did_you_mean
 
 PORT_MIN = 1024
 PORT_MAX = 65535
+AUTO = "auto"  # a port siteboot allocates (``ports.allocate``); None in the model
 PLACEHOLDERS = ("port", "env", "site", "instance", "runtime_dir", "state_dir", "venv", "python")
 # ``{kind:NAME}``: a var, another program's port, a secret, a managed file's or dir's path
 NAMED_PLACEHOLDERS = ("var", "port", "secret", "file", "dir")
@@ -66,7 +67,7 @@ class Key:
             "bool": "boolean",
             "str_list": "list of strings",
             "str_table": "table of strings",
-            "port_table": "table env → port",
+            "port_table": f'table env → port (or "{AUTO}"), or "{AUTO}"',
             "probe": "table: `tcp`, `http` (+ `status`) or `command`",
             "restart": "table: `backoff_max`",
         }[self.kind]
@@ -95,7 +96,9 @@ SITE_KEYS: tuple[Key, ...] = (
 
 INSTANCE_KEYS: tuple[Key, ...] = (
     Key("user", "str", None, "Account that runs this supervisord; omitted: the invoking user."),
-    Key("port", "port_table", None, "Its `inet_http_server` port on 127.0.0.1, per env.", required=True),
+    Key("port", "port_table", None,
+        "Its `inet_http_server` port on 127.0.0.1, per env; `\"auto\"`: siteboot picks one (see "
+        "[Auto ports](#auto-ports)), not with `group`.", required=True),
     Key("group", "str", None,
         "Grant: members of this group may control the instance with the key the owner "
         "publishes in `shared_dir`."),
@@ -111,7 +114,9 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "Command line; placeholders: " + " ".join("{" + p + "}" for p in PLACEHOLDERS)
         + " {var:NAME} {port:PROGRAM} {file:NAME} {dir:NAME} (shell-quoted).",
         required=True, per_env=True),
-    Key("port", "port_table", None, "Its port per env, available as `{port}`."),
+    Key("port", "port_table", None,
+        "Its port per env, available as `{port}`; `\"auto\"`: siteboot picks one (see "
+        "[Auto ports](#auto-ports))."),
     Key("environment", "str_table", {},
         "Environment variables; placeholders as in `command`, and `{secret:NAME}`.", per_env=True),
     Key("venv", "str", None, "Name of a `[venvs.*]` table, available as `{venv}`."),
@@ -283,7 +288,7 @@ def variants(value: Text) -> list[str]:
 class Instance:
     name: str
     user: str | None
-    port: dict[str, int]
+    port: dict[str, int | None]  # None: "auto", allocated per user (``plan`` reads the record)
     group: str | None
     host: str | None = None
 
@@ -293,7 +298,7 @@ class Program:
     name: str
     instance: str
     command: Text
-    port: dict[str, int] | None
+    port: dict[str, int | None] | None  # None per env: "auto"
     environment: dict[str, Text]
     venv: str | None
     options: dict[str, Any]  # every other key, defaults filled in (``directory``: a Text)
@@ -361,15 +366,39 @@ class Site:
     dirs: dict[str, DirSpec] = field(default_factory=dict)
 
     def port_users(self) -> list[tuple[str, str, int]]:
-        """Every port of the site as (owner label, env, port): programs and supervisords."""
+        """Every fixed port of the site as (owner label, env, port): programs and supervisords
+        (``"auto"`` ones are allocated per user: ``ports.allocated_users``)."""
         rows: list[tuple[str, str, int]] = []
         for program in self.programs.values():
             for env, port in (program.port or {}).items():
-                rows.append((f"program {program.name}", env, port))
+                if port is not None:
+                    rows.append((f"program {program.name}", env, port))
         for instance in self.instances.values():
             for env, port in instance.port.items():
-                rows.append((f"supervisord-{instance.name}", env, port))
+                if port is not None:
+                    rows.append((f"supervisord-{instance.name}", env, port))
         return rows
+
+    def auto_ports(self) -> list[tuple[str, str, str]]:
+        """Every ``"auto"`` port as (instance, record key, env): what ``ports.allocate`` keeps
+        in the port record of the instance's user."""
+        rows = [(program.instance, program_port_key(program.name), env)
+                for program in self.programs.values()
+                for env, port in (program.port or {}).items() if port is None]
+        rows += [(inst.name, instance_port_key(inst.name), env)
+                 for inst in self.instances.values() for env, port in inst.port.items()
+                 if port is None]
+        return rows
+
+
+def program_port_key(program: str) -> str:
+    """How a program's auto port is named in a port record (and in messages)."""
+    return f"program {program}"
+
+
+def instance_port_key(instance: str) -> str:
+    """How an instance's auto port is named in a port record (its row in ``siteboot ports``)."""
+    return f"supervisord-{instance}"
 
 
 @dataclass(frozen=True)
@@ -589,13 +618,15 @@ class _Validator:
         return {"backoff_max": backoff_max}
 
     def _port_table(self, table: str, key: Key, value: Any, envs: Sequence[str]) -> Any:
+        if value == AUTO:
+            return {env: None for env in envs}
         if not isinstance(value, dict):
             self.error(table, key.name,
                        f"'{key.name}' must be a table of env = port, e.g. "
                        f"{{ {', '.join(f'{e} = {PORT_MIN + i}' for i, e in enumerate(envs))} }}, "
-                       f"not {_tname(value)}")
+                       f"or \"{AUTO}\", not {_tname(value)} {value!r}")
             return None
-        ports: dict[str, int] = {}
+        ports: dict[str, int | None] = {}
         for env in value:
             if env not in envs:
                 self.error(table, key.name, f"'{key.name}.{env}': '{env}' is not an env of this "
@@ -605,9 +636,12 @@ class _Validator:
                 self.error(table, key.name, f"'{key.name}' has no port for env '{env}'")
                 continue
             port = value[env]
-            if not isinstance(port, int) or isinstance(port, bool):
+            if port == AUTO:
+                ports[env] = None
+            elif not isinstance(port, int) or isinstance(port, bool):
                 self.error(table, key.name,
-                           f"'{key.name}.{env}' must be an integer port, not {_tname(port)} {port!r}")
+                           f"'{key.name}.{env}' must be an integer port, not {_tname(port)} "
+                           f"{port!r} (or \"{AUTO}\": siteboot picks one)")
             elif not PORT_MIN <= port <= PORT_MAX:
                 self.error(table, key.name,
                            f"'{key.name}.{env}' = {port} is outside {PORT_MIN}-{PORT_MAX}")
@@ -709,6 +743,12 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         if inst.group and not site.shared_dir:
             v.error(f"instances.{inst.name}", "group",
                     "a group grant needs [site] shared_dir, where the key is published")
+        auto = [env for env, port in inst.port.items() if port is None]
+        if inst.group and auto:
+            v.error(f"instances.{inst.name}", "port",
+                    f"a granted instance needs a fixed port (members of {inst.group} reach it on "
+                    f"127.0.0.1:<port>, and only its owner knows an auto one): 'port' is "
+                    f"\"{AUTO}\" in {', '.join(auto)}")
     v.problems.extend(port_clashes([site]))
     return site, v.problems
 

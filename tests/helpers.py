@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -443,3 +444,29 @@ def install_for_all(base: Path) -> Path:
     (site_packages / "siteboot-src.pth").write_text(f"{src}\n")
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True, capture_output=True)
     return venv / "bin/python"
+
+
+@contextlib.contextmanager
+def squatter(port: int, user: str = "nobody") -> Iterator[subprocess.Popen[str]]:
+    """Another account (``user``; as root) listening on 127.0.0.1:``port`` while inside, as
+    someone else's service would; as any other user, a process of our own."""
+    code = ("import socket, sys\n"
+            "s = socket.socket()\n"
+            f"s.bind(('127.0.0.1', {port}))\n"
+            "s.listen()\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n")
+    import pwd
+
+    account = pwd.getpwnam(user)
+    as_user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}",
+               "--clear-groups"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen([*as_user, SYSTEM_PYTHON, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        proc.kill()
+        proc.communicate()

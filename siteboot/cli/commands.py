@@ -17,7 +17,16 @@ from click.shell_completion import CompletionItem
 from siteboot import __version__, ops, usage
 from siteboot.cli.context import Ctx, debug_enabled, remember_invocation
 from siteboot.cli.fast import show_status
-from siteboot.cli.output import LABEL_COLORS, echo, error, print_json, print_status, styled, table
+from siteboot.cli.output import (
+    LABEL_COLORS,
+    echo,
+    error,
+    log_tail_lines,
+    print_json,
+    print_status,
+    styled,
+    table,
+)
 from siteboot.cli.progress import reporter
 from siteboot.errors import (
     EXIT_BROKEN_PIPE,
@@ -158,8 +167,18 @@ def ports(site: str, env: str, root: str | None, as_json: bool) -> None:
     if as_json:
         print_json(result.as_json())
         return
-    echo(table(["name", *result.envs], [[name, *(by_env.get(e) for e in result.envs)]
-                                        for name, by_env in result.ports.items()]))
+
+    def cell(name: str, env: str) -> object:
+        port = result.ports[name].get(env)
+        if env not in result.auto.get(name, ()):
+            return port
+        return "auto" if port is None else f"{port} (auto)"
+
+    echo(table(["name", *result.envs], [[name, *(cell(name, e) for e in result.envs)]
+                                        for name in result.ports]))
+    if result.auto:
+        echo("(auto): allocated for you by siteboot; auto: not allocated yet (`siteboot up` "
+             "allocates it)")
 
 
 @cli.command()
@@ -310,6 +329,8 @@ def _control(action: str, site: str, env: str, root: str | None, names: Sequence
     else:
         for r in result.outcomes:
             echo(f"{r.instance}:{r.process}: " + styled(r.message, fg="green" if r.ok else "red"))
+            for line in log_tail_lines(r.log_tail, "  "):
+                echo(line)
     sys.exit(result.exit_code)
 
 

@@ -79,6 +79,13 @@ def _program_detail(p: Any) -> str:
     return "; ".join(notes)
 
 
+def log_tail_lines(tail: Any, indent: str = "    ") -> list[str]:
+    """A failing process's last log lines (``control.LogTail``), indented under its row."""
+    if tail is None:
+        return []
+    return [f"{indent}{tail.stream} | {line}" for line in tail.lines]
+
+
 _HEALTH_COLORS = {"ready": "green", "not ready": "yellow"}
 
 
@@ -121,7 +128,12 @@ def print_status(report: Any) -> None:
                 colors[2] = _HEALTH_COLORS.get
             if counted:
                 colors[headers.index("restarts")] = lambda cell: "yellow" if cell.endswith("!") else None
-            echo(table(headers, rows, colors))
+            head, *lines = table(headers, rows, colors).split("\n")
+            echo(head)
+            for p, line in zip(inst.programs, lines):
+                echo(line)
+                for text in log_tail_lines(p.log_tail):
+                    echo(text)
     for problem in getattr(report, "venv_problems", []):
         used = f" (used by {', '.join(problem.programs)})" if problem.programs else ""
         echo(styled(f"venv {problem.venv}{used}: {problem.problem}", fg="yellow"))

@@ -67,7 +67,7 @@ def test_ports_json_is_exactly_the_matrix():
     result = run("ports", "--site", "jaws", "--json", "--root", REPO)
     assert result.exit_code == 0
     assert json.loads(result.stdout) == {"site": "jaws", "envs": ["dev", "staging", "prod"],
-                                         "ports": JAWS_PORTS}
+                                         "ports": JAWS_PORTS, "auto": {}}
 
 
 def test_ports_table():
@@ -359,3 +359,74 @@ def test_render_usage_errors(tmp_path, args, message):
     result = run("render", "--site", path, "--out", tmp_path / "out", *args)
     assert result.exit_code == 2
     assert message in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# auto ports through the commands that show them (read-only) and the ones that allocate them
+
+AUTO_SITE = """
+    [site]
+    envs = ["dev", "prod"]
+    runtime_dir = "{short}/rt-{{env}}"
+    state_dir = "{short}/st-{{env}}"
+
+    [instances.main]
+    port = {{ dev = "auto", prod = 40003 }}
+
+    [programs.web]
+    instance = "main"
+    command = "serve --port {{port}}"
+    port = "auto"
+    """
+
+
+def test_auto_ports_are_shown_and_previewed_without_being_allocated(tmp_path, short_dir):
+    path = site_file(tmp_path, AUTO_SITE.format(short=short_dir))
+    table = run("ports", "--site", path)
+    assert table.exit_code == 0
+    lines = table.stdout.splitlines()
+    assert lines[1].split() == ["web", "auto", "auto"]
+    assert lines[2].split() == ["supervisord-main", "auto", "40003"]
+    assert "auto: not allocated yet (`siteboot up` allocates it)" in lines[3]
+    data = json.loads(run("ports", "--site", path, "--json").stdout)
+    assert data["ports"] == {"web": {"dev": None, "prod": None},
+                             "supervisord-main": {"dev": None, "prod": 40003}}
+    assert data["auto"] == {"supervisord-main": ["dev"], "web": ["dev", "prod"]}
+    preview = run("render", "--site", path, "--out", tmp_path / "out")
+    assert preview.exit_code == 0
+    assert "main: supervisord-main: auto port not allocated yet, shown as 0" in preview.stdout
+    assert "port = 127.0.0.1:0" in (tmp_path / "out" / "supervisord-t-main-dev.conf").read_text()
+    assert run("check", "--site", path).exit_code == 0
+    assert list(short_dir.iterdir()) == []  # none of them allocated anything
+
+
+def test_render_in_place_allocates_and_ports_then_shows_them(tmp_path, short_dir):
+    path = site_file(tmp_path, AUTO_SITE.format(short=short_dir))
+    result = run("render", "--site", path)
+    assert result.exit_code == 0, result.stderr
+    assert "auto port of supervisord-main: " in result.stdout
+    record = json.loads((short_dir / "st-dev" / "ports-t-dev.json").read_text())["ports"]
+    conf = (short_dir / "rt-dev" / "main" / "supervisord-main.conf").read_text()
+    assert f"port = 127.0.0.1:{record['supervisord-main']}" in conf
+    assert f"--port {record['program web']}" in conf
+    lines = run("ports", "--site", path).stdout.splitlines()
+    assert lines[1].split() == ["web", str(record["program web"]), "(auto)", "auto"]
+    assert lines[2].split() == ["supervisord-main", str(record["supervisord-main"]), "(auto)",
+                                "40003"]
+
+
+def test_a_planted_port_record_is_one_clear_error(tmp_path, short_dir):
+    path = site_file(tmp_path, AUTO_SITE.format(short=short_dir))
+    (short_dir / "st-dev").mkdir(mode=0o700)
+    planted = short_dir / "st-dev" / "ports-t-dev.json"
+    planted.write_text('{"ports": {"supervisord-main": 22}}')
+    planted.chmod(0o666)
+    for args in (["ports"], ["render"], ["up"], ["status"]):
+        result = run(*args, "--site", path)
+        assert result.exit_code == (3 if args == ["status"] else 1), (args, result.stderr)
+        assert f"refusing port record {planted}: it must be a regular file of " in result.stderr
+        assert f"hint: remove {planted}: `siteboot up --site {path}` allocates the auto ports " \
+            "again" in result.stderr  # pasted, it works
+    check = run("check", "--site", path)
+    assert check.exit_code == 2
+    assert "env dev: refusing port record" in check.stdout + check.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -49,14 +50,47 @@ def test_anything_else_is_left_to_click(args):
     assert parse_status_args(args) is None
 
 
-@pytest.mark.parametrize("args", [[], ["web", "-i", "a", "-i", "b", "--all-envs", "--json"]])
-def test_status_does_not_import_click_or_jinja2(tmp_path, args):
-    code = (f"import sys\nsys.argv = ['siteboot', 'status', '--site', 'nope', *{args!r}]\n"
+def heavy_imports(cwd: Path, args: list[str], heavy: tuple[str, ...]) -> tuple[str, str]:
+    """``siteboot status ARGS`` in a fresh interpreter: (its exit code and which of ``heavy``
+    it imported, its stderr)."""
+    code = (f"import sys\nsys.argv = ['siteboot', 'status', *{args!r}]\n"
             "from siteboot.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "heavy = [m for m in ('click', 'jinja2', 'virtualenv', 'psutil', 'supervisor') "
-            "if m in sys.modules]\nprint(code, heavy)\n")
+            f"heavy = [m for m in {heavy!r} if m in sys.modules]\n"
+            "print(code, heavy, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False, cwd=tmp_path)
-    assert result.stdout.strip() == "3 []", result.stdout + result.stderr
-    assert "no site named 'nope'" in result.stderr
+                            check=False, cwd=cwd)
+    verdict = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    return verdict, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["web", "-i", "a", "-i", "b", "--all-envs", "--json"]])
+def test_status_does_not_import_click_or_jinja2(tmp_path, args):
+    verdict, output = heavy_imports(tmp_path, ["--site", "nope", *args],
+                                    ("click", "jinja2", "virtualenv", "psutil", "supervisor"))
+    assert verdict == "3 []", output
+    assert "no site named 'nope'" in output
+
+
+def test_status_of_a_site_with_auto_ports_stays_light(tmp_path):
+    """Reading the port record is all `status` does for auto ports: no allocation, no psutil."""
+    site = tmp_path / "auto.toml"
+    site.write_text(f"""
+[site]
+envs = ["dev"]
+runtime_dir = "{tmp_path}/rt"
+state_dir = "{tmp_path}/st"
+
+[instances.main]
+port = "auto"
+""")
+    (tmp_path / "st").mkdir(mode=0o700)
+    record = tmp_path / "st" / "ports-auto-dev.json"
+    record.write_text('{"ports": {"supervisord-main": 23456}}')
+    record.chmod(0o600)
+    verdict, output = heavy_imports(tmp_path, ["--site", str(site), "--json"], (
+        "click", "jinja2", "virtualenv", "psutil", "supervisor", "subprocess", "tempfile",
+        "difflib"))
+    assert verdict == "2 []", output
+    assert '"state": "not running"' in output
+    assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["ports-auto-dev.json"]

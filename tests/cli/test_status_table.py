@@ -38,3 +38,20 @@ def test_no_restarts_column_when_nothing_is_counted(capsys, monkeypatch):
     print_status(report(ProgramStatus("web", "t-dev", "RUNNING", 12, 2, None, "", True)))
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].split() == ["program", "state", "pid"]
+
+
+def test_a_failing_programs_last_log_lines_are_under_its_row(capsys, monkeypatch):
+    from siteboot.control import LogTail
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    fatal = ProgramStatus("web", "t-dev", "FATAL", None, None, 2,
+                          "Exited too quickly (process log may have details)", True,
+                          log_tail=LogTail("stderr", ["Traceback (most recent call last):",
+                                                      "ImportError: no module named app"]))
+    fine = ProgramStatus("worker", "t-dev", "RUNNING", 13, 9, None, "", True)
+    print_status(report(fatal, fine))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3].split()[:2] == ["web", "FATAL"]
+    assert lines[4:6] == ["    stderr | Traceback (most recent call last):",
+                          "    stderr | ImportError: no module named app"]
+    assert lines[6].split()[:2] == ["worker", "RUNNING"]

@@ -78,9 +78,15 @@ def site_factory() -> Iterator[Any]:
     """Make sites with instances ``alpha`` and ``beta``; everything they start is stopped."""
     made: list[SiteUnderTest] = []
 
-    def make(programs: str = DEFAULT_PROGRAMS, extra_site: str = "") -> SiteUnderTest:
+    def make(programs: str = DEFAULT_PROGRAMS, extra_site: str = "",
+             auto_ports: bool = False) -> SiteUnderTest:
+        """``auto_ports``: the instances' ports are "auto" (PORT_WEB can be too)."""
         base = Path(tempfile.mkdtemp(prefix="sb-", dir="/tmp"))
         alpha, beta, web, spare = free_ports(4)
+
+        def port(number: int) -> str:
+            return '"auto"' if auto_ports else f"{{ dev = {number} }}"
+
         text = textwrap.dedent(f"""
             [site]
             name = "it"
@@ -90,10 +96,10 @@ def site_factory() -> Iterator[Any]:
             {extra_site}
 
             [instances.alpha]
-            port = {{ dev = {alpha} }}
+            port = {port(alpha)}
 
             [instances.beta]
-            port = {{ dev = {beta} }}
+            port = {port(beta)}
             """) + textwrap.dedent(programs).replace("PORT_WEB", str(web)) \
             .replace("PORT_SPARE", str(spare))
         path = base / "it.toml"

@@ -307,7 +307,7 @@ def test_a_crash_loop_longer_than_startsecs_is_a_warning(site_factory):
     assert crashy["last_exit"]["expected"] is False
     assert 0 <= crashy["last_exit"]["ago_s"] < 60
     assert {"name", "group", "state", "pid", "uptime_s", "exitstatus", "spawnerr", "restarts",
-            "last_exit", "health", "health_detail", "backoff"} == set(crashy)
+            "last_exit", "health", "health_detail", "backoff", "log_tail"} == set(crashy)
     table = site.run("status", "-i", "alpha")
     assert table.returncode == 1
     assert "crash loop:" in table.stdout

@@ -34,7 +34,7 @@ def test_up_status_down_leaves_nothing(site_factory):
     assert alpha["url"] == f"unix://{site.runtime(alpha['name'])}/supervisor.sock"
     program = alpha["programs"][0]
     assert set(program) == {"name", "group", "state", "pid", "uptime_s", "exitstatus", "spawnerr",
-                            "restarts", "last_exit", "health", "health_detail", "backoff"}
+                            "restarts", "last_exit", "health", "health_detail", "backoff", "log_tail"}
     assert program["group"] == "it-dev"
     assert program["state"] == "RUNNING"
     workers = [p["name"] for p in data["instances"][1]["programs"]]
@@ -374,7 +374,8 @@ port = { dev = SPARE }
 startsecs = 1
 """.replace("SPARE", str(site.ports["spare"])))
     result = site.run("up", check=True)
-    assert "alpha: updated: reloaded it-dev (its programs restarted)" in result.stdout
+    assert "alpha: updated: program api: added; reloaded it-dev (its programs restarted)" \
+        in result.stdout
     assert "beta: already running" in result.stdout
     data = site.wait_status(0)
     assert [p["name"] for p in data["instances"][0]["programs"]] == ["api", "web"]
@@ -411,7 +412,9 @@ def test_one_instance_failing_does_not_keep_the_others_down(site_factory):
     try:
         result = site.run("up")
         assert result.returncode == 1
-        assert "alpha: failed" in result.stdout
+        assert "alpha: failed: nothing started, a port it needs is taken:\n    port " \
+            f"{site.ports['alpha']} (supervisord-alpha) is held by pid {os.getpid()} (" \
+            in result.stdout
         assert "beta: started" in result.stdout
         _, data = site.status("-i", "beta")
         assert data["instances"][0]["state"] == "running"

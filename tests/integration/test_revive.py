@@ -341,12 +341,14 @@ def test_a_foreign_process_on_a_program_port_is_named(site_factory):
         assert doctor.returncode == 1
         assert f"port {site.ports['web']} of program web (dev) is in use on this host by " \
                f"pid {squatter.pid}" in doctor.stdout
-        site.run("up")
+        up = site.run("up")  # refused at once: the port web needs is taken
+        assert up.returncode == 1
+        assert f"held by pid {squatter.pid}" in up.stdout
         result = site.run("revive", "--timeout", "5")
         assert result.returncode == 1
         assert f"held by pid {squatter.pid}" in result.stdout
         _, data = site.status("-i", "alpha")
-        assert f"held by pid {squatter.pid}" in data["instances"][0]["programs"][0]["spawnerr"]
+        assert data["instances"][0]["state"] == "not running"
     finally:
         squatter.kill()
         squatter.wait()

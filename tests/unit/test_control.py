@@ -310,10 +310,10 @@ def test_report_exit_code_and_json_keys():
                          {"name": "web", "group": GROUP, "state": "RUNNING", "pid": 12,
                           "uptime_s": 30, "exitstatus": None, "spawnerr": "",
                           "restarts": None, "last_exit": None, "health": "ready",
-                          "health_detail": None, "backoff": None}]}
+                          "health_detail": None, "backoff": None, "log_tail": None}]}
     assert set(first["programs"][0]) == {"name", "group", "state", "pid", "uptime_s",
                                          "exitstatus", "spawnerr", "restarts", "last_exit",
-                                         "health", "health_detail", "backoff"}
+                                         "health", "health_detail", "backoff", "log_tail"}
     assert data["instances"][1]["error"] == "nothing there"
     assert data["instances"][1]["programs"] == []
 
@@ -1391,3 +1391,82 @@ def test_nothing_to_do(plan: Plan, endpoints: dict[str, Any]):
     done = control.converge(plan, plan.instances["alpha"], held={"idle"})
     assert (done.notes, done.failed) == ([], [])
     assert [m for m, _ in fake.calls] == ["supervisor.getAllProcessInfo"]
+
+
+def test_a_fatal_program_that_up_does_not_start_still_fails_it(plan: Plan, endpoints: dict[str, Any]):
+    endpoints["alpha"] = FakeEndpoint(infos=[info("web", "RUNNING", pid=3), info("idle", "FATAL")])
+    done = control.converge(plan, plan.instances["alpha"], held=set())
+    assert done.failed == ["idle: FATAL (autostart = false: `siteboot start alpha:idle` starts it "
+                           "again)"]
+    # stopped by an operator, it is theirs
+    assert control.converge(plan, plan.instances["alpha"], held={"idle"}).failed == []
+
+
+# --------------------------------------------------------------------------------------------
+# The end of a failing program's log, where its error is
+
+
+def write_log(plan: Plan, instance: str, process: str, text: str, stream: str = "stderr") -> None:
+    program = next(p for p in plan.instances[instance].programs if process in p.process_names())
+    path = program.log_path(process, stream)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+TRACEBACK = ("Traceback (most recent call last):\n"
+             "  File \"app.py\", line 1, in <module>\n"
+             "\x1b[31mModuleNotFoundError\x1b[0m: No module named 'flask'\x07\n"
+             + "can't open file '/srv/app.py'\n" * 3 + "\n")
+
+
+def test_status_shows_the_end_of_a_failing_programs_own_log(plan, endpoints):
+    endpoints["beta"] = running_beta("FATAL")
+    write_log(plan, "beta", "worker_01", "old line\n" * 20 + TRACEBACK)
+    write_log(plan, "beta", "worker_00", "a healthy one's log is not read\n")
+    (beta,) = control.status(plan, "beta").instances
+    healthy, failing = beta.programs
+    assert healthy.log_tail is None
+    assert failing.log_tail is not None
+    assert failing.log_tail.stream == "stderr"
+    # colours and control characters are taken out; the same line at each retry comes once
+    assert failing.log_tail.lines == [
+        "old line  [20 times]", "Traceback (most recent call last):",
+        "  File \"app.py\", line 1, in <module>",
+        "ModuleNotFoundError: No module named 'flask'",
+        "can't open file '/srv/app.py'  [3 times]"]
+    assert failing.as_json()["log_tail"] == {"stream": "stderr", "lines": failing.log_tail.lines}
+    # the owner reads the file: supervisord is asked nothing more
+    assert not [m for m, _ in endpoints["beta"].calls if "tail" in m]
+
+
+def test_with_redirect_stderr_the_tail_comes_from_stdout(short_dir, endpoints):
+    plan = plan_from(SITE.format(base=short_dir).replace(
+        "stopwaitsecs = 5", "stopwaitsecs = 5\nredirect_stderr = true"), short_dir)
+    endpoints["beta"] = running_beta("BACKOFF")
+    write_log(plan, "beta", "worker_01", "boom\n", stream="stdout")
+    (beta,) = control.status(plan, "beta").instances
+    assert beta.programs[1].log_tail == control.LogTail("stdout", ["boom"])
+
+
+def test_a_granted_member_gets_the_tail_from_supervisord(plan, endpoints):
+    fake = endpoints["gamma"] = FakeEndpoint(infos=[info("web2", "BACKOFF")])
+    fake.tails[(f"{GROUP}:web2", 0, 4096)] = ["ImportError: no app\n", 120, False]
+    (gamma,) = control.status(plan, "gamma").instances
+    assert gamma.programs[0].log_tail == control.LogTail("stderr", ["ImportError: no app"])
+
+
+def test_start_that_goes_fatal_shows_why(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(scripts={"web": ["STARTING", "BACKOFF", "FATAL"]})
+    write_log(plan, "alpha", "web", "Address already in use\n")
+    (row,) = control.control(plan, "start", ["web"]).outcomes
+    assert (row.ok, row.message) == (False, "FATAL: exited too quickly")
+    assert row.log_tail == control.LogTail("stderr", ["Address already in use"])
+    assert row.as_json()["log_tail"] == {"stream": "stderr", "lines": ["Address already in use"]}
+
+
+def test_up_shows_why_a_program_would_not_start(plan, endpoints):
+    endpoints["alpha"] = FakeEndpoint(infos=[info("web", "EXITED")],
+                                      scripts={"web": ["STARTING", "BACKOFF", "FATAL"]})
+    write_log(plan, "alpha", "web", "SyntaxError: invalid syntax\n")
+    done = control.converge(plan, plan.instances["alpha"], held=set())
+    assert done.tails == {"web": control.LogTail("stderr", ["SyntaxError: invalid syntax"])}

@@ -286,6 +286,97 @@ def test_a_planted_pidfile_never_hangs_or_floods(alpha):
     assert read_pidfile(alpha) == 4242
 
 
+# --------------------------------------------------------------------------------------------
+# Ports checked before starting
+
+
+PORTS_SITE = """
+[site]
+name = "t"
+envs = ["dev"]
+runtime_dir = "{base}/run"
+state_dir = "{base}/state"
+
+[instances.alpha]
+port = {{ dev = {alpha} }}
+
+[programs.web]
+instance = "alpha"
+command = "serve {{port}}"
+port = {{ dev = {web} }}
+
+[programs.api]
+instance = "alpha"
+command = "serve {{port}}"
+port = {{ dev = 40012 }}
+
+[programs.manual]
+instance = "alpha"
+command = "serve {{port}}"
+port = {{ dev = 40013 }}
+autostart = false
+
+[programs.held]
+instance = "alpha"
+command = "serve {{port}}"
+port = {{ dev = 40014 }}
+
+[programs.worker]
+instance = "alpha"
+command = "work"
+"""
+
+
+def test_what_up_is_about_to_start_is_what_should_run_and_does_not(base):
+    from siteboot.instances import _ports_to_start
+    from siteboot.records import mark_stopped
+
+    plan = plan_from(PORTS_SITE.format(base=base, alpha=40010, web=40011), base)
+    alpha = plan.instances["alpha"]
+    mark_stopped(alpha, ["held"], stopped=True)
+    # not running: every program that starts with it
+    assert _ports_to_start(alpha, []) == {40011: "program web", 40012: "program api"}
+    # running: not what already runs (it holds its own port), but what is down or backing off
+    infos = [{"name": "web", "statename": "RUNNING"}, {"name": "api", "statename": "BACKOFF"},
+             {"name": "manual", "statename": "FATAL"}, {"name": "held", "statename": "STOPPED"}]
+    assert _ports_to_start(alpha, infos) == {40012: "program api"}
+
+
+def test_a_taken_port_refuses_at_once_naming_the_holder(base):
+    from siteboot.fsutil import owner_name
+    from siteboot.instances import _refuse_taken_ports
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    taken = sock.getsockname()[1]
+    try:
+        plan = plan_from(PORTS_SITE.format(base=base, alpha=40010, web=taken), base)
+        alpha = plan.instances["alpha"]
+        with pytest.raises(InstanceError) as info:
+            _refuse_taken_ports(alpha, {40010: "supervisord-alpha", taken: "program web"})
+        text = str(info.value)
+        assert text.startswith("nothing started, a port it needs is taken:\n"
+                               f"    port {taken} (program web) is held by pid {os.getpid()} (")
+        assert f"user {owner_name(os.geteuid())})" in text
+        assert "pytest" in text or "python" in text  # its command line
+        assert "hint: stop that process, or change the port in the site file" in text
+        _refuse_taken_ports(alpha, {40010: "supervisord-alpha"})  # a free port passes
+    finally:
+        sock.close()
+
+
+def test_nothing_is_rendered_with_an_unallocated_auto_port(base):
+    from siteboot.instances import provision
+
+    plan = plan_from(SITE.format(base=base).replace("port = { dev = 40001 }", 'port = "auto"'),
+                     base)
+    with pytest.raises(InstanceError, match="its auto ports are not allocated yet: "
+                                            "supervisord-alpha"):
+        provision(plan, plan.instances["alpha"], None)
+    assert not plan.instances["alpha"].conf_path.exists()
+
+
 @dataclasses.dataclass
 class RecordingEndpoint:
     """An Endpoint stand-in that records its calls (copies made with another timeout share them)."""

@@ -97,6 +97,10 @@ def test_last_lines_and_file_tail(tmp_path: Path):
     path.write_text("".join(f"line {n}\n" for n in range(40)))
     assert file_tail(path, 2) == "line 38\nline 39"
     assert file_tail(tmp_path / "missing") == ""
+    # a large log: only its end is read
+    path.write_bytes(b"x" * 10_000_000 + b"\nlast\n")
+    assert file_tail(path, 1, max_bytes=100) == "last"
+    assert file_tail(path, 2, max_bytes=100) == "x" * 94 + "\nlast"
 
 
 def test_pid_alive():

@@ -261,11 +261,16 @@ def test_config_shape(write_site, tmp_path):
     assert pc.stdout_logfile_backups == 5
 
 
-def test_shipped_sites_render_and_parse(tmp_path):
+def test_shipped_sites_render_and_parse(tmp_path, monkeypatch):
+    from siteboot.ports import allocate
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where local's auto ports are recorded
     for name in ("jaws", "local"):
         site = load_site(REPO / "sites" / f"{name}.toml")
         for env in site.envs:
-            plan = make_plan(site, env)
+            plan = allocate(make_plan(site, env), probe=lambda ports: [],
+                            free=lambda port: True).plan
+            assert plan.unallocated() == []
             for inst in plan.instances:
                 opts = parse(tmp_path, plan, inst)
                 assert opts.configroot.supervisord.identifier == f"{name}-{inst}-{env}"
@@ -325,3 +330,28 @@ def test_a_template_is_data_not_code(tmp_path: Path, short_dir: Path):
     inst = next(iter(plan.instances.values()))
     with pytest.raises(RenderError, match="unsafe"):
         render_instance(plan, inst, PLACEHOLDER_HASH, True, tmp_path)
+
+
+# --------------------------------------------------------------------------------------------
+# What changed between two configs, per program (what `up` says after a site edit)
+
+
+def test_program_changes_name_programs_and_site_keys_not_values(write_site):
+    from siteboot.render import program_changes
+
+    def rendered(program: str, extra: str = "") -> str:
+        path = write_site(site_text(program) + extra)
+        plan = make_plan(load_site(path), "dev")
+        return render_instance(plan, plan.instances["main"], PLACEHOLDER_HASH, True, None)
+
+    old = rendered('command = "run a"\nenvironment = { TOKEN = "s3cret" }',
+                   '[programs.old]\ninstance = "main"\ncommand = "x"\n')
+    new = rendered('command = "run b"\nenvironment = { TOKEN = "n3w" }\nstartsecs = 9\n'
+                   'log_maxbytes = "1MB"',
+                   '[programs.api]\ninstance = "main"\ncommand = "y"\n')
+    assert program_changes(old, new) == [
+        "program api: added", "program old: removed",
+        "program web: command, environment, log_maxbytes, startsecs changed"]
+    assert "s3cret" not in " ".join(program_changes(old, new))
+    assert program_changes(new, new) == []
+    assert program_changes("not a config [", new)[0] == "program web: added"

@@ -33,6 +33,44 @@ def test_local_site_is_valid_and_runs_as_invoker():
     assert all(inst.user is None for inst in site.instances.values())
 
 
+def test_local_site_has_only_auto_ports_so_any_account_can_run_it():
+    site = load_site(REPO / "sites" / "local.toml")
+    assert site.port_users() == []
+    assert sorted(key for _inst, key, env in site.auto_ports() if env == "dev") == [
+        "program web", "supervisord-services", "supervisord-workers"]
+
+
+def test_auto_is_the_only_word_a_port_may_be(write_site):
+    path = write_site("""
+        [instances.a]
+        port = "automatic"
+
+        [instances.b]
+        port = { dev = "auto", staging = "any", prod = 40003 }
+        """)
+    errors = "\n".join(errors_of(path))
+    assert "'port' must be a table of env = port, e.g. { dev = 1024, staging = 1025, prod = 1026 }, " \
+           "or \"auto\", not string 'automatic'" in errors
+    assert "'port.staging' must be an integer port, not string 'any' (or \"auto\": siteboot picks " \
+           "one)" in errors
+    assert "port.dev" not in errors
+
+
+def test_a_granted_instance_needs_a_fixed_port(write_site):
+    path = write_site("""
+        [site]
+        shared_dir = "/srv/shared"
+
+        [instances.a]
+        group = "team"
+        port = { dev = "auto", staging = 40002, prod = "auto" }
+        """)
+    (error,) = errors_of(path)
+    assert error.endswith("[instances.a] port: a granted instance needs a fixed port (members of "
+                          "team reach it on 127.0.0.1:<port>, and only its owner knows an auto "
+                          "one): 'port' is \"auto\" in dev, prod")
+
+
 def test_defaults_are_filled(write_site):
     site = load_site(write_site())
     assert site.envs == ["dev", "staging", "prod"]
