@@ -137,15 +137,18 @@ def test_a_program_that_fails_its_first_five_starts_ends_up_running(site_factory
     assert re.search(r"flaky\s+RUNNING\s+ready\s+\d+ tries", table), table
 
 
+FAILING_WEB = f"""
+[programs.web]
+instance = "alpha"
+command = "{SERVICE} --port {{port}} --status 500"
+port = {{ dev = PORT_WEB }}
+startsecs = 1
+ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
+"""
+
+
 def test_a_failing_http_probe_shows_unhealthy_and_status_exits_1(site_factory):
-    site = site_factory(f"""
-        [programs.web]
-        instance = "alpha"
-        command = "{SERVICE} --port {{port}} --status 500"
-        port = {{ dev = PORT_WEB }}
-        startsecs = 1
-        ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
-        """)
+    site = site_factory(FAILING_WEB)
     site.run("up", timeout=120)
 
     def unhealthy() -> dict[str, Any] | None:
@@ -235,14 +238,7 @@ def test_the_healer_outlives_a_kill_and_a_wipe_and_ignores_a_planted_spec(site_f
     import shutil
     import signal
 
-    site = site_factory(f"""
-        [programs.web]
-        instance = "alpha"
-        command = "{SERVICE} --port {{port}} --status 500"
-        port = {{ dev = PORT_WEB }}
-        startsecs = 1
-        ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
-        """)
+    site = site_factory(FAILING_WEB)
     site.run("up", "-i", "alpha", timeout=120)
 
     def web_health() -> str:
