@@ -137,6 +137,7 @@ def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[st
     on a way another account could swap (``verify_unswappable``): its programs would write into
     whatever that account put there, and a symlink on the way would point the chmod elsewhere."""
     verify_unswappable(path.parent, os.geteuid())
+    _refuse_open_parent(path)
     created = False
     try:
         os.mkdir(path, 0o700)
@@ -156,11 +157,22 @@ def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[st
             raise _refuse(path, "is not a directory (a symlink?)") from None
         raise
     try:
-        if os.fstat(fd).st_uid == os.geteuid():  # (another's is refused next, saying why)
-            verify_unswappable(path, os.geteuid())  # its parent may be written by nobody else
         return _correct_dir(fd, path, mode, gid, created)
     finally:
         os.close(fd)
+
+
+def _refuse_open_parent(path: Path) -> None:
+    """``path``'s parent must not be one that anyone may write without the sticky bit (anyone
+    could rename ``path`` away). Its group may: a group-writable parent is a grant to that group,
+    trusted like the instance's own (a shared project dir of several accounts of one group)."""
+    try:
+        info = os.lstat(path.parent)
+    except FileNotFoundError:
+        return
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise _refuse(path, f"lies under {path.parent}, which anyone may write without the "
+                      "sticky bit")
 
 
 def _correct_dir(fd: int, path: Path, mode: int, gid: int | None, created: bool) -> list[str]:
