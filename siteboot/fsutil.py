@@ -8,7 +8,7 @@ import os
 import pwd
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -133,7 +133,11 @@ def _refuse(path: Path, why: str) -> OwnershipError:
 def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[str]:
     """Create ``path`` (missing parents as ordinary dirs) or correct its mode and group to
     exactly ``mode`` and ``gid``; what was done. It is changed through a descriptor opened with
-    O_NOFOLLOW, so a symlink is refused, never followed; so is a dir of another owner."""
+    O_NOFOLLOW, so a symlink is refused, never followed; so is a dir of another owner, and one
+    on a way another account could swap (``verify_unswappable``): its programs would write into
+    whatever that account put there, and a symlink on the way would point the chmod elsewhere."""
+    verify_unswappable(path.parent, os.geteuid())
+    _refuse_open_parent(path)
     created = False
     try:
         os.mkdir(path, 0o700)
@@ -156,6 +160,19 @@ def ensure_managed_dir(path: Path, mode: int, gid: int | None = None) -> list[st
         return _correct_dir(fd, path, mode, gid, created)
     finally:
         os.close(fd)
+
+
+def _refuse_open_parent(path: Path) -> None:
+    """``path``'s parent must not be one that anyone may write without the sticky bit (anyone
+    could rename ``path`` away). Its group may: a group-writable parent is a grant to that group,
+    trusted like the instance's own (a shared project dir of several accounts of one group)."""
+    try:
+        info = os.lstat(path.parent)
+    except FileNotFoundError:
+        return
+    if info.st_mode & stat.S_IWOTH and not info.st_mode & stat.S_ISVTX:
+        raise _refuse(path, f"lies under {path.parent}, which anyone may write without the "
+                      "sticky bit")
 
 
 def _correct_dir(fd: int, path: Path, mode: int, gid: int | None, created: bool) -> list[str]:
@@ -232,16 +249,16 @@ def unmapped_uid() -> int | None:
         return None
 
 
-def verify_unswappable(path: Path, owner_uid: int) -> None:
+def verify_unswappable(path: Path, owner_uid: int, trusted: Collection[int] = ()) -> None:
     """No directory on the way to ``path`` (itself included) can be renamed or replaced by
-    anyone but root and ``owner_uid``.
+    anyone but root, ``owner_uid`` and the ``trusted``.
 
     A directory can be swapped by whoever may write its parent: so every directory from / down
     must belong to root or the owner (or, in a user namespace, to the unmapped outside), and one
     that others may write must be sticky (then only the owner of an entry can move it). A
     symlink on the way must be root's or the owner's, and so must everything it leads through.
     """
-    allowed = {0, owner_uid, unmapped_uid()}
+    allowed = {0, owner_uid, unmapped_uid(), *trusted}
     for step in (*reversed(path.parents), path):
         try:
             info = os.lstat(step)
@@ -250,7 +267,7 @@ def verify_unswappable(path: Path, owner_uid: int) -> None:
         if stat.S_ISLNK(info.st_mode):
             if info.st_uid not in allowed:
                 raise _refuse(path, f"lies under {step}, a symlink of {owner_name(info.st_uid)}")
-            verify_unswappable(Path(os.path.realpath(step)), owner_uid)
+            verify_unswappable(Path(os.path.realpath(step)), owner_uid, trusted)
             continue
         if info.st_uid not in allowed:
             where = "belongs to" if step == path else f"lies under {step}, which belongs to"

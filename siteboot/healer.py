@@ -82,24 +82,61 @@ def spec_text(plan: Plan, inst: InstancePlan) -> str:
 
 class SpecFile:
     """The spec, read again when its file changes; the last good one is kept meanwhile (a /tmp
-    cleaner may take the runtime dir away under a running supervisord)."""
+    cleaner may take the runtime dir away under a running supervisord).
 
-    def __init__(self, path: Path) -> None:
+    Only a file siteboot wrote counts: a regular file of this account that nobody else may
+    change, in a folder of this account that nobody else may write. After a /tmp wipe another
+    account could make the runtime dir again and put a spec there, whose command probes the
+    listener would run as this account, and whose paths it would write to."""
+
+    def __init__(self, path: Path, log: Callable[[str], None] | None = None) -> None:
         self.path = path
-        self._stamp: tuple[int, int] | None = None
+        self.log = log or _log
+        self._stamp: tuple[int, int, int, int] | None = None
         self.spec: dict[str, Any] = {"programs": {}}
 
     def current(self) -> dict[str, Any]:
         try:
-            info = self.path.stat()
-            stamp = (info.st_mtime_ns, info.st_size)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return self.spec
+        try:
+            info = os.fstat(fd)
+            stamp = (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_size)
             if stamp != self._stamp:
-                data = json.loads(self.path.read_text(encoding="utf-8"))
+                self._stamp = stamp
+                why = _untrusted(self.path, info)
+                if why:
+                    self.log(f"ignoring {self.path}: {why}")
+                    return self.spec
+                with os.fdopen(os.dup(fd), "rb") as handle:
+                    data = json.loads(handle.read().decode("utf-8"))
                 if isinstance(data, dict) and isinstance(data.get("programs"), dict):
-                    self.spec, self._stamp = data, stamp
+                    self.spec = data
         except (OSError, ValueError):
             pass
+        finally:
+            os.close(fd)
         return self.spec
+
+
+def _untrusted(path: Path, info: os.stat_result) -> str | None:
+    """Why the spec file (``info``: its fstat) is not one that siteboot wrote, or None."""
+    import stat
+
+    from siteboot.fsutil import owner_name
+
+    me = os.geteuid()
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != me or info.st_mode & 0o022:
+        return f"{owner_name(info.st_uid)}'s, mode {stat.S_IMODE(info.st_mode):04o}"
+    folder = os.lstat(path.parent)
+    if stat.S_ISLNK(folder.st_mode) or folder.st_uid != me or folder.st_mode & 0o022:
+        return (f"its folder is {owner_name(folder.st_uid)}'s, mode "
+                f"{stat.S_IMODE(folder.st_mode):04o}" + (" (a symlink)"
+                                                         if stat.S_ISLNK(folder.st_mode) else ""))
+    return None
 
 
 # ------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from siteboot.proc import (
     signal_process,
     supervisor_command,
     terminate_tree,
+    without_secrets,
 )
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
@@ -745,7 +746,8 @@ def _publish(inst: InstancePlan, key: str) -> list[str]:
 def launch(inst: InstancePlan, conf: Path, timeout: float, endpoint: Endpoint) -> int:
     """Start supervisord daemonized and wait until its RPC answers RUNNING."""
     result = run_command(supervisor_command("supervisord", conf), cwd=inst.runtime_dir,
-                         output=inst.launch_log, new_session=True, timeout=timeout)
+                         output=inst.launch_log, new_session=True, timeout=timeout,
+                         env=without_secrets())
     if result.returncode != 0:
         raise InstanceError(
             f"supervisord for {inst.name} "

@@ -61,11 +61,20 @@ def in_preamble(cmdline: Sequence[str]) -> bool:
 def file_problem(path: Path) -> str | None:
     """Why the ``preamble_file`` at ``path`` must not be sourced, or None. It runs as every
     instance's account: like a site root's files it must be root's, the invoker's or
-    siteboot's owner's, and neither it nor its folder writable by anyone else."""
-    from siteboot.resources import untrusted_entry
+    siteboot's owner's, and neither it nor its folder writable by anyone else. It is read at
+    every start, long after this check: nobody else may swap a directory on its way either."""
+    import os
+
+    from siteboot.errors import OwnershipError
+    from siteboot.fsutil import verify_unswappable
+    from siteboot.resources import trusted_uids, untrusted_entry
 
     try:
         why = untrusted_entry(path.parent, path.parent) or untrusted_entry(path, path.parent)
+        if not why:
+            verify_unswappable(path.parent, os.geteuid(), trusted_uids())
+    except OwnershipError as exc:
+        return f"preamble_file {path}: {exc.message.replace(': refusing to use it', '')}"
     except FileNotFoundError:
         return f"preamble_file {path} does not exist"
     except OSError as exc:

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from siteboot.errors import OwnershipError
 from siteboot.rpc import Fault
 
 Write = Callable[[str], None]
@@ -123,7 +124,7 @@ class FileFollower:
 
     def start(self, nbytes: int = 0, lines: int | None = None) -> None:
         """Open the log and print its last ``lines`` lines, or else its last ``nbytes``."""
-        self._open(open(self.path, "rb"))  # noqa: SIM115 - kept open across polls
+        self._open(_open_log(self.path))
         assert self.handle is not None
         fd = self.handle.fileno()
         size = os.fstat(fd).st_size
@@ -225,7 +226,7 @@ class FileFollower:
             if inode is None and name == self.path:
                 break  # between rename and reopen: the next poll opens it
             try:
-                handle = open(name, "rb")  # noqa: SIM115 - handed to the caller
+                handle = _open_log(name)
             except FileNotFoundError:
                 handle = None
             if handle is None or os.fstat(handle.fileno()).st_ino != inode:
@@ -318,3 +319,18 @@ def follow(poll: Callable[[], bool], interval: float, stop: threading.Event | No
     while not (stop is not None and stop.is_set()):
         pause = _BUSY_PAUSE if poll() else min(interval, pause * 2)
         time.sleep(pause)
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """A log file, never through a symlink: a runtime dir made again after a /tmp wipe by another
+    account could hold one pointing at a file of the reader's (its secrets.toml, into a CI log)."""
+    import errno
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OwnershipError(f"{path} is a symlink: refusing to read a log through it",
+                                 "remove it; supervisord writes its logs as files") from None
+        raise
+    return os.fdopen(fd, "rb")

@@ -223,10 +223,10 @@ def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
 def run_foreground(plan: Plan, root: Path | None, instance: Selection) -> None:
     """Replace this process by ``instance``'s supervisord in the foreground (never returns)."""
     from siteboot import instances
-    from siteboot.proc import exec_replace
+    from siteboot.proc import exec_replace, without_secrets
 
     plan, _notes = _allocated(plan, instance)
-    exec_replace(instances.foreground_argv(plan, root, instance))
+    exec_replace(instances.foreground_argv(plan, root, instance), env=without_secrets())
 
 
 def down(plan: Plan, instance: Selection = None, purge: bool = False,

@@ -493,6 +493,22 @@ def preamble_path(site: Site, user: str) -> Path | None:
     return site.path.parent / expand_home(site.preamble_file, user)  # an absolute one stays
 
 
+def _owned(probe: dict[str, Any], port: int | None, user: str) -> dict[str, Any]:
+    """``probe`` with ``owner`` (``probes.check``: only that account may hold the port) when
+    it reaches the program's own port; one on any other port may check another's service."""
+    from urllib.parse import urlsplit
+
+    target = probe.get("tcp") or probe.get("http")
+    if port is None or not isinstance(target, str):
+        return probe
+    try:
+        probed = (urlsplit(target).port if "http" in probe
+                  else int(target.rpartition(":")[2]))
+    except ValueError:
+        return probe
+    return {**probe, "owner": user} if probed == port else probe
+
+
 def state_dir_of(site: Site, env: str, user: str) -> Path:
     """``user``'s state dir for ``site`` in ``env``."""
     return expand_home(_fill(site.state_dir, site=site.name, env=env, user=user), user)
@@ -655,8 +671,10 @@ def _program_plan(plan: Plan, inst: InstancePlan, program: Program,
     options = dict(program.options)
     directory = options.pop("directory")
     if options.get("ready"):  # a command probe is a command line: quoted as `command` is
-        options["ready"] = {k: _expand(v, lookup, quote=shlex.quote if k == "command" else None)
-                            if isinstance(v, str) else v for k, v in options["ready"].items()}
+        options["ready"] = _owned({k: _expand(v, lookup, quote=shlex.quote if k == "command"
+                                              else None)
+                                   if isinstance(v, str) else v for k, v in options["ready"].items()},
+                                  port, inst.user)
     return ProgramPlan(
         name=program.name,
         command=_wrapped(plan.preamble(inst.user),

@@ -105,7 +105,7 @@ def probe_listeners(ports: set[int]) -> list[Listener]:
     import psutil
 
     from siteboot.fsutil import owner_name
-    from siteboot.rpc import TCP_LISTEN, tcp_sockets
+    from siteboot.probes import TCP_LISTEN, tcp_sockets
 
     found: list[Listener] = []
     try:

@@ -82,30 +82,37 @@ def tcp_address(target: str) -> tuple[str, str]:
 
 
 def check(probe: Probe, timeout: float = DEFAULT_TIMEOUT, run: Runner | None = None) -> str | None:
-    """None when the probe passes, else what it found (its last error, for messages)."""
+    """None when the probe passes, else what it found (its last error, for messages).
+
+    A probe's ``owner`` (set by the plan: the program's account) must hold a port on this host
+    that a tcp or http probe reaches: another account listening there first (the program then
+    fails to bind) would otherwise pass it, and what depends on it would talk to that account.
+    """
     try:
         kind = kind_of(probe)
+        owner = str(probe["owner"]) if probe.get("owner") else None
         if kind == "tcp":
-            return _tcp(str(probe["tcp"]), timeout)
+            return _tcp(str(probe["tcp"]), timeout, owner)
         if kind == "http":
-            return _http(str(probe["http"]), int(probe.get("status", DEFAULT_STATUS)), timeout)
+            return _http(str(probe["http"]), int(probe.get("status", DEFAULT_STATUS)), timeout,
+                         owner)
         return _command(str(probe["command"]), timeout, run or _run)
     except Exception as exc:  # a probe reports, it never raises (bad input included)
         return f"{type(exc).__name__}: {exc}"
 
 
-def _tcp(target: str, timeout: float) -> str | None:
+def _tcp(target: str, timeout: float, owner: str | None = None) -> str | None:
     host, port = tcp_address(target)
     if not port.isdigit():
         return f"not a port: {port!r}"
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return None
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            return _held_by_another(sock, owner)
     except OSError as exc:
         return _os_error(exc)
 
 
-def _http(url: str, want: int, timeout: float) -> str | None:
+def _http(url: str, want: int, timeout: float, owner: str | None = None) -> str | None:
     import http.client
     from urllib.parse import urlsplit
 
@@ -115,6 +122,10 @@ def _http(url: str, want: int, timeout: float) -> str | None:
     connection = connection_class(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
+        connection.connect()
+        held = _held_by_another(connection.sock, owner)
+        if held:
+            return held
         connection.request("GET", path, headers={"User-Agent": "siteboot-probe"})
         status = connection.getresponse().status
     except (OSError, http.client.HTTPException) as exc:
@@ -122,6 +133,70 @@ def _http(url: str, want: int, timeout: float) -> str | None:
     finally:
         connection.close()
     return None if status == want else f"HTTP {status} (want {want})"
+
+
+TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
+TCP_LISTEN = "0A"  # the state of a listening socket in those tables
+
+
+def tcp_sockets(tables: tuple[str, ...] = TCP_TABLES) -> list[tuple[int, int, str, int]] | None:
+    """(local port, remote port, state, uid) of every TCP socket the kernel lists (Linux
+    /proc/net/tcp): whose a socket is, even where its process is not ours to see. None when
+    no table could be read."""
+    sockets: list[tuple[int, int, str, int]] = []
+    readable = False
+    for table in tables:
+        try:
+            with open(table) as handle:
+                lines = handle.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+        readable = True
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 8:
+                sockets.append((int(fields[1].rsplit(":", 1)[1], 16),
+                                int(fields[2].rsplit(":", 1)[1], 16), fields[3], int(fields[7])))
+    return sockets if readable else None
+
+
+def server_uid(client_port: int, server_port: int,
+               tables: tuple[str, ...] = TCP_TABLES) -> int | None:
+    """The uid that owns the server end of our TCP connection from ``client_port`` to
+    ``server_port`` on this host, or None when it cannot be told."""
+    for local_port, remote_port, _state, owner in tcp_sockets(tables) or []:
+        if local_port == server_port and remote_port == client_port:
+            return owner
+    return None
+
+
+def _held_by_another(sock: socket.socket, owner: str | None) -> str | None:
+    """Why the server end of ``sock`` is not ``owner``'s, or None (also for another host)."""
+    import ipaddress
+    import os
+    import pwd
+
+    if owner is None:
+        return None
+    peer_host, peer_port = sock.getpeername()[:2]
+    if not ipaddress.ip_address(peer_host.split("%")[0]).is_loopback:
+        return None  # another host's accounts are not this host's: nothing to compare
+    try:
+        want = pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        want = os.geteuid()  # an account without a passwd entry (containers, CI): ours
+    found = server_uid(sock.getsockname()[1], peer_port)
+    if found == want:
+        return None
+    if found is None:
+        return f"cannot tell who listens on port {peer_port} (is /proc/net/tcp readable?)"
+    try:
+        name = pwd.getpwuid(found).pw_name
+    except KeyError:
+        name = f"uid {found}"
+    return f"port {peer_port} is held by {name}, not {owner}"
 
 
 def _command(command: str, timeout: float, run: Runner) -> str | None:
@@ -135,7 +210,9 @@ def _command(command: str, timeout: float, run: Runner) -> str | None:
 def _run(argv: list[str], timeout: float) -> tuple[int, str]:
     from siteboot.proc import clean_env, run_command
 
-    result = run_command(argv, timeout=timeout, env=clean_env())
+    # its own session: a timeout kills what the command started too (else the wait for its
+    # output lasts as long as they do, and a healer stuck in it probes nothing else)
+    result = run_command(argv, timeout=timeout, env=clean_env(), new_session=True)
     return result.returncode, result.output
 
 

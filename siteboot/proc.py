@@ -16,6 +16,9 @@ from typing import IO, Any, Callable, NamedTuple
 # Dropped from the environment of what siteboot runs: they would make a venv's python (pip,
 # supervisord) see packages of another installation.
 _FOREIGN_PYTHON_VARS = ("PYTHONPATH", "PYTHONHOME")
+# ``secretstore.ENV_PREFIX``: secrets handed to siteboot (masked CI variables) are for the files
+# and environments that name them, not for every program, probe and pip that siteboot starts.
+_SECRET_PREFIX = "SITEBOOT_SECRET_"
 
 
 _DETACHED: list[Any] = []  # children started by start_detached
@@ -29,14 +32,21 @@ class RunResult(NamedTuple):
 
 
 def clean_env(environ: Mapping[str, str] | None = None, **extra: str) -> dict[str, str]:
-    """``environ`` (default: ours) without PYTHONPATH/PYTHONHOME, and without the SUPERVISOR_*
+    """``environ`` (default: ours) without PYTHONPATH/PYTHONHOME, without the SUPERVISOR_*
     variables siteboot may have inherited from a supervised program (they would mark what it
-    starts as that program's orphan), plus ``extra``."""
+    starts as that program's orphan) and without the ``SITEBOOT_SECRET_*`` ones, plus ``extra``."""
     source = os.environ if environ is None else environ
     env = {k: v for k, v in source.items()
-           if k not in _FOREIGN_PYTHON_VARS and not k.startswith("SUPERVISOR_")}
+           if k not in _FOREIGN_PYTHON_VARS and not k.startswith(("SUPERVISOR_", _SECRET_PREFIX))}
     env.update(extra)
     return env
+
+
+def without_secrets(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (default: ours) as it is, but for the ``SITEBOOT_SECRET_*`` variables: what a
+    supervisord gets, so that its programs see a secret only where their site file puts it."""
+    source = os.environ if environ is None else environ
+    return {k: v for k, v in source.items() if not k.startswith(_SECRET_PREFIX)}
 
 
 def run_command(cmd: Sequence[str], *, cwd: Path | None = None, output: Path | None = None,
@@ -78,12 +88,33 @@ def run_command(cmd: Sequence[str], *, cwd: Path | None = None, output: Path | N
     try:
         out, _ = captured.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        captured.kill()
-        out, _ = captured.communicate()
-        return RunResult(TIMED_OUT, (out or "") + f"\n(killed after {timeout:g} s)\n")
+        return RunResult(TIMED_OUT, _killed(captured, new_session) + f"\n(killed after {timeout:g} s)\n")
     if echo is not None:
         echo.write(out)
     return RunResult(captured.returncode, out)
+
+
+def _killed(child: Any, session: bool) -> str:
+    """What ``child`` wrote before it was killed. Its session too, when it leads one: a shell's
+    own children (``sh -c 'sleep 600; true'``) hold the pipe open, and waiting for its end would
+    wait for them. One that left the session is abandoned after a short grace, pipe closed."""
+    import signal
+    import subprocess
+
+    try:
+        if session:
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            child.kill()
+    except ProcessLookupError:
+        pass
+    try:
+        out, _ = child.communicate(timeout=5.0)
+    except subprocess.TimeoutExpired:
+        child.stdout.close()
+        child.wait()
+        return ""
+    return str(out or "")
 
 
 def run_with_input(cmd: Sequence[str], text: str, timeout: float = 60.0) -> RunResult:

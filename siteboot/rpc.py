@@ -18,6 +18,7 @@ from typing import Any, Callable
 from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
 from siteboot.plan import HOST_ENV, RPC_USERNAME, InstancePlan, Plan, uid_of
+from siteboot.probes import TCP_TABLES, tcp_sockets
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -367,31 +368,6 @@ def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:
                        f"`{command('up')}`")
 
 
-TCP_TABLES = ("/proc/net/tcp", "/proc/net/tcp6")
-TCP_LISTEN = "0A"  # the state of a listening socket in those tables
-
-
-def tcp_sockets(tables: tuple[str, ...] = TCP_TABLES) -> list[tuple[int, int, str, int]] | None:
-    """(local port, remote port, state, uid) of every TCP socket the kernel lists (Linux
-    /proc/net/tcp): whose a socket is, even where its process is not ours to see. None when
-    no table could be read."""
-    sockets: list[tuple[int, int, str, int]] = []
-    readable = False
-    for table in tables:
-        try:
-            with open(table) as handle:
-                lines = handle.read().splitlines()[1:]
-        except FileNotFoundError:
-            continue
-        except OSError:
-            break
-        readable = True
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 8:
-                sockets.append((int(fields[1].rsplit(":", 1)[1], 16),
-                                int(fields[2].rsplit(":", 1)[1], 16), fields[3], int(fields[7])))
-    return sockets if readable else None
 
 
 def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,

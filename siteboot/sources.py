@@ -160,7 +160,14 @@ def _digest(requirement: Requirement, base: Path, copy: Path | None) -> str:
         files = _files(root, recursive=not requirement.links)
     else:
         files = iter([("", root)])
+    folders = {root}  # checked by _check_way
     for relative, path in files:
+        # each folder on the way too (a symlinked one is its target's owner's): a file of its
+        # own could be swapped in by whoever may write one, between this check and the read
+        for folder in reversed(path.parents):
+            if root in folder.parents and folder not in folders:
+                _check(folder, root, requirement.text)
+                folders.add(folder)
         _check(path, root, requirement.text)
         target = None if copy is None else (copy / relative if relative else copy)
         executable, digest = _file_digest(path, target)

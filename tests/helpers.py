@@ -452,6 +452,8 @@ def squatter(port: int, user: str = "nobody") -> Iterator[subprocess.Popen[str]]
     someone else's service would; as any other user, a process of our own."""
     code = ("import socket, sys\n"
             "s = socket.socket()\n"
+            # the port's last user may have left connections in TIME_WAIT
+            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
             f"s.bind(('127.0.0.1', {port}))\n"
             "s.listen()\n"
             "print('ready', flush=True)\n"

@@ -5,6 +5,7 @@ failing HTTP probe makes status exit 1; several programs start and stop in prior
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -136,15 +137,18 @@ def test_a_program_that_fails_its_first_five_starts_ends_up_running(site_factory
     assert re.search(r"flaky\s+RUNNING\s+ready\s+\d+ tries", table), table
 
 
+FAILING_WEB = f"""
+[programs.web]
+instance = "alpha"
+command = "{SERVICE} --port {{port}} --status 500"
+port = {{ dev = PORT_WEB }}
+startsecs = 1
+ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
+"""
+
+
 def test_a_failing_http_probe_shows_unhealthy_and_status_exits_1(site_factory):
-    site = site_factory(f"""
-        [programs.web]
-        instance = "alpha"
-        command = "{SERVICE} --port {{port}} --status 500"
-        port = {{ dev = PORT_WEB }}
-        startsecs = 1
-        ready = {{ http = "http://127.0.0.1:{{port}}/health", status = 200 }}
-        """)
+    site = site_factory(FAILING_WEB)
     site.run("up", timeout=120)
 
     def unhealthy() -> dict[str, Any] | None:
@@ -201,3 +205,121 @@ def test_the_healer_starts_a_dependant_when_nobody_runs_siteboot(site_factory):
         site.run("down", timeout=120)
         runner.wait(timeout=60)
 
+
+
+def _healer_pids(site: Any) -> list[int]:
+    import psutil
+
+    spec = str(site.runtime("alpha") / "healer-alpha.json")
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "siteboot.healer" in (p.info["cmdline"] or []) and spec in p.info["cmdline"]]
+
+
+def _lost_healer_log(healer: int) -> str:
+    """The listener's log that went with the runtime dir: supervisord still has it open."""
+    import psutil
+
+    folder = Path(f"/proc/{psutil.Process(healer).ppid()}/fd")
+    for fd in folder.iterdir():
+        try:
+            if "siteboot-healer.err.log" in os.readlink(fd):
+                return fd.read_text()
+        except OSError:
+            continue
+    return ""
+
+
+def test_the_healer_outlives_a_kill_and_a_wipe_and_ignores_a_planted_spec(site_factory, tmp_path):
+    """kill -9 of the listener: supervisord starts it again and status keeps its verdicts. A
+    /tmp wipe: another account could make the runtime dir again with a spec of its own, whose
+    command probe the listener would run as this account; it is ignored, and revive writes the
+    real one back."""
+    import json
+    import shutil
+    import signal
+
+    site = site_factory(FAILING_WEB)
+    site.run("up", "-i", "alpha", timeout=120)
+
+    def web_health() -> str:
+        _, data = site.status()
+        alpha = next(i for i in data["instances"] if i["name"] == "alpha")
+        return str(next(p["health"] for p in alpha["programs"] if p["name"] == "web"))
+
+    wait_until(lambda: web_health() == "not ready", timeout=60)
+    [healer] = wait_until(lambda: _healer_pids(site), timeout=60)
+    os.kill(healer, signal.SIGKILL)
+    [again] = wait_until(lambda: [p for p in _healer_pids(site) if p != healer], timeout=60)
+    wait_until(lambda: web_health() == "not ready", timeout=60)
+
+    runtime = site.runtime("alpha")
+    shutil.rmtree(runtime)
+    runtime.mkdir(mode=0o755)
+    marker = tmp_path / "planted-probe-ran"
+    planted = {"programs": {"web": {"processes": ["web"], "autorestart": "unexpected",
+                                    "probe": {"command": f"touch {marker}"}, "depends_on": []}},
+               "health_path": str(tmp_path / "overwritten")}
+    (runtime / "healer-alpha.json").write_text(json.dumps(planted))
+    os.chown(runtime / "healer-alpha.json", 65534, 65534)
+    os.chown(runtime, 65534, 65534)
+    wait_until(lambda: "ignoring" in _lost_healer_log(again), timeout=60)
+    assert not marker.exists()
+    assert not (tmp_path / "overwritten").exists()
+    assert web_health() == "not ready"  # the last good spec: it probes on, records on
+
+    shutil.rmtree(runtime)
+    revived = site.run("revive", timeout=120)  # exit 1: web is not ready
+    assert "dev alpha: updated: runtime dir restored" in revived.stdout, revived.stdout
+    spec = json.loads((runtime / "healer-alpha.json").read_text())
+    assert spec["programs"]["web"]["probe"]["http"].endswith("/health")
+    assert _healer_pids(site) == [again]
+    wait_until(lambda: web_health() == "not ready", timeout=60)
+    assert not marker.exists()
+
+
+SQUATTER = "sbt_ak_squat"
+
+
+@pytest.mark.users
+def test_another_account_on_the_dependency_s_port_does_not_pass_its_probe(site_factory):
+    """Another account listens on db's port before db starts (db then cannot bind): a plain
+    connect would pass db's probe and start app against that account's listener."""
+    import pwd
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or not shutil.which("useradd"):
+        pytest.skip("needs root and useradd")
+    subprocess.run(["userdel", SQUATTER], check=False, capture_output=True)
+    subprocess.run(["useradd", "-M", "-s", "/bin/false", SQUATTER], check=True)
+    squatter = None
+    try:
+        account = pwd.getpwnam(SQUATTER)
+        site = site_factory(ordered(ready_timeout=3))
+        port = site.ports["spare"]
+        squatter = subprocess.Popen(["/usr/bin/python3", "-I", "-m", "http.server", str(port),
+                                     "--bind", "127.0.0.1"], user=account.pw_uid,
+                                    group=account.pw_gid, extra_groups=[], cwd="/",
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: _accepts(port))
+        alone = site.run("up", "-i", "alpha", timeout=120)
+        assert alone.returncode == 1, alone.stdout + alone.stderr
+        assert (f"app: not started: beta:db not ready after 3 s: tcp 127.0.0.1:{port}: port "
+                f"{port} is held by {SQUATTER}, not {pwd.getpwuid(os.geteuid()).pw_name}"
+                in alone.stdout), alone.stdout
+        assert not (site.runtime("alpha") / "app.started").exists()
+    finally:
+        if squatter is not None:
+            squatter.kill()
+            squatter.wait()
+        subprocess.run(["userdel", SQUATTER], check=False, capture_output=True)
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False

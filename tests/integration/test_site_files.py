@@ -91,6 +91,9 @@ def test_programs_read_their_file_and_a_secret_that_is_never_shown(site_factory)
     line = wait_until(lambda: "env:" in log_of(site, "reader") and log_of(site, "reader"))
     assert f"conf: greeting=hello password={SECRET} web={site.ports['web']}" in line
     assert f"env: {SECRET} DEBUG" in line
+    # the CI variable reaches no program (nor supervisord): only the environment naming it
+    for pid in pids(site).values():
+        assert b"SITEBOOT_SECRET_" not in Path(f"/proc/{pid}/environ").read_bytes()
     conf = site.state() / "app.conf"
     assert stat.S_IMODE(conf.stat().st_mode) == 0o600
     config = site.runtime("alpha") / "supervisord-alpha.conf"

@@ -4,6 +4,7 @@ ordered first starts, and the READY/RESULT protocol kept whatever comes in."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from siteboot import health
-from siteboot.healer import RESET_AFTER, Channel, Healer, parse_fields, serve
+from siteboot.healer import RESET_AFTER, Channel, Healer, SpecFile, parse_fields, serve
 
 
 class Clock:
@@ -342,3 +343,43 @@ def test_serve_answers_even_when_acting_fails(tmp_path):
         os.close(read_fd)
     assert out.getvalue() == b"READY\nRESULT 2\nOKREADY\n"
     assert [line.split(":")[1].strip() for line in broken.log_lines] == ["RuntimeError", "KeyError"]
+
+
+def test_the_spec_counts_only_as_the_account_s_own_file_in_its_own_folder(tmp_path):
+    """After a /tmp wipe another account may make the runtime dir again and put a spec there:
+    its command probes would run as this account, its health_path would be overwritten."""
+    nobody = 65534
+    good = {"programs": {"web": program(["web"])}}
+    planted = {"programs": {"web": program(["web"], probe={"command": "touch /tmp/pwned"})},
+               "health_path": str(tmp_path / "victim")}
+    runtime = tmp_path / "rt"
+    runtime.mkdir(mode=0o700)
+    path = runtime / "healer-a.json"
+    path.write_text(json.dumps(good))
+    logged: list[str] = []
+    spec = SpecFile(path, log=logged.append)
+    assert spec.current() == good
+
+    def plant(content: dict[str, Any], file_mode: int = 0o600, file_owner: int = 0,
+              folder_mode: int = 0o700, folder_owner: int = 0) -> None:
+        path.unlink(missing_ok=True)
+        path.write_text(json.dumps(content))
+        os.chmod(path, file_mode)
+        os.chown(path, file_owner, -1)
+        os.chmod(runtime, folder_mode)
+        os.chown(runtime, folder_owner, -1)
+
+    for how in ({"file_owner": nobody}, {"file_mode": 0o666}, {"folder_owner": nobody},
+                {"folder_mode": 0o777}):
+        plant(planted, **how)
+        assert spec.current() == good, how  # the last good one stays
+    assert len(logged) == 4
+    assert all("ignoring" in line for line in logged)
+    plant(planted)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text(json.dumps(planted))
+    assert spec.current() == good
+    # the runtime dir made again by its own account, and the spec rewritten (``revive``): read
+    plant({"programs": {}})
+    assert spec.current() == {"programs": {}}

@@ -164,6 +164,28 @@ def test_a_preamble_file_must_be_there_and_nobody_elses_to_change(tmp_path):
     assert "is writable by everyone" in (file_problem(script) or "")
 
 
+def test_a_preamble_file_under_a_folder_another_account_controls_is_refused(tmp_path):
+    """It is sourced at every start, long after ``up`` checked it: whoever owns a folder on
+    its way could rename the checked folder away and put one of theirs in its place."""
+    theirs = tmp_path / "theirs"
+    folder = theirs / "env"
+    folder.mkdir(parents=True, mode=0o755)
+    script = folder / "login.sh"
+    script.write_text("module load python/3.11\n")
+    script.chmod(0o644)
+    os.chmod(theirs, 0o755)
+    assert file_problem(script) is None
+    os.chown(theirs, 65534, 65534)
+    assert file_problem(script) == (f"preamble_file {script}: {folder} lies under {theirs}, "
+                                    "which belongs to nobody: that account could rename or "
+                                    "replace it")
+    os.chown(theirs, 0, 0)
+    os.chmod(theirs, 0o777)  # anyone may rename env/ away
+    assert "may write without the sticky bit" in (file_problem(script) or "")
+    os.chmod(theirs, 0o1777)  # sticky, like /tmp: only env/'s owner may
+    assert file_problem(script) is None
+
+
 def test_doctor_and_up_check_the_preamble_file(tmp_path):
     from siteboot.doctor import check_preamble
     from siteboot.errors import UsageError

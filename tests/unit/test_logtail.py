@@ -328,3 +328,18 @@ def test_follow_backs_off_while_quiet_and_stops(monkeypatch):
     monkeypatch.setattr("siteboot.logtail.time.sleep", sleep)
     logtail.follow(lambda: next(results), 0.04, stop)
     assert pauses == [0.005, 0.01, 0.02, 0.04, 0.04, 0.04, 0.005, 0.01]
+
+
+def test_a_log_that_is_a_symlink_is_not_read(tmp_path):
+    """A runtime dir made again by another account (after a /tmp wipe) could hold a log that
+    leads to a file of the reader's: its secrets would be printed (into a CI job's log)."""
+    from siteboot.errors import OwnershipError
+
+    secret = tmp_path / "secrets.toml"
+    secret.write_text('DB = "hunter2"\n')
+    log = tmp_path / "web.out.log"
+    log.symlink_to(secret)
+    shown: list[str] = []
+    with pytest.raises(OwnershipError, match="is a symlink"):
+        FileFollower(log, 3, shown.append).start(lines=10)
+    assert shown == []

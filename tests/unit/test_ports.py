@@ -584,7 +584,7 @@ def test_held_ports_names_every_holder_but_the_instance_itself(auto_plan):
 def test_probe_names_the_user_of_a_socket_whose_pid_is_hidden(monkeypatch, listener):
     import psutil
 
-    from siteboot import rpc
+    from siteboot import probes
 
     real = psutil.net_connections
 
@@ -592,7 +592,7 @@ def test_probe_names_the_user_of_a_socket_whose_pid_is_hidden(monkeypatch, liste
         return [c._replace(pid=None) for c in real(kind)]
 
     monkeypatch.setattr(psutil, "net_connections", hidden)
-    monkeypatch.setattr(rpc, "tcp_sockets", lambda: [(listener, 0, "0A", 65534)])
+    monkeypatch.setattr(probes, "tcp_sockets", lambda: [(listener, 0, "0A", 65534)])
     (found,) = probe_listeners({listener})
     assert found.pid is None
     assert found.user == owner_name(65534)

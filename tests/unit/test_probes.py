@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -88,6 +89,21 @@ def test_http_probe_compares_the_status(http_port):
     assert probes.check({"http": url + "/broken", "status": 500}) is None
 
 
+def test_a_port_of_the_program_s_own_counts_only_when_its_account_holds_it(http_port):
+    """Another account listening first on the program's port (the program then cannot bind)
+    would otherwise pass its probe, and what depends on it would talk to that account."""
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    url = f"http://127.0.0.1:{http_port}/health"
+    assert probes.check({"http": url, "status": 200, "owner": me}) is None
+    assert probes.check({"tcp": str(http_port), "owner": me}) is None
+    held = f"port {http_port} is held by {me}, not nobody"
+    assert probes.check({"http": url, "status": 200, "owner": "nobody"}) == held
+    assert probes.check({"tcp": f"127.0.0.1:{http_port}", "owner": "nobody"}) == held
+    assert probes.check({"tcp": str(http_port)}) is None  # another's service: no owner to check
+
+
 def test_command_probe_reports_exit_status_and_last_line():
     def run(argv: list[str], timeout: float) -> tuple[int, str]:
         assert argv[:2] == ["/bin/sh", "-c"]
@@ -105,3 +121,29 @@ def test_real_command_probe():
 def test_a_probe_never_raises():
     assert probes.check({"tcp": "notaport"}) == "not a port: 'notaport'"
     assert probes.check({"nothing": 1}) == "ValueError: not a probe: {'nothing': 1}"
+
+
+def test_a_hung_command_probe_is_killed_with_what_it_started(tmp_path):
+    """``sleep`` keeps the shell's output pipe open: killing the shell alone left the probe (and
+    the healer, which waits for every probe of a tick) waiting for as long as it ran."""
+    import psutil
+
+    from tests.helpers import wait_until
+
+    marker = tmp_path / "finished"
+    error = probes.check({"command": f"echo started; sleep 600.25; touch {marker}"}, timeout=0.5)
+    assert error is not None
+    assert error.startswith("exit status 124")
+
+    def sleeping() -> list[Any]:
+        return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", "600.25"]]
+
+    wait_until(lambda: not sleeping())
+    assert not marker.exists()
+
+
+def test_a_command_probe_sees_no_secret_of_siteboot_s_environment(monkeypatch):
+    monkeypatch.setenv("SITEBOOT_SECRET_DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("SOMETHING_ELSE", "kept")
+    assert probes.check({"command": 'test -z "$SITEBOOT_SECRET_DB_PASSWORD" && '
+                                    'test "$SOMETHING_ELSE" = kept'}) is None

@@ -113,9 +113,11 @@ def test_the_listener_name_is_reserved(tmp_path):
 def test_the_plan_fills_probe_placeholders_and_tells_what_waits(tmp_path):
     plan = make_plan(tmp_path)
     a, b = plan.instances["a"], plan.instances["b"]
-    assert b.program("db").probe == {"tcp": "41001"}
+    me = b.user
+    # a probe of the program's own port names its account: nobody else may hold that port
+    assert b.program("db").probe == {"tcp": "41001", "owner": me}
     rest = a.program("rest")
-    assert rest.probe == {"http": "http://127.0.0.1:41002/health", "status": 200}
+    assert rest.probe == {"http": "http://127.0.0.1:41002/health", "status": 200, "owner": me}
     assert rest.backoff_max == 30
     assert (rest.autostart, rest.starts_with_supervisord) == (True, False)
     assert a.program("lone").starts_with_supervisord
@@ -402,5 +404,6 @@ def test_the_listener_spec_says_what_to_heal_and_what_waits(tmp_path):
     assert (rest["backoff_max"], rest["start_when_ready"]) == (30, True)
     assert rest["depends_on"] == [
         {"name": "auth", "local": True, "processes": ["auth"], "probe": None},
-        {"name": "db", "local": False, "processes": ["db"], "probe": {"tcp": "41001"}}]
+        {"name": "db", "local": False, "processes": ["db"],
+         "probe": {"tcp": "41001", "owner": plan.instances["b"].user}}]
     assert spec["programs"]["lone"]["start_when_ready"] is False

@@ -287,6 +287,34 @@ def test_managed_dir_is_corrected_never_followed_never_taken(short_dir):
     assert mode(theirs) == 0o755
 
 
+def test_a_managed_dir_on_a_way_another_account_controls_is_refused_untouched(short_dir):
+    # another account's folder on the way: it could swap the dir for its own, or put a symlink
+    # there that points the chmod and chgrp at a dir of ours elsewhere (~/.ssh)
+    mine = short_dir / "home" / ".ssh"
+    mine.mkdir(parents=True, mode=0o700)
+    theirs = short_dir / "theirs"
+    theirs.mkdir(mode=0o755)
+    (theirs / "x").symlink_to(short_dir / "home")
+    os.lchown(theirs / "x", NOBODY, NOBODY)
+    os.chown(theirs, NOBODY, NOBODY)
+    for path in (theirs / "x" / ".ssh", theirs / "new"):
+        with pytest.raises(OwnershipError, match="refusing to use it"):
+            ensure_managed_dir(path, 0o2775, os.getgid())
+    assert mode(mine) == 0o700
+    assert not (theirs / "new").exists()
+    # a parent anyone may write without the sticky bit: anyone could rename the dir away
+    open_parent = short_dir / "open"
+    open_parent.mkdir()
+    os.chmod(open_parent, 0o777)
+    (open_parent / "d").mkdir(mode=0o700)
+    with pytest.raises(OwnershipError, match="may write without the sticky bit"):
+        ensure_managed_dir(open_parent / "d", 0o2775, os.getgid())
+    assert mode(open_parent / "d") == 0o700
+    os.chmod(open_parent, 0o1777)  # sticky, like /tmp: fine
+    ensure_managed_dir(open_parent / "d", 0o750)
+    assert mode(open_parent / "d") == 0o750
+
+
 def test_a_managed_dir_inside_the_runtime_dir_survives_a_purge(site, short_dir):
     site.write_text(site.read_text().replace(f'path = "{short_dir}/scratch-{{env}}"',
                                              f'path = "{short_dir}/rt-{{env}}/main/keep"'))

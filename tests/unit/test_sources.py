@@ -165,3 +165,22 @@ def test_code_a_stranger_could_change_is_refused(root):
     (root / "jaws-site").chmod(0o777)
     with pytest.raises(BootstrapError, match="jaws-site is writable by everyone"):
         digest_of(root, "./jaws-site")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_a_folder_linked_from_the_package_counts_as_its_own(root, tmp_path):
+    """A symlinked folder's files may pass one by one while the folder is another account's:
+    it could swap a file of its own in between the check and the read (or the copy)."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "helpers.py").write_text("SAFE = 1\n")
+    os.chmod(theirs / "helpers.py", 0o644)
+    os.chown(theirs, 65534, 65534)
+    os.chmod(theirs, 0o755)
+    os.symlink(theirs, root / "jaws-site" / "jaws_site" / "vendored")
+    with pytest.raises(BootstrapError, match=r"jaws_site/vendored \(-> .*theirs\) belongs to nobody"):
+        digest_of(root, "./jaws-site")
+    with pytest.raises(BootstrapError, match="belongs to nobody"):
+        snapshot(parse_all(["./jaws-site"], root), root, tmp_path / "snap")
+    os.chown(theirs, 0, 0)
+    digest_of(root, "./jaws-site")
