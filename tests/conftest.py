@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 import textwrap
 from collections.abc import Iterator
@@ -13,6 +14,14 @@ import pytest
 
 from siteboot.hints import remember
 from tests.helpers import MINIMAL_SITE
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests stop followers with SIGINT (Ctrl-C). Started in the background by a shell (`cmd &`),
+    pytest inherits SIGINT ignored and so would every process it starts, which would then never
+    see it: a handled signal is reset to its default in children."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
