@@ -315,9 +315,11 @@ def cold_init_row(tools: Tools, runs: int) -> Row:
     def ours() -> float:
         venv = Path(tempfile.mkdtemp(prefix="cold-", dir=tools.base)) / "venv"
         start = time.perf_counter()
-        run([python, "-m", "siteboot", "init"], dict(env, SITEBOOT_VENV=str(venv)), check=True)
+        own = dict(env, SITEBOOT_VENV=str(venv))
+        run([python, "-m", "siteboot", "init"], own, check=True)
         elapsed = time.perf_counter() - start
-        run([str(venv / "bin" / "siteboot"), "down"], env)
+        # stopped by the siteboot that started them (another one's `down` refuses)
+        run([str(venv / "bin" / "siteboot"), "down"], own, check=True)
         shutil.rmtree(venv.parent, ignore_errors=True)
         return elapsed
 
