@@ -18,7 +18,7 @@ from typing import Any, Callable
 from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
 from siteboot.plan import HOST_ENV, RPC_USERNAME, InstancePlan, Plan, uid_of
-from siteboot.probes import TCP_TABLES, tcp_sockets
+from siteboot.probes import TCP_TABLES, server_uid
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -377,15 +377,14 @@ def check_tcp_peer_uid(client_port: int, server_port: int, uid: int, url: str,
     Checked after connecting, on the connection itself: whoever else listens on the same port
     (another address, IPv6) cannot pass, nor slip in between a check and the connect.
     """
-    sockets = tcp_sockets(tables)
-    for local_port, remote_port, _state, owner in sockets or []:
-        if local_port == server_port and remote_port == client_port:
-            if owner != uid:
-                raise RpcError(IMPOSTOR, f"port {server_port} is held by uid {owner}, not uid "
-                               f"{uid}: the key was not sent", "another process took the "
-                               f"instance's port; stop it, then `{command('up')}` as its owner")
-            return
-    if sockets is not None or any(Path(t).exists() for t in tables):
+    owner = server_uid(client_port, server_port, tables)
+    if owner is not None:
+        if owner != uid:
+            raise RpcError(IMPOSTOR, f"port {server_port} is held by uid {owner}, not uid "
+                           f"{uid}: the key was not sent", "another process took the "
+                           f"instance's port; stop it, then `{command('up')}` as its owner")
+        return
+    if any(Path(t).exists() for t in tables):
         raise RpcError(IMPOSTOR, f"cannot tell who answers at {url}: the key was not sent",
                        "is /proc/net/tcp readable here?")
 
