@@ -29,12 +29,13 @@ from typing import TYPE_CHECKING, Any
 
 from siteboot.errors import EXIT_FAILED, EXIT_OK, InstanceError, SitebootError, UsageError
 from siteboot.fsutil import atomic_write, ensure_private_dir, flock
-from siteboot.plan import InstancePlan, Plan
+from siteboot.plan import InstancePlan, Plan, Selection
 from siteboot.progress import SILENT, Reporter
 
 if TYPE_CHECKING:
     from siteboot.changes import ConfigChanges
     from siteboot.control import StatusResult
+    from siteboot.deployrequest import RequestOutcome
     from siteboot.instances import LifecycleResult
     from siteboot.venvs import VenvOutcome
 
@@ -152,6 +153,7 @@ class Release:
     created: float
     source: str  # the site file it was made from
     failed: str = ""  # why its deploy failed (and was rolled back), if it did
+    requester: str = ""  # the member of a deploy grant whose request made it (``deployrequest``)
 
     @property
     def site_file(self) -> Path:
@@ -159,7 +161,8 @@ class Release:
 
     def as_json(self) -> dict[str, Any]:
         return {"id": self.id, "path": str(self.path), "commit": self.commit,
-                "created": self.created, "source": self.source, "failed": self.failed}
+                "created": self.created, "source": self.source, "failed": self.failed,
+                "requester": self.requester}
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,7 @@ def _read_release(path: Path) -> Release | None:
     try:
         data = json.loads((path / RELEASE_FILE).read_text(encoding="utf-8"))
         return Release(data["id"], path, data["commit"], float(data["created"]), data["source"],
-                       data.get("failed", ""))
+                       data.get("failed", ""), data.get("requester", ""))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -220,13 +223,14 @@ def find_release(plan: Plan, release_id: str) -> Release:
     return releases[release_id]
 
 
-def make_release(plan: Plan, root: Path | None, now: float | None = None) -> Release:
+def make_release(plan: Plan, root: Path | None, now: float | None = None,
+                 requester: str = "") -> Release:
     """A new release folder: the site file and template copied, previews of the configs."""
     from siteboot.render import CONFIG_TEMPLATE, render_preview
     from siteboot.resources import config_template
 
     created = time.time() if now is None else now
-    commit = git_commit(plan.site.path.parent)
+    commit = git_commit(plan.site.path.parent) if not requester else "request"
     ensure_private_dir(plan.releases_dir.parent)
     ensure_private_dir(plan.releases_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
@@ -244,7 +248,8 @@ def make_release(plan: Plan, root: Path | None, now: float | None = None) -> Rel
     for inst in plan.instances.values():
         atomic_write(path / "configs" / inst.conf_path.name, render_preview(plan, inst, root),
                      mode=0o600)
-    release = Release(release_id, path, commit, created, str(plan.site.path))
+    release = Release(release_id, path, commit, created, str(plan.site.path),
+                      requester=requester)
     _write_release(release)
     return release
 
@@ -350,10 +355,12 @@ class DeployResult:
     failures: list[str]  # what failed (empty: deployed)
     rollback: Applied | None = None  # the previous release applied again
     pruned: list[str] = field(default_factory=list)
+    # instances of other accounts granting deploy: what their agents did with our requests
+    requests: list[RequestOutcome] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.failures else EXIT_OK
+        return EXIT_FAILED if self.failures or not all(r.ok for r in self.requests) else EXIT_OK
 
     @property
     def rolled_back(self) -> bool:
@@ -366,21 +373,21 @@ class DeployResult:
                 "failures": self.failures,
                 "rolled_back_to": self.rollback.release if self.rollback else None,
                 "rollback": self.rollback.as_json() if self.rollback else None,
-                "pruned": self.pruned}
+                "pruned": self.pruned, "requests": [r.as_json() for r in self.requests]}
 
 
 def apply_release(plan: Plan, root: Path | None, release: str, timeout: float,
-                  progress: Reporter = SILENT) -> Applied:
+                  progress: Reporter = SILENT, instance: Selection = None) -> Applied:
     """Start the invoker's instances that are down, apply the config to the others (exactly the
     changed programs restart), start what should run, wait until it settled, check the status."""
     from siteboot import instances
     from siteboot.control import settle, status_problems
     from siteboot.readiness import converge_outcomes
 
-    result = instances.up(plan, root, None, timeout)
+    result = instances.up(plan, root, instance, timeout)
     converge_outcomes(plan, result.outcomes)
     settled = settle(plan, timeout, progress=progress, every_program=True)
-    owned = {inst.name for inst in plan.instances.values() if plan.owns(inst)}
+    owned = {inst.name for inst in plan.select(instance) if plan.owns(inst)}
     failed = {o.instance for o in result.outcomes if o.action == "failed"}
     failures = [f"{o.instance}: {o.detail}" for o in result.outcomes if o.instance in failed]
     failures += status_problems(settled, owned - failed)  # what the outcomes did not say
@@ -406,31 +413,40 @@ def _not_ready(plan: Plan, instances: set[str]) -> list[Any]:
 
 
 def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 60.0,
-           lock_timeout: float = LOCK_TIMEOUT, progress: Reporter = SILENT) -> DeployResult:
-    """Bring the env to the checkout: venvs, a new release, apply, verify; roll back on failure."""
+           lock_timeout: float = LOCK_TIMEOUT, progress: Reporter = SILENT,
+           instance: str | None = None, requester: str = "") -> DeployResult:
+    """Bring the env to the checkout: venvs, a new release, apply, verify; roll back on failure.
+
+    ``instance``, ``requester``: a deploy agent applies a member's request to its one instance
+    (no requests of its own then); the release names the member."""
+    with deploy_lock(plan, lock_timeout, progress):
+        return _deploy_locked(plan, root, wheelhouse, timeout, progress, instance, requester)
+
+
+def _deploy_locked(plan: Plan, root: Path | None, wheelhouse: Path | None, timeout: float,
+                   progress: Reporter, instance: str | None, requester: str) -> DeployResult:
     from siteboot.venvs import ensure_venvs
 
-    with deploy_lock(plan, lock_timeout, progress):
-        pointers = read_pointers(plan)
-        release = make_release(plan, root)
-        try:
-            venvs = ensure_venvs(plan, wheelhouse, progress=progress)
-        except SitebootError as exc:  # a failed build changed nothing: nothing to roll back
-            _mark_failed(release, exc.message)
-            return DeployResult(release.id, pointers.current, [], None, [exc.message])
-        applied = apply_release(plan, root, release.id, timeout, progress)
-        if not applied.failures:
-            pointers = Pointers(release.id, pointers.current)
-            _write_pointers(plan, pointers)
-            return DeployResult(release.id, pointers.previous, venvs, applied, [],
-                                pruned=prune(plan, pointers))
-        _mark_failed(release, "; ".join(applied.failures))
-        result = DeployResult(release.id, pointers.current, venvs, applied, applied.failures)
-        if pointers.current is not None:
-            progress.note(f"deploy failed; rolling back to {pointers.current}")
-            result.rollback = _reapply(plan, find_release(plan, pointers.current), wheelhouse,
-                                       timeout, progress)
-        return result
+    pointers = read_pointers(plan)
+    release = make_release(plan, root, requester=requester)
+    try:
+        venvs = ensure_venvs(plan, wheelhouse, progress=progress)
+    except SitebootError as exc:  # a failed build changed nothing: nothing to roll back
+        _mark_failed(release, exc.message)
+        return DeployResult(release.id, pointers.current, [], None, [exc.message])
+    applied = apply_release(plan, root, release.id, timeout, progress, instance)
+    if not applied.failures:
+        pointers = Pointers(release.id, pointers.current)
+        _write_pointers(plan, pointers)
+        return DeployResult(release.id, pointers.previous, venvs, applied, [],
+                            pruned=prune(plan, pointers))
+    _mark_failed(release, "; ".join(applied.failures))
+    result = DeployResult(release.id, pointers.current, venvs, applied, applied.failures)
+    if pointers.current is not None:
+        progress.note(f"deploy failed; rolling back to {pointers.current}")
+        result.rollback = _reapply(plan, find_release(plan, pointers.current), wheelhouse,
+                                   timeout, progress, instance)
+    return result
 
 
 def _mark_failed(release: Release, why: str) -> None:
@@ -440,7 +456,7 @@ def _mark_failed(release: Release, why: str) -> None:
 
 
 def _reapply(plan: Plan, release: Release, wheelhouse: Path | None, timeout: float,
-             progress: Reporter = SILENT) -> Applied:
+             progress: Reporter = SILENT, instance: str | None = None) -> Applied:
     """Apply ``release`` again from its own copies of the site file and template."""
     from siteboot.venvs import ensure_venvs
 
@@ -448,7 +464,7 @@ def _reapply(plan: Plan, release: Release, wheelhouse: Path | None, timeout: flo
         target = release_plan(plan, release)
         # the build it used is kept while it is the previous one: usually nothing to build
         ensure_venvs(target, wheelhouse, progress=progress)
-        return apply_release(target, release.path, release.id, timeout, progress)
+        return apply_release(target, release.path, release.id, timeout, progress, instance)
     except SitebootError as exc:
         from siteboot.control import StatusResult
         from siteboot.instances import LifecycleResult
@@ -462,30 +478,44 @@ class RollbackResult:
     release: str
     replaced: str | None
     applied: Applied
+    requests: list[RequestOutcome] = field(default_factory=list)  # as ``DeployResult``'s
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.applied.failures else EXIT_OK
+        failed = self.applied.failures or not all(r.ok for r in self.requests)
+        return EXIT_FAILED if failed else EXIT_OK
 
     def as_json(self) -> dict[str, Any]:
-        return {"ok": not self.applied.failures, "release": self.release,
-                "replaced": self.replaced, "applied": self.applied.as_json()}
+        return {"ok": self.exit_code == EXIT_OK, "release": self.release,
+                "replaced": self.replaced, "applied": self.applied.as_json(),
+                "requests": [r.as_json() for r in self.requests]}
 
 
 def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
              timeout: float = 60.0, lock_timeout: float = LOCK_TIMEOUT,
-             progress: Reporter = SILENT) -> RollbackResult:
-    """Apply an earlier release again (default: the previous one); it becomes the current one."""
+             progress: Reporter = SILENT, instance: str | None = None) -> RollbackResult:
+    """Apply an earlier release again (default: the previous one); it becomes the current one.
+    ``instance``: only that one of the invoker's instances (a deploy agent's request)."""
     with deploy_lock(plan, lock_timeout, progress):
         pointers = read_pointers(plan)
         target_id = to or pointers.previous
         if target_id is None:
             raise UsageError(f"no previous release of {plan.site.name} {plan.env} to roll back to",
                              "`siteboot releases` lists them; name one with --to ID")
-        applied = _reapply(plan, find_release(plan, target_id), wheelhouse, timeout, progress)
+        applied = _reapply(plan, find_release(plan, target_id), wheelhouse, timeout, progress,
+                           instance)
         if not applied.failures and target_id != pointers.current:
             _write_pointers(plan, Pointers(target_id, pointers.current))
         return RollbackResult(target_id, pointers.current, applied)
+
+
+def nothing_to_roll_back(plan: Plan) -> RollbackResult:
+    """The invoker's own part of a rollback when it has no release (only granted instances)."""
+    from siteboot.control import StatusResult
+    from siteboot.instances import LifecycleResult
+
+    return RollbackResult("", read_pointers(plan).current, Applied(
+        "", LifecycleResult([]), StatusResult(plan.site.name, plan.env, []), []))
 
 
 @dataclass

@@ -300,6 +300,12 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
         spec = spec_text(plan, inst)
         if _read_text(inst.healer_spec_path) != spec:
             atomic_write(inst.healer_spec_path, spec, mode=0o600)
+    if inst.grants_deploy:  # what its deploy agent serves (``agent``)
+        from siteboot.requestsdir import spec_text as agent_spec
+
+        spec = agent_spec(plan, inst)
+        if _read_text(inst.agent_spec_path) != spec:
+            atomic_write(inst.agent_spec_path, spec, mode=0o600)
     return inst.conf_path
 
 
@@ -740,6 +746,10 @@ def _publish(inst: InstancePlan, key: str) -> list[str]:
         publish_key(inst, key)
     except SitebootError as exc:
         return [f"members of {inst.group} cannot control it yet: {exc.message}"]
+    if inst.grants_deploy:
+        from siteboot.requestsdir import ensure_requests_dir
+
+        return ensure_requests_dir(inst)
     return []
 
 

@@ -405,9 +405,14 @@ def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeou
     """Venvs, a new release, apply (exactly the changed programs restart), verify; on failure
     the previous release is applied again."""
     from siteboot.deploy import deploy as bring
+    from siteboot.deployrequest import requests_for
     from siteboot.progress import SILENT
 
-    return bring(plan, root, wheelhouse, timeout, lock_timeout, progress or SILENT)
+    result = bring(plan, root, wheelhouse, timeout, lock_timeout, progress or SILENT)
+    # the instances of other accounts that grant deploy: their owners' agents apply it
+    result.requests = requests_for(plan, root, "deploy", timeout, progress or SILENT,
+                                   "your own deploy failed" if result.failures else None)
+    return result
 
 
 def releases(plan: Plan) -> ReleasesResult:
@@ -421,10 +426,17 @@ def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
              timeout: float = 60.0, lock_timeout: float = 600.0,
              progress: Reporter | None = None) -> RollbackResult:
     """Apply an earlier release again (default: the previous one)."""
+    from siteboot.deploy import nothing_to_roll_back, read_pointers
     from siteboot.deploy import rollback as back
+    from siteboot.deployrequest import granted_instances, requests_for
     from siteboot.progress import SILENT
 
-    return back(plan, to, wheelhouse, timeout, lock_timeout, progress or SILENT)
+    if to is None and read_pointers(plan).previous is None and granted_instances(plan):
+        result = nothing_to_roll_back(plan)  # only the owners' agents have something to do
+    else:
+        result = back(plan, to, wheelhouse, timeout, lock_timeout, progress or SILENT)
+    result.requests = requests_for(plan, None, "rollback", timeout, progress or SILENT)
+    return result
 
 
 # ------------------------------------------------------------------------------------------

@@ -240,6 +240,7 @@ class InstancePlan:
     here: bool = True  # placed on the host this runs on (or on any host)
     files: list[FilePlan] = field(default_factory=list)  # written by its user, before starting
     dirs: list[DirPlan] = field(default_factory=list)  # made or corrected by its user
+    grant: str = "control"  # what ``group`` grants its members (``site.GRANTS``)
 
     @property
     def conf_path(self) -> Path:
@@ -293,6 +294,27 @@ class InstancePlan:
     def healer_spec_path(self) -> Path:
         """What the event listener watches (``healer``): written with the config."""
         return self.runtime_dir / f"healer-{self.name}.json"
+
+    @property
+    def grants_deploy(self) -> bool:
+        """Members of ``group`` may deploy to it (through its deploy agent, ``agent``)."""
+        return self.grant == "deploy" and bool(self.group) and self.shared_key_path is not None
+
+    @property
+    def requests_dir(self) -> Path:
+        """Where members of a deploy grant leave their requests (the owner's, mode 3770)."""
+        assert self.shared_key_path is not None
+        return self.shared_key_path.with_name(f"{self.name}.requests")
+
+    @property
+    def agent_spec_path(self) -> Path:
+        """What the deploy agent serves (``agent``): written with the config."""
+        return self.runtime_dir / f"agent-{self.name}.json"
+
+    @property
+    def agent_work_dir(self) -> Path:
+        """The deploy agent's private copies of requests and its records of them (0700)."""
+        return self.state_dir / "requests" / self.name
 
     @property
     def health_path(self) -> Path:
@@ -613,7 +635,7 @@ def make_plan(site: Site, env: str, invoker: str | None = None, host: str | None
             runtime_dir=runtime_dir, state_dir=state_dir,
             shared_key_path=shared, identifier=f"{site.name}-{inst.name}-{env}",
             programs=[], env=env, host=inst.host,
-            here=inst.host is None or same_host(inst.host, host),
+            here=inst.host is None or same_host(inst.host, host), grant=inst.grant,
         )
     # each program's port in this env: its {port}, and {port:NAME} and port() for the others;
     # an "auto" one as its instance's user recorded it

@@ -31,7 +31,7 @@ from siteboot.plan import (
     socket_path_problem,
 )
 from siteboot.resources import template_dirs
-from siteboot.site import HEALER_PROGRAM, PROGRAM_KEYS
+from siteboot.site import DEPLOY_AGENT_PROGRAM, HEALER_PROGRAM, PROGRAM_KEYS
 
 if TYPE_CHECKING:
     from siteboot.secretstore import SecretStore
@@ -165,6 +165,18 @@ def healer_section(inst: InstancePlan) -> dict[str, str] | None:
             "log": str(inst.childlogdir / f"{HEALER_PROGRAM}.err.log")}
 
 
+def agent_section(inst: InstancePlan) -> dict[str, str] | None:
+    """The ``[program:siteboot-deploy-agent]`` of an instance that grants deploy (``agent``),
+    run by the interpreter running siteboot (the tool venv's), or None."""
+    if not inst.grants_deploy:
+        return None
+    import sys
+
+    command = [sys.executable, "-I", "-m", "siteboot.agent", str(inst.agent_spec_path)]
+    return {"name": DEPLOY_AGENT_PROGRAM, "command": shlex.join(command),
+            "log": str(inst.childlogdir / f"{DEPLOY_AGENT_PROGRAM}.err.log")}
+
+
 def _after_preamble(plan: Plan, inst: InstancePlan,
                     listener: dict[str, str] | None) -> dict[str, str] | None:
     """The event listener runs on the tool venv's interpreter, which may need the site's login
@@ -232,6 +244,7 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
             username=RPC_USERNAME, password=password, content=content or {},
             generic_options=lambda program: generic_options(program, program.name in held),
             healer=_after_preamble(plan, inst, healer_section(inst)),
+            agent=_after_preamble(plan, inst, agent_section(inst)),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",
@@ -261,6 +274,7 @@ def template_context_names() -> dict[str, str]:
         "content": "program name -> {name: digest} of its venv build and files",
         "generic_options": "generic_options(program): (supervisord option, value) pairs",
         "healer": "the event listener to render (name, command, log), or none",
+        "agent": "the deploy agent program to render (name, command, log), or none",
     }
 
 

@@ -97,6 +97,8 @@ SITE_KEYS: tuple[Key, ...] = (
         "previous one are never deleted).", minimum=2),
 )
 
+GRANTS = ("control", "deploy")  # what an instance's `group` grants; deploy includes control
+
 INSTANCE_KEYS: tuple[Key, ...] = (
     Key("user", "str", None, "Account that runs this supervisord; omitted: the invoking user."),
     Key("port", "port_table", None,
@@ -105,6 +107,11 @@ INSTANCE_KEYS: tuple[Key, ...] = (
     Key("group", "str", None,
         "Grant: members of this group may control the instance with the key the owner "
         "publishes in `shared_dir`."),
+    Key("grant", "choice", "control",
+        "What `group` grants: `control` (state, start/stop, logs) or `deploy` (control, and "
+        "members' `siteboot deploy`/`rollback` change its programs through the owner's deploy "
+        "agent: members run commands as the owner). Only with `group`.",
+        choices=GRANTS),
     Key("host", "str", None,
         "The host it runs on (`jaws.lbl.gov`; a short name matches the full one); omitted: any. "
         "Commands on other hosts list it as `on <host>`; this host is `SITEBOOT_HOST`, else "
@@ -170,6 +177,10 @@ PROGRAM_KEYS: tuple[Key, ...] = (
         "seconds; back to 1 s once it has run for 60 s. Omitted: FATAL is final."),
 )
 HEALER_PROGRAM = "siteboot-healer"  # the event listener rendered into a supervisord that heals
+# the program rendered into an instance that grants deploy: applies its members' requests
+DEPLOY_AGENT_PROGRAM = "siteboot-deploy-agent"
+RESERVED_PROGRAMS = {HEALER_PROGRAM: "siteboot's event listener",
+                     DEPLOY_AGENT_PROGRAM: "siteboot's deploy agent"}
 DEFAULT_BACKOFF_MAX = 300
 
 RUNNER_MODES = ("supervised", "detached")
@@ -294,6 +305,11 @@ class Instance:
     port: dict[str, int | None]  # None: "auto", allocated per user (``plan`` reads the record)
     group: str | None
     host: str | None = None
+    grant: str = "control"  # what ``group`` grants (``GRANTS``)
+
+    @property
+    def grants_deploy(self) -> bool:
+        return bool(self.group) and self.grant == "deploy"
 
 
 @dataclass(frozen=True)
@@ -691,7 +707,10 @@ def parse_site(path: Path) -> tuple[Site | None, list[Problem]]:
         values = v.table(table, raw, INSTANCE_KEYS, envs)
         _check_host(v, table, values["host"])
         instances[name] = Instance(name, values["user"], values["port"] or {}, values["group"],
-                                   values["host"])
+                                   values["host"], values["grant"])
+        if isinstance(raw, dict) and "grant" in raw and not values["group"]:
+            v.error(table, "grant", "'grant' says what `group` grants: add group = \"...\" "
+                    "(its members get the grant) or remove it")
     if not instances:
         v.problems.append(Problem("error", f"{path}", "the site declares no [instances.NAME]"))
 
@@ -863,9 +882,9 @@ def _check_program(v: _Validator, table: str, program: Program, instances: Mappi
             shlex.split(text)  # as supervisord splits it
         except ValueError as exc:
             v.error(table, "command", f"'command' cannot be split into words: {exc}")
-    if program.name == HEALER_PROGRAM:
-        v.error(table, None, f"'{HEALER_PROGRAM}' is the name of siteboot's event listener: "
-                "rename the program")
+    if program.name in RESERVED_PROGRAMS:
+        v.error(table, None, f"'{program.name}' is the name of "
+                f"{RESERVED_PROGRAMS[program.name]}: rename the program")
 
 
 def _check_texts(v: _Validator, site: Site) -> None:

@@ -40,6 +40,7 @@ from siteboot.resources import DEFAULT_ENV, DEFAULT_SITE, site_names
 
 if TYPE_CHECKING:
     from siteboot.deploy import Applied
+    from siteboot.deployrequest import RequestOutcome
     from siteboot.instances import LifecycleResult
     from siteboot.logs import LogStream
     from siteboot.runner import RunnerOutcome
@@ -470,6 +471,17 @@ def diff(site: str, env: str, root: str | None, as_json: bool) -> None:
     sys.exit(result.exit_code)
 
 
+def _print_requests(requests: Sequence[RequestOutcome]) -> None:
+    """What the deploy agents of other accounts' instances did with our requests."""
+    for r in requests:
+        color = "green" if r.ok else "red"
+        echo(f"{r.instance} (owned by {r.owner}, through its deploy agent): "
+             + styled(r.state, fg=color) + (f" {r.release}" if r.release else "")
+             + (f": {r.detail}" if r.detail else ""))
+        for line in r.restarted + r.messages:
+            echo(f"  {line}")
+
+
 def _print_applied(applied: Applied, heading: str) -> None:
     echo(heading)
     for o in applied.instances.outcomes:
@@ -505,9 +517,13 @@ def deploy(site: str, env: str, root: str | None, wheelhouse: Path | None, timeo
         echo(f"venv {v.name}: {v.action} ({v.path})")
     if result.applied is not None:
         _print_applied(result.applied, f"release {result.release}:")
+    _print_requests(result.requests)
     if not result.failures:
         echo(styled(f"deployed {result.release}", fg="green")
              + (f" (previous: {result.previous})" if result.previous else ""))
+        if any(not r.ok for r in result.requests):
+            error("the deploy agent of " + ", ".join(r.instance for r in result.requests
+                                                     if not r.ok) + " did not deploy it")
         sys.exit(result.exit_code)
     error(f"deploy of {result.release} failed:\n" + "\n".join(f"  {f}" for f in result.failures))
     if result.rollback is None:
@@ -555,11 +571,13 @@ def rollback(site: str, env: str, root: str | None, to: str | None, wheelhouse: 
     if as_json:
         print_json(result.as_json())
         sys.exit(result.exit_code)
-    _print_applied(result.applied, f"release {result.release}:")
+    if result.release:
+        _print_applied(result.applied, f"release {result.release}:")
+    _print_requests(result.requests)
     if result.applied.failures:
         error(f"rollback to {result.release} failed:\n"
               + "\n".join(f"  {f}" for f in result.applied.failures))
-    else:
+    elif result.release:
         echo(styled(f"rolled back to {result.release}", fg="green")
              + (f" (was {result.replaced})" if result.replaced else ""))
     sys.exit(result.exit_code)
