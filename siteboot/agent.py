@@ -84,9 +84,11 @@ def run_child(spec_path: Path, request_id: str) -> None:
 
     result = run_command(python_module("siteboot.agent", "--one", str(spec_path), request_id),
                          timeout=CHILD_TIMEOUT)
+    if result.output.strip():  # the child's own lines (its stderr is captured with stdout)
+        sys.stderr.write(result.output.strip()[-4000:] + "\n")
+        sys.stderr.flush()
     if result.returncode != 0:
-        log(f"request {request_id}: the agent's child exited {result.returncode}: "
-            + result.output.strip()[-2000:])
+        log(f"request {request_id}: the agent's child exited {result.returncode}")
 
 
 def answer_interrupted(spec: dict[str, Any], request_id: str) -> None:

@@ -513,8 +513,9 @@ def apply_request(spec: dict[str, Any], copy: Path, requester: str) -> dict[str,
 def _restarted(applied: Any) -> list[str]:
     if applied is None:
         return []
-    return [note for o in applied.instances.outcomes for note in o.notes
-            if note.startswith("restarted ")]
+    said = [part for o in applied.instances.outcomes
+            for part in [*o.detail.split("; "), *o.notes]]
+    return [line for line in said if line.startswith("restarted ")]
 
 
 def _deploy_result(result: DeployResult) -> dict[str, Any]:

@@ -1,0 +1,294 @@
+"""A deploy grant with real accounts: `sbt_dgown` runs instance `app`, which grants deploy to
+group `sbt_dggrp`; `sbt_dgci` (the CI account, a member) deploys a change of one of app's
+programs from its own checkout through app's deploy agent. `sbt_dgout` is in no group.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.helpers import SYSTEM_PYTHON, free_ports, install_for_all, kill_all, processes_under
+
+pytestmark = [pytest.mark.slow, pytest.mark.users]
+
+OWNER, MEMBER, OUTSIDER, GROUP = "sbt_dgown", "sbt_dgci", "sbt_dgout", "sbt_dggrp"
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def _drop_accounts() -> None:
+    for user in (OWNER, MEMBER, OUTSIDER):
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", user], capture_output=True, check=False)
+    subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
+
+
+SITE = """
+[site]
+name = "dg"
+envs = ["dev"]
+runtime_dir = "{base}/tmp/dg-run"
+shared_dir = "{base}/shared/{{user}}"
+
+[instances.svc]
+user = "{member}"
+port = {{ dev = {svc} }}
+
+[instances.app]
+user = "{owner}"
+port = {{ dev = {app} }}
+group = "{group}"
+grant = "deploy"
+
+[programs.web]
+instance = "svc"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+
+[programs.steady]
+instance = "app"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+
+[programs.changing]
+instance = "app"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+"""
+
+
+@dataclass
+class Grant:
+    base: Path
+    python: Path
+    ports: dict[str, int]
+
+    def root(self, user: str) -> Path:
+        """``user``'s checkout of the site (a site root of its own)."""
+        return self.base / f"root-{user}"
+
+    def site_file(self, user: str) -> Path:
+        return self.root(user) / "sites" / "dg.toml"
+
+    def write_site(self, user: str, text: str) -> None:
+        path = self.site_file(user)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        subprocess.run(["chown", "-R", user, str(self.root(user))], check=True)
+
+    def run(self, user: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        home = pwd.getpwnam(user).pw_dir
+        cmd = ["runuser", "-u", user, "--", "env", f"HOME={home}", "NO_COLOR=1",
+               str(self.python), "-c", "from siteboot.cli import main; main()", *args,
+               "--root", str(self.root(user)), "--site", str(self.site_file(user))]
+        result = subprocess.run(cmd, capture_output=True, text=True, cwd=str(self.base),
+                                timeout=timeout, check=False)
+        print(user, args, result.returncode, result.stdout, result.stderr)  # shown on failure
+        return result
+
+    def programs(self, user: str = OWNER) -> dict[str, dict[str, Any]]:
+        data = json.loads(self.run(user, "status", "--json").stdout)
+        return {p["name"]: p for i in data["instances"] for p in i["programs"]}
+
+    def pids(self) -> dict[str, int]:
+        return {name: p["pid"] for name, p in self.programs().items()}
+
+    @property
+    def requests_dir(self) -> Path:
+        return self.base / "shared" / OWNER / "app.requests"
+
+    def agent_log(self) -> str:
+        log = self.base / "tmp/dg-run/app/logs/siteboot-deploy-agent.err.log"
+        return log.read_text() if log.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def grant() -> Iterator[Grant]:
+    if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip("needs root, useradd and /usr/bin/python3")
+    _drop_accounts()
+    base = Path(tempfile.mkdtemp(prefix="sbg-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    env = None
+    try:
+        _sh("groupadd", GROUP)
+        for user in (OWNER, MEMBER, OUTSIDER):
+            _sh("useradd", "-m", "-U", "-s", "/bin/sh", user)
+        for user in (OWNER, MEMBER):
+            _sh("usermod", "-aG", GROUP, user)
+        python = install_for_all(base)
+        (base / "tmp").mkdir()
+        os.chmod(base / "tmp", 0o1777)
+        (base / "tmp" / "dg-run").mkdir()
+        os.chmod(base / "tmp" / "dg-run", 0o1777)
+        (base / "shared").mkdir()
+        os.chmod(base / "shared", 0o1777)
+        svc, app = free_ports(2)
+        env = Grant(base, python, {"svc": svc, "app": app})
+        text = SITE.format(base=base, member=MEMBER, owner=OWNER, group=GROUP, svc=svc, app=app)
+        for user in (OWNER, MEMBER):
+            env.write_site(user, text)
+        yield env
+    finally:
+        if env is not None:
+            for user in (OWNER, MEMBER):
+                env.run(user, "down")
+        leftovers = processes_under(base)
+        kill_all(leftovers)
+        _drop_accounts()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"processes left running: {leftovers}"
+
+
+def _wait(predicate: Any, timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            assert value, f"timed out after {timeout:g} s"
+            return value
+        time.sleep(0.3)
+
+
+def _agent_running(env: Grant) -> bool:
+    agent = env.programs().get("siteboot-deploy-agent")
+    return agent is not None and agent["state"] == "RUNNING"
+
+
+def test_a_member_deploys_a_program_change_through_the_owners_agent(grant):
+    env = grant
+    assert env.run(OWNER, "up").returncode == 0
+    assert env.run(MEMBER, "up").returncode == 0
+    info = os.lstat(env.requests_dir)
+    assert pwd.getpwuid(info.st_uid).pw_name == OWNER
+    assert grp.getgrgid(info.st_gid).gr_name == GROUP
+    assert info.st_mode & 0o7777 == 0o3770
+    _wait(lambda: _agent_running(env))
+    before = env.pids()
+
+    changed = env.site_file(MEMBER).read_text().replace(
+        '[programs.changing]\ninstance = "app"\ncommand = "{python} -m siteboot.demo work --interval 1"',
+        '[programs.changing]\ninstance = "app"\ncommand = "{python} -m siteboot.demo work --interval 0.7"')
+    assert "--interval 0.7" in changed
+    env.write_site(MEMBER, changed)
+    result = env.run(MEMBER, "deploy", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    [request] = data["requests"]
+    assert request["instance"] == "app"
+    assert request["state"] == "deployed", request
+    assert any("changing" in line for line in request["restarted"]), request
+
+    after = env.pids()
+    assert after["steady"] == before["steady"]
+    assert after["changing"] != before["changing"]
+    proc = psutil.Process(after["changing"])
+    assert "0.7" in proc.cmdline()
+    assert proc.username() == OWNER
+    supervisord = int((env.base / "tmp/dg-run/app/supervisord.pid").read_text())
+    assert psutil.Process(supervisord).username() == OWNER
+    # the release is the owner's, and names the member
+    releases = json.loads(env.run(OWNER, "releases", "--json").stdout)["releases"]
+    assert releases[-1]["requester"] == MEMBER
+    assert f"from {MEMBER}: deployed" in env.agent_log()
+    # the request is gone; its answer stays, the owner's and readable by the group only
+    names = os.listdir(env.requests_dir)
+    assert [n for n in names if not n.endswith(".result.json")] == [], names
+    result_file = env.requests_dir / next(n for n in names if n.endswith(".result.json"))
+    assert os.stat(result_file).st_mode & 0o777 == 0o640
+
+
+def test_a_members_port_change_is_refused_and_changes_nothing(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    before = env.pids()
+    text = env.site_file(MEMBER).read_text()
+    moved = text.replace(f"port = {{ dev = {env.ports['app']} }}",
+                         f"port = {{ dev = {free_ports(1)[0]} }}")
+    assert moved != text
+    env.write_site(MEMBER, moved.replace("--interval 0.7", "--interval 0.6"))
+    # the member's own siteboot finds no agent at the new port: nothing is requested
+    result = env.run(MEMBER, "deploy")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "app (owned by sbt_dgown, through its deploy agent): not requested" in result.stdout
+    # a request made all the same (what another siteboot could leave) is refused by the agent
+    code = textwrap.dedent(f"""
+        from pathlib import Path
+        from siteboot.deployrequest import submit
+        from siteboot.plan import make_plan
+        from siteboot.site import load_site
+        plan = make_plan(load_site(Path({str(env.site_file(MEMBER))!r})), "dev")
+        print(submit(plan, plan.instance("app"), Path({str(env.root(MEMBER))!r}), "deploy", None))
+        """)
+    made = subprocess.run(["runuser", "-u", MEMBER, "--", str(env.python), "-c", code],
+                          capture_output=True, text=True, timeout=60, check=True)
+    answer = env.requests_dir / (made.stdout.strip() + ".result.json")
+    _wait(answer.exists)
+    data = json.loads(answer.read_text())
+    env.write_site(MEMBER, text)
+    assert data["state"] == "refused", data
+    assert "changes the instance's port" in data["detail"], data
+    assert f"{OWNER} runs `siteboot up`" in data["detail"]
+    assert env.pids() == before
+
+
+def _plant(env: Grant, name: str, owner: str, build: Any) -> Path:
+    """A request dir made as root for ``owner`` (what that account could make), complete."""
+    partial = env.requests_dir / f"{name}.partial"
+    partial.mkdir()
+    build(partial)
+    subprocess.run(["chown", "-R", f"{owner}:{GROUP}", str(partial)], check=True)
+    final = env.requests_dir / name
+    os.rename(partial, final)
+    return final
+
+
+def _request_json(folder: Path) -> None:
+    (folder / "request.json").write_text(json.dumps(
+        {"action": "deploy", "site": "dg", "env": "dev", "instance": "app"}))
+    (folder / "root" / "sites").mkdir(parents=True)
+
+
+def test_planted_requests_are_refused(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    before = env.pids()
+    site_text = env.site_file(MEMBER).read_text().replace("--interval 1", "--interval 0.3")
+
+    def with_site(folder: Path) -> None:
+        _request_json(folder)
+        (folder / "root/sites/dg.toml").write_text(site_text)
+
+    def with_key_link(folder: Path) -> None:
+        _request_json(folder)
+        key = Path(pwd.getpwnam(OWNER).pw_dir) / ".local/state/siteboot/dg-dev/keys/app.key"
+        (folder / "root/sites/dg.toml").symlink_to(key)
+
+    outsider = _plant(env, "20990101T000000Z-out-1", OUTSIDER, with_site)
+    linked = _plant(env, "20990101T000000Z-lnk-1", MEMBER, with_key_link)
+    for planted in (outsider, linked):
+        answer = planted.with_name(planted.name + ".result.json")
+        _wait(lambda answer=answer: answer.exists())
+        data = json.loads(answer.read_text())
+        assert data["state"] == "refused", data
+    log = env.agent_log()
+    assert "who is not a member of the group" in log
+    assert "is a symlink" in log
+    assert env.pids() == before
