@@ -292,3 +292,108 @@ def test_planted_requests_are_refused(grant):
     assert "who is not a member of the group" in log
     assert "is a symlink" in log
     assert env.pids() == before
+
+
+def _member_deploy(env: Grant, interval: str, startsecs: int) -> subprocess.Popen[str]:
+    """The member deploys a change of `changing` that takes ``startsecs`` to settle."""
+    text = env.site_file(MEMBER).read_text()
+    start = text.index("[programs.changing]")
+    changed = text[:start] + textwrap.dedent(f"""\
+        [programs.changing]
+        instance = "app"
+        command = "{{python}} -m siteboot.demo work --interval {interval}"
+        startsecs = {startsecs}
+        """)
+    env.write_site(MEMBER, changed)
+    home = pwd.getpwnam(MEMBER).pw_dir
+    return subprocess.Popen(
+        ["runuser", "-u", MEMBER, "--", "env", f"HOME={home}", "NO_COLOR=1", str(env.python),
+         "-c", "from siteboot.cli import main; main()", "deploy", "--json",
+         "--root", str(env.root(MEMBER)), "--site", str(env.site_file(MEMBER))],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(env.base))
+
+
+def _agent_processes(env: Grant, child: bool) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "siteboot.agent" in cmdline and str(env.base) in " ".join(cmdline) \
+                and ("--one" in cmdline) == child:
+            found.append(proc)
+    return found
+
+
+def test_an_agent_killed_mid_request_leaves_it_to_its_child(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    deploying = _member_deploy(env, "0.45", 6)
+    try:
+        _wait(lambda: _agent_processes(env, child=True))
+        [parent] = _agent_processes(env, child=False)
+        parent.kill()  # kill -9: supervisord starts a new agent, the child goes on
+        out, err = deploying.communicate(timeout=600)
+    finally:
+        deploying.kill()
+    assert deploying.returncode == 0, out + err
+    [request] = json.loads(out)["requests"]
+    assert request["state"] == "deployed", request
+    _wait(lambda: _agent_running(env))
+    assert "0.45" in psutil.Process(env.pids()["changing"]).cmdline()
+
+
+def test_a_request_whose_child_is_killed_is_answered_interrupted_once(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    deploying = _member_deploy(env, "0.55", 6)
+    try:
+        [child] = _wait(lambda: _agent_processes(env, child=True))
+        child.kill()
+        out, err = deploying.communicate(timeout=600)
+    finally:
+        deploying.kill()
+    assert deploying.returncode == 1, out + err
+    [request] = json.loads(out)["requests"]
+    assert request["state"] == "interrupted", request
+    assert "not run again" in env.agent_log()
+    # (the planted ones, which their makers left unwritable to the owner, stay until removed)
+    assert not [n for n in os.listdir(env.requests_dir)
+                if not n.endswith(".result.json") and not n.startswith("2099")]
+
+
+def test_a_huge_file_is_refused_on_both_sides(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    before = env.pids()
+
+    def with_huge_file(folder: Path) -> None:
+        _request_json(folder)
+        (folder / "root/sites/dg.toml").write_text(env.site_file(MEMBER).read_text())
+        with open(folder / "root/huge.whl", "wb") as handle:
+            handle.truncate(60 << 20)  # sparse: 60 MB by its size
+
+    huge = _plant(env, "20990101T000000Z-big-1", MEMBER, with_huge_file)
+    answer = huge.with_name(huge.name + ".result.json")
+    _wait(answer.exists)
+    assert "more than 50 MB" in json.loads(answer.read_text())["detail"]
+    assert env.pids() == before
+
+
+def test_a_squatted_requests_dir_is_refused_and_reported(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    shutil.rmtree(env.requests_dir)
+    env.requests_dir.mkdir()
+    os.chmod(env.requests_dir, 0o3777)
+    subprocess.run(["chown", f"{OUTSIDER}:{GROUP}", str(env.requests_dir)], check=True)
+    try:
+        result = env.run(OWNER, "up")
+        assert result.returncode == 0
+        assert f"belongs to {OUTSIDER}, not {OWNER}" in result.stdout
+        result = env.run(MEMBER, "deploy")
+        assert result.returncode == 1
+        assert "no request is left there" in result.stdout
+        assert os.listdir(env.requests_dir) == []
+    finally:
+        shutil.rmtree(env.requests_dir)
+    assert env.run(OWNER, "up").returncode == 0
+    assert os.lstat(env.requests_dir).st_uid == pwd.getpwnam(OWNER).pw_uid
