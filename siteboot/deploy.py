@@ -101,6 +101,11 @@ def diff_instance(plan: Plan, name: str, root: Path | None) -> InstanceDiff:
 
     inst = plan.instance(name)
     if not plan.owns(inst):
+        if inst.grants_deploy:  # what its loaded config is, only its owner's siteboot reads
+            return InstanceDiff(name, "skipped", detail=f"owned by {inst.user}, who grants "
+                                f"deploy to {inst.group}: `siteboot deploy` asks its deploy "
+                                f"agent to apply the checkout; `siteboot diff` as {inst.user} "
+                                "shows what differs")
         return InstanceDiff(name, "skipped", detail=f"owned by {inst.user}: run as {inst.user}")
     if find_supervisord(inst) is None:
         every = ConfigChanges([ProgramChange(p.name, "added") for p in inst.programs])

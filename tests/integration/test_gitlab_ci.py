@@ -225,3 +225,154 @@ def test_the_projects_own_pipeline_includes_the_template_with_rules_per_branch(t
                              text=True, timeout=120, check=True).stdout
     assert "SITEBOOT_SITE: local" in preview
     assert 'export SITEBOOT="$tool/bin/siteboot"' in preview  # the override reached every job
+
+
+# ------------------------------------------------------------------------------------------
+# One CI account deploys both instances: the pipeline runs as the member of a deploy grant
+
+
+GRANT_OWNER, GRANT_CI, GRANT_GROUP = "sbt_dglown", "sbt_dglci", "sbt_dglgrp"
+
+GRANT_SITE = """
+[site]
+name = "ci"
+envs = ["dev"]
+runtime_dir = "{base}/run/{{user}}"
+shared_dir = "{base}/shared/{{user}}"
+
+[instances.svc]
+user = "{ci}"
+port = {{ dev = {svc} }}
+
+[instances.app]
+user = "{owner}"
+port = {{ dev = {app} }}
+group = "{group}"
+grant = "deploy"
+
+[programs.web]
+instance = "svc"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+
+[programs.steady]
+instance = "app"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+
+[programs.changing]
+instance = "app"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+"""
+
+
+def _accounts(action: str) -> None:
+    if action == "drop":
+        for user in (GRANT_OWNER, GRANT_CI):
+            subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
+            subprocess.run(["groupdel", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", GRANT_GROUP], capture_output=True, check=False)
+        return
+    subprocess.run(["groupadd", GRANT_GROUP], check=True, capture_output=True)
+    for user in (GRANT_OWNER, GRANT_CI):
+        subprocess.run(["useradd", "-m", "-U", "-s", "/bin/sh", "-G", GRANT_GROUP, user],
+                       check=True, capture_output=True)
+
+
+def _as(user: str, *cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    import pwd
+
+    home = pwd.getpwnam(user).pw_dir
+    result = subprocess.run(["runuser", "-u", user, "--", "env", f"HOME={home}", "NO_COLOR=1",
+                             f"PATH={os.environ['PATH']}", *cmd], cwd=cwd, capture_output=True,
+                            text=True, timeout=600, check=False)
+    print(user, cmd, result.returncode, result.stdout, result.stderr)  # shown when a test fails
+    return result
+
+
+@pytest.mark.users
+def test_the_ci_account_deploys_the_granted_instance_of_another_account():
+    import psutil
+
+    from tests.helpers import SYSTEM_PYTHON, install_for_all
+
+    if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
+        pytest.skip("needs root, useradd and /usr/bin/python3")
+    _accounts("drop")
+    base = Path(tempfile.mkdtemp(prefix="sbl-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    siteboot: list[str] = []
+    try:
+        _accounts("make")
+        python = install_for_all(base)
+        siteboot = [str(python), "-m", "siteboot"]
+        for shared in ("run", "shared"):
+            (base / shared).mkdir()
+            os.chmod(base / shared, 0o1777)
+        svc, app = free_ports(2)
+        text = GRANT_SITE.format(base=base, ci=GRANT_CI, owner=GRANT_OWNER, group=GRANT_GROUP,
+                                 svc=svc, app=app)
+        owner_root, repo = base / "owner", base / "repo"
+        for root in (owner_root, repo):
+            (root / "sites").mkdir(parents=True)
+            (root / "sites" / "ci.toml").write_text(text)
+        (repo / "ci").mkdir()
+        shutil.copy(REPO / "ci" / "siteboot.gitlab-ci.yml", repo / "ci")
+        (repo / ".gitlab-ci.yml").write_text("include:\n  - local: ci/siteboot.gitlab-ci.yml\n")
+        (repo / ".gitignore").write_text(".gitlab-ci-local/\n")
+        subprocess.run(["chown", "-R", GRANT_OWNER, str(owner_root)], check=True)
+        subprocess.run(["chown", "-R", GRANT_CI, str(repo)], check=True)
+
+        def owner(*args: str) -> subprocess.CompletedProcess[str]:
+            return _as(GRANT_OWNER, *siteboot, *args, "--root", str(owner_root), cwd=owner_root)
+
+        def ci_git(*args: str) -> None:
+            done = _as(GRANT_CI, "git", "-c", "user.name=ci", "-c", "user.email=ci@localhost",
+                       *args, cwd=repo)
+            assert done.returncode == 0
+
+        def pids() -> dict[str, Any]:
+            data = json.loads(owner("status", "--json").stdout)
+            return {p["name"]: p["pid"] for i in data["instances"] for p in i["programs"]}
+
+        assert owner("up").returncode == 0
+        ci_git("init", "-q", "-b", "dev")
+        ci_git("add", "-A")
+        ci_git("commit", "-qm", "first")
+        before = pids()
+        assert before["siteboot-deploy-agent"]
+
+        site_file = repo / "sites" / "ci.toml"
+        site_file.write_text(text.replace(
+            '[programs.changing]\ninstance = "app"\n'
+            'command = "{python} -m siteboot.demo work --interval 1"',
+            '[programs.changing]\ninstance = "app"\n'
+            'command = "{python} -m siteboot.demo work --interval 0.6"'))
+        ci_git("commit", "-qam", "a faster worker in the granted instance")
+        assert GITLAB_CI_LOCAL is not None
+        result = _as(GRANT_CI, GITLAB_CI_LOCAL, "--max-job-name-padding", "0",
+                     "--variable", f"SITEBOOT={' '.join(siteboot)}",
+                     "--variable", "SITEBOOT_ENVS=dev", "--variable", "SITEBOOT_SITE=ci",
+                     "--variable", "SITEBOOT_RUNNER_TAG=local", "--variable",
+                     "SITEBOOT_TIMEOUT=60", "siteboot-deploy-dev", cwd=repo)
+        assert result.returncode == 0
+        assert "PASS  siteboot-deploy-dev" in result.stdout
+        assert "app (owned by sbt_dglown, through its deploy agent): deployed" in result.stdout
+        after = pids()
+        assert after["steady"] == before["steady"]
+        assert after["changing"] != before["changing"]
+        changed = psutil.Process(after["changing"])
+        assert "0.6" in changed.cmdline()
+        assert changed.username() == GRANT_OWNER
+    finally:
+        if siteboot:
+            _as(GRANT_OWNER, *siteboot, "down", "--site", str(base / "owner/sites/ci.toml"),
+                cwd=base)
+            _as(GRANT_CI, *siteboot, "down", "--site", str(base / "repo/sites/ci.toml"),
+                cwd=base)
+        leftovers = processes_under(base)
+        kill_all(leftovers)
+        _accounts("drop")
+        shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"processes left running under {base}: {leftovers}"

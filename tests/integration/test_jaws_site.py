@@ -357,6 +357,8 @@ def check_env(box: JawsBox, env: str) -> None:
     status = box.status(JAWS, CORI, env)  # jaws sees both instances: its own and the granted jtm
     jaws, jtm = programs_of(status, "jaws"), programs_of(status, "jtm")
     assert sorted(jaws) == ["jaws-site-central-rpc", "jaws-site-daemon", "jaws-site-jtm-rpc"]
+    # jtm grants jaws deploy: its owner's deploy agent runs beside its programs
+    assert jtm.pop("siteboot-deploy-agent")["state"] == "RUNNING"
     assert sorted(jtm) == ["jaws-cromwell", "jaws-jtm"]
     [central] = [i for i in status["instances"] if i["name"] == "central"]
     assert central["state"] == "elsewhere"  # on its own host: not asked from this one

@@ -46,6 +46,8 @@ def test_three_instances_two_accounts_and_central_on_its_own_host(site):
         "central": ("jaws", "jaws.lbl.gov", None),
     }
     assert site.instances["central"].port == {"dev": 64121, "staging": 64122, "prod": 64123}
+    assert site.instances["jtm"].grant == "deploy"  # jaws's CI deploys jtm's programs too
+    assert [name for name, i in site.instances.items() if i.grants_deploy] == ["jtm"]
     cori = plan(site, "dev")
     assert [name for name, inst in cori.instances.items() if inst.here] == ["jaws", "jtm"]
     assert cori.elsewhere(cori.instances["central"]) == "on jaws.lbl.gov"
