@@ -134,7 +134,9 @@ def write_result(spec: dict[str, Any], request_id: str, result: dict[str, Any]) 
             os.unlink(taken)
         except OSError:
             pass
-    results = sorted(n for n in os.listdir(folder) if n.endswith(RESULT))
+    # an answer whose request could not be removed stays: it keeps that request answered
+    results = sorted(n for n in os.listdir(folder) if n.endswith(RESULT)
+                     and not os.path.lexists(folder / (n[:-len(RESULT)] + TAKEN)))
     for old in results[:-KEEP_RESULTS]:
         try:
             os.unlink(folder / old)

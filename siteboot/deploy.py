@@ -229,13 +229,14 @@ def find_release(plan: Plan, release_id: str) -> Release:
 
 
 def make_release(plan: Plan, root: Path | None, now: float | None = None,
-                 requester: str = "") -> Release:
-    """A new release folder: the site file and template copied, previews of the configs."""
+                 requester: str = "", commit: str | None = None) -> Release:
+    """A new release folder: the site file and template copied, previews of the configs.
+    ``requester``, ``commit``: a deploy agent's, from the member's request."""
     from siteboot.render import CONFIG_TEMPLATE, render_preview
     from siteboot.resources import config_template
 
     created = time.time() if now is None else now
-    commit = git_commit(plan.site.path.parent) if not requester else "request"
+    commit = commit or git_commit(plan.site.path.parent)
     ensure_private_dir(plan.releases_dir.parent)
     ensure_private_dir(plan.releases_dir)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(created))
@@ -419,21 +420,24 @@ def _not_ready(plan: Plan, instances: set[str]) -> list[Any]:
 
 def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout: float = 60.0,
            lock_timeout: float = LOCK_TIMEOUT, progress: Reporter = SILENT,
-           instance: str | None = None, requester: str = "") -> DeployResult:
+           instance: str | None = None, requester: str = "",
+           commit: str | None = None) -> DeployResult:
     """Bring the env to the checkout: venvs, a new release, apply, verify; roll back on failure.
 
-    ``instance``, ``requester``: a deploy agent applies a member's request to its one instance
-    (no requests of its own then); the release names the member."""
+    ``instance``, ``requester``, ``commit``: a deploy agent applies a member's request to its
+    one instance; the release names the member and the commit of the member's checkout."""
     with deploy_lock(plan, lock_timeout, progress):
-        return _deploy_locked(plan, root, wheelhouse, timeout, progress, instance, requester)
+        return _deploy_locked(plan, root, wheelhouse, timeout, progress, instance, requester,
+                              commit)
 
 
 def _deploy_locked(plan: Plan, root: Path | None, wheelhouse: Path | None, timeout: float,
-                   progress: Reporter, instance: str | None, requester: str) -> DeployResult:
+                   progress: Reporter, instance: str | None, requester: str,
+                   commit: str | None) -> DeployResult:
     from siteboot.venvs import ensure_venvs
 
     pointers = read_pointers(plan)
-    release = make_release(plan, root, requester=requester)
+    release = make_release(plan, root, requester=requester, commit=commit)
     try:
         venvs = ensure_venvs(plan, wheelhouse, progress=progress)
     except SitebootError as exc:  # a failed build changed nothing: nothing to roll back

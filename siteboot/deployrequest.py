@@ -187,7 +187,8 @@ def submit(plan: Plan, inst: InstancePlan, root: Path | None, action: str,
                              "there", f"as {inst.user}: remove it and run "
                              f"`{command('up', env=inst.env, instance=inst.name)}`")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    request_id = f"{stamp}-{plan.invoker}-{secrets.token_hex(6)}"
+    who = re.sub(r"[^0-9A-Za-z_-]", "_", plan.invoker)  # the agent takes only such names
+    request_id = f"{stamp}-{who}-{secrets.token_hex(6)}"
     partial = inst.requests_dir / (request_id + PARTIAL)
     _mkdir(partial, gid)
     _mkdir(partial / ROOT, gid)
@@ -506,8 +507,10 @@ def apply_request(spec: dict[str, Any], copy: Path, requester: str) -> dict[str,
         back = deploy.rollback(plan, target, timeout=timeout, instance=instance)
         return _rollback_result(back, requester)
     check_request_plan(plan, root, spec)
-    return _deploy_result(deploy.deploy(plan, root, timeout=timeout, instance=instance,
-                                        requester=requester))
+    commit = request.get("commit")
+    return _deploy_result(deploy.deploy(
+        plan, root, timeout=timeout, instance=instance, requester=requester,
+        commit=commit if isinstance(commit, str) and commit.isalnum() else "request"))
 
 
 def _restarted(applied: Any) -> list[str]:

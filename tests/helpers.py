@@ -13,7 +13,7 @@ import sys
 import textwrap
 import time
 import xmlrpc.client
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -472,3 +472,72 @@ def squatter(port: int, user: str = "nobody") -> Iterator[subprocess.Popen[str]]
     finally:
         proc.kill()
         proc.communicate()
+
+
+# ------------------------------------------------------------------------------------------
+# A deploy grant with real accounts (tests/integration/test_deploy_grant.py, test_gitlab_ci.py)
+
+
+_DEPLOY_GRANT_SITE = """
+[site]
+name = "{name}"
+envs = ["dev"]
+runtime_dir = "{runtime_dir}"
+shared_dir = "{base}/shared/{{user}}"
+
+[instances.svc]
+user = "{member}"
+port = {{ dev = {svc} }}
+
+[instances.app]
+user = "{owner}"
+port = {{ dev = {app} }}
+group = "{group}"
+grant = "deploy"
+
+[programs.web]
+instance = "svc"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+
+[programs.steady]
+instance = "app"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+
+[programs.changing]
+instance = "app"
+command = "{{python}} -m siteboot.demo work --interval 1"
+startsecs = 1
+"""
+
+
+def deploy_grant_site(name: str, base: Path, runtime_dir: str, owner: str, member: str,
+                      group: str, ports: list[int]) -> str:
+    """Instance `svc` of ``member``; `app` of ``owner``, granting deploy to ``group``, with
+    programs `steady` and `changing`; shared_dir under ``base/shared`` (made 1777 first)."""
+    svc, app = ports
+    return _DEPLOY_GRANT_SITE.format(name=name, base=base, runtime_dir=runtime_dir, owner=owner,
+                                     member=member, group=group, svc=svc, app=app)
+
+
+# the start of program `changing` of that site, up to its interval
+CHANGING_COMMAND = ('[programs.changing]\ninstance = "app"\n'
+                    'command = "{python} -m siteboot.demo work --interval ')
+
+
+def drop_accounts(users: Sequence[str], groups: Sequence[str]) -> None:
+    for user in users:
+        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
+        subprocess.run(["groupdel", user], capture_output=True, check=False)
+    for group in groups:
+        subprocess.run(["groupdel", group], capture_output=True, check=False)
+
+
+def make_accounts(group: str, members: Sequence[str], others: Sequence[str] = ()) -> None:
+    """``group``, accounts (each with a group of its own) that are its members, and others."""
+    subprocess.run(["groupadd", group], check=True, capture_output=True)
+    for user in [*members, *others]:
+        extra = ["-G", group] if user in members else []
+        subprocess.run(["useradd", "-m", "-U", "-s", "/bin/sh", *extra, user], check=True,
+                       capture_output=True)

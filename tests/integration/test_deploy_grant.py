@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,56 +21,22 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.helpers import SYSTEM_PYTHON, free_ports, install_for_all, kill_all, processes_under
+from tests.helpers import (
+    CHANGING_COMMAND,
+    SYSTEM_PYTHON,
+    deploy_grant_site,
+    drop_accounts,
+    free_ports,
+    install_for_all,
+    kill_all,
+    make_accounts,
+    processes_under,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.users]
 
 OWNER, MEMBER, OUTSIDER, GROUP = "sbt_dgown", "sbt_dgci", "sbt_dgout", "sbt_dggrp"
-
-
-def _sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
-def _drop_accounts() -> None:
-    for user in (OWNER, MEMBER, OUTSIDER):
-        subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
-        subprocess.run(["groupdel", user], capture_output=True, check=False)
-    subprocess.run(["groupdel", GROUP], capture_output=True, check=False)
-
-
-SITE = """
-[site]
-name = "dg"
-envs = ["dev"]
-runtime_dir = "{base}/tmp/dg-run"
-shared_dir = "{base}/shared/{{user}}"
-
-[instances.svc]
-user = "{member}"
-port = {{ dev = {svc} }}
-
-[instances.app]
-user = "{owner}"
-port = {{ dev = {app} }}
-group = "{group}"
-grant = "deploy"
-
-[programs.web]
-instance = "svc"
-command = "{{python}} -m siteboot.demo work --interval 1"
-startsecs = 1
-
-[programs.steady]
-instance = "app"
-command = "{{python}} -m siteboot.demo work --interval 1"
-startsecs = 1
-
-[programs.changing]
-instance = "app"
-command = "{{python}} -m siteboot.demo work --interval 1"
-startsecs = 1
-"""
 
 
 @dataclass
@@ -123,16 +88,12 @@ class Grant:
 def grant() -> Iterator[Grant]:
     if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
         pytest.skip("needs root, useradd and /usr/bin/python3")
-    _drop_accounts()
+    drop_accounts([OWNER, MEMBER, OUTSIDER], [GROUP])
     base = Path(tempfile.mkdtemp(prefix="sbg-", dir="/tmp"))
     os.chmod(base, 0o755)
     env = None
     try:
-        _sh("groupadd", GROUP)
-        for user in (OWNER, MEMBER, OUTSIDER):
-            _sh("useradd", "-m", "-U", "-s", "/bin/sh", user)
-        for user in (OWNER, MEMBER):
-            _sh("usermod", "-aG", GROUP, user)
+        make_accounts(GROUP, [OWNER, MEMBER], [OUTSIDER])
         python = install_for_all(base)
         (base / "tmp").mkdir()
         os.chmod(base / "tmp", 0o1777)
@@ -142,7 +103,8 @@ def grant() -> Iterator[Grant]:
         os.chmod(base / "shared", 0o1777)
         svc, app = free_ports(2)
         env = Grant(base, python, {"svc": svc, "app": app})
-        text = SITE.format(base=base, member=MEMBER, owner=OWNER, group=GROUP, svc=svc, app=app)
+        text = deploy_grant_site("dg", base, f"{base}/tmp/dg-run", OWNER, MEMBER, GROUP,
+                                 [svc, app])
         for user in (OWNER, MEMBER):
             env.write_site(user, text)
         yield env
@@ -152,19 +114,13 @@ def grant() -> Iterator[Grant]:
                 env.run(user, "down")
         leftovers = processes_under(base)
         kill_all(leftovers)
-        _drop_accounts()
+        drop_accounts([OWNER, MEMBER, OUTSIDER], [GROUP])
         shutil.rmtree(base, ignore_errors=True)
         assert not leftovers, f"processes left running: {leftovers}"
 
 
-def _wait(predicate: Any, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out after {timeout:g} s"
-            return value
-        time.sleep(0.3)
+def _wait(predicate: Any) -> Any:
+    return wait_until(predicate, timeout=120.0)  # a loaded machine: generous
 
 
 def _agent_running(env: Grant) -> bool:
@@ -183,9 +139,8 @@ def test_a_member_deploys_a_program_change_through_the_owners_agent(grant):
     _wait(lambda: _agent_running(env))
     before = env.pids()
 
-    changed = env.site_file(MEMBER).read_text().replace(
-        '[programs.changing]\ninstance = "app"\ncommand = "{python} -m siteboot.demo work --interval 1"',
-        '[programs.changing]\ninstance = "app"\ncommand = "{python} -m siteboot.demo work --interval 0.7"')
+    changed = env.site_file(MEMBER).read_text().replace(CHANGING_COMMAND + "1",
+                                                        CHANGING_COMMAND + "0.7")
     assert "--interval 0.7" in changed
     env.write_site(MEMBER, changed)
     result = env.run(MEMBER, "deploy", "--json")

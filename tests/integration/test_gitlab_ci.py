@@ -233,53 +233,6 @@ def test_the_projects_own_pipeline_includes_the_template_with_rules_per_branch(t
 
 GRANT_OWNER, GRANT_CI, GRANT_GROUP = "sbt_dglown", "sbt_dglci", "sbt_dglgrp"
 
-GRANT_SITE = """
-[site]
-name = "ci"
-envs = ["dev"]
-runtime_dir = "{base}/run/{{user}}"
-shared_dir = "{base}/shared/{{user}}"
-
-[instances.svc]
-user = "{ci}"
-port = {{ dev = {svc} }}
-
-[instances.app]
-user = "{owner}"
-port = {{ dev = {app} }}
-group = "{group}"
-grant = "deploy"
-
-[programs.web]
-instance = "svc"
-command = "{{python}} -m siteboot.demo work --interval 1"
-startsecs = 1
-
-[programs.steady]
-instance = "app"
-command = "{{python}} -m siteboot.demo work --interval 1"
-startsecs = 1
-
-[programs.changing]
-instance = "app"
-command = "{{python}} -m siteboot.demo work --interval 1"
-startsecs = 1
-"""
-
-
-def _accounts(action: str) -> None:
-    if action == "drop":
-        for user in (GRANT_OWNER, GRANT_CI):
-            subprocess.run(["userdel", "-r", "-f", user], capture_output=True, check=False)
-            subprocess.run(["groupdel", user], capture_output=True, check=False)
-        subprocess.run(["groupdel", GRANT_GROUP], capture_output=True, check=False)
-        return
-    subprocess.run(["groupadd", GRANT_GROUP], check=True, capture_output=True)
-    for user in (GRANT_OWNER, GRANT_CI):
-        subprocess.run(["useradd", "-m", "-U", "-s", "/bin/sh", "-G", GRANT_GROUP, user],
-                       check=True, capture_output=True)
-
-
 def _as(user: str, *cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     import pwd
 
@@ -295,24 +248,31 @@ def _as(user: str, *cmd: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_the_ci_account_deploys_the_granted_instance_of_another_account():
     import psutil
 
-    from tests.helpers import SYSTEM_PYTHON, install_for_all
+    from tests.helpers import (
+        CHANGING_COMMAND,
+        SYSTEM_PYTHON,
+        deploy_grant_site,
+        drop_accounts,
+        install_for_all,
+        make_accounts,
+    )
 
     if os.geteuid() != 0 or not shutil.which("useradd") or not Path(SYSTEM_PYTHON).exists():
         pytest.skip("needs root, useradd and /usr/bin/python3")
-    _accounts("drop")
+    drop_accounts([GRANT_OWNER, GRANT_CI], [GRANT_GROUP])
     base = Path(tempfile.mkdtemp(prefix="sbl-", dir="/tmp"))
     os.chmod(base, 0o755)
     siteboot: list[str] = []
     try:
-        _accounts("make")
+        make_accounts(GRANT_GROUP, [GRANT_OWNER, GRANT_CI])
         python = install_for_all(base)
         siteboot = [str(python), "-m", "siteboot"]
         for shared in ("run", "shared"):
             (base / shared).mkdir()
             os.chmod(base / shared, 0o1777)
         svc, app = free_ports(2)
-        text = GRANT_SITE.format(base=base, ci=GRANT_CI, owner=GRANT_OWNER, group=GRANT_GROUP,
-                                 svc=svc, app=app)
+        text = deploy_grant_site("ci", base, f"{base}/run/{{user}}", GRANT_OWNER, GRANT_CI,
+                                 GRANT_GROUP, [svc, app])
         owner_root, repo = base / "owner", base / "repo"
         for root in (owner_root, repo):
             (root / "sites").mkdir(parents=True)
@@ -344,11 +304,7 @@ def test_the_ci_account_deploys_the_granted_instance_of_another_account():
         assert before["siteboot-deploy-agent"]
 
         site_file = repo / "sites" / "ci.toml"
-        site_file.write_text(text.replace(
-            '[programs.changing]\ninstance = "app"\n'
-            'command = "{python} -m siteboot.demo work --interval 1"',
-            '[programs.changing]\ninstance = "app"\n'
-            'command = "{python} -m siteboot.demo work --interval 0.6"'))
+        site_file.write_text(text.replace(CHANGING_COMMAND + "1", CHANGING_COMMAND + "0.6"))
         ci_git("commit", "-qam", "a faster worker in the granted instance")
         assert GITLAB_CI_LOCAL is not None
         result = _as(GRANT_CI, GITLAB_CI_LOCAL, "--max-job-name-padding", "0",
@@ -373,6 +329,6 @@ def test_the_ci_account_deploys_the_granted_instance_of_another_account():
                 cwd=base)
         leftovers = processes_under(base)
         kill_all(leftovers)
-        _accounts("drop")
+        drop_accounts([GRANT_OWNER, GRANT_CI], [GRANT_GROUP])
         shutil.rmtree(base, ignore_errors=True)
         assert not leftovers, f"processes left running under {base}: {leftovers}"
