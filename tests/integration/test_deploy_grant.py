@@ -301,6 +301,9 @@ def test_a_request_whose_child_is_killed_is_answered_interrupted_once(grant):
     _wait(lambda: _agent_running(env))
     deploying = _member_deploy(env, "0.55", 6)
     try:
+        # once it took the request (a child killed before that leaves it to the next one)
+        _wait(lambda: [n for n in os.listdir(env.requests_dir)
+                       if n.endswith(".taken") and not n.startswith("2099")])
         [child] = _wait(lambda: _agent_processes(env, child=True))
         child.kill()
         out, err = deploying.communicate(timeout=600)
