@@ -11,7 +11,8 @@ kills the agent: the child takes a lock named after the request, renames it ``<i
 siteboot on the copy (``deployrequest.apply_request``) and writes ``<id>.result.json``. A
 ``.taken`` request without a result whose lock nobody holds was interrupted (the agent or its
 child was killed): it is answered ``interrupted``, never run again. One line per request goes
-to stderr, the agent's log (``siteboot logs siteboot-deploy-agent``).
+to stderr, the agent's log (``siteboot ctl -i INSTANCE tail siteboot-deploy-agent stderr``,
+for the owner and the members alike).
 """
 
 from __future__ import annotations
@@ -178,10 +179,10 @@ def process(spec: dict[str, Any], request_id: str) -> tuple[str, dict[str, Any]]
 
     from siteboot.deployrequest import (
         TAKEN,
+        GroupMembers,
         RequestRefused,
         apply_request,
         failure_result,
-        member_uids,
         take_copy,
     )
     from siteboot.errors import SitebootError
@@ -192,7 +193,7 @@ def process(spec: dict[str, Any], request_id: str) -> tuple[str, dict[str, Any]]
     requester = "?"
     try:
         uid = take_copy(Path(spec["requests_dir"]) / (request_id + TAKEN), copy,
-                        member_uids(spec["group"]))
+                        GroupMembers(spec["group"]))
         requester = owner_name(uid)
         return requester, apply_request(spec, copy, requester)
     except RequestRefused as exc:

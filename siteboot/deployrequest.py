@@ -22,6 +22,7 @@ import pwd
 import re
 import stat
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,8 +126,7 @@ def _require_agent(plan: Plan, inst: InstancePlan) -> None:
                             f"{start} renders it") from None
     if info.get("statename") != "RUNNING":
         raise SitebootError(f"the deploy agent of {inst.name} is {info.get('statename')}",
-                            f"{start}; `siteboot logs {DEPLOY_AGENT_PROGRAM}` as {inst.user} "
-                            "says why")
+                            f"{start}; `{agent_log_command(inst)}` says why")
 
 
 def request_files(plan: Plan, root: Path | None) -> dict[str, Path]:
@@ -260,14 +260,15 @@ def wait_for_result(inst: InstancePlan, request_id: str, timeout: float) -> Requ
                 f"no answer from the deploy agent of {inst.name} after {timeout:g} s "
                 + ("(it took the request and is still at it: its result appears as "
                    f"{path})" if taken else "(it never took the request)"),
-                messages=[f"as {inst.user}: `siteboot logs {_agent()}` says what it does"])
+                messages=[f"`{agent_log_command(inst)}` says what it does"])
         time.sleep(0.5)
 
 
-def _agent() -> str:
+def agent_log_command(inst: InstancePlan) -> str:
+    """How the owner and the members read the agent's log (a member may tail processes)."""
     from siteboot.site import DEPLOY_AGENT_PROGRAM
 
-    return DEPLOY_AGENT_PROGRAM
+    return f"{command('ctl', instance=inst.name)} tail {DEPLOY_AGENT_PROGRAM} stderr"
 
 
 def read_result(path: Path, owner_uid: int) -> dict[str, Any] | None:
@@ -301,17 +302,23 @@ def outcome_of(inst: InstancePlan, data: dict[str, Any]) -> RequestOutcome:
 # The agent's side: take a request, copy it, check it, apply it
 
 
-def member_uids(group: str) -> set[int]:
-    """The accounts of ``group``: its primary members and those it lists (never what a
-    request says of itself)."""
-    entry = grp.getgrnam(group)
-    uids = {p.pw_uid for p in pwd.getpwall() if p.pw_gid == entry.gr_gid}
-    for name in entry.gr_mem:
+class GroupMembers:
+    """The accounts of a group, looked up per uid in the account database (never from what a
+    request says of itself): those whose primary group it is, and those it lists. Per uid,
+    not by listing every account: a directory service may not list them all."""
+
+    def __init__(self, group: str) -> None:
+        entry = grp.getgrnam(group)
+        self.gid, self.names = entry.gr_gid, set(entry.gr_mem)
+
+    def __contains__(self, uid: object) -> bool:
+        if not isinstance(uid, int):
+            return False
         try:
-            uids.add(pwd.getpwnam(name).pw_uid)
+            account = pwd.getpwuid(uid)
         except KeyError:
-            continue
-    return uids
+            return False
+        return account.pw_gid == self.gid or account.pw_name in self.names
 
 
 def request_ids(folder: Path) -> tuple[list[str], list[str]]:
@@ -328,7 +335,7 @@ def request_ids(folder: Path) -> tuple[list[str], list[str]]:
     return complete, taken
 
 
-def take_copy(entry: Path, into: Path, members: set[int]) -> int:
+def take_copy(entry: Path, into: Path, members: Container[int]) -> int:
     """Copy the request ``entry`` into the new private folder ``into``, checking every entry
     on the way (through descriptors, never following a link): a directory of a member of the
     group, holding only directories and regular files of that member, nothing writable by

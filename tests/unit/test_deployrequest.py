@@ -268,3 +268,15 @@ def test_a_spec_others_could_write_is_not_served(tmp_path):
     os.chmod(spec_path, 0o600)
     os.chmod(spec_path.parent, 0o777)
     assert agent.load_spec(spec_path) is None
+
+
+def test_group_members_are_looked_up_per_uid():
+    import grp
+    import pwd
+
+    root_group = grp.getgrgid(0).gr_name
+    members = deployrequest.GroupMembers(root_group)
+    assert 0 in members  # root's primary group
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert (nobody in members) == ("nobody" in grp.getgrgid(0).gr_mem)
+    assert 4242424 not in members  # no such account
