@@ -119,7 +119,8 @@ def _require_agent(plan: Plan, inst: InstancePlan) -> None:
         info = connect(plan, inst, 10.0).call("supervisor.getProcessInfo", DEPLOY_AGENT_PROGRAM)
     except RpcError as exc:
         raise SitebootError(f"{inst.name} is not up: {exc.message}", f"{start} starts it "
-                            "and its deploy agent") from None
+                            "and its deploy agent (if your checkout changed its port: that is "
+                            f"{inst.user}'s to change)") from None
     except Fault:
         raise SitebootError(f"{inst.name} has no deploy agent: its supervisord was started "
                             f"before grant = \"deploy\" (or from a template without it)",
