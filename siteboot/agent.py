@@ -160,10 +160,10 @@ def handle_one(spec_path: Path, request_id: str) -> int:
     ensure_private_dir(work)
     try:
         with flock(work / f"{request_id}.lock", timeout=0, what=f"request {request_id}"):
-            try:
-                os.rename(folder / request_id, folder / (request_id + TAKEN))
-            except FileNotFoundError:
+            if not os.path.lexists(folder / request_id):
                 return 0  # another child took it
+            set_aside(folder, request_id + TAKEN)
+            os.rename(folder / request_id, folder / (request_id + TAKEN))
             requester, result = process(spec, request_id)
             write_result(spec, request_id, result)
             log(f"request {request_id} from {requester}: {result['state']}"
@@ -172,6 +172,15 @@ def handle_one(spec_path: Path, request_id: str) -> int:
         return 0  # another child holds it
     prune_copies(work)
     return 0
+
+
+def set_aside(folder: Path, name: str) -> None:
+    """An earlier entry at ``name`` that could not be removed (its maker left it unwritable to
+    us) goes out of the way under a hidden name, which the agent never takes."""
+    import secrets
+
+    if os.path.lexists(folder / name):
+        os.rename(folder / name, folder / f".stale-{secrets.token_hex(4)}-{name}")
 
 
 def process(spec: dict[str, Any], request_id: str) -> tuple[str, dict[str, Any]]:

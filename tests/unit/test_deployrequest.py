@@ -280,3 +280,19 @@ def test_group_members_are_looked_up_per_uid():
     nobody = pwd.getpwnam("nobody").pw_uid
     assert (nobody in members) == ("nobody" in grp.getgrgid(0).gr_mem)
     assert 4242424 not in members  # no such account
+
+
+def test_a_request_named_like_an_earlier_one_still_runs_once(tmp_path, monkeypatch):
+    spec_path, spec = _agent_setup(tmp_path)
+    requests = Path(spec["requests_dir"])
+    _request(requests, "20260101T000000Z-ci-1.taken")  # left over, its answer pruned
+    _request(requests, "20260101T000000Z-ci-1")
+    (requests / "20260101T000000Z-ci-1" / "root" / "fifo").unlink(missing_ok=True)
+    os.mkfifo(requests / "20260101T000000Z-ci-1" / "root" / "fifo")
+    monkeypatch.setattr(agent, "run_child", agent.handle_one)
+    monkeypatch.setattr(agent, "answer_interrupted", lambda *a: None)
+    agent.serve_once(spec_path, spec)
+    answer = json.loads((requests / "20260101T000000Z-ci-1.result.json").read_text())
+    assert answer["state"] == "refused"
+    assert "neither a file nor a directory" in answer["detail"]  # a FIFO: never opened
+    assert request_ids(requests) == ([], [])
