@@ -163,6 +163,14 @@ def test_a_member_deploys_a_program_change_through_the_owners_agent(grant):
     releases = json.loads(env.run(OWNER, "releases", "--json").stdout)["releases"]
     assert releases[-1]["requester"] == MEMBER
     assert f"from {MEMBER}: deployed" in env.agent_log()
+    # the member reads the agent's log too (tailing a process is part of the control grant)
+    home = pwd.getpwnam(MEMBER).pw_dir
+    tail = subprocess.run(
+        ["runuser", "-u", MEMBER, "--", "env", f"HOME={home}", str(env.python), "-c",
+         "from siteboot.cli import main; main()", "ctl", "--site", str(env.site_file(MEMBER)),
+         "-i", "app", "tail", "siteboot-deploy-agent", "stderr"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=str(env.base))
+    assert f"from {MEMBER}: deployed" in tail.stdout, tail.stdout + tail.stderr
     # the request is gone; its answer stays, the owner's and readable by the group only
     names = os.listdir(env.requests_dir)
     assert [n for n in names if not n.endswith(".result.json")] == [], names
