@@ -363,3 +363,42 @@ def test_a_squatted_requests_dir_is_refused_and_reported(grant):
         shutil.rmtree(env.requests_dir)
     assert env.run(OWNER, "up").returncode == 0
     assert os.lstat(env.requests_dir).st_uid == pwd.getpwnam(OWNER).pw_uid
+
+
+def test_a_member_deploy_that_fails_in_the_owners_instance_rolls_back_and_exits_1(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    before = env.pids()
+    text = env.site_file(MEMBER).read_text()
+    env.write_site(MEMBER, text + textwrap.dedent("""
+        [programs.broken]
+        instance = "app"
+        command = "sh -c 'exit 3'"
+        startsecs = 1
+        startretries = 0
+        """))
+    result = env.run(MEMBER, "deploy", "--json")
+    env.write_site(MEMBER, text)
+    assert result.returncode == 1, result.stdout + result.stderr
+    [request] = json.loads(result.stdout)["requests"]
+    assert request["state"] == "rolled back", request
+    assert "broken" in request["detail"]
+    after = env.pids()
+    assert "broken" not in after  # the previous release runs again
+    assert after["steady"] == before["steady"]
+    releases = json.loads(env.run(OWNER, "releases", "--json").stdout)["releases"]
+    assert releases[-1]["failed"]
+    assert releases[-1]["requester"] == MEMBER
+
+
+def test_a_members_rollback_asks_the_agent_for_the_owners_previous_release(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    pointers = json.loads(env.run(OWNER, "releases", "--json").stdout)
+    result = env.run(MEMBER, "rollback", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    [request] = json.loads(result.stdout)["requests"]
+    assert request["state"] == "deployed", request
+    assert request["release"] == pointers["previous"]
+    after = json.loads(env.run(OWNER, "releases", "--json").stdout)
+    assert after["current"] == pointers["previous"]
