@@ -142,7 +142,7 @@ def request_files(plan: Plan, root: Path | None) -> dict[str, Path]:
     top = Path(os.path.realpath(root))
     wanted: list[Path] = [top / "templates"]
     for venv in plan.site.venvs.values():
-        for req in parse_all(list(_variants(venv.requirements)), top):
+        for req in parse_all(venv.requirements, top):
             if req.path is not None:
                 wanted.append(req.path)
     if plan.site.preamble_file:
@@ -153,15 +153,6 @@ def request_files(plan: Plan, root: Path | None) -> dict[str, Path]:
         for found in _walk(path):
             files[found.relative_to(top).as_posix()] = found
     return files
-
-
-def _variants(requirements: Any) -> list[str]:
-    from siteboot.site import variants
-
-    found: list[str] = []
-    for item in requirements or []:
-        found += [str(v) for v in variants(item)]
-    return found
 
 
 def _walk(path: Path) -> list[Path]:
@@ -190,21 +181,35 @@ def submit(plan: Plan, inst: InstancePlan, root: Path | None, action: str,
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     who = re.sub(r"[^0-9A-Za-z_-]", "_", plan.invoker)  # the agent takes only such names
     request_id = f"{stamp}-{who}-{secrets.token_hex(6)}"
+    try:
+        _write_request(plan, inst, root, gid, request_id, {
+            "action": action, "to": to, "site": plan.site.name, "env": plan.env,
+            "instance": inst.name, "requester": plan.invoker, "timeout": timeout})
+    except OSError as exc:
+        _remove_own(inst.requests_dir, request_id + PARTIAL)
+        raise SitebootError(f"cannot leave a request for {inst.name} in {inst.requests_dir}: "
+                            f"{exc.strerror or exc}") from None
+    except SitebootError:
+        _remove_own(inst.requests_dir, request_id + PARTIAL)
+        raise
+    return request_id
+
+
+def _write_request(plan: Plan, inst: InstancePlan, root: Path | None, gid: int,
+                   request_id: str, request: dict[str, Any]) -> None:
+    """``<id>.partial/``: ``request.json`` and ``root/``, then renamed ``<id>`` (complete)."""
+    from siteboot.deploy import git_commit
+
     partial = inst.requests_dir / (request_id + PARTIAL)
     _mkdir(partial, gid)
     _mkdir(partial / ROOT, gid)
-    from siteboot.deploy import git_commit
-
-    request = {"action": action, "to": to, "site": plan.site.name, "env": plan.env,
-               "instance": inst.name, "requester": plan.invoker, "timeout": timeout,
-               "commit": git_commit(plan.site.path.parent)}
+    request["commit"] = git_commit(plan.site.path.parent)
     _write(partial / REQUEST_FILE, json.dumps(request, indent=1).encode(), gid)
     count = size = 0
     for relative, source in sorted(request_files(plan, root).items()):
         data = source.read_bytes()
         count, size = count + 1, size + len(data)
         if count > MAX_FILES or size > MAX_BYTES:
-            _remove_own(inst.requests_dir, request_id + PARTIAL)
             raise SitebootError(f"the request for {inst.name} would exceed {MAX_FILES} files or "
                                 f"{MAX_BYTES >> 20} MB", "keep big files out of the site root's "
                                 "local sources (install them from a wheelhouse)")
@@ -214,7 +219,6 @@ def submit(plan: Plan, inst: InstancePlan, root: Path | None, action: str,
                 _mkdir(partial / parent, gid)
         _write(target, data, gid, executable=bool(source.stat().st_mode & 0o100))
     os.rename(partial, inst.requests_dir / request_id)
-    return request_id
 
 
 def _mkdir(path: Path, gid: int) -> None:

@@ -296,3 +296,51 @@ def test_a_request_named_like_an_earlier_one_still_runs_once(tmp_path, monkeypat
     assert answer["state"] == "refused"
     assert "neither a file nor a directory" in answer["detail"]  # a FIFO: never opened
     assert request_ids(requests) == ([], [])
+
+
+# ------------------------------------------------------------------------------------------
+# The member's side
+
+
+def _member_plan(tmp_path: Path) -> Any:
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "app.conf.j2").write_text("x\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "setup.py").write_text("")
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "x.pyc").write_text("")
+    (tmp_path / "elsewhere.txt").write_text("not read by the plan\n")
+    text = SITE.format(d=tmp_path) + '\n[venvs.app]\nrequirements = ["./pkg", "requests"]\n'
+    site_file = tmp_path / "sites" / "t.toml"
+    site_file.write_text(text)
+    from siteboot.plan import make_plan
+
+    plan = make_plan(load_site(site_file), "dev")
+    inst = plan.instance("main")
+    os.makedirs(inst.requests_dir.parent, exist_ok=True)
+    os.mkdir(inst.requests_dir)
+    os.chmod(inst.requests_dir, 0o3770)
+    return plan
+
+
+def test_a_request_holds_what_the_plan_reads_of_the_site_root(tmp_path):
+    plan = _member_plan(tmp_path)
+    assert sorted(deployrequest.request_files(plan, tmp_path)) == [
+        "pkg/setup.py", "sites/t.toml", "templates/app.conf.j2"]
+    inst = plan.instance("main")
+    request_id = deployrequest.submit(plan, inst, tmp_path, "deploy", None)
+    made = inst.requests_dir / request_id
+    assert json.loads((made / "request.json").read_text())["instance"] == "main"
+    assert (made / "root" / "pkg" / "setup.py").exists()
+    assert os.stat(made).st_mode & 0o7777 == 0o2770
+    assert take_copy(made, tmp_path / "copy", {ME}) == ME  # what the agent accepts
+
+
+def test_a_request_too_big_is_not_left(tmp_path, monkeypatch):
+    plan = _member_plan(tmp_path)
+    monkeypatch.setattr(deployrequest, "MAX_FILES", 1)
+    inst = plan.instance("main")
+    with pytest.raises(deployrequest.SitebootError, match="would exceed 1 files"):
+        deployrequest.submit(plan, inst, tmp_path, "deploy", None)
+    assert os.listdir(inst.requests_dir) == []
