@@ -15,6 +15,7 @@ import pytest
 from siteboot import agent, deployrequest
 from siteboot.changes import ConfigChanges, ProgramChange
 from siteboot.deployrequest import RequestRefused, check_request_plan, request_ids, take_copy
+from siteboot.errors import SitebootError
 from siteboot.requestsdir import spec_for
 from siteboot.site import DEPLOY_AGENT_PROGRAM, load_site
 from tests.helpers import plan_from
@@ -341,6 +342,6 @@ def test_a_request_too_big_is_not_left(tmp_path, monkeypatch):
     plan = _member_plan(tmp_path)
     monkeypatch.setattr(deployrequest, "MAX_FILES", 1)
     inst = plan.instance("main")
-    with pytest.raises(deployrequest.SitebootError, match="would exceed 1 files"):
+    with pytest.raises(SitebootError, match="would exceed 1 files"):
         deployrequest.submit(plan, inst, tmp_path, "deploy", None)
     assert os.listdir(inst.requests_dir) == []
