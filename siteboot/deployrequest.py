@@ -31,7 +31,7 @@ from siteboot.errors import EXIT_FAILED, OwnershipError, SitebootError
 from siteboot.hints import command
 from siteboot.plan import InstancePlan, Plan, uid_of
 from siteboot.progress import SILENT, Reporter
-from siteboot.requestsdir import _acl, group_gid, identity, requests_dir_problem
+from siteboot.requestsdir import acl_problem, group_gid, identity, requests_dir_problem
 
 if TYPE_CHECKING:
     from siteboot.deploy import DeployResult, RollbackResult
@@ -384,7 +384,7 @@ def _check_entry(fd: int, info: os.stat_result, uid: int, where: str) -> None:
         raise RequestRefused(f"{where} belongs to uid {info.st_uid}, not to the requester")
     if info.st_mode & stat.S_IWOTH:
         raise RequestRefused(f"{where} is writable by everyone")
-    acl = _acl(fd)
+    acl = acl_problem(fd)
     if acl:
         raise RequestRefused(f"{where} {acl}")
 

@@ -36,10 +36,11 @@ def group_gid_of(group: str, what: str = "group") -> int:
         raise SitebootError(f"{what} '{group}', which does not exist on this host") from None
 
 
-def _acl(target: int | Path) -> str | None:
-    from siteboot.keys import _acl as acl_of
+def acl_problem(target: int | Path) -> str | None:
+    """How an extended ACL on ``target`` (a path or an open fd) may widen its mode, or None."""
+    from siteboot.keys import _acl
 
-    return acl_of(target)
+    return _acl(target)
 
 
 def requests_dir_problem(inst: InstancePlan, owner_uid: int, gid: int) -> str | None:
@@ -57,7 +58,7 @@ def requests_dir_problem(inst: InstancePlan, owner_uid: int, gid: int) -> str | 
     if info.st_gid != gid or stat.S_IMODE(info.st_mode) != REQUESTS_DIR_MODE:
         return (f"must be group {inst.group} with mode {REQUESTS_DIR_MODE:o} (it is gid "
                 f"{info.st_gid}, mode {stat.S_IMODE(info.st_mode):o})")
-    return _acl(inst.requests_dir)
+    return acl_problem(inst.requests_dir)
 
 
 def ensure_requests_dir(inst: InstancePlan) -> list[str]:

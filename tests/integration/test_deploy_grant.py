@@ -402,3 +402,21 @@ def test_a_members_rollback_asks_the_agent_for_the_owners_previous_release(grant
     assert request["release"] == pointers["previous"]
     after = json.loads(env.run(OWNER, "releases", "--json").stdout)
     assert after["current"] == pointers["previous"]
+
+
+def test_the_owners_up_adds_or_removes_the_agent_without_restarting_programs(grant):
+    env = grant
+    _wait(lambda: _agent_running(env))
+    before = env.pids()
+    text = env.site_file(OWNER).read_text()
+    env.write_site(OWNER, text.replace('grant = "deploy"', 'grant = "control"'))
+    try:
+        assert env.run(OWNER, "up").returncode == 0
+        assert "siteboot-deploy-agent" not in env.pids()
+    finally:
+        env.write_site(OWNER, text)
+    assert env.run(OWNER, "up").returncode == 0
+    _wait(lambda: _agent_running(env))
+    after = env.pids()
+    assert after["steady"] == before["steady"]
+    assert after["siteboot-deploy-agent"] != before["siteboot-deploy-agent"]
