@@ -42,7 +42,9 @@ from siteboot.proc import (
     alive,
     file_tail,
     is_supervisord,
+    own_pids,
     pid_alive,
+    read_proc_file,
     run_command,
     signal_process,
     supervisor_command,
@@ -145,12 +147,15 @@ def find_supervisord(inst: InstancePlan) -> Any | None:
                 return proc
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             pass
-    for proc in psutil.process_iter(["cmdline", "uids"]):
+    conf = os.fsencode(inst.conf_path) + b"\0"
+    for candidate in own_pids(uid):  # the command line read only where the config is named
+        if conf not in read_proc_file(candidate, "cmdline"):
+            continue
         try:
-            if proc.info["uids"] and proc.info["uids"].real == uid and proc.info["cmdline"] \
-                    and _is_supervisord_of(proc.info["cmdline"], inst):
+            proc = psutil.Process(candidate)
+            if proc.uids().real == uid and _is_supervisord_of(proc.cmdline(), inst):
                 return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return None
 
@@ -211,11 +216,14 @@ def find_orphans(inst: InstancePlan, running: Any | None = None) -> list[Any]:
         except psutil.Error:
             supervised = {running.pid}
     found = []
-    for proc in psutil.process_iter(["uids"]):
+    marker = b"\0SUPERVISOR_SERVER_URL=" + os.fsencode(inst.unix_url) + b"\0"
+    for pid in own_pids(uid):  # the environment parsed only where it names the instance
+        if pid in supervised or marker not in b"\0" + read_proc_file(pid, "environ"):
+            continue
         try:
-            if proc.pid in supervised or not proc.info["uids"] or proc.info["uids"].real != uid:
-                continue
-            if proc.environ().get("SUPERVISOR_SERVER_URL") == inst.unix_url:
+            proc = psutil.Process(pid)
+            if proc.uids().real == uid \
+                    and proc.environ().get("SUPERVISOR_SERVER_URL") == inst.unix_url:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
@@ -378,7 +386,8 @@ def each_owned(plan: Plan, instance: Selection,
     (``instance``) that is not the invoker's to act on: that fails.
 
     ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
-    and the slowest program's stop wait is paid once, not once per instance).
+    and the slowest program's stop wait is paid once, not once per instance; ``up``: each
+    supervisord's start-up, and each running one's answers, overlap the others').
     """
     def one(inst: InstancePlan) -> InstanceOutcome:
         import psutil
@@ -417,7 +426,8 @@ def up(plan: Plan, root: Path | None, instance: Selection = None,
     is replaced; ``up`` leaves it alone, since its programs may still be serving.
     """
     return LifecycleResult(each_owned(
-        plan, instance, lambda inst: _up_one(plan, inst, root, timeout, replace_hung)))
+        plan, instance, lambda inst: _up_one(plan, inst, root, timeout, replace_hung),
+        parallel=True))
 
 
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,

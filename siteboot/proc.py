@@ -252,6 +252,37 @@ def is_supervisord(cmdline: Sequence[str]) -> bool:
                for arg in cmdline[:4])
 
 
+def own_pids(uid: int, proc_dir: str = "/proc") -> list[int]:
+    """The pids whose /proc entry ``uid`` owns (their effective owner): a first filter that
+    reads no file, so a process-table search costs little on a host with many processes;
+    whoever acts on a pid still checks it (a process whose entry is not its user's, setuid or
+    not dumpable, hides its environment and command line from that user anyway)."""
+    pids = []
+    try:
+        entries = os.scandir(proc_dir)
+    except OSError:
+        return pids
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def read_proc_file(pid: int, name: str, proc_dir: str = "/proc") -> bytes:
+    """``/proc/<pid>/<name>``, or b"" when the process is gone or not ours to read."""
+    try:
+        with open(f"{proc_dir}/{pid}/{name}", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
 def alive(proc: Any) -> bool:
     """A psutil.Process that still runs (a zombie does not: it only waits to be reaped)."""
     import psutil
