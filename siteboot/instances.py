@@ -386,8 +386,8 @@ def each_owned(plan: Plan, instance: Selection,
     (``instance``) that is not the invoker's to act on: that fails.
 
     ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
-    and the slowest program's stop wait is paid once, not once per instance; ``up``: each
-    supervisord's start-up, and each running one's answers, overlap the others').
+    and the slowest program's stop wait is paid once, not once per instance; ``up``: the
+    supervisords to start get there together).
     """
     def one(inst: InstancePlan) -> InstanceOutcome:
         import psutil
@@ -427,7 +427,15 @@ def up(plan: Plan, root: Path | None, instance: Selection = None,
     """
     return LifecycleResult(each_owned(
         plan, instance, lambda inst: _up_one(plan, inst, root, timeout, replace_hung),
-        parallel=True))
+        parallel=any(not _pidfile_alive(inst) for inst in plan.select(instance))))
+
+
+def _pidfile_alive(inst: InstancePlan) -> bool:
+    """Whether the pidfile names a live process (a guess, for scheduling only): supervisords to
+    start are started together, since each start is mostly waiting; the checks of running ones
+    are computing, which threads would only slow down, one after the other."""
+    pid = read_pidfile(inst)
+    return pid is not None and pid_alive(pid)
 
 
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
@@ -650,11 +658,18 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint,
     """
     from siteboot.changes import programs_of
 
-    current = programs_of(_read_text(inst.conf_path))
-    changes = loaded_changes(inst, _read_text(inst.conf_path))
-    known = bool(_read_text(inst.applied_conf_path) or _read_text(inst.started_conf_path))
+    text = _read_text(inst.conf_path)
+    current = programs_of(text)
+    changes = loaded_changes(inst, text)
+    applied_copy = _read_text(inst.applied_conf_path)
+    known = bool(applied_copy or _read_text(inst.started_conf_path))
     slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
-    added, changed, removed = slow.call("supervisor.reloadConfig")[0]
+    if text and text == applied_copy and _has_exactly(endpoint, current):
+        # the config it last applied, and every group of it in use: a re-read would find
+        # nothing to add or remove (what changed is siteboot's comparison, empty here too)
+        added, changed, removed = [], [], []
+    else:
+        added, changed, removed = slow.call("supervisor.reloadConfig")[0]
     in_use = [name for name in current if name not in added]
     # without a copy of what was applied, supervisord's own comparison is all there is
     wanted = set(changes.to_restart()) if known else set(changed)
@@ -670,6 +685,13 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint,
     if files:
         applied.file_restarts = _restart_for_files(inst, slow, files, set(restart + added))
     return applied
+
+
+def _has_exactly(endpoint: Endpoint, groups: Mapping[str, Any]) -> bool:
+    """Whether the running supervisord has exactly ``groups`` in use (an operator's
+    ``supervisorctl remove`` shows here)."""
+    infos = endpoint.call("supervisor.getAllProcessInfo")
+    return {str(info["group"]) for info in infos} == set(groups)
 
 
 def _keep_applied_copy(inst: InstancePlan) -> None:

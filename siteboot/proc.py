@@ -257,7 +257,7 @@ def own_pids(uid: int, proc_dir: str = "/proc") -> list[int]:
     reads no file, so a process-table search costs little on a host with many processes;
     whoever acts on a pid still checks it (a process whose entry is not its user's, setuid or
     not dumpable, hides its environment and command line from that user anyway)."""
-    pids = []
+    pids: list[int] = []
     try:
         entries = os.scandir(proc_dir)
     except OSError:

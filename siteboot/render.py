@@ -108,10 +108,25 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
     return problems
 
 
-@functools.lru_cache(maxsize=8)
+_bytecode_cache: Any = None  # a jinja2.BytecodeCache given by ``use_bytecode_cache``
+
+
+def use_bytecode_cache(cache: Any) -> None:
+    """Where compiled templates are kept between runs (``templatecache``; None: nowhere). The
+    commands that render set it; rendering itself reads and writes no file for it."""
+    global _bytecode_cache
+    _bytecode_cache = cache
+
+
 def _environment(plan_dirs: tuple[Path, ...]) -> Any:
+    return _cached_environment(plan_dirs, _bytecode_cache)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_environment(plan_dirs: tuple[Path, ...], bytecode_cache: Any) -> Any:
     """One environment per template search path and process: Jinja2 then compiles each template
-    once (it checks the file's mtime on every use) instead of once per instance and preview."""
+    once (it checks the file's mtime on every use) instead of once per instance and preview,
+    and with ``bytecode_cache`` not even once while the template stays the same."""
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -123,6 +138,7 @@ def _environment(plan_dirs: tuple[Path, ...]) -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        bytecode_cache=bytecode_cache,
     )
     env.filters["percentescape"] = percentescape
     env.filters["shellquote"] = shellquote

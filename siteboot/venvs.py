@@ -531,10 +531,12 @@ class VenvChange:
 def venv_changes(inst: InstancePlan, running: Any) -> list[VenvChange]:
     """The processes of ``inst`` (children of its supervisord ``running``, a psutil.Process)
     whose venv's current build is not the one in their environment."""
-    import psutil
-
     by_process = {process: program for program in inst.programs if program.venv is not None
                   for process in program.process_names()}
+    if not by_process:  # no venv, no build to compare: the process table is not searched
+        return []
+    import psutil
+
     changes = []
     try:
         children = running.children()
