@@ -49,6 +49,7 @@ from siteboot.proc import (
     signal_process,
     supervisor_command,
     terminate_tree,
+    view_process,
     without_secrets,
 )
 from siteboot.rpc import (
@@ -135,18 +136,18 @@ def find_supervisord(inst: InstancePlan) -> Any | None:
     instance's supervisord) is ignored here and removed by ``clear_stale``. Then the process
     table, for a supervisord whose runtime files were wiped while it kept running.
     """
-    import psutil
-
     uid = os.geteuid()
     pid = read_pidfile(inst)
-    if pid:
+    if pid:  # read from /proc: a running instance costs no psutil (``ProcessView``)
+        view = view_process(pid)
         try:
-            proc = psutil.Process(pid)
-            if (proc.uids().real == uid and _is_supervisord_of(proc.cmdline(), inst)
-                    and proc.create_time() <= inst.pidfile.stat().st_mtime + 2):
-                return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            if (view is not None and view.uid == uid and _is_supervisord_of(view.cmdline(), inst)
+                    and view.create_time() <= inst.pidfile.stat().st_mtime + 2):
+                return view
+        except OSError:
             pass
+    import psutil
+
     conf = os.fsencode(inst.conf_path) + b"\0"
     for candidate in own_pids(uid):  # the command line read only where the config is named
         if conf not in read_proc_file(candidate, "cmdline"):
@@ -390,8 +391,6 @@ def each_owned(plan: Plan, instance: Selection,
     supervisords to start get there together).
     """
     def one(inst: InstancePlan) -> InstanceOutcome:
-        import psutil
-
         # named on purpose (-i), one not to act on here is a failure a CI job must see;
         # among all of them, a remark
         verdict = "failed" if instance else "skipped"
@@ -409,13 +408,23 @@ def each_owned(plan: Plan, instance: Selection,
             return InstanceOutcome(inst.name, "failed", f"supervisord answered: {fault.faultString}")
         except OSError as exc:
             return InstanceOutcome(inst.name, "failed", describe_os_error(exc))
-        except psutil.Error as exc:
+        except Exception as exc:
+            if not _is_psutil_error(exc):
+                raise
             return InstanceOutcome(inst.name, "failed", f"{type(exc).__name__}: {exc}")
 
     selected = plan.select(instance)
     if not parallel or len(selected) < 2:
         return [one(inst) for inst in selected]
     return concurrently(one, selected)
+
+
+def _is_psutil_error(exc: BaseException) -> bool:
+    """psutil's errors, without importing psutil where it was not (then none was raised)."""
+    import sys
+
+    psutil = sys.modules.get("psutil")
+    return psutil is not None and isinstance(exc, psutil.Error)
 
 
 def up(plan: Plan, root: Path | None, instance: Selection = None,

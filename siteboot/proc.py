@@ -274,6 +274,70 @@ def own_pids(uid: int, proc_dir: str = "/proc") -> list[int]:
     return pids
 
 
+class ProcessView:
+    """A process read from /proc (real uid, command line, start time as psutil tells it),
+    standing in for a ``psutil.Process``: what else is asked of it (signals, children, waits)
+    goes to one made on first need, and only while the pid still names the process that
+    started then (else ``psutil.NoSuchProcess``, as from a ``psutil.Process`` of it)."""
+
+    def __init__(self, pid: int, uid: int, cmdline: list[str], started: float) -> None:
+        self.pid = pid
+        self.uid = uid
+        self.cmdline_read = cmdline
+        self.started = started
+        self._process: Any = None
+
+    def create_time(self) -> float:
+        return self.started
+
+    def cmdline(self) -> list[str]:
+        return list(self.cmdline_read)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.psutil_process(), name)
+
+    def psutil_process(self) -> Any:
+        import psutil
+
+        if self._process is None:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.started) > 0.05:
+                raise psutil.NoSuchProcess(self.pid)
+            self._process = process
+        return self._process
+
+
+def view_process(pid: int, proc_dir: str = "/proc") -> ProcessView | None:
+    """``pid`` read from /proc, or None when it is gone, a zombie or not readable."""
+    stat = read_proc_file(pid, "stat", proc_dir)
+    status = read_proc_file(pid, "status", proc_dir)
+    raw = read_proc_file(pid, "cmdline", proc_dir)
+    fields = stat.rsplit(b")", 1)[-1].split()  # the command name may hold ") "
+    uid = next((line.split()[1] for line in status.splitlines() if line.startswith(b"Uid:")),
+               None)
+    if len(fields) < 20 or fields[0] == b"Z" or not raw or uid is None:
+        return None
+    boot = _boot_time(proc_dir)
+    if boot is None:
+        return None
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
+    return ProcessView(pid, int(uid), [os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0")],
+                       started)
+
+
+def _boot_time(proc_dir: str) -> float | None:
+    try:
+        with open(f"{proc_dir}/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def read_proc_file(pid: int, name: str, proc_dir: str = "/proc") -> bytes:
     """``/proc/<pid>/<name>``, or b"" when the process is gone or not ours to read."""
     try:
