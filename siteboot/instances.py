@@ -290,17 +290,33 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
 
     A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
     The config holds the secrets its programs' environments ask for: it is 0600, like the key.
+    A config whose stamp (``renderstamp``) says it was rendered from exactly what rendering it
+    now would see is not rendered again.
     """
     from siteboot.keys import ensure_key
     from siteboot.render import render_preview
+    from siteboot.sitefiles import secret_store
     from siteboot.venvs import with_builds
 
     _require_allocated(plan, inst)
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
-    render_preview(plan, inst, root)
+    secrets = secrets or secret_store(inst)
+    text = None
+    if os.path.lexists(inst.key_path) and os.path.lexists(inst.render_stamp_path):
+        text = _unchanged_config(inst, _config_inputs_digest(plan, inst, root, ensure_key(inst),
+                                                             secrets))
+    if text is None:
+        render_preview(plan, inst, root)
     _check_preamble_file(plan, inst)
     prepare_runtime_dir(inst)
-    text = rendered(plan, inst, root, ensure_key(inst), secrets)
+    if text is None:
+        key = ensure_key(inst)
+        text = rendered(plan, inst, root, key, secrets)
+        digest = _config_inputs_digest(plan, inst, root, key, secrets)
+        if digest is not None:
+            from siteboot.renderstamp import record
+
+            record(inst.render_stamp_path, digest, text)
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
     if inst.heals:  # what its event listener watches (``healer``)
@@ -312,23 +328,56 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
     return inst.conf_path
 
 
+def _unchanged_config(inst: InstancePlan, digest: str | None) -> str | None:
+    from siteboot.renderstamp import unchanged
+
+    return unchanged(inst.render_stamp_path, inst.conf_path, digest) if digest else None
+
+
+def _render_inputs(plan: Plan, inst: InstancePlan, key: str,
+                   secrets: SecretStore | None) -> dict[str, Any]:
+    """What ``render_instance`` is given besides the plan (``inst`` with its venv builds)."""
+    from siteboot.content import content_digests
+    from siteboot.keys import password_hash
+    from siteboot.records import operator_stops
+    from siteboot.render import held_programs
+    from siteboot.sitefiles import secret_store
+
+    return {"password": password_hash(key), "secrets": secrets or secret_store(inst),
+            "held": held_programs(inst, operator_stops(inst)),
+            "content": content_digests(plan, inst)}
+
+
+def _config_inputs_digest(plan: Plan, inst: InstancePlan, root: Path | None, key: str,
+                          secrets: SecretStore | None) -> str | None:
+    """The digest of all ``inst``'s config is rendered from (``renderstamp``), or None when a
+    secret cannot be filled in (rendering says why)."""
+    from siteboot import __version__
+    from siteboot.plan import RPC_USERNAME
+    from siteboot.render import CONFIG_TEMPLATE, healer_of, with_secrets
+    from siteboot.renderstamp import inputs_digest
+    from siteboot.resources import template_dirs
+
+    given = _render_inputs(plan, inst, key, secrets)
+    revealed, problems = with_secrets(inst, given["secrets"])
+    if problems:
+        return None
+    return inputs_digest((CONFIG_TEMPLATE, __version__, plan.site, plan.env, revealed,
+                          RPC_USERNAME, given["password"], given["held"], given["content"],
+                          healer_of(plan, inst)), template_dirs(root))
+
+
 def rendered(plan: Plan, inst: InstancePlan, root: Path | None, key: str,
              secrets: SecretStore | None = None) -> str:
     """The config of ``inst`` as the checkout renders it now: its key's hash, its secrets, the
     programs an operator stopped held, the digests of what each program runs
     (``siteboot.content``)."""
-    from siteboot.content import content_digests
-    from siteboot.keys import password_hash
-    from siteboot.records import operator_stops
-    from siteboot.render import held_programs, render_instance
-    from siteboot.sitefiles import secret_store
+    from siteboot.render import render_instance
     from siteboot.venvs import with_builds
 
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
-    return render_instance(plan, inst, password_hash(key), preview=False, root=root,
-                           secrets=secrets or secret_store(inst),
-                           held=held_programs(inst, operator_stops(inst)),
-                           content=content_digests(plan, inst))
+    return render_instance(plan, inst, preview=False, root=root,
+                           **_render_inputs(plan, inst, key, secrets))
 
 
 def provision_all(plan: Plan, inst: InstancePlan, root: Path | None) -> tuple[SiteFiles, Path]:

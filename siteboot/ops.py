@@ -220,9 +220,14 @@ def _keep_compiled_templates() -> None:
     """Templates compiled once are kept in the invoker's private cache (``templatecache``):
     a warm ``init`` or ``up`` renders without compiling."""
     from siteboot.render import use_bytecode_cache
-    from siteboot.templatecache import template_cache
 
-    use_bytecode_cache(template_cache())
+    use_bytecode_cache(_template_cache)
+
+
+def _template_cache() -> Any:
+    from siteboot.templatecache import template_cache  # imports jinja2: only when rendering
+
+    return template_cache()
 
 
 def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:

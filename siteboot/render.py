@@ -108,14 +108,16 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
     return problems
 
 
-_bytecode_cache: Any = None  # a jinja2.BytecodeCache given by ``use_bytecode_cache``
+# Makes the jinja2.BytecodeCache that keeps compiled templates between runs, or None
+_bytecode_cache: Callable[[], Any] | None = None
 
 
-def use_bytecode_cache(cache: Any) -> None:
-    """Where compiled templates are kept between runs (``templatecache``; None: nowhere). The
-    commands that render set it; rendering itself reads and writes no file for it."""
+def use_bytecode_cache(make_cache: Callable[[], Any] | None) -> None:
+    """Where compiled templates are kept between runs (``templatecache.template_cache``; None:
+    nowhere), made when a template is first needed. The commands that render set it; rendering
+    itself reads and writes no file for it."""
     global _bytecode_cache
-    _bytecode_cache = cache
+    _bytecode_cache = make_cache
 
 
 def _environment(plan_dirs: tuple[Path, ...]) -> Any:
@@ -123,10 +125,11 @@ def _environment(plan_dirs: tuple[Path, ...]) -> Any:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_environment(plan_dirs: tuple[Path, ...], bytecode_cache: Any) -> Any:
+def _cached_environment(plan_dirs: tuple[Path, ...],
+                        make_cache: Callable[[], Any] | None) -> Any:
     """One environment per template search path and process: Jinja2 then compiles each template
     once (it checks the file's mtime on every use) instead of once per instance and preview,
-    and with ``bytecode_cache`` not even once while the template stays the same."""
+    and with a bytecode cache (``make_cache``) not even once while the template stays the same."""
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -138,7 +141,7 @@ def _cached_environment(plan_dirs: tuple[Path, ...], bytecode_cache: Any) -> Any
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
-        bytecode_cache=bytecode_cache,
+        bytecode_cache=make_cache() if make_cache is not None else None,
     )
     env.filters["percentescape"] = percentescape
     env.filters["shellquote"] = shellquote
@@ -179,6 +182,11 @@ def healer_section(inst: InstancePlan) -> dict[str, str] | None:
     command = [sys.executable, "-I", "-m", "siteboot.healer", str(inst.healer_spec_path)]
     return {"name": HEALER_PROGRAM, "command": shlex.join(command),
             "log": str(inst.childlogdir / f"{HEALER_PROGRAM}.err.log")}
+
+
+def healer_of(plan: Plan, inst: InstancePlan) -> dict[str, str] | None:
+    """The event listener ``inst``'s config runs (name, command, log), or None."""
+    return _after_preamble(plan, inst, healer_section(inst))
 
 
 def _after_preamble(plan: Plan, inst: InstancePlan,
@@ -247,7 +255,7 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
             version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
             username=RPC_USERNAME, password=password, content=content or {},
             generic_options=lambda program: generic_options(program, program.name in held),
-            healer=_after_preamble(plan, inst, healer_section(inst)),
+            healer=healer_of(plan, inst),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",
