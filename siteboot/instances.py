@@ -301,18 +301,20 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
     _require_allocated(plan, inst)
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
     secrets = secrets or secret_store(inst)
-    text = None
+    key = digest = text = None
     if os.path.lexists(inst.key_path) and os.path.lexists(inst.render_stamp_path):
-        text = _unchanged_config(inst, _config_inputs_digest(plan, inst, root, ensure_key(inst),
-                                                             secrets))
+        key = ensure_key(inst)
+        digest = _config_inputs_digest(plan, inst, root, key, secrets)
+        text = _unchanged_config(inst, digest)
     if text is None:
         render_preview(plan, inst, root)
     _check_preamble_file(plan, inst)
     prepare_runtime_dir(inst)
     if text is None:
-        key = ensure_key(inst)
+        if key is None:
+            key = ensure_key(inst)
+            digest = _config_inputs_digest(plan, inst, root, key, secrets)
         text = rendered(plan, inst, root, key, secrets)
-        digest = _config_inputs_digest(plan, inst, root, key, secrets)
         if digest is not None:
             from siteboot.renderstamp import record
 
@@ -489,11 +491,13 @@ def up(plan: Plan, root: Path | None, instance: Selection = None,
 
 
 def _pidfile_alive(inst: InstancePlan) -> bool:
-    """Whether the pidfile names a live process (a guess, for scheduling only): supervisords to
-    start are started together, since each start is mostly waiting; the checks of running ones
-    are computing, which threads would only slow down, one after the other."""
+    """Whether the pidfile names a live supervisord of the instance (a guess, for scheduling
+    only): supervisords to start are started together, since each start is mostly waiting; the
+    checks of running ones are computing, which threads would only slow down, one after the
+    other."""
     pid = read_pidfile(inst)
-    return pid is not None and pid_alive(pid)
+    view = view_process(pid) if pid is not None else None  # a zombie is none
+    return view is not None and _is_supervisord_of(view.cmdline(), inst)
 
 
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
