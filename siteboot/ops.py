@@ -441,7 +441,6 @@ def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
              timeout: float = 60.0, lock_timeout: float = 600.0,
              progress: Reporter | None = None) -> RollbackResult:
     """Apply an earlier release again (default: the previous one)."""
-    _keep_compiled_templates()
     from siteboot.deploy import rollback as back
     from siteboot.progress import SILENT
 

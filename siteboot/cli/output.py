@@ -41,6 +41,20 @@ def print_json(data: Any) -> None:
     echo(json.dumps(data, indent=2, sort_keys=False))
 
 
+def print_outcomes(result: LifecycleResult) -> None:
+    """What ``up``, ``down``, ``init`` and the like did to each instance, with its notes."""
+    if result.sources:
+        echo(f"using {result.sources}")
+    for o in result.outcomes:
+        color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
+                 "rendered": "green", "skipped": "yellow",
+                 "failed": "red"}.get(o.action)
+        detail = f": {o.detail}" if o.detail else ""
+        echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
+        for note in o.notes:
+            echo(f"  {note}")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
           colors: dict[int, Callable[[str], str | None]] | None = None) -> str:
     """Aligned columns; ``colors`` maps a column to a function choosing each cell's colour."""
@@ -147,17 +161,3 @@ def print_status(report: Any) -> None:
         for line in [runner.detail, *runner.problems]:
             if line:
                 echo(styled(f"  {line}", fg=None if runner.exit_code == 0 else "red"))
-
-
-def print_outcomes(result: LifecycleResult) -> None:
-    """What ``up``, ``down``, ``init`` and the like did to each instance, with its notes."""
-    if result.sources:
-        echo(f"using {result.sources}")
-    for o in result.outcomes:
-        color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
-                 "rendered": "green", "skipped": "yellow",
-                 "failed": "red"}.get(o.action)
-        detail = f": {o.detail}" if o.detail else ""
-        echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
-        for note in o.notes:
-            echo(f"  {note}")
