@@ -354,9 +354,9 @@ def _config_inputs_digest(plan: Plan, inst: InstancePlan, root: Path | None, key
                           secrets: SecretStore | None) -> str | None:
     """The digest of all ``inst``'s config is rendered from (``renderstamp``), or None when a
     secret cannot be filled in (rendering says why)."""
-    from siteboot import __version__
-    from siteboot.plan import RPC_USERNAME
-    from siteboot.render import CONFIG_TEMPLATE, healer_of, with_secrets
+    import sys
+
+    from siteboot.render import CONFIG_TEMPLATE, config_context, with_secrets
     from siteboot.renderstamp import inputs_digest
     from siteboot.resources import template_dirs
 
@@ -364,9 +364,9 @@ def _config_inputs_digest(plan: Plan, inst: InstancePlan, root: Path | None, key
     revealed, problems = with_secrets(inst, given["secrets"])
     if problems:
         return None
-    return inputs_digest((CONFIG_TEMPLATE, __version__, plan.site, plan.env, revealed,
-                          RPC_USERNAME, given["password"], given["held"], given["content"],
-                          healer_of(plan, inst)), template_dirs(root))
+    context = config_context(plan, revealed, given["password"], False, given["content"])
+    return inputs_digest((CONFIG_TEMPLATE, context, given["held"], sys.executable),
+                         template_dirs(root))
 
 
 def rendered(plan: Plan, inst: InstancePlan, root: Path | None, key: str,

@@ -184,11 +184,6 @@ def healer_section(inst: InstancePlan) -> dict[str, str] | None:
             "log": str(inst.childlogdir / f"{HEALER_PROGRAM}.err.log")}
 
 
-def healer_of(plan: Plan, inst: InstancePlan) -> dict[str, str] | None:
-    """The event listener ``inst``'s config runs (name, command, log), or None."""
-    return _after_preamble(plan, inst, healer_section(inst))
-
-
 def _after_preamble(plan: Plan, inst: InstancePlan,
                     listener: dict[str, str] | None) -> dict[str, str] | None:
     """The event listener runs on the tool venv's interpreter, which may need the site's login
@@ -217,6 +212,19 @@ def with_secrets(inst: InstancePlan, secrets: SecretStore) -> tuple[InstancePlan
                                 f"(secret {', '.join(value.secret_names)} filled in): {problem}")
         programs.append(dataclasses.replace(program, environment=environment))
     return dataclasses.replace(inst, programs=programs), problems
+
+
+def config_context(plan: Plan, inst: InstancePlan, password: str, preview: bool,
+                   content: dict[str, dict[str, str]] | None) -> dict[str, Any]:
+    """What the supervisord template sees, but ``generic_options`` (a function of ``inst``'s
+    programs and the held ones): also what ``renderstamp`` digests, so that nothing the
+    template is given can change unnoticed."""
+    return {
+        "version": __version__, "site": plan.site, "env": plan.env, "inst": inst,
+        "preview": preview, "username": RPC_USERNAME, "password": password,
+        "content": content or {},
+        "healer": _after_preamble(plan, inst, healer_section(inst)),
+    }
 
 
 def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool,
@@ -252,10 +260,8 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
     try:
         template = _environment(tuple(template_dirs(root))).get_template(CONFIG_TEMPLATE)
         return str(template.render(
-            version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
-            username=RPC_USERNAME, password=password, content=content or {},
+            **config_context(plan, inst, password, preview, content),
             generic_options=lambda program: generic_options(program, program.name in held),
-            healer=healer_of(plan, inst),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",
