@@ -293,6 +293,26 @@ class ProcessView:
     def cmdline(self) -> list[str]:
         return list(self.cmdline_read)
 
+    def is_running(self) -> bool:
+        """As psutil's: False once it is gone or its pid names another process, never raises."""
+        import psutil
+
+        try:
+            return bool(self.psutil_process().is_running())
+        except psutil.Error:
+            return False
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """As psutil's: None at once for a process that is gone."""
+        import psutil
+
+        try:
+            process = self.psutil_process()
+        except psutil.NoSuchProcess:
+            return None
+        code = process.wait(timeout)
+        return None if code is None else int(code)
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)

@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -248,3 +249,8 @@ def test_a_process_view_of_a_reused_pid_refuses_to_act_on_the_newcomer():
     with pytest.raises(psutil.NoSuchProcess):
         view.send_signal(0)
     assert not signal_process(view, 0)
+    assert not view.is_running()  # as psutil says of a process that is gone
+    assert view.wait(0.1) is None
+    stand_in: Any = view  # what siteboot hands psutil where it expects a Process
+    gone, alive = psutil.wait_procs([stand_in], timeout=0.1)
+    assert (len(gone), alive) == (1, [])
