@@ -27,6 +27,7 @@ from siteboot.plan import current_user, expand_home
 
 TEMPLATE_CACHE_DIR = "~/.cache/siteboot/templates"
 _SUFFIX = ".jinja2c"
+KEEP = 64  # compiled templates kept (the newest): a release's copy of a template is one more
 
 
 def cache_dir() -> Path:
@@ -72,7 +73,22 @@ class PrivateBytecodeCache(jinja2.BytecodeCache):
         try:
             atomic_write(self.path(bucket), bucket.bytecode_to_string(), mode=0o600)
         except (OSError, TypeError, ValueError):
-            pass  # a full disk costs the next run a compile, nothing else
+            return  # a full disk costs the next run a compile, nothing else
+        self.prune()
+
+    def prune(self, keep: int = KEEP) -> None:
+        """Only the ``keep`` newest compiled templates stay: each template path (every release
+        a deploy records has its copies) is a file of its own."""
+        try:
+            kept = [(entry.stat().st_mtime_ns, entry.path) for entry in os.scandir(self.directory)
+                    if entry.name.endswith(_SUFFIX) and entry.is_file(follow_symlinks=False)]
+        except OSError:
+            return
+        for _mtime, path in sorted(kept, reverse=True)[keep:]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def _environment_signature(environment: jinja2.Environment) -> str:

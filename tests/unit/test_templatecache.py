@@ -4,6 +4,7 @@ rebuilt when corrupt or stale."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,21 @@ def test_a_cache_dir_that_is_not_ours_is_not_used(tmp_path):
         assert template_cache(theirs / "templates") is None
 
 
+def test_only_the_newest_compiled_templates_stay(templates, cache, tmp_path):
+    for n in range(5):
+        folder = tmp_path / f"release-{n}"
+        shutil.copytree(templates, folder)
+        render(folder, cache)
+    assert len(list(cache.directory.iterdir())) == 5
+    newest = max(cache.directory.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    cache.prune(keep=2)
+    left = list(cache.directory.iterdir())
+    assert len(left) == 2
+    assert newest in left
+
+
 def test_the_default_dir_is_in_the_invokers_home(monkeypatch, tmp_path):
+    monkeypatch.setattr(templatecache, "TEMPLATE_CACHE_DIR", "~/.cache/siteboot/templates")
     monkeypatch.setenv("HOME", str(tmp_path))
     made = template_cache()
     assert made is not None
