@@ -1061,6 +1061,7 @@ def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monoton
     report = status(plan)
     if settled(report):
         return report
+    began = clock()
     with progress.step("waiting for programs to settle") as step:
         while True:
             if settled(report) or clock() >= deadline:
@@ -1068,8 +1069,18 @@ def settle(plan: Plan, timeout: float, clock: Callable[[], float] = time.monoton
             names = waiting(report)
             step.update("waiting for programs to settle"
                         + (f" ({', '.join(names)})" if names else ""))
-            sleep(0.2)
+            sleep(settle_poll_interval(clock() - began))
             report = status(plan)
+
+
+def settle_poll_interval(waited: float) -> float:
+    """Seconds between two looks while programs settle: most get there within seconds of
+    their start (``startsecs``), and every look later than that is time `init` and `revive`
+    lose; a program slow to settle is not worth more than a few looks a second."""
+    return 0.05 if waited < SETTLE_FAST_POLL_FOR else 0.2
+
+
+SETTLE_FAST_POLL_FOR = 5.0  # seconds of fast looks after the wait began
 
 
 # ------------------------------------------------------------------------------------------

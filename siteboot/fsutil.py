@@ -299,3 +299,16 @@ def verify_shared_parent(path: Path) -> None:
             f"{path} holds the instance dirs of several accounts, so it must be root's and sticky "
             f"like /tmp (it is {owner_name(info.st_uid)}'s, mode {stat.S_IMODE(info.st_mode):o}):"
             " its owner could move another account's instance dir", fix)
+
+
+def write_if_changed(path: Path, data: str, mode: int = 0o600) -> None:
+    """``atomic_write``, unless ``path`` already holds ``data`` with ``mode`` and is the
+    invoker's (a warm ``up`` rewrites no record, and syncs nothing to disk, to say the same)."""
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == mode \
+                and info.st_uid == os.geteuid() and path.read_text() == data:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write(path, data, mode=mode)

@@ -42,11 +42,14 @@ from siteboot.proc import (
     alive,
     file_tail,
     is_supervisord,
+    own_pids,
     pid_alive,
+    read_proc_file,
     run_command,
     signal_process,
     supervisor_command,
     terminate_tree,
+    view_process,
     without_secrets,
 )
 from siteboot.rpc import (
@@ -133,24 +136,27 @@ def find_supervisord(inst: InstancePlan) -> Any | None:
     instance's supervisord) is ignored here and removed by ``clear_stale``. Then the process
     table, for a supervisord whose runtime files were wiped while it kept running.
     """
-    import psutil
-
     uid = os.geteuid()
     pid = read_pidfile(inst)
-    if pid:
+    if pid:  # read from /proc: a running instance costs no psutil (``ProcessView``)
+        view = view_process(pid)
         try:
-            proc = psutil.Process(pid)
-            if (proc.uids().real == uid and _is_supervisord_of(proc.cmdline(), inst)
-                    and proc.create_time() <= inst.pidfile.stat().st_mtime + 2):
-                return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            if (view is not None and view.uid == uid and _is_supervisord_of(view.cmdline(), inst)
+                    and view.create_time() <= inst.pidfile.stat().st_mtime + 2):
+                return view
+        except OSError:
             pass
-    for proc in psutil.process_iter(["cmdline", "uids"]):
+    import psutil
+
+    conf = os.fsencode(inst.conf_path) + b"\0"
+    for candidate in own_pids(uid):  # the command line read only where the config is named
+        if conf not in read_proc_file(candidate, "cmdline"):
+            continue
         try:
-            if proc.info["uids"] and proc.info["uids"].real == uid and proc.info["cmdline"] \
-                    and _is_supervisord_of(proc.info["cmdline"], inst):
+            proc = psutil.Process(candidate)
+            if proc.uids().real == uid and _is_supervisord_of(proc.cmdline(), inst):
                 return proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return None
 
@@ -211,11 +217,14 @@ def find_orphans(inst: InstancePlan, running: Any | None = None) -> list[Any]:
         except psutil.Error:
             supervised = {running.pid}
     found = []
-    for proc in psutil.process_iter(["uids"]):
+    marker = b"\0SUPERVISOR_SERVER_URL=" + os.fsencode(inst.unix_url) + b"\0"
+    for pid in own_pids(uid):  # the environment parsed only where it names the instance
+        if pid in supervised or marker not in b"\0" + read_proc_file(pid, "environ"):
+            continue
         try:
-            if proc.pid in supervised or not proc.info["uids"] or proc.info["uids"].real != uid:
-                continue
-            if proc.environ().get("SUPERVISOR_SERVER_URL") == inst.unix_url:
+            proc = psutil.Process(pid)
+            if proc.uids().real == uid \
+                    and proc.environ().get("SUPERVISOR_SERVER_URL") == inst.unix_url:
                 found.append(proc)
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
@@ -281,17 +290,35 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
 
     A value supervisord cannot carry is refused (exit 2) before any directory or key exists.
     The config holds the secrets its programs' environments ask for: it is 0600, like the key.
+    A config whose stamp (``renderstamp``) says it was rendered from exactly what rendering it
+    now would see is not rendered again.
     """
     from siteboot.keys import ensure_key
     from siteboot.render import render_preview
+    from siteboot.sitefiles import secret_store
     from siteboot.venvs import with_builds
 
     _require_allocated(plan, inst)
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
-    render_preview(plan, inst, root)
+    secrets = secrets or secret_store(inst)
+    key = digest = text = None
+    if os.path.lexists(inst.key_path) and os.path.lexists(inst.render_stamp_path):
+        key = ensure_key(inst)
+        digest = _config_inputs_digest(plan, inst, root, key, secrets)
+        text = _unchanged_config(inst, digest)
+    if text is None:
+        render_preview(plan, inst, root)
     _check_preamble_file(plan, inst)
     prepare_runtime_dir(inst)
-    text = rendered(plan, inst, root, ensure_key(inst), secrets)
+    if text is None:
+        if key is None:
+            key = ensure_key(inst)
+            digest = _config_inputs_digest(plan, inst, root, key, secrets)
+        text = rendered(plan, inst, root, key, secrets)
+        if digest is not None:
+            from siteboot.renderstamp import record
+
+            record(inst.render_stamp_path, digest, text)
     if _read_text(inst.conf_path) != text:  # unchanged: no write (a full disk stays harmless)
         atomic_write(inst.conf_path, text, mode=0o600)
     if inst.heals:  # what its event listener watches (``healer``)
@@ -309,23 +336,56 @@ def provision(plan: Plan, inst: InstancePlan, root: Path | None,
     return inst.conf_path
 
 
+def _unchanged_config(inst: InstancePlan, digest: str | None) -> str | None:
+    from siteboot.renderstamp import unchanged
+
+    return unchanged(inst.render_stamp_path, inst.conf_path, digest) if digest else None
+
+
+def _render_inputs(plan: Plan, inst: InstancePlan, key: str,
+                   secrets: SecretStore | None) -> dict[str, Any]:
+    """What ``render_instance`` is given besides the plan (``inst`` with its venv builds)."""
+    from siteboot.content import content_digests
+    from siteboot.keys import password_hash
+    from siteboot.records import operator_stops
+    from siteboot.render import held_programs
+    from siteboot.sitefiles import secret_store
+
+    return {"password": password_hash(key), "secrets": secrets or secret_store(inst),
+            "held": held_programs(inst, operator_stops(inst)),
+            "content": content_digests(plan, inst)}
+
+
+def _config_inputs_digest(plan: Plan, inst: InstancePlan, root: Path | None, key: str,
+                          secrets: SecretStore | None) -> str | None:
+    """The digest of all ``inst``'s config is rendered from (``renderstamp``), or None when a
+    secret cannot be filled in (rendering says why)."""
+    import sys
+
+    from siteboot.render import CONFIG_TEMPLATE, config_context, with_secrets
+    from siteboot.renderstamp import inputs_digest
+    from siteboot.resources import template_dirs
+
+    given = _render_inputs(plan, inst, key, secrets)
+    revealed, problems = with_secrets(inst, given["secrets"])
+    if problems:
+        return None
+    context = config_context(plan, revealed, given["password"], False, given["content"])
+    return inputs_digest((CONFIG_TEMPLATE, context, given["held"], sys.executable),
+                         template_dirs(root))
+
+
 def rendered(plan: Plan, inst: InstancePlan, root: Path | None, key: str,
              secrets: SecretStore | None = None) -> str:
     """The config of ``inst`` as the checkout renders it now: its key's hash, its secrets, the
     programs an operator stopped held, the digests of what each program runs
     (``siteboot.content``)."""
-    from siteboot.content import content_digests
-    from siteboot.keys import password_hash
-    from siteboot.records import operator_stops
-    from siteboot.render import held_programs, render_instance
-    from siteboot.sitefiles import secret_store
+    from siteboot.render import render_instance
     from siteboot.venvs import with_builds
 
     inst = with_builds(inst)  # a program whose venv has a new build: a changed program
-    return render_instance(plan, inst, password_hash(key), preview=False, root=root,
-                           secrets=secrets or secret_store(inst),
-                           held=held_programs(inst, operator_stops(inst)),
-                           content=content_digests(plan, inst))
+    return render_instance(plan, inst, preview=False, root=root,
+                           **_render_inputs(plan, inst, key, secrets))
 
 
 def provision_all(plan: Plan, inst: InstancePlan, root: Path | None) -> tuple[SiteFiles, Path]:
@@ -384,11 +444,10 @@ def each_owned(plan: Plan, instance: Selection,
     (``instance``) that is not the invoker's to act on: that fails.
 
     ``parallel``: all instances at once (``down``: every supervisord gets its SIGTERM at once,
-    and the slowest program's stop wait is paid once, not once per instance).
+    and the slowest program's stop wait is paid once, not once per instance; ``up``: the
+    supervisords to start get there together).
     """
     def one(inst: InstancePlan) -> InstanceOutcome:
-        import psutil
-
         # named on purpose (-i), one not to act on here is a failure a CI job must see;
         # among all of them, a remark
         verdict = "failed" if instance else "skipped"
@@ -406,13 +465,23 @@ def each_owned(plan: Plan, instance: Selection,
             return InstanceOutcome(inst.name, "failed", f"supervisord answered: {fault.faultString}")
         except OSError as exc:
             return InstanceOutcome(inst.name, "failed", describe_os_error(exc))
-        except psutil.Error as exc:
+        except Exception as exc:
+            if not _is_psutil_error(exc):
+                raise
             return InstanceOutcome(inst.name, "failed", f"{type(exc).__name__}: {exc}")
 
     selected = plan.select(instance)
     if not parallel or len(selected) < 2:
         return [one(inst) for inst in selected]
     return concurrently(one, selected)
+
+
+def _is_psutil_error(exc: BaseException) -> bool:
+    """psutil's errors, without importing psutil where it was not (then none was raised)."""
+    import sys
+
+    psutil = sys.modules.get("psutil")
+    return psutil is not None and isinstance(exc, psutil.Error)
 
 
 def up(plan: Plan, root: Path | None, instance: Selection = None,
@@ -423,7 +492,18 @@ def up(plan: Plan, root: Path | None, instance: Selection = None,
     is replaced; ``up`` leaves it alone, since its programs may still be serving.
     """
     return LifecycleResult(each_owned(
-        plan, instance, lambda inst: _up_one(plan, inst, root, timeout, replace_hung)))
+        plan, instance, lambda inst: _up_one(plan, inst, root, timeout, replace_hung),
+        parallel=any(not _pidfile_alive(inst) for inst in plan.select(instance))))
+
+
+def _pidfile_alive(inst: InstancePlan) -> bool:
+    """Whether the pidfile names a live supervisord of the instance (a guess, for scheduling
+    only): supervisords to start are started together, since each start is mostly waiting; the
+    checks of running ones are computing, which threads would only slow down, one after the
+    other."""
+    pid = read_pidfile(inst)
+    view = view_process(pid) if pid is not None else None  # a zombie is none
+    return view is not None and _is_supervisord_of(view.cmdline(), inst)
 
 
 def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
@@ -646,11 +726,18 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint,
     """
     from siteboot.changes import programs_of
 
-    current = programs_of(_read_text(inst.conf_path))
-    changes = loaded_changes(inst, _read_text(inst.conf_path))
-    known = bool(_read_text(inst.applied_conf_path) or _read_text(inst.started_conf_path))
+    text = _read_text(inst.conf_path)
+    current = programs_of(text)
+    changes = loaded_changes(inst, text)
+    applied_copy = _read_text(inst.applied_conf_path)
+    known = bool(applied_copy or _read_text(inst.started_conf_path))
     slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
-    added, changed, removed = slow.call("supervisor.reloadConfig")[0]
+    if text and text == applied_copy and _has_exactly(endpoint, current):
+        # the config it last applied, and every group of it in use: a re-read would find
+        # nothing to add or remove (what changed is siteboot's comparison, empty here too)
+        added, changed, removed = [], [], []
+    else:
+        added, changed, removed = slow.call("supervisor.reloadConfig")[0]
     in_use = [name for name in current if name not in added]
     # without a copy of what was applied, supervisord's own comparison is all there is
     wanted = set(changes.to_restart()) if known else set(changed)
@@ -666,6 +753,13 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint,
     if files:
         applied.file_restarts = _restart_for_files(inst, slow, files, set(restart + added))
     return applied
+
+
+def _has_exactly(endpoint: Endpoint, groups: Mapping[str, Any]) -> bool:
+    """Whether the running supervisord has exactly ``groups`` in use (an operator's
+    ``supervisorctl remove`` shows here)."""
+    infos = endpoint.call("supervisor.getAllProcessInfo")
+    return {str(info["group"]) for info in infos} == set(groups)
 
 
 def _keep_applied_copy(inst: InstancePlan) -> None:

@@ -143,6 +143,7 @@ def check(paths: Sequence[Path], strict: bool = False) -> CheckResult:
 def render(plan: Plan, root: Path | None, out: Path | None = None,
            instance: Selection = None) -> RenderResult:
     """Render the env's configs: into ``out`` as previews, or in place for the invoker's own."""
+    _keep_compiled_templates()
     from siteboot.fsutil import atomic_write
     from siteboot.instances import instance_lock, provision_all
     from siteboot.render import render_files, render_preview
@@ -197,6 +198,7 @@ def up(plan: Plan, root: Path | None, instance: Selection = None,
        timeout: float = 30.0) -> LifecycleResult:
     """Start the supervisord of every instance the invoker owns (the others: skipped), then
     every program that should run and does not, except those an operator stopped."""
+    _keep_compiled_templates()
     from siteboot import instances
 
     plan, notes = _allocated(plan, instance)
@@ -212,6 +214,20 @@ def sources(plan: Plan, root: Path | None) -> str:
     from siteboot.resources import config_template
 
     return f"site file {plan.site.path}, template {config_template(root, CONFIG_TEMPLATE)}"
+
+
+def _keep_compiled_templates() -> None:
+    """Templates compiled once are kept in the invoker's private cache (``templatecache``):
+    a warm ``init`` or ``up`` renders without compiling."""
+    from siteboot.render import use_bytecode_cache
+
+    use_bytecode_cache(_template_cache)
+
+
+def _template_cache() -> Any:
+    from siteboot.templatecache import template_cache  # imports jinja2: only when rendering
+
+    return template_cache()
 
 
 def _converge(plan: Plan, outcomes: list[InstanceOutcome]) -> None:
@@ -250,6 +266,7 @@ def down(plan: Plan, instance: Selection = None, purge: bool = False,
 def rotate_key(plan: Plan, root: Path | None, instance: Selection = None,
                timeout: float = 30.0) -> LifecycleResult:
     """A new key per instance you own: running ones restart on it, grants are republished."""
+    _keep_compiled_templates()
     from siteboot import instances
 
     plan, notes = _allocated(plan, instance)
@@ -355,6 +372,7 @@ def init(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeout:
     ``progress`` sees the venv builds and the wait for programs to settle. Without ``start``
     (a CI build stage): the venvs, and the configs of the invoker's instances rendered in
     place, nothing started."""
+    _keep_compiled_templates()
     from siteboot import instances
     from siteboot.control import settle
     from siteboot.progress import SILENT
@@ -395,6 +413,7 @@ def _rendered_in_place(plan: Plan, root: Path | None) -> LifecycleResult:
 
 def diff(plan: Plan, root: Path | None) -> DiffResult:
     """What the checkout renders against what each of your running instances has loaded."""
+    _keep_compiled_templates()
     from siteboot.deploy import diff as compare
 
     return compare(plan, root)
@@ -404,6 +423,7 @@ def deploy(plan: Plan, root: Path | None, wheelhouse: Path | None = None, timeou
            lock_timeout: float = 600.0, progress: Reporter | None = None) -> DeployResult:
     """Venvs, a new release, apply (exactly the changed programs restart), verify; on failure
     the previous release is applied again."""
+    _keep_compiled_templates()
     from siteboot.deploy import deploy as bring
     from siteboot.deployrequest import requests_for
     from siteboot.progress import SILENT
@@ -529,6 +549,7 @@ def revive(plans: Sequence[Plan], root: Path | None, timeout: float = 30.0,
     """After maintenance or a fault: make every instance of the invoker's run, and what should
     run in it, without restarting what already runs. Safe to run from cron every few minutes.
     ``progress`` sees the wait for programs to settle."""
+    _keep_compiled_templates()
     from siteboot import instances
     from siteboot.control import settle
     from siteboot.progress import SILENT

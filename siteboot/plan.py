@@ -291,6 +291,11 @@ class InstancePlan:
         return self.state_dir / "keys" / f"{self.name}.key"
 
     @property
+    def render_stamp_path(self) -> Path:
+        """What the config was rendered from (``renderstamp``): unchanged inputs, no render."""
+        return self.runtime_dir / f"supervisord-{self.name}.inputs.json"
+
+    @property
     def healer_spec_path(self) -> Path:
         """What the event listener watches (``healer``): written with the config."""
         return self.runtime_dir / f"healer-{self.name}.json"

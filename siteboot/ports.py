@@ -102,10 +102,15 @@ def probe_listeners(ports: set[int]) -> list[Listener]:
     the user always (from the kernel's socket table)."""
     if not ports:
         return []
+    from siteboot.probes import TCP_LISTEN, tcp_sockets
+
+    table = tcp_sockets()
+    if table is not None and not any(state == TCP_LISTEN and local in ports
+                                     for local, _remote, state, _uid in table):
+        return []  # nobody listens: no need to search every process's sockets for a holder
     import psutil
 
     from siteboot.fsutil import owner_name
-    from siteboot.probes import TCP_LISTEN, tcp_sockets
 
     found: list[Listener] = []
     try:

@@ -252,6 +252,121 @@ def is_supervisord(cmdline: Sequence[str]) -> bool:
                for arg in cmdline[:4])
 
 
+def own_pids(uid: int, proc_dir: str = "/proc") -> list[int]:
+    """The pids whose /proc entry ``uid`` owns (their effective owner): a first filter that
+    reads no file, so a process-table search costs little on a host with many processes;
+    whoever acts on a pid still checks it (a process whose entry is not its user's, setuid or
+    not dumpable, hides its environment and command line from that user anyway)."""
+    pids: list[int] = []
+    try:
+        entries = os.scandir(proc_dir)
+    except OSError:
+        return pids
+    with entries:
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid == uid:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+class ProcessView:
+    """A process read from /proc (real uid, command line, start time as psutil tells it),
+    standing in for a ``psutil.Process``: what else is asked of it (signals, children, waits)
+    goes to one made on first need, and only while the pid still names the process that
+    started then (else ``psutil.NoSuchProcess``, as from a ``psutil.Process`` of it)."""
+
+    def __init__(self, pid: int, uid: int, cmdline: list[str], started: float) -> None:
+        self.pid = pid
+        self.uid = uid
+        self.cmdline_read = cmdline
+        self.started = started
+        self._process: Any = None
+
+    def create_time(self) -> float:
+        return self.started
+
+    def cmdline(self) -> list[str]:
+        return list(self.cmdline_read)
+
+    def is_running(self) -> bool:
+        """As psutil's: False once it is gone or its pid names another process, never raises."""
+        import psutil
+
+        try:
+            return bool(self.psutil_process().is_running())
+        except psutil.Error:
+            return False
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """As psutil's: None at once for a process that is gone."""
+        import psutil
+
+        try:
+            process = self.psutil_process()
+        except psutil.NoSuchProcess:
+            return None
+        code = process.wait(timeout)
+        return None if code is None else int(code)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.psutil_process(), name)
+
+    def psutil_process(self) -> Any:
+        import psutil
+
+        if self._process is None:
+            process = psutil.Process(self.pid)
+            if abs(process.create_time() - self.started) > 0.05:
+                raise psutil.NoSuchProcess(self.pid)
+            self._process = process
+        return self._process
+
+
+def view_process(pid: int, proc_dir: str = "/proc") -> ProcessView | None:
+    """``pid`` read from /proc, or None when it is gone, a zombie or not readable."""
+    stat = read_proc_file(pid, "stat", proc_dir)
+    status = read_proc_file(pid, "status", proc_dir)
+    raw = read_proc_file(pid, "cmdline", proc_dir)
+    fields = stat.rsplit(b")", 1)[-1].split()  # the command name may hold ") "
+    uid = next((line.split()[1] for line in status.splitlines() if line.startswith(b"Uid:")),
+               None)
+    if len(fields) < 20 or fields[0] == b"Z" or not raw or uid is None:
+        return None
+    boot = _boot_time(proc_dir)
+    if boot is None:
+        return None
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK") + boot
+    return ProcessView(pid, int(uid), [os.fsdecode(a) for a in raw.rstrip(b"\0").split(b"\0")],
+                       started)
+
+
+def _boot_time(proc_dir: str) -> float | None:
+    try:
+        with open(f"{proc_dir}/stat", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def read_proc_file(pid: int, name: str, proc_dir: str = "/proc") -> bytes:
+    """``/proc/<pid>/<name>``, or b"" when the process is gone or not ours to read."""
+    try:
+        with open(f"{proc_dir}/{pid}/{name}", "rb") as handle:
+            return handle.read()
+    except OSError:
+        return b""
+
+
 def alive(proc: Any) -> bool:
     """A psutil.Process that still runs (a zombie does not: it only waits to be reaped)."""
     import psutil

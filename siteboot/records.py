@@ -113,7 +113,9 @@ def write_start(plan: Plan, inst: InstancePlan, pid: int, started_at: float) -> 
         pid=pid, started_at=started_at,
         stop_waits=inst.stop_waits(), checkout=checkout, python=python, host=plan.host)
     ensure_private_dir(records_dir(inst.user))
-    atomic_write(record.path, json.dumps(record.as_json(), indent=2) + "\n", mode=0o600)
+    from siteboot.fsutil import write_if_changed
+
+    write_if_changed(record.path, json.dumps(record.as_json(), indent=2) + "\n", mode=0o600)
     return record
 
 

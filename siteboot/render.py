@@ -108,10 +108,28 @@ def representable(programs: list[ProgramPlan]) -> list[str]:
     return problems
 
 
-@functools.lru_cache(maxsize=8)
+# Makes the jinja2.BytecodeCache that keeps compiled templates between runs, or None
+_bytecode_cache: Callable[[], Any] | None = None
+
+
+def use_bytecode_cache(make_cache: Callable[[], Any] | None) -> None:
+    """Where compiled templates are kept between runs (``templatecache.template_cache``; None:
+    nowhere), made when a template is first needed. The commands that render set it; rendering
+    itself reads and writes no file for it."""
+    global _bytecode_cache
+    _bytecode_cache = make_cache
+
+
 def _environment(plan_dirs: tuple[Path, ...]) -> Any:
+    return _cached_environment(plan_dirs, _bytecode_cache)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_environment(plan_dirs: tuple[Path, ...],
+                        make_cache: Callable[[], Any] | None) -> Any:
     """One environment per template search path and process: Jinja2 then compiles each template
-    once (it checks the file's mtime on every use) instead of once per instance and preview."""
+    once (it checks the file's mtime on every use) instead of once per instance and preview,
+    and with a bytecode cache (``make_cache``) not even once while the template stays the same."""
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
@@ -123,6 +141,7 @@ def _environment(plan_dirs: tuple[Path, ...]) -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        bytecode_cache=make_cache() if make_cache is not None else None,
     )
     env.filters["percentescape"] = percentescape
     env.filters["shellquote"] = shellquote
@@ -207,6 +226,20 @@ def with_secrets(inst: InstancePlan, secrets: SecretStore) -> tuple[InstancePlan
     return dataclasses.replace(inst, programs=programs), problems
 
 
+def config_context(plan: Plan, inst: InstancePlan, password: str, preview: bool,
+                   content: dict[str, dict[str, str]] | None) -> dict[str, Any]:
+    """What the supervisord template sees, but ``generic_options`` (a function of ``inst``'s
+    programs and the held ones): also what ``renderstamp`` digests, so that nothing the
+    template is given can change unnoticed."""
+    return {
+        "version": __version__, "site": plan.site, "env": plan.env, "inst": inst,
+        "preview": preview, "username": RPC_USERNAME, "password": password,
+        "content": content or {},
+        "healer": _after_preamble(plan, inst, healer_section(inst)),
+        "agent": _after_preamble(plan, inst, agent_section(inst)),
+    }
+
+
 def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool,
                     root: Path | None, secrets: SecretStore | None = None,
                     held: frozenset[str] = frozenset(),
@@ -240,11 +273,8 @@ def render_instance(plan: Plan, inst: InstancePlan, password: str, preview: bool
     try:
         template = _environment(tuple(template_dirs(root))).get_template(CONFIG_TEMPLATE)
         return str(template.render(
-            version=__version__, site=plan.site, env=plan.env, inst=inst, preview=preview,
-            username=RPC_USERNAME, password=password, content=content or {},
+            **config_context(plan, inst, password, preview, content),
             generic_options=lambda program: generic_options(program, program.name in held),
-            healer=_after_preamble(plan, inst, healer_section(inst)),
-            agent=_after_preamble(plan, inst, agent_section(inst)),
         ))
     except jinja2.UndefinedError as exc:
         raise RenderError(f"template {CONFIG_TEMPLATE}: {exc.message}",

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siteboot.errors import UsageError
-from siteboot.fsutil import atomic_write, ensure_managed_dir, ensure_private_dir, verify_unswappable
+from siteboot.fsutil import (
+    atomic_write,
+    ensure_managed_dir,
+    ensure_private_dir,
+    verify_unswappable,
+    write_if_changed,
+)
 from siteboot.hints import command
 from siteboot.plan import InstancePlan, Plan
 from siteboot.render import RenderedFile, render_files
@@ -122,8 +128,8 @@ def restarts(inst: InstancePlan, files: SiteFiles) -> dict[str, list[str]]:
 def record_started(inst: InstancePlan, files: SiteFiles) -> None:
     """What the instance's programs (re)start with now; a full disk must not fail a start."""
     try:
-        atomic_write(inst.files_started_path, json.dumps(files.hashes, sort_keys=True) + "\n",
-                     mode=0o600)
+        write_if_changed(inst.files_started_path,
+                         json.dumps(files.hashes, sort_keys=True) + "\n", mode=0o600)
     except OSError:
         pass
 

@@ -24,16 +24,11 @@ virtualenv is imported only when a venv is actually built (``siteboot status`` s
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import importlib
 import json
-import logging
 import os
-import platform
 import re
-import secrets
-import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -95,20 +90,21 @@ def run(argv: Sequence[str]) -> RunResult:
     return run_command(argv, env=clean_env())
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(f"{record.levelname}: {record.getMessage()}")
-
-
 def _run_virtualenv(args: list[str]) -> RunResult:
     """virtualenv's command line, through its Python API (several times faster than ``-m venv``)."""
     # Imported here, not at the top: importing it costs time every other command saves. Through
     # importlib so mypy (python_version 3.9) does not follow it into dependencies with 3.10 syntax.
+    import logging
+
     virtualenv = importlib.import_module("virtualenv")
+
+    class _Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(f"{record.levelname}: {record.getMessage()}")
 
     logger = logging.getLogger("virtualenv")
     collect = _Collect()
@@ -136,6 +132,8 @@ def _run_virtualenv(args: list[str]) -> RunResult:
 def interpreter(spec: VenvSpec, runner: Runner = run) -> tuple[str, str]:
     """The venv's base interpreter and its description (``"CPython 3.11.7"``)."""
     if spec.python is None:
+        import platform
+
         version = ".".join(map(str, sys.version_info[:3]))
         return sys.executable, f"{platform.python_implementation()} {version}"
     python = os.path.expanduser(spec.python)
@@ -322,6 +320,9 @@ def _snapshot(spec: VenvSpec, requirements: list[sources.Requirement], base: Pat
     if not any(r.path is not None for r in requirements):
         yield sources.Snapshot({}, {})
         return
+    import glob
+    import secrets
+
     for leftover in venv_dir.glob(f".{glob.escape(spec.name)}-src-*"):
         _remove(leftover, strict=False)
     into = venv_dir / f".{spec.name}-src-{secrets.token_hex(4)}"
@@ -429,6 +430,8 @@ def _failure(spec: VenvSpec, path: Path, what: str, result: RunResult, wheelhous
 
 def _swap(path: Path, build: Path) -> None:
     """Point ``path`` at ``build`` atomically: a temp symlink renamed over the old one."""
+    import secrets
+
     tmp = path.parent / f".{path.name}.link-{os.getpid()}-{secrets.token_hex(4)}"
     os.symlink(build.name, tmp)  # relative: the venv_dir may be moved or mounted elsewhere
     try:
@@ -462,6 +465,8 @@ def _remove(path: Path, strict: bool) -> None:
         if path.is_symlink() or not path.is_dir():
             path.unlink()
         else:
+            import shutil
+
             shutil.rmtree(path)
     except FileNotFoundError:
         pass
@@ -531,10 +536,12 @@ class VenvChange:
 def venv_changes(inst: InstancePlan, running: Any) -> list[VenvChange]:
     """The processes of ``inst`` (children of its supervisord ``running``, a psutil.Process)
     whose venv's current build is not the one in their environment."""
-    import psutil
-
     by_process = {process: program for program in inst.programs if program.venv is not None
                   for process in program.process_names()}
+    if not by_process:  # no venv, no build to compare: the process table is not searched
+        return []
+    import psutil
+
     changes = []
     try:
         children = running.children()

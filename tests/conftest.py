@@ -33,6 +33,16 @@ def no_remembered_invocation() -> Iterator[None]:
     remember([], {})
 
 
+@pytest.fixture(autouse=True)
+def private_template_cache(tmp_path_factory: pytest.TempPathFactory,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiled templates go to a temp dir of the test run, not to the real home's cache."""
+    from siteboot import templatecache
+
+    folder = tmp_path_factory.getbasetemp() / "template-cache" / "templates"
+    monkeypatch.setattr(templatecache, "TEMPLATE_CACHE_DIR", str(folder))
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A short path under /tmp: unix socket paths are limited to 107 bytes."""

@@ -175,6 +175,21 @@ def have_ensurepip() -> bool:
     return True
 
 
+def ensurepip_wheels() -> list[Path]:
+    """The wheels ``ensurepip`` installs (pip, and setuptools where it bundles it), or [] where
+    it bundles no pip of its own (Debian's reads them from elsewhere)."""
+    try:
+        import ensurepip
+    except ImportError:
+        return []
+    folder = Path(ensurepip.__file__).parent / "_bundled"
+    wheels = [w for w in sorted(folder.glob("*.whl")) if w.name.split("-")[0] in _ENSUREPIP_NAMES]
+    return wheels if any(w.name.startswith("pip-") for w in wheels) else []
+
+
+_ENSUREPIP_NAMES = ("pip", "setuptools")
+
+
 def rewrite_paths(venv_dir: Path, old: str, new: str) -> list[Path]:
     """Replace ``old`` by ``new`` in the text files of ``bin/`` (shebangs, activate scripts) and
     in ``pyvenv.cfg``; binaries and symlinks are left alone. Returns the files changed."""
@@ -216,6 +231,7 @@ class Bootstrapper:
                  environ: Mapping[str, str] | None = None,
                  ensurepip_available: Callable[[], bool] = have_ensurepip,
                  make_venv: Callable[[Path, str], None] = create_venv,
+                 bundled_wheels: Callable[[], list[Path]] = ensurepip_wheels,
                  fetcher: Fetcher | None = None,
                  pip_config: Mapping[str, str] | None = None,
                  log: Callable[[str], None] = log, progress: Reporter = SILENT) -> None:
@@ -226,6 +242,7 @@ class Bootstrapper:
         self.environ = os.environ if environ is None else environ
         self.ensurepip_available = ensurepip_available
         self.make_venv = make_venv
+        self.bundled_wheels = bundled_wheels
         self.pip_config = (read_pip_config(pip_config_files(self.environ)) if pip_config is None
                            else pip_config)
         self.fetcher = fetcher or make_fetcher(self.environ, self.pip_config)
@@ -392,10 +409,38 @@ class Bootstrapper:
         python_version = probe_python(python, self.runner)
         if python_version is None:
             raise BootstrapError(f"the new virtualenv's python ({python}) does not run")
-        self.install_pip(python, python_version)
-        self.install_requirements(python)
+        if not self.install_at_once(python):
+            self.install_pip(python, python_version)
+            self.install_requirements(python)
         self.install_siteboot(target, python_version)
         return python_version
+
+    def install_at_once(self, python: Path) -> bool:
+        """pip, what ensurepip would install, and the requirements in one pip run, pip itself
+        run from ensurepip's own wheel: what ``ensurepip`` then ``pip install`` do, without a
+        second pip start and resolve. Nothing is byte-compiled here: siteboot runs its python
+        with ``-I``, which writes each module's bytecode the first time it is imported (pip
+        compiling thousands of files nobody imports cost a cold ``init`` seconds). False where
+        ensurepip bundles no pip, or (said) that pip does not run: then the two steps as
+        before. A requirement pip cannot install fails as it would there."""
+        wheels = self.bundled_wheels() if self.ensurepip_available() and self.requires else []
+        pip_wheel = next((w for w in wheels if w.name.startswith("pip-")), None)
+        if pip_wheel is None:
+            return False
+        cmd = [str(python), "-I", f"{pip_wheel}/pip", "install", "--disable-pip-version-check",
+               "--no-compile"]
+        cmd += self.index_options()
+        names, where = self.describe_requirements()
+        self.log(f"installing pip and {names}{where} with pip (from {pip_wheel.name})")
+        with self.progress.step(f"tool venv: pip install pip, {names}"):
+            result = self.runner([*cmd, *(str(w) for w in wheels), *self.requires])
+        if result.returncode == 0:
+            return True
+        if "ERROR: " in result.output:  # pip ran and refused a requirement: said once, not twice
+            raise self.requirements_error(python, result)
+        last = result.output.strip().splitlines()[-1:] or [f"exit code {result.returncode}"]
+        self.log(f"pip from {pip_wheel.name} did not run ({last[0].strip()}); ensurepip, then pip")
+        return False
 
     def install_pip(self, python: Path, python_version: str) -> None:
         import tempfile
@@ -447,22 +492,32 @@ class Bootstrapper:
         if not self.requires:
             return
         cmd = [str(python), "-I", "-m", "pip", "install", "--disable-pip-version-check"]
-        if self.wheelhouse is not None:
-            cmd += ["--no-index", "--find-links", str(self.wheelhouse)]
-        names = ", ".join(required_distributions(self.requires, None)) or "requirements"
-        where = f" from {self.wheelhouse}" if self.wheelhouse else ""
+        cmd += self.index_options()
+        names, where = self.describe_requirements()
         self.log(f"installing {names}{where} with pip")
         with self.progress.step(f"tool venv: pip install {names}"):
             result = self.runner([*cmd, *self.requires])
         if result.returncode != 0:
-            raise BootstrapError(
-                f"pip could not install siteboot's dependencies (setup.cfg install_requires)"
-                f"{where} into {python.parent.parent} (exit code {result.returncode}):\n"
-                f"{tail(result.output)}",
-                offline_hint() if self.wheelhouse is None else
-                f"put a wheel for every requirement (and their dependencies) into {self.wheelhouse}: "
-                f"`pip download -d {self.wheelhouse} <requirements>` on a machine with network "
-                "access, for this Python version and platform")
+            raise self.requirements_error(python, result)
+
+    def index_options(self) -> list[str]:
+        return ["--no-index", "--find-links", str(self.wheelhouse)] if self.wheelhouse else []
+
+    def describe_requirements(self) -> tuple[str, str]:
+        """The requirements' names (``supervisor, click``), and `` from WHEELHOUSE`` or ""."""
+        names = ", ".join(required_distributions(self.requires, None)) or "requirements"
+        return names, f" from {self.wheelhouse}" if self.wheelhouse else ""
+
+    def requirements_error(self, python: Path, result: RunResult) -> BootstrapError:
+        _names, where = self.describe_requirements()
+        return BootstrapError(
+            f"pip could not install siteboot's dependencies (setup.cfg install_requires)"
+            f"{where} into {python.parent.parent} (exit code {result.returncode}):\n"
+            f"{tail(result.output)}",
+            offline_hint() if self.wheelhouse is None else
+            f"put a wheel for every requirement (and their dependencies) into {self.wheelhouse}: "
+            f"`pip download -d {self.wheelhouse} <requirements>` on a machine with network "
+            "access, for this Python version and platform")
 
     def install_siteboot(self, target: Path, python_version: str) -> None:
         """``siteboot.pth`` (the checkout on sys.path) and the ``bin/siteboot`` launcher."""

@@ -23,7 +23,7 @@ from siteboot.cli.output import (
     error,
     log_tail_lines,
     print_json,
-    print_status,
+    print_outcomes,
     styled,
     table,
 )
@@ -238,25 +238,12 @@ def render(site: str, env: str, root: str | None, instance: tuple[str, ...], out
     sys.exit(result.exit_code)
 
 
-def _print_outcomes(result: LifecycleResult) -> None:
-    if result.sources:
-        echo(f"using {result.sources}")
-    for o in result.outcomes:
-        color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
-                 "rendered": "green", "skipped": "yellow",
-                 "failed": "red"}.get(o.action)
-        detail = f": {o.detail}" if o.detail else ""
-        echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
-        for note in o.notes:
-            echo(f"  {note}")
-
-
 def _report(result: LifecycleResult, as_json: bool) -> None:
     """Print what happened to each instance; exit 1 if any of them failed."""
     if as_json:
         print_json(result.as_json())
     else:
-        _print_outcomes(result)
+        print_outcomes(result)
     sys.exit(result.exit_code)
 
 
@@ -429,23 +416,9 @@ def init(site: str, env: str, root: str | None, wheelhouse: Path | None, timeout
 
     From a checkout with bare python3: python3 -m siteboot init --env dev
     """
-    ctx = Ctx(site, env, root)
-    result = ops.init(ctx.plan(), ctx.root, wheelhouse, timeout, progress=reporter(as_json),
-                      start=not no_start)
-    if as_json:
-        print_json(result.as_json())
-    else:
-        for v in result.venvs:
-            build = f" -> {v.build.name}" if v.build else ""
-            was = f", was {v.previous.name}" if v.previous and v.previous != v.build else ""
-            echo(f"venv {v.name}: {v.action} ({v.path}{build}{was})")
-        _print_outcomes(result.instances)
-        if result.status is None:
-            echo("nothing started (--no-start)")
-        else:
-            echo()
-            print_status(result.status)
-    sys.exit(result.exit_code)
+    from siteboot.cli.fast import show_init
+
+    sys.exit(show_init(Ctx(site, env, root), wheelhouse, timeout, no_start, as_json))
 
 
 @cli.command()

@@ -8,7 +8,10 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from siteboot.instances import LifecycleResult
 
 _CODES = {"red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35, "cyan": 36}
 # Labels of interleaved logs (`siteboot logs`), one per process in turn; red is for errors.
@@ -36,6 +39,20 @@ def echo(text: str = "", err: bool = False, nl: bool = True) -> None:
 
 def print_json(data: Any) -> None:
     echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def print_outcomes(result: LifecycleResult) -> None:
+    """What ``up``, ``down``, ``init`` and the like did to each instance, with its notes."""
+    if result.sources:
+        echo(f"using {result.sources}")
+    for o in result.outcomes:
+        color = {"started": "green", "stopped": "green", "updated": "green", "rotated": "green",
+                 "rendered": "green", "skipped": "yellow",
+                 "failed": "red"}.get(o.action)
+        detail = f": {o.detail}" if o.detail else ""
+        echo(f"{o.instance}: " + (styled(o.action, fg=color) if color else o.action) + detail)
+        for note in o.notes:
+            echo(f"  {note}")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],

@@ -88,7 +88,8 @@ def make_checkout(tmp_path: Path) -> Path:
 def make(checkout: Path, runner: FakeRunner, *, venv: Path | None = None, ensurepip: bool = True,
          environ: dict[str, str] | None = None, config: dict[str, str] | None = None,
          system_dirs: Sequence[Path] = (), wheelhouse: Path | None = None,
-         fetched: dict[str, bytes] | None = None, logs: list[str] | None = None) -> Bootstrapper:
+         fetched: dict[str, bytes] | None = None, logs: list[str] | None = None,
+         bundled: Sequence[Path] = ()) -> Bootstrapper:
     def fetch(url: str) -> bytes:
         if fetched is None or url not in fetched:
             raise OSError(f"no network in unit tests: {url}")
@@ -98,6 +99,7 @@ def make(checkout: Path, runner: FakeRunner, *, venv: Path | None = None, ensure
                            wheelhouse=wheelhouse, environ=environ or {},
                            pip_config=config or {}, ensurepip_available=lambda: ensurepip,
                            make_venv=fake_make_venv, fetcher=fetch,
+                           bundled_wheels=lambda: list(bundled),
                            log=(logs.append if logs is not None else lambda _m: None))
     builder.system_wheel_dirs = list(system_dirs)
     return builder

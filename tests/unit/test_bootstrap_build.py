@@ -435,3 +435,75 @@ def test_tool_env_builder_links_the_base_interpreter(tmp_path: Path) -> None:
     assert build.probe_python(python, build.run_command) == \
         ".".join(str(n) for n in sys.version_info[:3])
     assert not (tmp_path / "v" / "bin" / "pip").exists()
+
+
+# --- pip and the requirements in one pip run ------------------------------------------------------
+
+
+def bundled_wheels(tmp_path: Path) -> list[Path]:
+    pip = make_wheel(tmp_path / "bundled", "23.2.1")
+    setuptools = tmp_path / "bundled" / "setuptools-65.5.0-py3-none-any.whl"
+    setuptools.write_bytes(pip.read_bytes())
+    return [pip, setuptools]
+
+
+def test_ensurepips_wheels_and_the_requirements_go_in_one_pip_run(checkout: Path,
+                                                                   tmp_path: Path) -> None:
+    runner = FakeRunner()
+    wheels = bundled_wheels(tmp_path)
+    make(checkout, runner, bundled=wheels).ensure()
+    (pip,) = runner.pip_calls
+    assert pip[1:] == ["-I", f"{wheels[0]}/pip", "install", "--disable-pip-version-check",
+                       "--no-compile", *map(str, wheels), *REQUIRES]
+    assert make(checkout, FakeRunner()).is_current()
+
+
+def test_one_pip_run_from_a_wheelhouse(checkout: Path, tmp_path: Path) -> None:
+    runner = FakeRunner()
+    wheels = bundled_wheels(tmp_path)
+    make(checkout, runner, bundled=wheels, wheelhouse=tmp_path / "wh").ensure()
+    (pip,) = runner.pip_calls
+    assert pip[6:9] == ["--no-index", "--find-links", str(tmp_path / "wh")]
+
+
+def test_a_requirement_pip_cannot_install_fails_once(checkout: Path, tmp_path: Path) -> None:
+    runner = FakeRunner(fail=["click>=8.0"])
+    with pytest.raises(BootstrapError) as caught:
+        make(checkout, runner, bundled=bundled_wheels(tmp_path)).ensure()
+    assert len(runner.pip_calls) == 1  # no second try of the same requirements
+    assert "pip could not install siteboot's dependencies" in caught.value.message
+    assert "No matching distribution found for click>=8.0" in caught.value.message
+    assert not (checkout / ".venv").exists()
+
+
+class PipWheelBroken(FakeRunner):
+    def __call__(self, cmd: Sequence[str]) -> RunResult:
+        if any(arg.endswith(".whl/pip") for arg in cmd):
+            self.calls.append(list(cmd))
+            return RunResult(1, "zipimport.ZipImportError: bad local file header\n")
+        return super().__call__(cmd)
+
+
+def test_a_bundled_pip_that_does_not_run_means_ensurepip_then_pip(checkout: Path,
+                                                                  tmp_path: Path) -> None:
+    runner = PipWheelBroken()
+    logs: list[str] = []
+    make(checkout, runner, bundled=bundled_wheels(tmp_path), logs=logs).ensure()
+    _at_once, ensurepip, pip = runner.pip_calls
+    assert ensurepip[1:] == ["-Im", "ensurepip", "--upgrade", "--default-pip"]
+    assert pip[-3:] == REQUIRES
+    assert any("did not run (zipimport.ZipImportError" in line for line in logs)
+
+
+def test_without_ensurepip_its_wheels_are_not_looked_for(checkout: Path, tmp_path: Path) -> None:
+    runner = FakeRunner()
+    make_wheel(tmp_path / "wh", "23.0")
+    make(checkout, runner, ensurepip=False, bundled=bundled_wheels(tmp_path),
+         wheelhouse=tmp_path / "wh").ensure()
+    assert all("--no-compile" not in call for call in runner.pip_calls)
+
+
+def test_ensurepip_wheels_are_pip_and_setuptools() -> None:
+    wheels = build.ensurepip_wheels()
+    assert {w.name.split("-")[0] for w in wheels} <= {"pip", "setuptools"}
+    assert not wheels or any(w.name.startswith("pip-") for w in wheels)

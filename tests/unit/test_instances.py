@@ -426,9 +426,12 @@ class ApplyingEndpoint:
     reload: list[list[str]]
     timeout: float = 5.0
     calls: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
+    in_use: list[str] = field(default_factory=list)  # the groups getAllProcessInfo lists
 
     def call(self, method: str, *params: object) -> object:
         self.calls.append((method, params))
+        if method == "supervisor.getAllProcessInfo":
+            return [{"name": group, "group": group} for group in self.in_use]
         return [self.reload] if method == "supervisor.reloadConfig" else True
 
 
@@ -457,3 +460,28 @@ def test_apply_restarts_what_differs_from_the_applied_copy(alpha):
     again = instances.apply_config(alpha, ApplyingEndpoint([[], ["idle"], []]))  # type: ignore[arg-type]
     assert again.restarted == []
     assert again.lines(alpha) == []
+
+
+def test_apply_of_the_config_last_applied_rereads_nothing(alpha):
+    """A warm `up`: the config is the one applied last and supervisord has each of its groups
+    in use, so nothing is re-read; a group removed behind siteboot's back is added again."""
+    from siteboot import instances
+
+    text = "[supervisord]\nidentifier = t-alpha-dev\n" + program_section("web", "a") \
+        + program_section("idle", "b", "false")
+    for path in (alpha.conf_path, alpha.started_conf_path, alpha.applied_conf_path):
+        path.write_text(text)
+    warm = ApplyingEndpoint([[], [], []], in_use=["web", "idle"])
+    applied = instances.apply_config(alpha, warm)  # type: ignore[arg-type]
+    assert warm.calls == [("supervisor.getAllProcessInfo", ())]
+    assert (applied.added, applied.removed, applied.restarted, applied.lines(alpha)) == \
+        ([], [], [], [])
+    assert applied.not_started == ["idle"]
+    removed = ApplyingEndpoint([["idle"], [], []], in_use=["web"])
+    again = instances.apply_config(alpha, removed)  # type: ignore[arg-type]
+    assert ("supervisor.reloadConfig", ()) in removed.calls
+    assert again.lines(alpha) == ["added idle"]
+    alpha.conf_path.write_text(text.replace("command = a", "command = a2"))
+    edited = ApplyingEndpoint([[], ["web"], []], in_use=["web", "idle"])
+    assert instances.apply_config(alpha, edited).restarted == ["web"]  # type: ignore[arg-type]
+    assert ("supervisor.reloadConfig", ()) in edited.calls

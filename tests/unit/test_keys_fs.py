@@ -223,3 +223,21 @@ def test_an_oversized_key_file_is_not_read_whole(write_site, short_dir):
     assert read_key(plan, inst) == key
     inst.key_path.write_text("x" * 10_000)
     assert len(read_key(plan, inst)) == 4096
+
+
+def test_write_if_changed_leaves_the_same_content_alone(tmp_path):
+    from siteboot.fsutil import write_if_changed
+
+    path = tmp_path / "record.json"
+    write_if_changed(path, "one\n")
+    first = path.stat()
+    assert oct(first.st_mode & 0o777) == "0o600"
+    write_if_changed(path, "one\n")
+    assert path.stat().st_ino == first.st_ino  # not written again
+    write_if_changed(path, "two\n")
+    assert path.read_text() == "two\n"
+    path.chmod(0o644)
+    inode = path.stat().st_ino
+    write_if_changed(path, "two\n")  # the same text, but a mode to correct
+    assert path.stat().st_ino != inode
+    assert oct(path.stat().st_mode & 0o777) == "0o600"

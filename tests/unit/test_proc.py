@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -224,3 +225,32 @@ def test_run_foreground_leaves_ctrl_c_to_the_child_and_passes_sigterm_on(tmp_pat
 def test_run_foreground_exit_codes():
     assert run_foreground([sys.executable, "-c", "raise SystemExit(3)"]) == 3
     assert run_foreground(["/nonexistent/program"]) == 127
+
+
+def test_a_process_read_from_proc_is_what_psutil_sees():
+    from siteboot.proc import own_pids, view_process
+
+    view = view_process(os.getpid())
+    assert view is not None
+    mine = psutil.Process(os.getpid())
+    assert (view.pid, view.uid, view.cmdline()) == (mine.pid, mine.uids().real, mine.cmdline())
+    assert view.create_time() == pytest.approx(mine.create_time(), abs=0.01)
+    assert view.ppid() == os.getppid()  # anything else: asked of psutil
+    assert os.getpid() in own_pids(os.geteuid())
+    assert view_process(2 ** 22 + 1) is None  # above any pid_max: no such process
+
+
+def test_a_process_view_of_a_reused_pid_refuses_to_act_on_the_newcomer():
+    from siteboot.proc import signal_process, view_process
+
+    view = view_process(os.getpid())
+    assert view is not None
+    view.started -= 3600.0  # as if the process read then was gone and its pid reused
+    with pytest.raises(psutil.NoSuchProcess):
+        view.send_signal(0)
+    assert not signal_process(view, 0)
+    assert not view.is_running()  # as psutil says of a process that is gone
+    assert view.wait(0.1) is None
+    stand_in: Any = view  # what siteboot hands psutil where it expects a Process
+    gone, alive = psutil.wait_procs([stand_in], timeout=0.1)
+    assert (len(gone), alive) == (1, [])
