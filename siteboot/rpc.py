@@ -138,7 +138,99 @@ _SCALARS: dict[str, Callable[[str], Any]] = {
 
 
 def decode_response(data: bytes) -> Any:
-    """The value of a methodResponse; a fault is raised as ``Fault``."""
+    """The value of a methodResponse; a fault is raised as ``Fault``.
+
+    What supervisord writes (xmlrpc.client's marshaller: every value typed, structs of
+    scalars) is read with a few regular expressions, a struct at a time (``_decode_plain``);
+    anything else, or anything odd, goes through expat (``decode_xml``), which gives the same
+    values."""
+    try:
+        value, fault = _decode_plain(data)
+    except (_NotPlain, UnicodeDecodeError, ValueError):
+        return decode_xml(data)
+    if fault:
+        raise Fault(int(value.get("faultCode", 0)), str(value.get("faultString", "")))
+    return value
+
+
+class _NotPlain(Exception):
+    """Not in the shape ``_decode_plain`` reads: expat reads it."""
+
+
+_TYPES = "int|i4|i8|string|double|boolean"
+_PLAIN_SCALAR = re.compile(rf"<value>(?:<({_TYPES})>([^<]*)</\1>|<nil/>|([^<]*))</value>\s*")
+# a struct whose members are all scalars, checked whole; then read member by member
+_PLAIN_STRUCT = re.compile(rf"<value><struct>\s*((?:<member>\s*<name>[^<]*</name>\s*<value>"
+                           rf"(?:<(?:{_TYPES})>[^<]*</(?:{_TYPES})>|<nil/>)</value>\s*"
+                           rf"</member>\s*)*)</struct></value>\s*")
+_MEMBERS = re.compile(rf"<member>\s*<name>([^<]*)</name>\s*<value>"
+                      rf"(?:<({_TYPES})>([^<]*)</\2>|<nil/>)</value>\s*</member>")
+_ARRAY_OPEN = re.compile(r"<value><array>\s*<data>\s*")
+_ARRAY_CLOSE = re.compile(r"</data>\s*</array>\s*</value>\s*")
+_RESPONSE_OPEN = re.compile(r"\s*(?:<\?xml[^>]*\?>)?\s*<methodResponse>\s*"
+                            r"(?:<params>\s*<param>|(<fault>))\s*")
+_PARAMS_CLOSE = re.compile(r"</param>\s*</params>\s*</methodResponse>\s*")
+_FAULT_CLOSE = re.compile(r"</fault>\s*</methodResponse>\s*")
+_ENTITY = re.compile(r"&(lt|gt|amp|quot|apos);")
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+
+
+def _decode_plain(data: bytes) -> tuple[Any, bool]:
+    """(the value, whether it is a fault) of a response in xmlrpc.client's own layout."""
+    text = data.decode("utf-8")
+    opened = _RESPONSE_OPEN.match(text)
+    if opened is None:
+        raise _NotPlain
+    value, end = _plain_value(text, opened.end())
+    fault = opened.group(1) is not None
+    closed = (_FAULT_CLOSE if fault else _PARAMS_CLOSE).match(text, end)
+    if closed is None or closed.end() != len(text) or (fault and not isinstance(value, dict)):
+        raise _NotPlain
+    return value, fault
+
+
+def _plain_value(text: str, pos: int) -> tuple[Any, int]:
+    scalar = _PLAIN_SCALAR.match(text, pos)
+    if scalar is not None:
+        kind, raw, untyped = scalar.groups()
+        if kind is None and untyped is None:
+            return None, scalar.end()  # <nil/>
+        return _scalar(kind or "string", raw if kind else untyped), scalar.end()
+    struct = _PLAIN_STRUCT.match(text, pos)
+    if struct is not None:
+        members = _MEMBERS.findall(struct.group(1))
+        if len(members) != struct.group(1).count("<member>"):  # <int>..</string>: expat's to say
+            raise _NotPlain
+        return ({_unescaped(name): _scalar(kind, raw) if kind else None
+                 for name, kind, raw in members}, struct.end())
+    opened = _ARRAY_OPEN.match(text, pos)
+    if opened is None:
+        raise _NotPlain
+    items: list[Any] = []
+    pos = opened.end()
+    while True:
+        closed = _ARRAY_CLOSE.match(text, pos)
+        if closed is not None:
+            return items, closed.end()
+        item, pos = _plain_value(text, pos)
+        items.append(item)
+
+
+def _scalar(kind: str, raw: str) -> Any:
+    return _SCALARS[kind](_unescaped(raw))
+
+
+def _unescaped(raw: str) -> str:
+    """``raw`` with the entities xmlrpc.client writes read; a character reference is expat's."""
+    if "&" not in raw:
+        return raw
+    if raw.count("&") != len(_ENTITY.findall(raw)):
+        raise _NotPlain
+    return _ENTITY.sub(lambda m: _ENTITIES[m.group(1)], raw)
+
+
+def decode_xml(data: bytes) -> Any:
+    """``decode_response`` by expat, for any well-formed response."""
     from xml.parsers import expat
 
     stack: list[Any] = []  # open containers: lists, or [dict, pending member name]
