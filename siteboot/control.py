@@ -40,6 +40,7 @@ from siteboot.rpc import (
     Fault,
     RpcError,
     connect,
+    status_calls,
     url_to,
 )
 
@@ -275,14 +276,8 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         else:
             result.state, result.error = NO_KEY, str(exc)
         return result
-    calls: list[tuple[str, tuple[Any, ...]]] = [("supervisor.getState", ()),
-                                                ("supervisor.getPID", ()),
-                                                ("supervisor.getAllProcessInfo", ())]
-    counting = any(int(p.options["crash_loop_window"]) > 0 for p in inst.programs)
-    if counting:  # in the same request: the restart count costs no round trip
-        calls.append(("supervisor.readLog", (-MAIN_LOG_TAIL, 0)))
-    try:
-        state, pid, infos, *log = endpoint.multicall(calls)
+    try:  # the restart count (the main log's end) comes in the same request
+        state, pid, infos, *log = endpoint.multicall(status_calls(inst))
         if log and isinstance(log[0], Fault):
             log = [_read_main_log_again(endpoint, log[0])]
     except RpcError as exc:

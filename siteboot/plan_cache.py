@@ -62,7 +62,7 @@ def load_or_build(site_path: Path, env: str) -> Plan:
 def cache_path(site_path: Path, env: str) -> Path:
     import zlib  # a name, not a secret: cheaper than hashlib on the status path
 
-    from siteboot.plan import current_user, expand_home
+    from siteboot.accounts import current_user, expand_home
 
     digest = zlib.crc32(os.fsencode(f"{site_path}\n{env}"))
     return expand_home(CACHE_DIR, current_user()) / f"{site_path.stem}-{env}-{digest:08x}.json"
@@ -84,7 +84,7 @@ def context(site_path: Path, env: str, users: list[str],
     """What the plan takes from this process and the account database rather than from files;
     ``users``: the site's accounts, ``runner_executable`` as the site declares it."""
     from siteboot import __version__
-    from siteboot.plan import current_user, own_home, this_host
+    from siteboot.accounts import current_user, own_home, this_host
 
     invoker = current_user()
     found: dict[str, Any] = {

@@ -13,12 +13,15 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from siteboot.accounts import HOST_ENV, RPC_USERNAME, uid_of
 from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
-from siteboot.plan import HOST_ENV, RPC_USERNAME, InstancePlan, Plan, uid_of
 from siteboot.probes import TCP_TABLES, server_uid
+
+if TYPE_CHECKING:
+    from siteboot.plan import InstancePlan, Plan
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -359,9 +362,25 @@ class Endpoint:
         return sock
 
     def post(self, body: bytes) -> bytes:
-        """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``)."""
-        with self.send_request("POST", "/RPC2", body) as sock:
+        """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``);
+        read from the connection ``send_early`` made for it, when there is one."""
+        sock = _SENT_EARLY.pop((self.url, self.key, body), None)
+        with sock or self.send_request("POST", "/RPC2", body) as sock:
             return read_answer(sock)
+
+    def send_early(self, body: bytes) -> None:
+        """Send the request ``post(body)`` will make now: the server works on the answer
+        while this process goes on (``status`` imports what it prints with while its
+        supervisords describe hundreds of processes). Nothing happens when it cannot be sent:
+        ``post`` then connects as usual, and says why it cannot."""
+        try:
+            sock = self.send_request("POST", "/RPC2", body)
+        except Exception:  # the real request reports it
+            return
+        stale = _SENT_EARLY.pop((self.url, self.key, body), None)
+        if stale is not None:
+            stale.close()
+        _SENT_EARLY[(self.url, self.key, body)] = sock
 
     def call(self, method: str, *args: Any) -> Any:
         """Call one RPC method; failures to reach the server become ``RpcError``."""
@@ -380,8 +399,7 @@ class Endpoint:
 
     def multicall(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Several calls in one request; each result is a value or a ``Fault``."""
-        payload = [{"methodName": name, "params": list(params)} for name, params in calls]
-        results = self.call("system.multicall", payload)
+        results = self.call("system.multicall", multicall_payload(calls))
         out: list[Any] = []
         for item in results:
             if isinstance(item, dict) and "faultCode" in item:
@@ -389,6 +407,42 @@ class Endpoint:
             else:
                 out.append(item)  # supervisord does not wrap results in 1-lists
         return out
+
+
+# Requests sent ahead of the call that reads their answer: (url, key, body) -> connection.
+_SENT_EARLY: dict[tuple[str, str, bytes], socket.socket] = {}
+
+
+def multicall_payload(calls: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    return [{"methodName": name, "params": list(params)} for name, params in calls]
+
+
+def status_calls(inst: InstancePlan) -> list[tuple[str, tuple[Any, ...]]]:
+    """What ``status`` asks each supervisord in one request: its state, its pid, every process
+    and, when a program counts its restarts, the end of its main log."""
+    from siteboot.history import MAIN_LOG_TAIL
+
+    calls: list[tuple[str, tuple[Any, ...]]] = [("supervisor.getState", ()),
+                                                ("supervisor.getPID", ()),
+                                                ("supervisor.getAllProcessInfo", ())]
+    if any(int(p.options["crash_loop_window"]) > 0 for p in inst.programs):
+        calls.append(("supervisor.readLog", (-MAIN_LOG_TAIL, 0)))
+    return calls
+
+
+def send_status_requests(plan: Plan, insts: list[InstancePlan]) -> None:
+    """``status_calls`` sent now to each of ``insts`` this host runs that can be reached."""
+    from siteboot.errors import SitebootError
+
+    for inst in insts:
+        if not inst.here:
+            continue
+        try:
+            endpoint = connect(plan, inst)
+        except (SitebootError, OSError):  # the status says why, when it asks
+            continue
+        endpoint.send_early(request_body("system.multicall",
+                                         (multicall_payload(status_calls(inst)),)))
 
 
 def read_answer(sock: socket.socket) -> bytes:

@@ -79,7 +79,7 @@ class Ctx:
 
     def _note_home(self) -> None:
         """Once: the operator's $HOME is not theirs (keys and state come from elsewhere)."""
-        from siteboot.plan import home_note
+        from siteboot.accounts import home_note
 
         if self._noted:
             return

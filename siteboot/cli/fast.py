@@ -28,7 +28,6 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
     0-3 whatever happens to its output.
     """
     from siteboot import ops
-    from siteboot.cli.output import echo, print_json, print_status
 
     try:
         plan = ctx.plan()
@@ -43,6 +42,8 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
     except SitebootError as exc:
         exc.exit_code = STATUS_UNKNOWN
         raise
+    from siteboot.cli.output import echo, print_json, print_status
+
     try:
         if as_json:
             print_json(result.as_json())
