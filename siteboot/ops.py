@@ -272,14 +272,6 @@ def down_recorded(site_path: Path, env: str) -> LifecycleResult:
 
 def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) -> StatusResult:
     """Every instance and program of the env (or the ``names``d ones), queried concurrently."""
-    if not names:  # asked first: the supervisords answer while the rest of status loads
-        from siteboot.errors import SitebootError
-        from siteboot.rpc import send_status_requests
-
-        try:
-            send_status_requests(plan, plan.select(instance))
-        except SitebootError:  # an unknown instance: said below
-            pass
     from siteboot.control import status as query
 
     result = query(plan, instance, names)

@@ -29,6 +29,7 @@ import os
 import stat
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,9 @@ CACHE_DIR = "~/.local/state/siteboot/plans"
 FORMAT = 1
 _TAG = "\u0000"  # no key of a site file or of the model is this
 _SETTLE_NS = 3_000_000_000  # younger inputs are not cached (coarse or racing timestamps)
-_MODEL_MODULES = ("siteboot.site", "siteboot.plan", "siteboot.login", __name__)
+_MODEL_MODULES = ("siteboot.site", "siteboot.plan", "siteboot.login", "siteboot.rpc",
+                  "siteboot.history", __name__)
+_RPC_TIMEOUT = 5.0  # as ``rpc.connect`` asks: the request must be the one status makes
 
 
 def load_or_build(site_path: Path, env: str) -> Plan:
@@ -128,9 +131,50 @@ def _names_other_homes(site_path: Path) -> bool:
         return True
 
 
-def load(cache: Path, site_path: Path, env: str) -> Plan | None:
-    """The cached plan, or None when there is none to trust."""
-    data = _read_private(cache)
+def send_status_requests(site_path: Path, env: str, instances: Sequence[str] = ()) -> None:
+    """Send the request ``status`` makes to each of the invoker's supervisords (of
+    ``instances``; none: all) as the cache recorded them, before the plan is even decoded:
+    they answer while the rest of ``status`` loads (``wire.send_early``)."""
+    cache = cache_path(site_path, env)
+    header = _trusted(cache, site_path, env)
+    if header is None:
+        return
+    from siteboot.errors import SitebootError
+    from siteboot.keys import read_key_file
+    from siteboot.wire import send_early
+
+    for instance, socket_path, key_path, body in header[0]["early"]:
+        if instances and instance not in instances:
+            continue
+        try:
+            key = read_key_file(Path(key_path))
+        except (OSError, SitebootError):  # the status says why
+            continue
+        send_early(socket_path, key, body.encode(), _RPC_TIMEOUT)
+
+
+def _early_requests(plan: Plan) -> list[list[str]]:
+    """(instance, socket, key file, request) of each supervisord of the invoker here."""
+    from siteboot.rpc import status_request
+
+    return [[inst.name, str(inst.socket_path), str(inst.key_path),
+             status_request(inst).decode()]
+            for inst in plan.instances.values() if plan.owns(inst) and inst.here]
+
+
+# What a cache file said, once read and checked: (header, the encoded plan)
+_TRUSTED: dict[Path, tuple[dict[str, Any], bytes] | None] = {}
+
+
+def _trusted(cache: Path, site_path: Path, env: str) -> tuple[dict[str, Any], bytes] | None:
+    """The header and the encoded plan of ``cache`` when it is the invoker's own and nothing
+    it was built from changed; read once per process."""
+    if cache not in _TRUSTED:
+        _TRUSTED[cache] = _check(_read_private(cache), site_path, env)
+    return _TRUSTED[cache]
+
+
+def _check(data: bytes | None, site_path: Path, env: str) -> tuple[dict[str, Any], bytes] | None:
     if data is None:
         return None
     head, _, body = data.partition(b"\n")
@@ -141,7 +185,21 @@ def load(cache: Path, site_path: Path, env: str) -> Plan | None:
             return None
         if any(signature(path) != sig for path, sig in header["inputs"]):
             return None
-        plan = json.loads(body, object_hook=_decoder())
+        if not all(isinstance(entry, list) and len(entry) == 4
+                   and all(isinstance(part, str) for part in entry) for entry in header["early"]):
+            return None
+    except (ValueError, TypeError, KeyError, AttributeError):  # corrupt: build again
+        return None
+    return header, body
+
+
+def load(cache: Path, site_path: Path, env: str) -> Plan | None:
+    """The cached plan, or None when there is none to trust."""
+    found = _TRUSTED.pop(cache, None) or _check(_read_private(cache), site_path, env)
+    if found is None:
+        return None
+    try:
+        plan = json.loads(found[1], object_hook=_decoder())
     except (ValueError, TypeError, KeyError, AttributeError):  # corrupt: build again
         return None
     from siteboot.plan import Plan
@@ -183,11 +241,13 @@ def store(cache: Path, plan: Plan, inputs: dict[str, Any], started_ns: int) -> b
     from siteboot.errors import SitebootError
     from siteboot.fsutil import atomic_write, ensure_private_dir
 
+    early = _early_requests(plan)  # first: its modules are inputs too
     inputs = {**inputs, **{path: signature(path) for path in _file_inputs(plan)}}
     for sig in inputs.values():
         if isinstance(sig, list) and max(sig[3], sig[4]) > started_ns - _SETTLE_NS:
             return False
-    header = {**_context_of(plan), "inputs": list(inputs.items())}
+    header = {**_context_of(plan), "inputs": list(inputs.items()),
+              "early": early}
     try:
         body = json.dumps(encode(plan), separators=(",", ":"))
     except TypeError:  # a value the codec does not know: not cached

@@ -7,7 +7,6 @@ all three with exit 4).
 
 from __future__ import annotations
 
-import binascii
 import os
 import re
 import socket
@@ -15,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from siteboot.accounts import HOST_ENV, RPC_USERNAME, uid_of
+from siteboot.accounts import HOST_ENV, uid_of
 from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
 from siteboot.probes import TCP_TABLES, server_uid
+from siteboot.wire import peer_uid, request_head, take_early
 
 if TYPE_CHECKING:
     from siteboot.plan import InstancePlan, Plan
@@ -346,16 +346,10 @@ class Endpoint:
                      version: str = "HTTP/1.0") -> socket.socket:
         """A new connection, checked (the key goes only to a server of ``owner_uid``), with one
         request sent on it with the key: the caller reads the answer and closes the socket."""
-        if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
-            raise ValueError(f"not a request path: {path!r}")
-        token = binascii.b2a_base64(f"{RPC_USERNAME}:{self.key}".encode(), newline=False).decode()
-        content = (f"Content-Type: text/xml\r\nContent-Length: {len(body)}\r\n"
-                   if method == "POST" else "")
-        head = (f"{method} {path} {version}\r\nHost: localhost\r\n{content}"
-                f"Authorization: Basic {token}\r\n\r\n")
+        head = request_head(method, path, self.key, body, version)
         sock = self._connect()
         try:
-            sock.sendall(head.encode("ascii") + body)
+            sock.sendall(head + body)
         except BaseException:
             sock.close()
             raise
@@ -363,24 +357,10 @@ class Endpoint:
 
     def post(self, body: bytes) -> bytes:
         """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``);
-        read from the connection ``send_early`` made for it, when there is one."""
-        sock = _SENT_EARLY.pop((self.url, self.key, body), None)
+        read from the connection ``wire.send_early`` sent it on, when it did."""
+        sock = take_early(self.url, self.key, body)
         with sock or self.send_request("POST", "/RPC2", body) as sock:
             return read_answer(sock)
-
-    def send_early(self, body: bytes) -> None:
-        """Send the request ``post(body)`` will make now: the server works on the answer
-        while this process goes on (``status`` imports what it prints with while its
-        supervisords describe hundreds of processes). Nothing happens when it cannot be sent:
-        ``post`` then connects as usual, and says why it cannot."""
-        try:
-            sock = self.send_request("POST", "/RPC2", body)
-        except Exception:  # the real request reports it
-            return
-        stale = _SENT_EARLY.pop((self.url, self.key, body), None)
-        if stale is not None:
-            stale.close()
-        _SENT_EARLY[(self.url, self.key, body)] = sock
 
     def call(self, method: str, *args: Any) -> Any:
         """Call one RPC method; failures to reach the server become ``RpcError``."""
@@ -409,12 +389,13 @@ class Endpoint:
         return out
 
 
-# Requests sent ahead of the call that reads their answer: (url, key, body) -> connection.
-_SENT_EARLY: dict[tuple[str, str, bytes], socket.socket] = {}
-
-
 def multicall_payload(calls: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
     return [{"methodName": name, "params": list(params)} for name, params in calls]
+
+
+def status_request(inst: InstancePlan) -> bytes:
+    """The one request ``status`` sends each supervisord (``status_calls``)."""
+    return request_body("system.multicall", (multicall_payload(status_calls(inst)),))
 
 
 def status_calls(inst: InstancePlan) -> list[tuple[str, tuple[Any, ...]]]:
@@ -428,21 +409,6 @@ def status_calls(inst: InstancePlan) -> list[tuple[str, tuple[Any, ...]]]:
     if any(int(p.options["crash_loop_window"]) > 0 for p in inst.programs):
         calls.append(("supervisor.readLog", (-MAIN_LOG_TAIL, 0)))
     return calls
-
-
-def send_status_requests(plan: Plan, insts: list[InstancePlan]) -> None:
-    """``status_calls`` sent now to each of ``insts`` this host runs that can be reached."""
-    from siteboot.errors import SitebootError
-
-    for inst in insts:
-        if not inst.here:
-            continue
-        try:
-            endpoint = connect(plan, inst)
-        except (SitebootError, OSError):  # the status says why, when it asks
-            continue
-        endpoint.send_early(request_body("system.multicall",
-                                         (multicall_payload(status_calls(inst)),)))
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -489,19 +455,6 @@ def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | Non
 
         key = read_key(plan, inst)
     return Endpoint(url_to(plan, inst), key, timeout, owner_uid=uid_of(inst.user))
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED; None
-    elsewhere)."""
-    import struct
-
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:  # pragma: no cover - not Linux
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
-                                                          struct.calcsize("3i")))
-    return int(uid)
 
 
 def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:

@@ -77,6 +77,19 @@ class Ctx:
             self._note_home()
         return make_plan(self._site, env)
 
+    def send_status_requests(self, instances: Sequence[str]) -> None:
+        """With cached plans: ask the site's supervisords for ``status`` now, before the plan
+        is decoded (``plan_cache.send_status_requests``); any problem is ``plan``'s to say."""
+        if not self.cached_plans:
+            return
+        from siteboot.errors import SitebootError
+        from siteboot.plan_cache import send_status_requests
+
+        try:
+            send_status_requests(self.site_path(), self.env, instances)
+        except (SitebootError, OSError):
+            pass
+
     def _note_home(self) -> None:
         """Once: the operator's $HOME is not theirs (keys and state come from elsewhere)."""
         from siteboot.accounts import home_note

@@ -27,6 +27,8 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
     The verdict stands when the reader goes away (``siteboot status | head -1``): status exits
     0-3 whatever happens to its output.
     """
+    if not names and not all_envs:  # the supervisords answer while siteboot loads
+        ctx.send_status_requests(instance)
     from siteboot import ops
 
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,37 @@ port = "auto"
     assert verdict == "2 []", output
     assert '"state": "not running"' in output
     assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["ports-auto-dev.json"]
+
+
+def test_status_from_the_plan_cache_parses_nothing(tmp_path):
+    """Once the plan is cached, `status` neither imports a TOML parser nor validates the site:
+    it asks the supervisords (here: none answers) with what the cache holds."""
+    site = tmp_path / "cached.toml"
+    site.write_text(f"""
+[site]
+envs = ["dev"]
+runtime_dir = "{tmp_path}/rt"
+state_dir = "{tmp_path}/st"
+
+[instances.main]
+port = {{ dev = 23457 }}
+""")
+    code = ("import sys\nimport siteboot.plan_cache\n"
+            "siteboot.plan_cache._SETTLE_NS = 0  # the site file was written a moment ago\n"
+            f"sys.argv = ['siteboot', 'status', '--site', {str(site)!r}, '--json']\n"
+            "from siteboot.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "heavy = [m for m in ('tomllib', 'tomli', 'tempfile', 'xml.parsers.expat') "
+            "if m in sys.modules]\n"
+            "print(code, heavy, file=sys.stderr)\n")
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    verdicts = []
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                check=False, cwd=tmp_path, env=env)
+        assert '"state": "not running"' in result.stdout, result.stdout + result.stderr
+        verdicts.append(result.stderr.strip().splitlines()[-1])
+    assert verdicts[0].startswith("2 ['tomllib'") or verdicts[0].startswith("2 ['tomli'")
+    assert verdicts[1] == "2 []"
+    cached = list((tmp_path / "home" / ".local" / "state" / "siteboot" / "plans").iterdir())
+    assert [p.name.split("-")[0] for p in cached] == ["cached"]

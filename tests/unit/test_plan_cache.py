@@ -3,6 +3,7 @@ was built from changed, and never read from a file the invoker does not own priv
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import textwrap
@@ -228,3 +229,39 @@ def test_the_model_code_is_an_input(home, tmp_path):
     header = cache_path(path, "dev").read_bytes().partition(b"\n")[0].decode()
     for module in (siteboot.plan, siteboot.site, plan_cache):
         assert str(module.__file__) in header
+
+
+def test_the_cache_holds_the_request_status_sends(home, tmp_path):
+    from siteboot import rpc
+
+    path = site_file(tmp_path)
+    plan = load_or_build(path, "dev")
+    header = json.loads(cache_path(path, "dev").read_bytes().partition(b"\n")[0])
+    inst = plan.instances["main"]
+    assert header["early"] == [["main", str(inst.socket_path), str(inst.key_path),
+                                rpc.status_request(inst).decode()]]
+    calls = rpc.status_calls(inst)
+    assert rpc.status_request(inst) == rpc.request_body(
+        "system.multicall", (rpc.multicall_payload(calls),))
+
+
+def test_status_requests_go_out_only_from_a_trusted_cache(home, tmp_path, monkeypatch):
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr("siteboot.wire.send_early",
+                        lambda socket_path, key, body, timeout: sent.append((socket_path, key)))
+    path = site_file(tmp_path)
+    plan_cache.send_status_requests(path, "dev")  # no cache yet
+    plan = load_or_build(path, "dev")
+    inst = plan.instances["main"]
+    plan_cache.send_status_requests(path, "dev")  # no key yet: nothing to send
+    inst.key_path.parent.mkdir(parents=True)
+    inst.key_path.write_text("k3y\n")
+    inst.key_path.chmod(0o600)
+    plan_cache._TRUSTED.clear()
+    plan_cache.send_status_requests(path, "dev", ["other"])
+    plan_cache.send_status_requests(path, "dev", ["main"])
+    assert sent == [(str(inst.socket_path), "k3y")]
+    site_file(tmp_path, RICH_SITE.replace("hello world", "hello there, world"))
+    plan_cache._TRUSTED.clear()
+    plan_cache.send_status_requests(path, "dev")  # the site changed: not sent
+    assert len(sent) == 1

@@ -447,3 +447,43 @@ def test_both_readers_raise_the_same_fault(code):
         with pytest.raises(Fault) as raised:
             read(data)
         assert (raised.value.faultCode, raised.value.faultString) == (code, "BAD <&> \x1b")
+
+
+# --------------------------------------------------------------------------------------------
+# requests sent early (status asks before it has loaded what reads the answers)
+
+
+def test_a_request_sent_early_is_answered_to_the_call_that_makes_it(serve, short_dir):
+    from siteboot import wire
+
+    server, url = serve(short_dir / "s.sock")
+    endpoint = Endpoint(url, "s3cret", timeout=5)
+    body = request_body("supervisor.getState", ())
+    wire.send_early(str(short_dir / "s.sock"), "s3cret", body, 5.0)
+    wire.send_early(str(short_dir / "s.sock"), "s3cret", body, 5.0)  # once is enough
+    assert len(server.requests) <= 1
+    assert endpoint.call("supervisor.getState") == {"statecode": 1, "statename": "RUNNING"}
+    assert len(server.requests) == 1  # the early one: not sent again
+    assert endpoint.call("supervisor.getState") == {"statecode": 1, "statename": "RUNNING"}
+    assert len(server.requests) == 2  # used once
+    assert server.requests[0][1]["Authorization"] == auth_header("s3cret")
+
+
+def test_an_early_request_of_another_body_or_key_is_not_taken(serve, short_dir):
+    from siteboot import wire
+
+    server, url = serve(short_dir / "s.sock")
+    wire.send_early(str(short_dir / "s.sock"), "s3cret", request_body("supervisor.getPID", ()),
+                    5.0)
+    assert Endpoint(url, "s3cret").call("supervisor.getState")["statename"] == "RUNNING"
+    assert wire.take_early(url, "other", request_body("supervisor.getPID", ())) is None
+    early = wire.take_early(url, "s3cret", request_body("supervisor.getPID", ()))
+    assert early is not None
+    early.close()
+
+
+def test_nothing_is_sent_early_where_nothing_listens(short_dir):
+    from siteboot import wire
+
+    wire.send_early(str(short_dir / "none.sock"), "k", b"x", 1.0)
+    assert wire.take_early(f"unix://{short_dir}/none.sock", "k", b"x") is None
