@@ -472,7 +472,7 @@ def test_a_request_sent_early_is_answered_to_the_call_that_makes_it(serve, short
 def test_an_early_request_of_another_body_or_key_is_not_taken(serve, short_dir):
     from siteboot import wire
 
-    server, url = serve(short_dir / "s.sock")
+    _server, url = serve(short_dir / "s.sock")
     wire.send_early(str(short_dir / "s.sock"), "s3cret", request_body("supervisor.getPID", ()),
                     5.0)
     assert Endpoint(url, "s3cret").call("supervisor.getState")["statename"] == "RUNNING"
