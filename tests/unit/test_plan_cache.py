@@ -33,6 +33,9 @@ command = "serve {port}"
 port = "auto"
 """
 
+FIXED_SITE = AUTO_SITE.replace('port = "auto"', "port = { dev = 45011 }", 1).replace(
+    'port = "auto"', "port = { dev = 45012 }")
+
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
@@ -249,7 +252,7 @@ def test_status_requests_go_out_only_from_a_trusted_cache(home, tmp_path, monkey
     sent: list[tuple[str, str]] = []
     monkeypatch.setattr("siteboot.wire.send_early",
                         lambda socket_path, key, body, timeout: sent.append((socket_path, key)))
-    path = site_file(tmp_path)
+    path = site_file(tmp_path, FIXED_SITE.replace("{home}", str(home)), "f")
     plan_cache.send_status_requests(path, "dev")  # no cache yet
     plan = load_or_build(path, "dev")
     inst = plan.instances["main"]
@@ -261,7 +264,7 @@ def test_status_requests_go_out_only_from_a_trusted_cache(home, tmp_path, monkey
     plan_cache.send_status_requests(path, "dev", ["other"])
     plan_cache.send_status_requests(path, "dev", ["main"])
     assert sent == [(str(inst.socket_path), "k3y")]
-    site_file(tmp_path, RICH_SITE.replace("hello world", "hello there, world"))
+    site_file(tmp_path, FIXED_SITE.replace("{home}", str(home)) + "\n# edited\n", "f")
     plan_cache._TRUSTED.clear()
     plan_cache.send_status_requests(path, "dev")  # the site changed: not sent
     assert len(sent) == 1
