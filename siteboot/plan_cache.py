@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 CACHE_DIR = "~/.local/state/siteboot/plans"
 FORMAT = 1
 _TAG = "\u0000"  # no key of a site file or of the model is this
-_SETTLE_NS = 3_000_000_000  # younger inputs are not cached (coarse or racing timestamps)
+SETTLE_NS = 3_000_000_000  # younger inputs are not cached (coarse or racing timestamps)
 _MODEL_MODULES = ("siteboot.site", "siteboot.plan", "siteboot.login", "siteboot.rpc",
                   "siteboot.history", __name__)
 _RPC_TIMEOUT = 5.0  # as ``rpc.connect`` asks: the request must be the one status makes
@@ -244,7 +244,7 @@ def store(cache: Path, plan: Plan, inputs: dict[str, Any], started_ns: int) -> b
     early = _early_requests(plan)  # first: its modules are inputs too
     inputs = {**inputs, **{path: signature(path) for path in _file_inputs(plan)}}
     for sig in inputs.values():
-        if isinstance(sig, list) and max(sig[3], sig[4]) > started_ns - _SETTLE_NS:
+        if isinstance(sig, list) and max(sig[3], sig[4]) > started_ns - SETTLE_NS:
             return False
     header = {**_context_of(plan), "inputs": list(inputs.items()),
               "early": early}

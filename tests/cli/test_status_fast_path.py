@@ -109,7 +109,7 @@ def test_status_from_the_plan_cache_parses_nothing(tmp_path):
     site = one_instance_site(tmp_path, "cached", "{ dev = 23457 }")
     env = dict(os.environ, HOME=str(tmp_path / "home"))
     prelude = ("import siteboot.plan_cache\n"  # the site file was written a moment ago
-               "siteboot.plan_cache._SETTLE_NS = 0\n")
+               "siteboot.plan_cache.SETTLE_NS = 0\n")
     verdicts = []
     for _ in range(2):
         verdict, output = heavy_imports(tmp_path, ["--site", str(site), "--json"],

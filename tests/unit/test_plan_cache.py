@@ -45,7 +45,7 @@ def home(tmp_path, monkeypatch):
     folder.mkdir()
     monkeypatch.setenv("HOME", str(folder))
     monkeypatch.delenv("SITEBOOT_HOST", raising=False)
-    monkeypatch.setattr(plan_cache, "_SETTLE_NS", 0)
+    monkeypatch.setattr(plan_cache, "SETTLE_NS", 0)
     return folder
 
 
@@ -217,7 +217,7 @@ def test_a_cache_of_another_account_is_not_read_nor_written(home, tmp_path, buil
 
 
 def test_a_young_input_is_not_cached(home, tmp_path, builds, monkeypatch):
-    monkeypatch.setattr(plan_cache, "_SETTLE_NS", 3_000_000_000)
+    monkeypatch.setattr(plan_cache, "SETTLE_NS", 3_000_000_000)
     path = site_file(tmp_path)
     load_or_build(path, "dev")
     assert not cache_path(path, "dev").exists()
