@@ -304,13 +304,15 @@ def _decoder() -> Any:
     from siteboot.plan import Sealed
 
     classes = _classes()
+    paths: dict[str, Path] = {}  # one object per path: every program of an instance logs there
 
     def decode(obj: dict[str, Any]) -> Any:
         tag = obj.get(_TAG)
         if tag is None:
             return obj
         if tag == "Path":
-            return Path(obj["path"])
+            text = obj["path"]
+            return paths.get(text) or paths.setdefault(text, Path(text))
         if tag == "tuple":
             return tuple(obj["items"])
         if tag == "dict":
