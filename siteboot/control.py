@@ -94,6 +94,8 @@ class LogTail:
 
 @dataclass
 class ProgramStatus:
+    """One process as its supervisord reports it, with what siteboot adds (expected, history, health)."""
+
     name: str
     group: str
     state: str
@@ -155,6 +157,8 @@ class ProgramStatus:
 
 @dataclass
 class InstanceStatus:
+    """One instance: whether it answers, and its processes."""
+
     name: str
     user: str
     state: str
@@ -197,6 +201,8 @@ class VenvProblem:
 
 @dataclass
 class StatusResult:
+    """``status`` of one env: every instance asked, and the venvs whose interpreter moved."""
+
     site: str
     env: str
     instances: list[InstanceStatus]
@@ -538,6 +544,8 @@ def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
 
 @dataclass
 class ProcessOutcome:
+    """What ``start``, ``stop`` or ``restart`` did to one process."""
+
     instance: str
     process: str
     ok: bool

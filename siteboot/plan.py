@@ -99,6 +99,8 @@ class DirPlan:
 
 @dataclass(frozen=True)
 class ProgramPlan:
+    """A ``[programs.NAME]`` resolved for one env: its command, environment, port and options."""
+
     name: str
     command: str
     directory: str | None
@@ -151,6 +153,8 @@ class ProgramPlan:
 
 @dataclass(frozen=True)
 class InstancePlan:
+    """One supervisord of the env: its account, port, dirs and programs; every path it uses."""
+
     name: str
     user: str
     port: int
@@ -303,6 +307,8 @@ class RunnerPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """One env of a site as the invoker sees it on this host: every instance resolved."""
+
     site: Site
     env: str
     invoker: str
