@@ -40,6 +40,7 @@ from siteboot.rpc import (
     Fault,
     RpcError,
     connect,
+    status_calls,
     url_to,
 )
 
@@ -93,6 +94,8 @@ class LogTail:
 
 @dataclass
 class ProgramStatus:
+    """One process as its supervisord reports it, with what siteboot adds (expected, history, health)."""
+
     name: str
     group: str
     state: str
@@ -154,6 +157,8 @@ class ProgramStatus:
 
 @dataclass
 class InstanceStatus:
+    """One instance: whether it answers, and its processes."""
+
     name: str
     user: str
     state: str
@@ -196,6 +201,8 @@ class VenvProblem:
 
 @dataclass
 class StatusResult:
+    """``status`` of one env: every instance asked, and the venvs whose interpreter moved."""
+
     site: str
     env: str
     instances: list[InstanceStatus]
@@ -275,14 +282,8 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         else:
             result.state, result.error = NO_KEY, str(exc)
         return result
-    calls: list[tuple[str, tuple[Any, ...]]] = [("supervisor.getState", ()),
-                                                ("supervisor.getPID", ()),
-                                                ("supervisor.getAllProcessInfo", ())]
-    counting = any(int(p.options["crash_loop_window"]) > 0 for p in inst.programs)
-    if counting:  # in the same request: the restart count costs no round trip
-        calls.append(("supervisor.readLog", (-MAIN_LOG_TAIL, 0)))
-    try:
-        state, pid, infos, *log = endpoint.multicall(calls)
+    try:  # the restart count (the main log's end) comes in the same request
+        state, pid, infos, *log = endpoint.multicall(status_calls(inst))
         if log and isinstance(log[0], Fault):
             log = [_read_main_log_again(endpoint, log[0])]
     except RpcError as exc:
@@ -543,6 +544,8 @@ def orphaned_rows(plan: Plan) -> list[InstanceStatus]:
 
 @dataclass
 class ProcessOutcome:
+    """What ``start``, ``stop`` or ``restart`` did to one process."""
+
     instance: str
     process: str
     ok: bool

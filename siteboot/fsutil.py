@@ -22,13 +22,8 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
     The temp file gets ``mode`` (and group ``gid``) before any byte is written, so a reader
     never sees the content with wider permissions, and never sees a half-written file.
     """
-    import tempfile
-
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    except OSError as exc:
-        raise _naming(exc, path) from None
+    fd, tmp = _temp_beside(path)
     try:
         if gid is not None:
             os.fchown(fd, -1, gid)
@@ -46,6 +41,21 @@ def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,
         if isinstance(exc, OSError) and not exc.filename:  # a full disk says ENOSPC, not where
             raise _naming(exc, path) from None
         raise
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new 0600 file beside ``path``, as ``tempfile.mkstemp`` makes one (which ``status``,
+    writing its plan cache, must not pay for importing)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    for _attempt in range(100):
+        tmp = str(path.parent / f".{path.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            return os.open(tmp, flags, 0o600), tmp
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise _naming(exc, path) from None
+    raise _naming(FileExistsError(17, "no free temporary name"), path)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

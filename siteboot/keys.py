@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from siteboot.accounts import uid_of
 from siteboot.errors import KeyAccessError, SitebootError
 from siteboot.hints import command
-from siteboot.plan import InstancePlan, Plan, uid_of
+
+if TYPE_CHECKING:
+    from siteboot.plan import InstancePlan, Plan
 
 # hashlib, secrets, grp and siteboot.fsutil are imported where used: `status` only reads keys.
 
@@ -192,6 +196,11 @@ def publish_key(inst: InstancePlan, key: str) -> None:
     except OSError as exc:
         raise SitebootError(f"cannot publish the key of {inst.name} in {path.parent}: "
                             f"{exc.strerror or exc}", "check shared_dir in the site file") from None
+
+
+def read_key_file(path: Path) -> str:
+    """The key in the invoker's own key file ``path`` (``read_own_key`` says what is wrong)."""
+    return _read(path)
 
 
 def read_own_key(inst: InstancePlan) -> str:

@@ -279,7 +279,7 @@ def down_recorded(site_path: Path, env: str) -> LifecycleResult:
     """``down`` when the site file does not parse: stop what the start records say was started
     from that file for ``env``. A broken edit never keeps anyone from stopping the site."""
     from siteboot import instances
-    from siteboot.plan import current_user
+    from siteboot.accounts import current_user
     from siteboot.records import read_starts
 
     records = [r for r in read_starts(current_user())

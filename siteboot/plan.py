@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pwd
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Union
 
+from siteboot.accounts import RPC_USERNAME as RPC_USERNAME  # noqa: PLC0414 (render's)
+from siteboot.accounts import current_user, expand_home, this_host, uid_of
 from siteboot.errors import OwnershipError, SitebootError, UsageError
 from siteboot.site import (
     PORT_MAX,
@@ -37,86 +38,12 @@ from siteboot.site import (
 
 # AF_UNIX paths longer than this are cut by the kernel (108 bytes including the NUL).
 MAX_SOCKET_PATH = 107
-RPC_USERNAME = "siteboot"
 # An "auto" port not allocated yet (``ports.allocate`` does that for what it starts), or one of
 # another account, whose record is not readable here: a preview renders it as 0.
 UNALLOCATED = 0
 _MAX_RECORD_BYTES = 1 << 20
-HOST_ENV = "SITEBOOT_HOST"
-
-
-def this_host() -> str:
-    """The host commands run on: ``$SITEBOOT_HOST``, else the kernel's host name (as short or
-    as full as the host is set up: ``same_host`` matches either). Not ``getfqdn``: it asks DNS,
-    which can hang a login node for seconds, and ``status`` runs every minute."""
-    return os.environ.get(HOST_ENV) or os.uname().nodename
-
-
 # Which instances a command is about: one name, several (``-i`` repeated), or None for all.
 Selection = Union[str, Sequence[str], None]
-
-
-def current_user() -> str:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:  # a uid without a passwd entry (containers)
-        return str(os.geteuid())
-
-
-def uid_of(user: str) -> int:
-    if user == current_user():  # also a uid without a passwd entry (containers, CI)
-        return os.geteuid()
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except KeyError:
-        raise UsageError(f"user {user} does not exist on this host",
-                         "check the instance's `user` in the site file") from None
-
-
-def expand_home(path: str, user: str) -> Path:
-    """Expand ``~`` to ``user``'s home (not the invoker's): state lives with its owner."""
-    if path == "~" or path.startswith("~/"):
-        if user == current_user():
-            return own_home() / path[2:] if path != "~" else own_home()
-        return Path(os.path.expanduser("~" + user + path[1:]))
-    return Path(os.path.expanduser(path))
-
-
-def own_home() -> Path:
-    """The invoker's home: ``$HOME`` as every tool honours it, unless it is plainly not the
-    invoker's (someone else's directory: cron or ``sudo -u`` without ``-H`` keep the caller's),
-    in which case the account database's; ``home_note`` says so."""
-    env_home = os.environ.get("HOME")
-    database = _database_home()
-    if not env_home:
-        return Path(database or "/")
-    if database and wrong_home(env_home):
-        return Path(database)
-    return Path(env_home)
-
-
-def wrong_home(home: str) -> bool:
-    """``home`` exists and belongs to another account."""
-    try:
-        return os.stat(home).st_uid != os.geteuid()
-    except OSError:
-        return False
-
-
-def _database_home() -> str | None:
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_dir
-    except KeyError:  # a uid without a passwd entry (containers): $HOME is all there is
-        return None
-
-
-def home_note() -> str | None:
-    """What to tell the operator once when ``$HOME`` is not the invoker's."""
-    env_home = os.environ.get("HOME")
-    if env_home and wrong_home(env_home) and _database_home():
-        return (f"note: $HOME ({env_home}) belongs to another account; using {current_user()}'s "
-                f"home {_database_home()} for keys and state")
-    return None
 
 
 class Sealed(str):
@@ -172,6 +99,8 @@ class DirPlan:
 
 @dataclass(frozen=True)
 class ProgramPlan:
+    """A ``[programs.NAME]`` resolved for one env: its command, environment, port and options."""
+
     name: str
     command: str
     directory: str | None
@@ -224,6 +153,8 @@ class ProgramPlan:
 
 @dataclass(frozen=True)
 class InstancePlan:
+    """One supervisord of the env: its account, port, dirs and programs; every path it uses."""
+
     name: str
     user: str
     port: int
@@ -403,6 +334,8 @@ class RunnerPlan:
 
 @dataclass(frozen=True)
 class Plan:
+    """One env of a site as the invoker sees it on this host: every instance resolved."""
+
     site: Site
     env: str
     invoker: str

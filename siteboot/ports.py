@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from siteboot.accounts import this_host
 from siteboot.errors import InstanceError, SitebootError
 from siteboot.hints import command
 from siteboot.plan import (
@@ -25,7 +26,6 @@ from siteboot.plan import (
     read_port_record,
     resolved_problems,
     state_dir_of,
-    this_host,
 )
 from siteboot.site import (
     Problem,

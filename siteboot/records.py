@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from siteboot.accounts import expand_home, this_host
 from siteboot.fsutil import atomic_write, ensure_private_dir
-from siteboot.plan import UNALLOCATED, InstancePlan, Plan, ProgramPlan, expand_home, this_host
+from siteboot.plan import UNALLOCATED, InstancePlan, Plan, ProgramPlan
 from siteboot.proc import is_supervisord
 from siteboot.site import same_host
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from siteboot.errors import SitebootError
-from siteboot.rpc import Endpoint, RpcError, classify, peer_uid, read_answer
+from siteboot.rpc import Endpoint, RpcError, classify, read_answer
+from siteboot.wire import peer_uid
 
 
 @dataclass(frozen=True)

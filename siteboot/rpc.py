@@ -7,18 +7,21 @@ all three with exit 4).
 
 from __future__ import annotations
 
-import binascii
 import os
 import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from siteboot.accounts import HOST_ENV, uid_of
 from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
-from siteboot.plan import HOST_ENV, RPC_USERNAME, InstancePlan, Plan, uid_of
 from siteboot.probes import TCP_TABLES, server_uid
+from siteboot.wire import peer_uid, request_head, take_early
+
+if TYPE_CHECKING:
+    from siteboot.plan import InstancePlan, Plan
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -138,7 +141,99 @@ _SCALARS: dict[str, Callable[[str], Any]] = {
 
 
 def decode_response(data: bytes) -> Any:
-    """The value of a methodResponse; a fault is raised as ``Fault``."""
+    """The value of a methodResponse; a fault is raised as ``Fault``.
+
+    What supervisord writes (xmlrpc.client's marshaller: every value typed, structs of
+    scalars) is read with a few regular expressions, a struct at a time (``_decode_plain``);
+    anything else, or anything odd, goes through expat (``decode_xml``), which gives the same
+    values."""
+    try:
+        value, fault = _decode_plain(data)
+    except (_NotPlain, UnicodeDecodeError, ValueError):
+        return decode_xml(data)
+    if fault:
+        raise Fault(int(value.get("faultCode", 0)), str(value.get("faultString", "")))
+    return value
+
+
+class _NotPlain(Exception):
+    """Not in the shape ``_decode_plain`` reads: expat reads it."""
+
+
+_TYPES = "int|i4|i8|string|double|boolean"
+_PLAIN_SCALAR = re.compile(rf"<value>(?:<({_TYPES})>([^<]*)</\1>|<nil/>|([^<]*))</value>\s*")
+# a struct whose members are all scalars, checked whole; then read member by member
+_PLAIN_STRUCT = re.compile(rf"<value><struct>\s*((?:<member>\s*<name>[^<]*</name>\s*<value>"
+                           rf"(?:<(?:{_TYPES})>[^<]*</(?:{_TYPES})>|<nil/>)</value>\s*"
+                           rf"</member>\s*)*)</struct></value>\s*")
+_MEMBERS = re.compile(rf"<member>\s*<name>([^<]*)</name>\s*<value>"
+                      rf"(?:<({_TYPES})>([^<]*)</\2>|<nil/>)</value>\s*</member>")
+_ARRAY_OPEN = re.compile(r"<value><array>\s*<data>\s*")
+_ARRAY_CLOSE = re.compile(r"</data>\s*</array>\s*</value>\s*")
+_RESPONSE_OPEN = re.compile(r"\s*(?:<\?xml[^>]*\?>)?\s*<methodResponse>\s*"
+                            r"(?:<params>\s*<param>|(<fault>))\s*")
+_PARAMS_CLOSE = re.compile(r"</param>\s*</params>\s*</methodResponse>\s*")
+_FAULT_CLOSE = re.compile(r"</fault>\s*</methodResponse>\s*")
+_ENTITY = re.compile(r"&(lt|gt|amp|quot|apos);")
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+
+
+def _decode_plain(data: bytes) -> tuple[Any, bool]:
+    """(the value, whether it is a fault) of a response in xmlrpc.client's own layout."""
+    text = data.decode("utf-8")
+    opened = _RESPONSE_OPEN.match(text)
+    if opened is None:
+        raise _NotPlain
+    value, end = _plain_value(text, opened.end())
+    fault = opened.group(1) is not None
+    closed = (_FAULT_CLOSE if fault else _PARAMS_CLOSE).match(text, end)
+    if closed is None or closed.end() != len(text) or (fault and not isinstance(value, dict)):
+        raise _NotPlain
+    return value, fault
+
+
+def _plain_value(text: str, pos: int) -> tuple[Any, int]:
+    scalar = _PLAIN_SCALAR.match(text, pos)
+    if scalar is not None:
+        kind, raw, untyped = scalar.groups()
+        if kind is None and untyped is None:
+            return None, scalar.end()  # <nil/>
+        return _scalar(kind or "string", raw if kind else untyped), scalar.end()
+    struct = _PLAIN_STRUCT.match(text, pos)
+    if struct is not None:
+        members = _MEMBERS.findall(struct.group(1))
+        if len(members) != struct.group(1).count("<member>"):  # <int>..</string>: expat's to say
+            raise _NotPlain
+        return ({_unescaped(name): _scalar(kind, raw) if kind else None
+                 for name, kind, raw in members}, struct.end())
+    opened = _ARRAY_OPEN.match(text, pos)
+    if opened is None:
+        raise _NotPlain
+    items: list[Any] = []
+    pos = opened.end()
+    while True:
+        closed = _ARRAY_CLOSE.match(text, pos)
+        if closed is not None:
+            return items, closed.end()
+        item, pos = _plain_value(text, pos)
+        items.append(item)
+
+
+def _scalar(kind: str, raw: str) -> Any:
+    return _SCALARS[kind](_unescaped(raw))
+
+
+def _unescaped(raw: str) -> str:
+    """``raw`` with the entities xmlrpc.client writes read; a character reference is expat's."""
+    if "&" not in raw:
+        return raw
+    if raw.count("&") != len(_ENTITY.findall(raw)):
+        raise _NotPlain
+    return _ENTITY.sub(lambda m: _ENTITIES[m.group(1)], raw)
+
+
+def decode_xml(data: bytes) -> Any:
+    """``decode_response`` by expat, for any well-formed response."""
     from xml.parsers import expat
 
     stack: list[Any] = []  # open containers: lists, or [dict, pending member name]
@@ -251,24 +346,20 @@ class Endpoint:
                      version: str = "HTTP/1.0") -> socket.socket:
         """A new connection, checked (the key goes only to a server of ``owner_uid``), with one
         request sent on it with the key: the caller reads the answer and closes the socket."""
-        if not path.startswith("/") or not all("!" <= c <= "~" for c in path):
-            raise ValueError(f"not a request path: {path!r}")
-        token = binascii.b2a_base64(f"{RPC_USERNAME}:{self.key}".encode(), newline=False).decode()
-        content = (f"Content-Type: text/xml\r\nContent-Length: {len(body)}\r\n"
-                   if method == "POST" else "")
-        head = (f"{method} {path} {version}\r\nHost: localhost\r\n{content}"
-                f"Authorization: Basic {token}\r\n\r\n")
+        head = request_head(method, path, self.key, body, version)
         sock = self._connect()
         try:
-            sock.sendall(head.encode("ascii") + body)
+            sock.sendall(head + body)
         except BaseException:
             sock.close()
             raise
         return sock
 
     def post(self, body: bytes) -> bytes:
-        """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``)."""
-        with self.send_request("POST", "/RPC2", body) as sock:
+        """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``);
+        read from the connection ``wire.send_early`` sent it on, when it did."""
+        sock = take_early(self.url, self.key, body)
+        with sock or self.send_request("POST", "/RPC2", body) as sock:
             return read_answer(sock)
 
     def call(self, method: str, *args: Any) -> Any:
@@ -288,8 +379,7 @@ class Endpoint:
 
     def multicall(self, calls: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """Several calls in one request; each result is a value or a ``Fault``."""
-        payload = [{"methodName": name, "params": list(params)} for name, params in calls]
-        results = self.call("system.multicall", payload)
+        results = self.call("system.multicall", multicall_payload(calls))
         out: list[Any] = []
         for item in results:
             if isinstance(item, dict) and "faultCode" in item:
@@ -297,6 +387,28 @@ class Endpoint:
             else:
                 out.append(item)  # supervisord does not wrap results in 1-lists
         return out
+
+
+def multicall_payload(calls: list[tuple[str, tuple[Any, ...]]]) -> list[dict[str, Any]]:
+    return [{"methodName": name, "params": list(params)} for name, params in calls]
+
+
+def status_request(inst: InstancePlan) -> bytes:
+    """The one request ``status`` sends each supervisord (``status_calls``)."""
+    return request_body("system.multicall", (multicall_payload(status_calls(inst)),))
+
+
+def status_calls(inst: InstancePlan) -> list[tuple[str, tuple[Any, ...]]]:
+    """What ``status`` asks each supervisord in one request: its state, its pid, every process
+    and, when a program counts its restarts, the end of its main log."""
+    from siteboot.history import MAIN_LOG_TAIL
+
+    calls: list[tuple[str, tuple[Any, ...]]] = [("supervisor.getState", ()),
+                                                ("supervisor.getPID", ()),
+                                                ("supervisor.getAllProcessInfo", ())]
+    if any(int(p.options["crash_loop_window"]) > 0 for p in inst.programs):
+        calls.append(("supervisor.readLog", (-MAIN_LOG_TAIL, 0)))
+    return calls
 
 
 def read_answer(sock: socket.socket) -> bytes:
@@ -343,19 +455,6 @@ def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | Non
 
         key = read_key(plan, inst)
     return Endpoint(url_to(plan, inst), key, timeout, owner_uid=uid_of(inst.user))
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED; None
-    elsewhere)."""
-    import struct
-
-    option = getattr(socket, "SO_PEERCRED", None)
-    if option is None:  # pragma: no cover - not Linux
-        return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, option,
-                                                          struct.calcsize("3i")))
-    return int(uid)
 
 
 def check_peer_uid(sock: socket.socket, uid: int, url: str) -> None:

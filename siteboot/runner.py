@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from siteboot.accounts import expand_home, uid_of
 from siteboot.errors import (
     EXIT_FAILED,
     EXIT_OK,
@@ -37,7 +38,7 @@ from siteboot.errors import (
 )
 from siteboot.hints import command
 from siteboot.login import in_preamble, wrap
-from siteboot.plan import Plan, RunnerPlan, expand_home, uid_of
+from siteboot.plan import Plan, RunnerPlan
 from siteboot.site import RUNNER_PROGRAM
 
 LOCK_TIMEOUT = 120.0

@@ -300,6 +300,8 @@ def variants(value: Text) -> list[str]:
 
 @dataclass(frozen=True)
 class Instance:
+    """An ``[instances.NAME]``: one supervisord, its account and its port per env."""
+
     name: str
     user: str | None
     port: dict[str, int | None]  # None: "auto", allocated per user (``plan`` reads the record)
@@ -314,6 +316,8 @@ class Instance:
 
 @dataclass(frozen=True)
 class Program:
+    """A ``[programs.NAME]`` as written (texts may still be per env and hold placeholders)."""
+
     name: str
     instance: str
     command: Text
@@ -348,6 +352,8 @@ class DirSpec:
 
 @dataclass(frozen=True)
 class VenvSpec:
+    """A ``[venvs.NAME]``: an application virtualenv and its requirements."""
+
     name: str
     requirements: list[str]
     python: str | None
@@ -367,6 +373,8 @@ class RunnerSpec:
 
 @dataclass(frozen=True)
 class Site:
+    """A validated site file."""
+
     name: str
     path: Path
     envs: list[str]
@@ -423,6 +431,8 @@ def instance_port_key(instance: str) -> str:
 
 @dataclass(frozen=True)
 class Problem:
+    """Something wrong (``error``) or doubtful (``warning``) in a site file, and where."""
+
     level: str  # "error" or "warning"
     where: str
     message: str

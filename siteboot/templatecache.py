@@ -23,7 +23,7 @@ import jinja2
 from jinja2.bccache import Bucket
 
 from siteboot import __version__
-from siteboot.plan import current_user, expand_home
+from siteboot.accounts import current_user, expand_home
 
 TEMPLATE_CACHE_DIR = "~/.cache/siteboot/templates"
 _SUFFIX = ".jinja2c"

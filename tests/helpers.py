@@ -303,7 +303,7 @@ class Interactive:
 
 
 def auth_header(key: str) -> str:
-    from siteboot.plan import RPC_USERNAME
+    from siteboot.accounts import RPC_USERNAME
 
     return "Basic " + base64.b64encode(f"{RPC_USERNAME}:{key}".encode()).decode()
 

@@ -25,8 +25,9 @@ def main() -> None:
     fast = None if debug else parse_status_args(args)
     if fast is not None:
         try:
-            code = show_status(Ctx(fast["site"], fast["env"], fast["root"]), fast["instance"],
-                               fast["as_json"], fast["names"], fast["all_envs"])
+            ctx = Ctx(fast["site"], fast["env"], fast["root"], cached_plans=True)
+            code = show_status(ctx, fast["instance"], fast["as_json"], fast["names"],
+                               fast["all_envs"])
         except BaseException as exc:  # a bug too is a verdict a monitor reads: "unknown"
             code = exit_code_for(exc, debug=debug, error=error, internal_code=STATUS_UNKNOWN,
                                  broken_pipe_code=STATUS_UNKNOWN)

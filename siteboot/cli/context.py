@@ -28,12 +28,16 @@ def debug_enabled(args: Sequence[str] = ()) -> bool:
 class Ctx:
     """What every command gets: the chosen site, env and root, resolved lazily."""
 
-    def __init__(self, site: str | None, env: str, root: str | None) -> None:
+    def __init__(self, site: str | None, env: str, root: str | None,
+                 cached_plans: bool = False) -> None:
         self.site_arg = site  # None: the site root's own default (resources.default_site_path)
         self.env = env
         self.root_arg = root
         self._root: object = _UNSET
         self._site: Site | None = None
+        # status only: the plan from the invoker's cache while the site file is unchanged
+        self.cached_plans = cached_plans
+        self._noted = False
 
     @property
     def root(self) -> Path | None:
@@ -60,13 +64,41 @@ class Ctx:
         return self.plan_for(self.env)
 
     def plan_for(self, env: str) -> Plan:
-        from siteboot.plan import home_note, make_plan
+        from siteboot.plan import make_plan
 
+        if self.cached_plans:
+            from siteboot.plan_cache import load_or_build
+
+            plan = load_or_build(self.site_path(), env)
+            self._note_home()
+            return plan
         if self._site is None:
             self._site = self.site()
-            note = home_note()
-            if note:
-                from siteboot.cli.output import echo
-
-                echo(note, err=True)
+            self._note_home()
         return make_plan(self._site, env)
+
+    def send_status_requests(self, instances: Sequence[str]) -> None:
+        """With cached plans: ask the site's supervisords for ``status`` now, before the plan
+        is decoded (``plan_cache.send_status_requests``); any problem is ``plan``'s to say."""
+        if not self.cached_plans:
+            return
+        from siteboot.errors import SitebootError
+        from siteboot.plan_cache import send_status_requests
+
+        try:
+            send_status_requests(self.site_path(), self.env, instances)
+        except (SitebootError, OSError):
+            pass
+
+    def _note_home(self) -> None:
+        """Once: the operator's $HOME is not theirs (keys and state come from elsewhere)."""
+        from siteboot.accounts import home_note
+
+        if self._noted:
+            return
+        self._noted = True
+        note = home_note()
+        if note:
+            from siteboot.cli.output import echo
+
+            echo(note, err=True)

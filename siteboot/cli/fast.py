@@ -29,8 +29,9 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
     The verdict stands when the reader goes away (``siteboot status | head -1``): status exits
     0-3 whatever happens to its output.
     """
+    if not names and not all_envs:  # the supervisords answer while siteboot loads
+        ctx.send_status_requests(instance)
     from siteboot import ops
-    from siteboot.cli.output import echo, print_json, print_status
 
     try:
         plan = ctx.plan()
@@ -45,6 +46,8 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
     except SitebootError as exc:
         exc.exit_code = STATUS_UNKNOWN
         raise
+    from siteboot.cli.output import echo, print_json, print_status
+
     try:
         if as_json:
             print_json(result.as_json())

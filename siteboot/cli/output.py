@@ -116,17 +116,20 @@ def _backoff(p: Any) -> str:
 
 
 def print_status(report: Any) -> None:
+    """The status table, written at once (a row a write would be a thousand system calls for
+    a big site)."""
+    out: list[str] = []
     runner = getattr(report, "runner", None)
-    echo(styled(f"site {report.site}, env {report.env}", bold=True))
+    out.append(styled(f"site {report.site}, env {report.env}", bold=True))
     for inst in report.instances:
         if inst.state == "elsewhere":  # another host's: listed, not asked
-            echo(f"{inst.name} ({inst.user}) on {inst.host}")
+            out.append(f"{inst.name} ({inst.user}) on {inst.host}")
             continue
         head = f"{inst.name} ({inst.user}) {inst.state}"
         head += f", pid {inst.pid}" if inst.pid else ""
-        echo(styled(head, bold=True) + f"  {inst.url}")
+        out.append(styled(head, bold=True) + f"  {inst.url}")
         if inst.error:
-            echo(styled(f"  {inst.error}", fg="red"))
+            out.append(styled(f"  {inst.error}", fg="red"))
         counted = any(p.restarts is not None for p in inst.programs)
         watched = any(getattr(p, "health", None) is not None for p in inst.programs)
         rows = []
@@ -146,18 +149,19 @@ def print_status(report: Any) -> None:
             if counted:
                 colors[headers.index("restarts")] = lambda cell: "yellow" if cell.endswith("!") else None
             head, *lines = table(headers, rows, colors).split("\n")
-            echo(head)
+            out.append(head)
             for p, line in zip(inst.programs, lines):
-                echo(line)
+                out.append(line)
                 for text in log_tail_lines(p.log_tail):
-                    echo(text)
+                    out.append(text)
     for problem in getattr(report, "venv_problems", []):
         used = f" (used by {', '.join(problem.programs)})" if problem.programs else ""
-        echo(styled(f"venv {problem.venv}{used}: {problem.problem}", fg="yellow"))
+        out.append(styled(f"venv {problem.venv}{used}: {problem.problem}", fg="yellow"))
     if runner is not None:
         pids = ", ".join(map(str, runner.pids))
         head = f"gitlab-runner ({runner.user}, {runner.mode}) {runner.state}"
-        echo(styled(head + (f", pid {pids}" if pids else ""), bold=True) + f"  {runner.config}")
+        out.append(styled(head + (f", pid {pids}" if pids else ""), bold=True) + f"  {runner.config}")
         for line in [runner.detail, *runner.problems]:
             if line:
-                echo(styled(f"  {line}", fg=None if runner.exit_code == 0 else "red"))
+                out.append(styled(f"  {line}", fg=None if runner.exit_code == 0 else "red"))
+    echo("\n".join(out))

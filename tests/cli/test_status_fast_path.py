@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -50,16 +51,17 @@ def test_anything_else_is_left_to_click(args):
     assert parse_status_args(args) is None
 
 
-def heavy_imports(cwd: Path, args: list[str], heavy: tuple[str, ...]) -> tuple[str, str]:
-    """``siteboot status ARGS`` in a fresh interpreter: (its exit code and which of ``heavy``
-    it imported, its stderr)."""
-    code = (f"import sys\nsys.argv = ['siteboot', 'status', *{args!r}]\n"
+def heavy_imports(cwd: Path, args: list[str], heavy: tuple[str, ...],
+                  env: dict[str, str] | None = None, prelude: str = "") -> tuple[str, str]:
+    """``siteboot status ARGS`` in a fresh interpreter (after ``prelude``): (its exit code and
+    which of ``heavy`` it imported, its stderr)."""
+    code = (f"import sys\n{prelude}sys.argv = ['siteboot', 'status', *{args!r}]\n"
             "from siteboot.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
             f"heavy = [m for m in {heavy!r} if m in sys.modules]\n"
             "print(code, heavy, file=sys.stderr)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=False, cwd=cwd)
+                            check=False, cwd=cwd, env=env)
     verdict = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
     return verdict, result.stdout + result.stderr
 
@@ -72,18 +74,23 @@ def test_status_does_not_import_click_or_jinja2(tmp_path, args):
     assert "no site named 'nope'" in output
 
 
-def test_status_of_a_site_with_auto_ports_stays_light(tmp_path):
-    """Reading the port record is all `status` does for auto ports: no allocation, no psutil."""
-    site = tmp_path / "auto.toml"
+def one_instance_site(folder: Path, name: str, port: str) -> Path:
+    site = folder / f"{name}.toml"
     site.write_text(f"""
 [site]
 envs = ["dev"]
-runtime_dir = "{tmp_path}/rt"
-state_dir = "{tmp_path}/st"
+runtime_dir = "{folder}/rt"
+state_dir = "{folder}/st"
 
 [instances.main]
-port = "auto"
+port = {port}
 """)
+    return site
+
+
+def test_status_of_a_site_with_auto_ports_stays_light(tmp_path):
+    """Reading the port record is all `status` does for auto ports: no allocation, no psutil."""
+    site = one_instance_site(tmp_path, "auto", '"auto"')
     (tmp_path / "st").mkdir(mode=0o700)
     record = tmp_path / "st" / "ports-auto-dev.json"
     record.write_text('{"ports": {"supervisord-main": 23456}}')
@@ -94,3 +101,23 @@ port = "auto"
     assert verdict == "2 []", output
     assert '"state": "not running"' in output
     assert sorted(p.name for p in (tmp_path / "st").iterdir()) == ["ports-auto-dev.json"]
+
+
+def test_status_from_the_plan_cache_parses_nothing(tmp_path):
+    """Once the plan is cached, `status` neither imports a TOML parser nor validates the site:
+    it asks the supervisords (here: none answers) with what the cache holds."""
+    site = one_instance_site(tmp_path, "cached", "{ dev = 23457 }")
+    env = dict(os.environ, HOME=str(tmp_path / "home"))
+    prelude = ("import siteboot.plan_cache\n"  # the site file was written a moment ago
+               "siteboot.plan_cache.SETTLE_NS = 0\n")
+    verdicts = []
+    for _ in range(2):
+        verdict, output = heavy_imports(tmp_path, ["--site", str(site), "--json"],
+                                        ("tomllib", "tomli", "tempfile", "xml.parsers.expat"),
+                                        env, prelude)
+        assert '"state": "not running"' in output, output
+        verdicts.append(verdict)
+    assert verdicts[0] in ("2 ['tomllib']", "2 ['tomli']")
+    assert verdicts[1] == "2 []"
+    cached = list((tmp_path / "home" / ".local" / "state" / "siteboot" / "plans").iterdir())
+    assert [p.name.split("-")[0] for p in cached] == ["cached"]

@@ -86,6 +86,9 @@ def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
     monkeypatch.setattr(fast, "silence_output", lambda: None)
 
     class FakeCtx:
+        def send_status_requests(self, instances: object) -> None:
+            pass
+
         def plan(self) -> None:
             return None
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from siteboot import control, instances, records
+from siteboot.accounts import this_host
 from siteboot.errors import STATUS_OK, UsageError
-from siteboot.plan import InstancePlan, Plan, make_plan, this_host
+from siteboot.plan import InstancePlan, Plan, make_plan
 from siteboot.ports import Listener, in_use_problems
 from siteboot.rpc import connect
 from siteboot.site import load_site, parse_site, same_host

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import shlex
 
-from siteboot.plan import DirPlan, Sealed, make_plan, own_home, reveal
+from siteboot.accounts import own_home
+from siteboot.plan import DirPlan, Sealed, make_plan, reveal
 from siteboot.site import load_site
 
 SITE = """

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from siteboot.accounts import current_user
 from siteboot.errors import InstanceError, SitebootError
 from siteboot.fsutil import owner_name
-from siteboot.plan import UNALLOCATED, Plan, current_user, make_plan, read_port_record
+from siteboot.plan import UNALLOCATED, Plan, make_plan, read_port_record
 from siteboot.ports import (
     AUTO_PORTS,
     Listener,

@@ -22,9 +22,12 @@ from siteboot.rpc import (
     Fault,
     HttpStatusError,
     RpcError,
+    _decode_plain,
+    _NotPlain,
     check_tcp_peer_uid,
     classify,
     decode_response,
+    decode_xml,
     encode,
     escape,
     request_body,
@@ -390,3 +393,97 @@ def test_tcp_peer_check_reads_the_connection_in_proc_net_tcp(tmp_path):
     assert "held by uid 4242, not uid 1001" in str(info.value)
     with pytest.raises(RpcError, match="cannot tell who answers"):
         check_tcp_peer_uid(0x9C42, 8080, 1001, url, (str(table),))
+
+
+# --------------------------------------------------------------------------------------------
+# the two readers: regular expressions for what supervisord writes, expat for the rest
+
+RECORDED = Path(__file__).resolve().parent.parent / "fixtures" / "supervisord-multicall.xml"
+
+
+def test_a_recorded_supervisord_answer_is_read_without_expat():
+    # getState, getPID, getAllProcessInfo (20 programs), readLog and a BAD_NAME fault
+    data = RECORDED.read_bytes()
+    value, fault = _decode_plain(data)
+    assert not fault
+    assert value == decode_xml(data) == xmlrpc.client.loads(data)[0][0]
+    assert len(value[2]) == 20
+    assert value[4]["faultCode"] == 10
+
+
+@pytest.mark.parametrize("value", VALUES + CONTROL_TEXTS + [CONTROL_TEXTS, {"k&<>'\"": "v"}])
+def test_both_readers_agree(value):
+    data = response(value)
+    assert decode_xml(data) == decode_response(data) == value
+
+
+@pytest.mark.parametrize(("xml", "expected"), [
+    ("&#65;&#x42;C", "ABC"),  # character references: only expat reads them
+    ("<string>a<![CDATA[<b>]]></string>", "a<b>"),
+    ("<struct><member><name>n</name><value><int>1</int></value></member>"
+     "<member><name>s</name><value><array><data/></array></value></member></struct>",
+     {"n": 1, "s": []}),
+    ("<struct><member><name>a&#38;b</name><value><int>1</int></value></member></struct>",
+     {"a&b": 1}),
+])
+def test_what_the_regular_expressions_do_not_read_goes_to_expat(xml, expected):
+    data = raw_response(xml)
+    with pytest.raises(_NotPlain):
+        _decode_plain(data)
+    assert decode_response(data) == expected
+
+
+def test_mismatched_tags_are_expats_to_refuse():
+    data = raw_response("<struct><member><name>n</name><value><int>1</string></value>"
+                        "</member></struct>")
+    with pytest.raises(Exception, match="mismatched tag"):
+        decode_response(data)
+
+
+@pytest.mark.parametrize("code", [10, 70])
+def test_both_readers_raise_the_same_fault(code):
+    data = xmlrpc.client.dumps(xmlrpc.client.Fault(code, "BAD <&> \x1b")).encode()
+    for read in (decode_response, decode_xml):
+        with pytest.raises(Fault) as raised:
+            read(data)
+        assert (raised.value.faultCode, raised.value.faultString) == (code, "BAD <&> \x1b")
+
+
+# --------------------------------------------------------------------------------------------
+# requests sent early (status asks before it has loaded what reads the answers)
+
+
+def test_a_request_sent_early_is_answered_to_the_call_that_makes_it(serve, short_dir):
+    from siteboot import wire
+
+    server, url = serve(short_dir / "s.sock")
+    endpoint = Endpoint(url, "s3cret", timeout=5)
+    body = request_body("supervisor.getState", ())
+    wire.send_early(str(short_dir / "s.sock"), "s3cret", body, 5.0)
+    wire.send_early(str(short_dir / "s.sock"), "s3cret", body, 5.0)  # once is enough
+    assert len(server.requests) <= 1
+    assert endpoint.call("supervisor.getState") == {"statecode": 1, "statename": "RUNNING"}
+    assert len(server.requests) == 1  # the early one: not sent again
+    assert endpoint.call("supervisor.getState") == {"statecode": 1, "statename": "RUNNING"}
+    assert len(server.requests) == 2  # used once
+    assert server.requests[0][1]["Authorization"] == auth_header("s3cret")
+
+
+def test_an_early_request_of_another_body_or_key_is_not_taken(serve, short_dir):
+    from siteboot import wire
+
+    _server, url = serve(short_dir / "s.sock")
+    wire.send_early(str(short_dir / "s.sock"), "s3cret", request_body("supervisor.getPID", ()),
+                    5.0)
+    assert Endpoint(url, "s3cret").call("supervisor.getState")["statename"] == "RUNNING"
+    assert wire.take_early(url, "other", request_body("supervisor.getPID", ())) is None
+    early = wire.take_early(url, "s3cret", request_body("supervisor.getPID", ()))
+    assert early is not None
+    early.close()
+
+
+def test_nothing_is_sent_early_where_nothing_listens(short_dir):
+    from siteboot import wire
+
+    wire.send_early(str(short_dir / "none.sock"), "k", b"x", 1.0)
+    assert wire.take_early(f"unix://{short_dir}/none.sock", "k", b"x") is None
