@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from siteboot.accounts import uid_of
 from siteboot.errors import EXIT_FAILED, OwnershipError, SitebootError
 from siteboot.hints import command
-from siteboot.accounts import uid_of
 from siteboot.plan import InstancePlan, Plan
 from siteboot.progress import SILENT, Reporter
 from siteboot.requestsdir import acl_problem, group_gid, identity, requests_dir_problem
