@@ -278,20 +278,14 @@ def agent_log_command(inst: InstancePlan) -> str:
 
 
 def read_result(path: Path, owner_uid: int) -> dict[str, Any] | None:
+    from siteboot.fsutil import read_owned
+
+    raw = read_owned(path, owner_uid, forbidden_mode=0, limit=1 << 20)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        data = json.loads(raw.decode("utf-8")) if raw is not None else None
+    except ValueError:
         return None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid != owner_uid or not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
-            return None
-        data = json.loads(os.read(fd, 1 << 20).decode("utf-8"))
-        return data if isinstance(data, dict) else None
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
+    return data if isinstance(data, dict) else None
 
 
 def outcome_of(inst: InstancePlan, data: dict[str, Any]) -> RequestOutcome:

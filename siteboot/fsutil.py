@@ -322,3 +322,31 @@ def write_if_changed(path: Path, data: str, mode: int = 0o600) -> None:
     except (OSError, UnicodeDecodeError):
         pass
     atomic_write(path, data, mode=mode)
+
+
+def read_owned(path: Path, owner_uid: int | None = None, forbidden_mode: int = 0o022,
+               limit: int | None = None) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file of ``owner_uid`` (the invoker by default)
+    with none of the ``forbidden_mode`` bits and at most ``limit`` bytes, opened without
+    following a symlink (and without hanging on a planted FIFO); else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if (not stat.S_ISREG(info.st_mode)
+                or info.st_uid != (os.geteuid() if owner_uid is None else owner_uid)
+                or info.st_mode & forbidden_mode
+                or (limit is not None and info.st_size > limit)):
+            return None
+        chunks: list[bytes] = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

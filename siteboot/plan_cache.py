@@ -216,24 +216,11 @@ def _read_private(cache: Path) -> bytes | None:
         if (not stat.S_ISDIR(folder.st_mode) or folder.st_uid != os.geteuid()
                 or folder.st_mode & 0o077):
             return None
-        fd = os.open(cache, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    try:
-        info = os.fstat(fd)
-        if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid()
-                or info.st_mode & 0o077):
-            return None
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+    from siteboot.fsutil import read_owned
+
+    return read_owned(cache, forbidden_mode=0o077)
 
 
 def store(cache: Path, plan: Plan, inputs: dict[str, Any], started_ns: int) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import types
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from jinja2.bccache import Bucket
 
 from siteboot import __version__
 from siteboot.accounts import current_user, expand_home
+from siteboot.fsutil import read_owned
 
 TEMPLATE_CACHE_DIR = "~/.cache/siteboot/templates"
 _SUFFIX = ".jinja2c"
@@ -56,7 +56,7 @@ class PrivateBytecodeCache(jinja2.BytecodeCache):
         return self.directory / f"{bucket.key}{_SUFFIX}"
 
     def load_bytecode(self, bucket: Bucket) -> None:
-        data = read_trusted(self.path(bucket))
+        data = read_owned(self.path(bucket))
         if data is None:
             return
         try:
@@ -102,30 +102,6 @@ def _environment_signature(environment: jinja2.Environment) -> str:
                bool(environment.autoescape), environment.optimized,
                sorted(str(e) for e in environment.extensions))
     return repr(options)
-
-
-def read_trusted(path: Path) -> bytes | None:
-    """The bytes of ``path`` when it is a regular file of the invoker's that no one else may
-    write (opened without following a symlink), else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() \
-                or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            return None
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
 
 
 def template_cache(directory: Path | None = None) -> Any | None:
