@@ -12,16 +12,14 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
+from siteboot import statusreport
 from siteboot.concurrency import concurrently
 from siteboot.errors import (
     EXIT_FAILED,
     EXIT_OK,
-    STATUS_CRITICAL,
     STATUS_OK,
-    STATUS_UNKNOWN,
     STATUS_WARNING,
     KeyAccessError,
     SitebootError,
@@ -29,13 +27,11 @@ from siteboot.errors import (
     did_you_mean,
 )
 from siteboot.hints import command
-from siteboot.history import MAIN_LOG_TAIL, History, clock_offset, history, parse_events
+from siteboot.history import MAIN_LOG_TAIL
 from siteboot.plan import InstancePlan, Plan, ProgramPlan, Selection
 from siteboot.progress import SILENT, Reporter
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
-    NOT_ANSWERING,
-    NOT_RUNNING,
     Endpoint,
     Fault,
     RpcError,
@@ -43,25 +39,24 @@ from siteboot.rpc import (
     status_calls,
     url_to,
 )
-
-# Instance states beyond the rpc reasons
-RUNNING = "running"
-NO_KEY = "no key"
-NOT_YOURS = "not yours"  # another user's instance that grants no group: nothing to monitor
-ELSEWHERE = "elsewhere"  # placed on another host: not asked from here, not counted
-ERROR = "error"  # could not be asked (an unreadable runtime dir, an unknown user): unknown
-
-SHUTTING_DOWN = "shutting down"
-RUNTIME_LOST = "running (runtime dir lost)"
-ORPHANED = "orphaned"  # running, recorded as started by this account, no longer in the site
-# A supervisord that does not answer, or is going away, runs nothing a monitor can count on.
-_SEVERITY_OF_INSTANCE = {RUNNING: STATUS_OK, NOT_YOURS: STATUS_OK, ELSEWHERE: STATUS_OK,
-                         RUNTIME_LOST: STATUS_WARNING,
-                         ORPHANED: STATUS_WARNING,
-                         NOT_RUNNING: STATUS_CRITICAL,
-                         NOT_ANSWERING: STATUS_CRITICAL, SHUTTING_DOWN: STATUS_CRITICAL}
-_PROGRAM_WARNING = {"STARTING", "BACKOFF"}
-_PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED"}
+from siteboot.statusreport import (  # the result types live there; imported from here too
+    _PROGRAM_WARNING,
+    ELSEWHERE,
+    ERROR,
+    NO_KEY,
+    NOT_RUNNING,
+    NOT_YOURS,
+    ORPHANED,
+    RUNNING,
+    RUNTIME_LOST,
+    SHUTTING_DOWN,
+    InstanceStatus,
+    LogTail,
+    ProgramStatus,
+    StatusResult,
+    VenvProblem,
+    program_rows,
+)
 
 # supervisor.xmlrpc.Faults
 FAULT_BAD_NAME = 10
@@ -79,176 +74,6 @@ _LOG_TAIL_BYTES = 4096  # over RPC: enough for LOG_TAIL_LINES lines of a traceba
 _LOG_LINE_WIDTH = 200
 # What a log line must not bring to the operator's terminal: colours, cursor moves, controls.
 _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
-
-
-@dataclass
-class LogTail:
-    """The last lines a failing process wrote where its errors go."""
-
-    stream: str  # "stderr", or "stdout" for a program with redirect_stderr
-    lines: list[str]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"stream": self.stream, "lines": self.lines}
-
-
-@dataclass
-class ProgramStatus:
-    """One process as its supervisord reports it, with what siteboot adds (expected, history, health)."""
-
-    name: str
-    group: str
-    state: str
-    pid: int | None
-    uptime_s: int | None
-    exitstatus: int | None
-    spawnerr: str
-    expected: bool  # should be running (autostart)
-    history: History | None = None  # restarts from supervisord's log; None: not counted
-    restart_limit: int | None = None  # more restarts than this in the window: a crash loop
-    log_tail: LogTail | None = None  # FATAL or BACKOFF: the end of its error output
-    health: Any = None  # a ``health.Health`` where a healer watches (probes, restarts)
-
-    @property
-    def health_state(self) -> str:
-        """ready, not ready or unknown; without a healer's record: ready once RUNNING."""
-        if self.health is not None:
-            return str(self.health.state)
-        return "ready" if self.state == "RUNNING" else "not ready"
-
-    @property
-    def unhealthy(self) -> bool:
-        """RUNNING, but its ready probe fails."""
-        return self.state == "RUNNING" and self.health_state == "not ready"
-
-    @property
-    def restarts(self) -> int | None:
-        return self.history.restarts if self.history else None
-
-    @property
-    def crash_looping(self) -> bool:
-        return (self.history is not None and self.restart_limit is not None
-                and self.history.restarts > self.restart_limit)
-
-    @property
-    def severity(self) -> int:
-        own = self._state_severity()
-        return worst([own, STATUS_WARNING]) if self.crash_looping or self.unhealthy else own
-
-    def _state_severity(self) -> int:
-        if self.state == "RUNNING":
-            return STATUS_OK
-        if self.state in _PROGRAM_WARNING:
-            return STATUS_WARNING
-        if self.state == "FATAL" or (self.expected and self.state in _PROGRAM_BAD):
-            return STATUS_CRITICAL
-        return STATUS_OK
-
-    def as_json(self) -> dict[str, Any]:
-        last_exit = self.history.last_exit if self.history else None
-        return {"name": self.name, "group": self.group, "state": self.state, "pid": self.pid,
-                "uptime_s": self.uptime_s, "exitstatus": self.exitstatus, "spawnerr": self.spawnerr,
-                "restarts": self.restarts, "last_exit": last_exit.as_json() if last_exit else None,
-                "log_tail": self.log_tail.as_json() if self.log_tail else None,
-                "health": self.health_state,
-                "health_detail": (self.health.detail or None) if self.health is not None else None,
-                "backoff": self.health.backoff_json() if self.health is not None else None}
-
-
-@dataclass
-class InstanceStatus:
-    """One instance: whether it answers, and its processes."""
-
-    name: str
-    user: str
-    state: str
-    url: str
-    pid: int | None = None
-    error: str | None = None
-    programs: list[ProgramStatus] = field(default_factory=list)
-    host: str | None = None  # as the site places it; None: any host
-
-    @property
-    def severity(self) -> int:
-        own = _SEVERITY_OF_INSTANCE.get(self.state, STATUS_UNKNOWN)
-        return worst([own, *(p.severity for p in self.programs)])
-
-    def as_json(self) -> dict[str, Any]:
-        return {"name": self.name, "user": self.user, "state": self.state, "pid": self.pid,
-                "url": self.url, "error": self.error, "host": self.host,
-                "programs": [p.as_json() for p in self.programs]}
-
-
-def worst(severities: list[int]) -> int:
-    """Monitoring order: CRITICAL over UNKNOWN over WARNING over OK."""
-    for level in (STATUS_CRITICAL, STATUS_UNKNOWN, STATUS_WARNING):
-        if level in severities:
-            return level
-    return STATUS_OK
-
-
-@dataclass
-class VenvProblem:
-    """A venv whose interpreter moved or vanished: what runs on it will not start again."""
-
-    venv: str  # its path ("the tool venv" is siteboot's own)
-    programs: list[str]  # the programs that use it
-    problem: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"venv": self.venv, "programs": self.programs, "problem": self.problem}
-
-
-@dataclass
-class StatusResult:
-    """``status`` of one env: every instance asked, and the venvs whose interpreter moved."""
-
-    site: str
-    env: str
-    instances: list[InstanceStatus]
-    runner: Any | None = None  # the site's detached gitlab-runner (a ``runner.RunnerStatus``)
-    venv_problems: list[VenvProblem] = field(default_factory=list)  # a warning each
-
-    @property
-    def exit_code(self) -> int:
-        runner = [] if self.runner is None or self.runner.state in (NOT_YOURS, ELSEWHERE) \
-            else [self.runner.exit_code]
-        venvs = [STATUS_WARNING] if self.venv_problems else []
-        return worst([i.severity for i in self.instances] + runner + venvs)
-
-    def as_json(self) -> dict[str, Any]:
-        data = {"site": self.site, "env": self.env, "ok": self.exit_code == STATUS_OK,
-                "instances": [i.as_json() for i in self.instances]}
-        if self.runner is not None:
-            data["runner"] = self.runner.as_json()
-        if self.venv_problems:
-            data["venv_problems"] = [v.as_json() for v in self.venv_problems]
-        return data
-
-
-# An instance in one of these states was never started here (or cannot be seen to run).
-_UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR, ELSEWHERE}
-
-
-def in_use(report: StatusResult) -> bool:
-    """Does some instance of this env run (or at least answer)?"""
-    return any(row.state not in _UNUSED for row in report.instances)
-
-
-@dataclass
-class SiteStatus:
-    """``status --all-envs``: one report per env that is in use."""
-
-    site: str
-    reports: list[StatusResult]
-
-    @property
-    def exit_code(self) -> int:
-        return worst([r.exit_code for r in self.reports])
-
-    def as_json(self) -> dict[str, Any]:
-        return {"site": self.site, "ok": self.exit_code == STATUS_OK,
-                "envs": [r.as_json() for r in self.reports]}
 
 
 def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
@@ -409,9 +234,6 @@ def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
     return fault
 
 
-# No exit to show: running, or stopped on request (supervisord's -1 is its stop signal).
-_NO_EXIT_STATUS = {"RUNNING", "STARTING", "STOPPING", "STOPPED"}
-# A program in these states may be failing because something else holds its port.
 _FAILING = {"BACKOFF", "FATAL", "EXITED"}
 
 
@@ -426,42 +248,19 @@ def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
     return f"{message}; {holder}" if holder and message else (holder or message)
 
 
+def process_table(inst: InstancePlan) -> list[tuple[str, str, bool, int, int]]:
+    """What ``status`` expects of ``inst`` (``statusreport.program_rows``): (process, program,
+    autostart, crash loop window, restarts allowed in it) of each process, in site order."""
+    return [(process, program.name, program.autostart,
+             int(program.options["crash_loop_window"]),
+             int(program.options["crash_loop_restarts"]))
+            for program in inst.programs for process in program.process_names()]
+
+
 def _programs(inst: InstancePlan, infos: list[dict[str, Any]], fill_missing: bool = True,
               held: set[str] | frozenset[str] = frozenset(),
               main_log: str | None = None) -> list[ProgramStatus]:
-    """``held``: processes an operator stopped on purpose: not expected to run. ``main_log``:
-    the end of supervisord's log, where restarts are counted."""
-    by_process: dict[str, ProgramPlan] = {}
-    for program in inst.programs:
-        for process in program.process_names():
-            by_process[process] = program
-    events = parse_events(main_log) if main_log is not None else {}
-    offset = clock_offset(events, infos)
-    rows = []
-    seen = set()
-    for info in infos:
-        planned = by_process.get(info["name"])
-        seen.add(info["name"])
-        running = info["statename"] == "RUNNING"
-        window = int(planned.options["crash_loop_window"]) if planned else 0
-        counted = main_log is not None and window > 0
-        rows.append(ProgramStatus(
-            name=info["name"], group=info["group"], state=info["statename"],
-            pid=info["pid"] or None,
-            uptime_s=int(info["now"] - info["start"]) if running and info["start"] else None,
-            exitstatus=None if info["statename"] in _NO_EXIT_STATUS else info["exitstatus"],
-            spawnerr=info.get("spawnerr", "") or "",
-            expected=(planned.autostart if planned else True) and info["name"] not in held,
-            history=history(events.get(info["name"], []), info["now"], window, offset)
-            if counted else None,
-            restart_limit=int(planned.options["crash_loop_restarts"]) if planned else None,
-        ))
-    for process, program in by_process.items() if fill_missing else ():
-        if process not in seen:
-            rows.append(ProgramStatus(process, program.name, "NOT LOADED", None, None, None,
-                                      "in the site file but not in the running supervisord; "
-                                      "restart the instance to load it", program.autostart))
-    return rows
+    return program_rows(process_table(inst), infos, fill_missing, held, main_log)
 
 
 def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) -> StatusResult:
@@ -485,36 +284,27 @@ def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) ->
 
 def venv_problems(plan: Plan, insts: list[InstancePlan]) -> list[VenvProblem]:
     """The tool venv and the app venvs of the invoker's programs here whose interpreter moved
-    or vanished (a module upgrade): found with stat alone, nothing is started."""
-    from siteboot.bootstrap.locate import STAMP_NAME, find_checkout, tool_venv_path
-    from siteboot.interpreters import APP_VENV_STAMP, stamped_moved
+    or vanished (``statusreport.venv_problems``)."""
+    return statusreport.venv_problems(tool_venv_of_checkout(), app_venvs(plan, insts))
 
-    problems: list[VenvProblem] = []
+
+def tool_venv_of_checkout() -> str | None:
+    """The tool venv of the checkout siteboot runs from (None: installed from a wheel)."""
+    from siteboot.bootstrap.locate import find_checkout, tool_venv_path
+
     checkout = find_checkout()
-    if checkout is not None:
-        tool = tool_venv_path(checkout)
-        why = stamped_moved(tool, STAMP_NAME)
-        if why:
-            problems.append(VenvProblem(str(tool), [], f"the tool venv: {why}; `python3 -m siteboot "
-                                        "init` rebuilds it"))
-    checked: dict[Path, VenvProblem | None] = {}
+    return None if checkout is None else str(tool_venv_path(checkout))
+
+
+def app_venvs(plan: Plan, insts: list[InstancePlan]) -> list[tuple[str, list[str]]]:
+    """(venv, the processes running on it) of the invoker's programs placed here, in site order."""
+    using: dict[str, list[str]] = {}
     for inst in insts:
-        if not (plan.owns(inst) and inst.here):
-            continue
-        for program in inst.programs:
-            if program.venv is None:
-                continue
-            if program.venv not in checked:
-                why = stamped_moved(program.venv, APP_VENV_STAMP)
-                found = VenvProblem(str(program.venv), [], f"{why}; `siteboot init` rebuilds it") \
-                    if why else None
-                checked[program.venv] = found
-                if found is not None:
-                    problems.append(found)
-            found = checked[program.venv]
-            if found is not None:
-                found.programs.append(program.name)
-    return problems
+        if plan.owns(inst) and inst.here:
+            for program in inst.programs:
+                if program.venv is not None:
+                    using.setdefault(str(program.venv), []).append(program.name)
+    return list(using.items())
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:

@@ -34,9 +34,9 @@ from siteboot.progress import SILENT, Reporter
 
 if TYPE_CHECKING:
     from siteboot.changes import ConfigChanges
-    from siteboot.control import StatusResult
     from siteboot.deployrequest import RequestOutcome
     from siteboot.instances import LifecycleResult
+    from siteboot.statusreport import StatusResult
     from siteboot.venvs import VenvOutcome
 
 LOCK_TIMEOUT = 600.0
@@ -475,8 +475,8 @@ def _reapply(plan: Plan, release: Release, wheelhouse: Path | None, timeout: flo
         ensure_venvs(target, wheelhouse, progress=progress)
         return apply_release(target, release.path, release.id, timeout, progress, instance)
     except SitebootError as exc:
-        from siteboot.control import StatusResult
         from siteboot.instances import LifecycleResult
+        from siteboot.statusreport import StatusResult
 
         return Applied(release.id, LifecycleResult([]), StatusResult(plan.site.name, plan.env, []),
                        [exc.message])
@@ -520,8 +520,8 @@ def rollback(plan: Plan, to: str | None = None, wheelhouse: Path | None = None,
 
 def nothing_to_roll_back(plan: Plan) -> RollbackResult:
     """The invoker's own part of a rollback when it has no release (only granted instances)."""
-    from siteboot.control import StatusResult
     from siteboot.instances import LifecycleResult
+    from siteboot.statusreport import StatusResult
 
     return RollbackResult("", read_pointers(plan).current, Applied(
         "", LifecycleResult([]), StatusResult(plan.site.name, plan.env, []), []))

@@ -54,8 +54,6 @@ from siteboot.proc import (
 )
 from siteboot.rpc import (
     FAULT_SHUTDOWN_STATE,
-    NOT_ANSWERING,
-    NOT_RUNNING,
     SUPERVISOR_RUNNING,
     Endpoint,
     Fault,
@@ -63,6 +61,7 @@ from siteboot.rpc import (
     connect,
 )
 from siteboot.sitefiles import record_started, restarts
+from siteboot.statusreport import NOT_ANSWERING, NOT_RUNNING
 
 if TYPE_CHECKING:
     from siteboot.changes import ConfigChanges

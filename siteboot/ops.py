@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from siteboot.errors import EXIT_OK
 
 if TYPE_CHECKING:
-    from siteboot.control import ControlResult, SiteStatus, StatusResult
+    from siteboot.control import ControlResult
     from siteboot.cron import CronResult
     from siteboot.deploy import DeployResult, DiffResult, ReleasesResult, RollbackResult
     from siteboot.doctor import DoctorResult
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from siteboot.progress import Reporter
     from siteboot.runner import RunnerOutcome, RunnerStatus
     from siteboot.site import Site
+    from siteboot.statusreport import SiteStatus, StatusResult
     from siteboot.venvs import VenvOutcome
 
 Progress = Callable[[str], None]  # lines a long runner step prints as it goes
@@ -307,8 +308,8 @@ def status_all_envs(plans: Sequence[Plan], env: str, instance: Selection = None,
     """``status`` of every env in ``plans`` that has an instance running or recorded as started
     by the invoker (none: ``env``'s, which says what is not running)."""
     from siteboot.concurrency import concurrently
-    from siteboot.control import SiteStatus, in_use
     from siteboot.records import starts_of
+    from siteboot.statusreport import SiteStatus, in_use
 
     reports = concurrently(lambda plan: status(plan, instance, names), plans)
     recorded = {r.env for plan in plans[:1] for r in starts_of(plan.invoker, plan.site.name)}
@@ -484,8 +485,8 @@ class ReviveResult:
     @property
     def exit_code(self) -> int:
         """0 when everything of the invoker's that should run does, afterwards."""
-        from siteboot.control import ORPHANED
         from siteboot.errors import EXIT_FAILED, STATUS_OK
+        from siteboot.statusreport import ORPHANED
 
         for revival in self.envs:
             if any(o.action == "failed" for o in revival.instances.outcomes):

@@ -197,11 +197,9 @@ def _stops_path(inst: InstancePlan) -> Path:
 
 def operator_stops(inst: InstancePlan) -> set[str]:
     """Processes of ``inst`` an operator stopped on purpose (and nobody started since)."""
-    try:
-        data = json.loads(_stops_path(inst).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    return {str(p) for p in data} if isinstance(data, list) else set()
+    from siteboot.statusreport import read_held
+
+    return read_held(_stops_path(inst))
 
 
 def mark_stopped(inst: InstancePlan, processes: Iterable[str], stopped: bool) -> None:

@@ -18,6 +18,7 @@ from siteboot.accounts import HOST_ENV, uid_of
 from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
 from siteboot.probes import TCP_TABLES, server_uid
+from siteboot.statusreport import NOT_ANSWERING, NOT_RUNNING
 from siteboot.wire import peer_uid, request_head, take_early
 
 if TYPE_CHECKING:
@@ -31,10 +32,8 @@ SUPERVISOR_RUNNING = 1
 FAULT_SHUTDOWN_STATE = 6
 
 # Reasons an instance cannot be reached, as shown to operators and in JSON.
-NOT_RUNNING = "not running"
 REFUSED = "refused: wrong key"
 NO_ACCESS = "no access"
-NOT_ANSWERING = "not answering"
 IMPOSTOR = "not the instance's supervisord"
 
 

@@ -449,11 +449,11 @@ def _detached_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> No
 
 
 def _supervised_status(plan: Plan, runner: RunnerPlan, result: RunnerStatus) -> None:
-    from siteboot.control import NOT_YOURS as INSTANCE_NOT_YOURS
-    from siteboot.control import RUNNING as INSTANCE_RUNNING
-    from siteboot.control import SHUTTING_DOWN, instance_status
-    from siteboot.rpc import NOT_ANSWERING
-    from siteboot.rpc import NOT_RUNNING as INSTANCE_DOWN
+    from siteboot.control import instance_status
+    from siteboot.statusreport import NOT_ANSWERING, SHUTTING_DOWN
+    from siteboot.statusreport import NOT_RUNNING as INSTANCE_DOWN
+    from siteboot.statusreport import NOT_YOURS as INSTANCE_NOT_YOURS
+    from siteboot.statusreport import RUNNING as INSTANCE_RUNNING
 
     inst = plan.instance(runner.instance)
     program = inst.program(RUNNER_PROGRAM)
@@ -598,8 +598,8 @@ def _indent(text: str) -> str:
 
 
 def _revive_supervised(plan: Plan, runner: RunnerPlan, respect_operator_stop: bool) -> RunnerOutcome:
-    from siteboot.control import RUNNING as INSTANCE_RUNNING
     from siteboot.control import control
+    from siteboot.statusreport import RUNNING as INSTANCE_RUNNING
 
     current = status(plan)
     if current.program_state in ("RUNNING", "STARTING"):

@@ -19,7 +19,7 @@ from siteboot.resources import DEFAULT_ENV
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from siteboot.control import SiteStatus, StatusResult
+    from siteboot.statusreport import SiteStatus, StatusResult
 
 
 def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,

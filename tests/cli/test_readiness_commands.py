@@ -107,8 +107,8 @@ def test_status_reads_health_without_probing_or_heavy_imports(tmp_path, monkeypa
 
 def test_the_table_has_health_and_backoff_columns_where_a_healer_watches(capsys, monkeypatch):
     from siteboot.cli.output import print_status
-    from siteboot.control import RUNNING, InstanceStatus, ProgramStatus, StatusResult
     from siteboot.health import Health
+    from siteboot.statusreport import RUNNING, InstanceStatus, ProgramStatus, StatusResult
 
     monkeypatch.setenv("NO_COLOR", "1")
     rows = [ProgramStatus("web", "t-dev", "RUNNING", 12, 30, None, "", True,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from siteboot.cli.output import print_status
-from siteboot.control import RUNNING, InstanceStatus, ProgramStatus, StatusResult
 from siteboot.history import History, LastExit
+from siteboot.statusreport import RUNNING, InstanceStatus, ProgramStatus, StatusResult
 
 
 def report(*programs: ProgramStatus) -> StatusResult:
@@ -41,7 +41,7 @@ def test_no_restarts_column_when_nothing_is_counted(capsys, monkeypatch):
 
 
 def test_a_failing_programs_last_log_lines_are_under_its_row(capsys, monkeypatch):
-    from siteboot.control import LogTail
+    from siteboot.statusreport import LogTail
 
     monkeypatch.setenv("NO_COLOR", "1")
     fatal = ProgramStatus("web", "t-dev", "FATAL", None, None, 2,

@@ -10,16 +10,8 @@ from typing import Any, Union
 
 import pytest
 
-from siteboot import control
-from siteboot.control import (
-    NO_KEY,
-    RUNNING,
-    InstanceStatus,
-    ProgramStatus,
-    StatusResult,
-    resolve_targets,
-    worst,
-)
+from siteboot import control, statusreport
+from siteboot.control import resolve_targets
 from siteboot.errors import (
     STATUS_CRITICAL,
     STATUS_OK,
@@ -31,7 +23,17 @@ from siteboot.errors import (
 from siteboot.history import MAIN_LOG_TAIL
 from siteboot.logtail import RPC_CHUNK
 from siteboot.plan import Plan
-from siteboot.rpc import NO_ACCESS, NOT_ANSWERING, NOT_RUNNING, REFUSED, Fault, RpcError
+from siteboot.rpc import NO_ACCESS, REFUSED, Fault, RpcError
+from siteboot.statusreport import (
+    NO_KEY,
+    NOT_ANSWERING,
+    NOT_RUNNING,
+    RUNNING,
+    InstanceStatus,
+    ProgramStatus,
+    StatusResult,
+    worst,
+)
 from tests.helpers import own_site_text, plan_from
 
 GROUP = "t-dev"
@@ -871,7 +873,7 @@ def test_status_key_of_someone_else(plan):
     # the real connect: gamma belongs to another user and grants no group
     report = control.status(plan, "gamma")
     (gamma,) = report.instances
-    assert gamma.state == control.NOT_YOURS
+    assert gamma.state == statusreport.NOT_YOURS
     assert "owned by someone-else, no grant: run as someone-else" in (gamma.error or "")
     assert report.exit_code == STATUS_OK  # nothing for this user to monitor there
 
@@ -946,10 +948,10 @@ def test_an_env_is_in_use_when_something_of_it_answers(plan):
         return StatusResult("t", "dev", [InstanceStatus(f"i{n}", "me", state, "u")
                                          for n, state in enumerate(states)])
 
-    assert not control.in_use(report(NOT_RUNNING, NO_KEY, control.NOT_YOURS, control.ERROR))
-    assert control.in_use(report(NOT_RUNNING, RUNNING))
-    assert control.in_use(report(NOT_ANSWERING))
-    assert control.in_use(report(control.ORPHANED))
+    assert not statusreport.in_use(report(NOT_RUNNING, NO_KEY, statusreport.NOT_YOURS, statusreport.ERROR))
+    assert statusreport.in_use(report(NOT_RUNNING, RUNNING))
+    assert statusreport.in_use(report(NOT_ANSWERING))
+    assert statusreport.in_use(report(statusreport.ORPHANED))
 
 
 def test_status_of_every_env_in_use(monkeypatch, short_dir):
@@ -1119,7 +1121,7 @@ def test_an_instance_that_cannot_be_asked_reports_its_own_error(plan, endpoints,
     endpoints["gamma"] = FakeEndpoint(infos=[info("web2", "RUNNING", pid=3)])
     report = control.status(plan)
     alpha, beta, gamma = report.instances
-    assert alpha.state == control.ERROR
+    assert alpha.state == statusreport.ERROR
     assert str(error.args[-1] if isinstance(error, OSError) else error) in (alpha.error or "")
     assert (beta.state, gamma.state) == (RUNNING, RUNNING)
     assert report.exit_code == STATUS_UNKNOWN
@@ -1460,14 +1462,14 @@ def test_with_redirect_stderr_the_tail_comes_from_stdout(short_dir, endpoints):
     endpoints["beta"] = running_beta("BACKOFF")
     write_log(plan, "beta", "worker_01", "boom\n", stream="stdout")
     (beta,) = control.status(plan, "beta").instances
-    assert beta.programs[1].log_tail == control.LogTail("stdout", ["boom"])
+    assert beta.programs[1].log_tail == statusreport.LogTail("stdout", ["boom"])
 
 
 def test_a_granted_member_gets_the_tail_from_supervisord(plan, endpoints):
     fake = endpoints["gamma"] = FakeEndpoint(infos=[info("web2", "BACKOFF")])
     fake.tails[("web2:web2", 0, 4096)] = ["ImportError: no app\n", 120, False]
     (gamma,) = control.status(plan, "gamma").instances
-    assert gamma.programs[0].log_tail == control.LogTail("stderr", ["ImportError: no app"])
+    assert gamma.programs[0].log_tail == statusreport.LogTail("stderr", ["ImportError: no app"])
 
 
 def test_start_that_goes_fatal_shows_why(plan, endpoints):
@@ -1475,7 +1477,7 @@ def test_start_that_goes_fatal_shows_why(plan, endpoints):
     write_log(plan, "alpha", "web", "Address already in use\n")
     (row,) = control.control(plan, "start", ["web"]).outcomes
     assert (row.ok, row.message) == (False, "FATAL: exited too quickly")
-    assert row.log_tail == control.LogTail("stderr", ["Address already in use"])
+    assert row.log_tail == statusreport.LogTail("stderr", ["Address already in use"])
     assert row.as_json()["log_tail"] == {"stream": "stderr", "lines": ["Address already in use"]}
 
 
@@ -1484,4 +1486,4 @@ def test_up_shows_why_a_program_would_not_start(plan, endpoints):
                                       scripts={"web": ["STARTING", "BACKOFF", "FATAL"]})
     write_log(plan, "alpha", "web", "SyntaxError: invalid syntax\n")
     done = control.converge(plan, plan.instances["alpha"], held=set())
-    assert done.tails == {"web": control.LogTail("stderr", ["SyntaxError: invalid syntax"])}
+    assert done.tails == {"web": statusreport.LogTail("stderr", ["SyntaxError: invalid syntax"])}

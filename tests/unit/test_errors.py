@@ -75,7 +75,7 @@ def test_an_error_nobody_can_read_is_quiet_too(monkeypatch):
 def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
     """`siteboot status | head -1`: exit 0-3 as the report says, not an internal error."""
     from siteboot.cli import fast
-    from siteboot.control import StatusResult
+    from siteboot.statusreport import StatusResult
 
     def closed(report: object) -> None:
         raise BrokenPipeError

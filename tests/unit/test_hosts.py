@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from siteboot import control, instances, records
+from siteboot import control, instances, records, statusreport
 from siteboot.accounts import this_host
 from siteboot.errors import STATUS_OK, UsageError
 from siteboot.plan import InstancePlan, Plan, make_plan
@@ -110,15 +110,15 @@ def test_status_lists_the_other_hosts_instances_without_asking_them(tmp_path, mo
     plan = plan_on(tmp_path, "central.lbl.gov")
     asked = []
 
-    def query(plan: Plan, inst: InstancePlan) -> control.InstanceStatus:
+    def query(plan: Plan, inst: InstancePlan) -> statusreport.InstanceStatus:
         asked.append(inst.name)
-        return control.InstanceStatus(inst.name, inst.user, control.RUNNING, "u")
+        return statusreport.InstanceStatus(inst.name, inst.user, statusreport.RUNNING, "u")
 
     monkeypatch.setattr(control, "_query", query)
     report = control.status(plan)
     assert asked == ["central"]
     site, central = report.instances
-    assert (site.state, site.host, site.error) == (control.ELSEWHERE, "jaws.lbl.gov", None)
+    assert (site.state, site.host, site.error) == (statusreport.ELSEWHERE, "jaws.lbl.gov", None)
     assert central.host == "central.lbl.gov"
     assert report.exit_code == STATUS_OK  # another host's instance is not counted
     data = report.as_json()["instances"]

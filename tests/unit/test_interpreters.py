@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from siteboot import control
+from siteboot import control, statusreport
 from siteboot.bootstrap import locate, stamp
 from siteboot.errors import STATUS_OK, STATUS_WARNING
 from siteboot.interpreters import APP_VENV_STAMP, RECORD_KEY, built_with, moved, stamped_moved
@@ -136,8 +136,8 @@ SITE = """
 def test_status_warns_of_a_venv_whose_interpreter_moved(tmp_path, module_python, monkeypatch):
     plan = plan_from(SITE.format(folder=tmp_path), tmp_path)
     monkeypatch.setattr(locate, "find_checkout", lambda: None)
-    monkeypatch.setattr(control, "_query", lambda plan, inst: control.InstanceStatus(
-        inst.name, inst.user, control.RUNNING, "u"))
+    monkeypatch.setattr(control, "_query", lambda plan, inst: statusreport.InstanceStatus(
+        inst.name, inst.user, statusreport.RUNNING, "u"))
     build = fake_venv(tmp_path / "venvs" / ".app-0123456789ab", module_python)
     (build / APP_VENV_STAMP).write_text(json.dumps({RECORD_KEY: built_with(build)}))
     os.symlink(build.name, tmp_path / "venvs" / "app")
@@ -154,8 +154,8 @@ def test_status_warns_of_a_venv_whose_interpreter_moved(tmp_path, module_python,
 
 def test_status_warns_of_the_tool_venv_too(tmp_path, module_python, monkeypatch):
     plan = plan_from(SITE.format(folder=tmp_path), tmp_path)
-    monkeypatch.setattr(control, "_query", lambda plan, inst: control.InstanceStatus(
-        inst.name, inst.user, control.RUNNING, "u"))
+    monkeypatch.setattr(control, "_query", lambda plan, inst: statusreport.InstanceStatus(
+        inst.name, inst.user, statusreport.RUNNING, "u"))
     tool = fake_venv(tmp_path / "tool", module_python)
     stamp.write_stamp(tool, [], "1.0", "3.11.7", tmp_path)
     monkeypatch.setattr(locate, "find_checkout", lambda: tmp_path)

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from siteboot import readiness
-from siteboot.control import ControlResult, ProcessOutcome, ProgramStatus
+from siteboot.control import ControlResult, ProcessOutcome
 from siteboot.errors import STATUS_OK, STATUS_WARNING
 from siteboot.health import NOT_READY, READY, UNKNOWN, health_of
 from siteboot.keys import PLACEHOLDER_HASH
 from siteboot.render import render_instance
 from siteboot.site import parse_site
+from siteboot.statusreport import ProgramStatus
 from tests.helpers import plan_from, supervisor_parse
 
 SITE = """

@@ -29,7 +29,8 @@ from siteboot.relay import (
     read_call,
     relay_session,
 )
-from siteboot.rpc import IMPOSTOR, NOT_RUNNING, Endpoint, RpcError
+from siteboot.rpc import IMPOSTOR, Endpoint, RpcError
+from siteboot.statusreport import NOT_RUNNING
 from tests.helpers import auth_header
 
 # Every method supervisord 4 offers that a control grant does not: the owner's alone.

@@ -15,8 +15,6 @@ from siteboot.errors import EXIT_FAILED, InstanceError
 from siteboot.rpc import (
     IMPOSTOR,
     NO_ACCESS,
-    NOT_ANSWERING,
-    NOT_RUNNING,
     REFUSED,
     Endpoint,
     Fault,
@@ -32,6 +30,7 @@ from siteboot.rpc import (
     escape,
     request_body,
 )
+from siteboot.statusreport import NOT_ANSWERING, NOT_RUNNING
 from tests.helpers import auth_header
 
 # Every kind of value supervisord sends or receives.
