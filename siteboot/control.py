@@ -285,26 +285,45 @@ def status(plan: Plan, instance: Selection = None, names: Sequence[str] = ()) ->
 def venv_problems(plan: Plan, insts: list[InstancePlan]) -> list[VenvProblem]:
     """The tool venv and the app venvs of the invoker's programs here whose interpreter moved
     or vanished (``statusreport.venv_problems``)."""
-    return statusreport.venv_problems(tool_venv_of_checkout(), app_venvs(plan, insts))
+    return statusreport.venv_problems([instance_venvs(plan, inst) for inst in insts])
 
 
-def tool_venv_of_checkout() -> str | None:
-    """The tool venv of the checkout siteboot runs from (None: installed from a wheel)."""
-    from siteboot.bootstrap.locate import find_checkout, tool_venv_path
-
-    checkout = find_checkout()
-    return None if checkout is None else str(tool_venv_path(checkout))
-
-
-def app_venvs(plan: Plan, insts: list[InstancePlan]) -> list[tuple[str, list[str]]]:
-    """(venv, the processes running on it) of the invoker's programs placed here, in site order."""
+def instance_venvs(plan: Plan, inst: InstancePlan) -> list[tuple[str, list[str]]]:
+    """(venv, the programs running on it) of ``inst``'s programs, when they are the invoker's
+    and placed here (nobody else's venvs are checked), in site order."""
     using: dict[str, list[str]] = {}
-    for inst in insts:
-        if plan.owns(inst) and inst.here:
-            for program in inst.programs:
-                if program.venv is not None:
-                    using.setdefault(str(program.venv), []).append(program.name)
+    if plan.owns(inst) and inst.here:
+        for program in inst.programs:
+            if program.venv is not None:
+                using.setdefault(str(program.venv), []).append(program.name)
     return list(using.items())
+
+
+def status_digest(plan: Plan) -> dict[str, Any]:
+    """What ``quickstatus`` needs to make ``status``'s report of ``plan`` without the model, as
+    plain values (the plan cache keeps it beside the plan). An instance is ``quick`` when its
+    report comes from its supervisord's answer alone: the invoker's, here, without a healer."""
+    from siteboot.accounts import uid_of
+    from siteboot.plan import UNALLOCATED
+    from siteboot.records import STOPS_FILE, records_dir
+
+    runner = plan.runner
+    return {
+        "site": plan.site.name, "env": plan.env, "host": plan.host,
+        "records": str(records_dir(plan.invoker)),
+        "detached_runner": runner.instance if runner is not None and runner.mode == "detached"
+        else None,
+        "instances": [{
+            "name": inst.name, "user": inst.user, "host": inst.host,
+            "quick": plan.owns(inst) and inst.here and not inst.heals,
+            "uid": uid_of(inst.user) if plan.owns(inst) else None,
+            "url": plan.url_for(inst), "socket": str(inst.socket_path), "key": str(inst.key_path),
+            "calls": status_calls(inst), "stops": str(inst.state_dir / STOPS_FILE),
+            "started_as": [str(inst.runtime_dir), None if inst.port == UNALLOCATED else inst.port,
+                           str(inst.state_dir), inst.user],
+            "processes": process_table(inst), "venvs": instance_venvs(plan, inst),
+        } for inst in plan.instances.values()],
+    }
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:

@@ -7,7 +7,6 @@ command line, and a start time that fits the pidfile.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -520,7 +519,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
     endpoint = own_endpoint(plan, inst)
     if running is not None and not os.path.lexists(inst.socket_path):
         # its socket was wiped (and maybe no record says it runs): its port still answers
-        endpoint = dataclasses.replace(endpoint, url=inst.http_url)
+        endpoint = endpoint.but(url=inst.http_url)
     try:
         site_files, conf = provision_all(plan, inst, root)
     except OSError as exc:
@@ -543,7 +542,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
         if why == NOT_ANSWERING and replace_hung:
             signal_process(running, signal.SIGCONT)  # SIGSTOPped: let it answer before judging
             # an overloaded login node is slow, not hung: a long look before replacing it
-            why = probe(dataclasses.replace(endpoint, timeout=HUNG_AFTER))
+            why = probe(endpoint.but(timeout=HUNG_AFTER))
         if why is None:
             if runtime_lost:
                 notes += _restore_runtime(plan, inst, running)
@@ -581,7 +580,7 @@ def _up_one(plan: Plan, inst: InstancePlan, root: Path | None, timeout: float,
     _refuse_taken_ports(inst, {inst.port: f"supervisord-{inst.name}", **_ports_to_start(inst, [])})
     record_started(inst, site_files)
     # the new supervisord is reached on its socket (whatever a record or a stale port says)
-    pid = launch(inst, conf, timeout, dataclasses.replace(endpoint, url=inst.unix_url))
+    pid = launch(inst, conf, timeout, endpoint.but(url=inst.unix_url))
     _record(plan, inst, find_supervisord(inst))
     return InstanceOutcome(inst.name, "started", f"pid {pid}, {inst.unix_url}", pid, notes)
 
@@ -730,7 +729,7 @@ def apply_config(inst: InstancePlan, endpoint: Endpoint,
     changes = loaded_changes(inst, text)
     applied_copy = _read_text(inst.applied_conf_path)
     known = bool(applied_copy or _read_text(inst.started_conf_path))
-    slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
+    slow = endpoint.but(timeout=_stop_wait(inst) + 30)
     if text and text == applied_copy and _has_exactly(endpoint, current):
         # the config it last applied, and every group of it in use: a re-read would find
         # nothing to add or remove (what changed is siteboot's comparison, empty here too)
@@ -778,7 +777,7 @@ def _restart_stale(inst: InstancePlan, endpoint: Endpoint, stale: list[Any]) -> 
     from siteboot.control import supervisor_group
 
     notes = []
-    slow = dataclasses.replace(endpoint, timeout=_stop_wait(inst) + 30)
+    slow = endpoint.but(timeout=_stop_wait(inst) + 30)
     for change in stale:
         if not pid_alive(change.pid):
             notes.append(change.describe(restarted=True))

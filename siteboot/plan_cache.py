@@ -37,11 +37,11 @@ if TYPE_CHECKING:
     from siteboot.plan import Plan
 
 CACHE_DIR = "~/.local/state/siteboot/plans"
-FORMAT = 1
+FORMAT = 2
 _TAG = "\u0000"  # no key of a site file or of the model is this
 SETTLE_NS = 3_000_000_000  # younger inputs are not cached (coarse or racing timestamps)
 _MODEL_MODULES = ("siteboot.site", "siteboot.plan", "siteboot.login", "siteboot.rpc",
-                  "siteboot.history", __name__)
+                  "siteboot.history", "siteboot.control", "siteboot.records", __name__)
 _RPC_TIMEOUT = 5.0  # as ``rpc.connect`` asks: the request must be the one status makes
 
 
@@ -153,6 +153,14 @@ def send_status_requests(site_path: Path, env: str, instances: Sequence[str] = (
         send_early(socket_path, key, body.encode(), _RPC_TIMEOUT)
 
 
+def trusted_digest(site_path: Path, env: str) -> dict[str, Any] | None:
+    """What ``quickstatus`` makes the report from (``control.status_digest``), while the cache
+    of ``site_path`` and ``env`` is trusted; None otherwise."""
+    header = _trusted(cache_path(site_path, env), site_path, env)
+    digest = header[0].get("status") if header is not None else None
+    return digest if isinstance(digest, dict) else None
+
+
 def _early_requests(plan: Plan) -> list[list[str]]:
     """(instance, socket, key file, request) of each supervisord of the invoker here."""
     from siteboot.rpc import status_request
@@ -225,16 +233,18 @@ def _read_private(cache: Path) -> bytes | None:
 
 def store(cache: Path, plan: Plan, inputs: dict[str, Any], started_ns: int) -> bool:
     """Write the cache of ``plan``; False (and nothing written) when it cannot be trusted."""
+    from siteboot.control import status_digest
     from siteboot.errors import SitebootError
     from siteboot.fsutil import atomic_write, ensure_private_dir
 
     early = _early_requests(plan)  # first: its modules are inputs too
+    digest = status_digest(plan)
     inputs = {**inputs, **{path: signature(path) for path in _file_inputs(plan)}}
     for sig in inputs.values():
         if isinstance(sig, list) and max(sig[3], sig[4]) > started_ns - SETTLE_NS:
             return False
     header = {**_context_of(plan), "inputs": list(inputs.items()),
-              "early": early}
+              "early": early, "status": digest}
     try:
         body = json.dumps(encode(plan), separators=(",", ":"))
     except TypeError:  # a value the codec does not know: not cached

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -303,18 +302,36 @@ def decode_xml(data: bytes) -> Any:
     return result[0]
 
 
-@dataclass
 class Endpoint:
     """Where and how to reach one supervisord.
 
     With ``owner_uid`` set, the key is only sent to a server that runs as that uid: after a
     reboot wiped /tmp, anyone could listen on the instance's socket path or port first.
+    (A plain class: the quick status imports this module, and no dataclass.)
     """
 
-    url: str  # unix:///path or http://127.0.0.1:port, for messages and JSON
-    key: str = field(repr=False)
-    timeout: float = DEFAULT_TIMEOUT
-    owner_uid: int | None = None
+    __slots__ = ("key", "owner_uid", "timeout", "url")
+
+    def __init__(self, url: str, key: str, timeout: float = DEFAULT_TIMEOUT,
+                 owner_uid: int | None = None) -> None:
+        self.url = url  # unix:///path or http://127.0.0.1:port, for messages and JSON
+        self.key = key
+        self.timeout = timeout
+        self.owner_uid = owner_uid
+
+    def but(self, url: str | None = None, timeout: float | None = None) -> Endpoint:
+        """This endpoint at another ``url`` or with another ``timeout``."""
+        return Endpoint(self.url if url is None else url, self.key,
+                        self.timeout if timeout is None else timeout, self.owner_uid)
+
+    def __repr__(self) -> str:  # never the key
+        return f"Endpoint(url={self.url!r}, timeout={self.timeout!r}, owner_uid={self.owner_uid!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Endpoint) and (self.url, self.key, self.timeout, self.owner_uid) \
+            == (other.url, other.key, other.timeout, other.owner_uid)
+
+    __hash__ = None  # type: ignore[assignment]
 
     @property
     def socket_path(self) -> str | None:

@@ -317,23 +317,28 @@ def read_held(path: str | os.PathLike[str]) -> set[str]:
     return {str(p) for p in data} if isinstance(data, list) else set()
 
 
-def venv_problems(tool_venv: str | None, app_venvs: Sequence[Sequence[Any]]
-                  ) -> list[VenvProblem]:
-    """The tool venv (None: siteboot was installed, not run from a checkout) and the app venvs
-    (``(venv, programs using it)``) whose interpreter moved or vanished (a module upgrade):
-    found with stat alone, nothing is started."""
+def venv_problems(app_venvs: Iterable[Iterable[Sequence[Any]]]) -> list[VenvProblem]:
+    """The tool venv (of the checkout siteboot runs from) and the app venvs whose interpreter
+    moved or vanished (a module upgrade): found with stat alone, nothing is started.
+    ``app_venvs``: for each instance, (venv, the programs using it)."""
     from pathlib import Path
 
-    from siteboot.bootstrap.locate import STAMP_NAME
+    from siteboot.bootstrap.locate import STAMP_NAME, find_checkout, tool_venv_path
     from siteboot.interpreters import APP_VENV_STAMP, stamped_moved
 
     problems: list[VenvProblem] = []
-    if tool_venv is not None:
-        why = stamped_moved(Path(tool_venv), STAMP_NAME)
+    checkout = find_checkout()
+    if checkout is not None:
+        tool = tool_venv_path(checkout)
+        why = stamped_moved(tool, STAMP_NAME)
         if why:
-            problems.append(VenvProblem(tool_venv, [], f"the tool venv: {why}; `python3 -m "
+            problems.append(VenvProblem(str(tool), [], f"the tool venv: {why}; `python3 -m "
                                         "siteboot init` rebuilds it"))
-    for venv, programs in app_venvs:
+    using: dict[str, list[str]] = {}
+    for per_instance in app_venvs:
+        for venv, programs in per_instance:
+            using.setdefault(str(venv), []).extend(programs)
+    for venv, programs in using.items():
         why = stamped_moved(Path(venv), APP_VENV_STAMP)
         if why:
             problems.append(VenvProblem(str(venv), list(programs), f"{why}; `siteboot init` rebuilds it"))

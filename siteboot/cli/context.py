@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from siteboot.plan import Plan
     from siteboot.site import Site
+    from siteboot.statusreport import StatusResult
 
 _UNSET = object()
 
@@ -89,6 +90,22 @@ class Ctx:
             send_status_requests(self.site_path(), self.env, instances)
         except (SitebootError, OSError):
             pass
+
+    def quick_status(self, instances: Sequence[str]) -> StatusResult | None:
+        """With cached plans: ``status`` made from the cache's digest, without the model
+        (``quickstatus``), when it is a plain case; None: the full status must run."""
+        if not self.cached_plans:
+            return None
+        from siteboot.errors import SitebootError
+        from siteboot.quickstatus import report
+
+        try:
+            result = report(self.site_path(), self.env, instances)
+        except (SitebootError, OSError):
+            return None
+        if result is not None:
+            self._note_home()
+        return result
 
     def _note_home(self) -> None:
         """Once: the operator's $HOME is not theirs (keys and state come from elsewhere)."""

@@ -29,20 +29,25 @@ def show_status(ctx: Ctx, instance: Sequence[str] = (), as_json: bool = False,
     The verdict stands when the reader goes away (``siteboot status | head -1``): status exits
     0-3 whatever happens to its output.
     """
+    quick = None
     if not names and not all_envs:  # the supervisords answer while siteboot loads
         ctx.send_status_requests(instance)
-    from siteboot import ops
-
+        quick = ctx.quick_status(instance)
+    result: SiteStatus | StatusResult
     try:
-        plan = ctx.plan()
-        if all_envs:
-            plans = [plan if env == plan.env else ctx.plan_for(env) for env in plan.site.envs]
-            site = ops.status_all_envs(plans, plan.env, instance, names)
-            result: SiteStatus | StatusResult = site
-            reports = site.reports
+        if quick is not None:
+            result, reports = quick, [quick]
         else:
-            result = ops.status(plan, instance, names)
-            reports = [result]
+            from siteboot import ops
+
+            plan = ctx.plan()
+            if all_envs:
+                plans = [plan if env == plan.env else ctx.plan_for(env) for env in plan.site.envs]
+                site = ops.status_all_envs(plans, plan.env, instance, names)
+                result, reports = site, site.reports
+            else:
+                result = ops.status(plan, instance, names)
+                reports = [result]
     except SitebootError as exc:
         exc.exit_code = STATUS_UNKNOWN
         raise

@@ -89,6 +89,9 @@ def test_status_keeps_its_verdict_when_the_reader_goes_away(monkeypatch):
         def send_status_requests(self, instances: object) -> None:
             pass
 
+        def quick_status(self, instances: object) -> None:
+            return None
+
         def plan(self) -> None:
             return None
 

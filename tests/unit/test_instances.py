@@ -386,6 +386,9 @@ class RecordingEndpoint:
     fail: str = ""
     timeout: float = 5.0
 
+    def but(self, timeout: float) -> RecordingEndpoint:
+        return dataclasses.replace(self, timeout=timeout)
+
     def call(self, method: str, *params: object) -> object:
         from siteboot.rpc import Fault
 
@@ -427,6 +430,9 @@ class ApplyingEndpoint:
     timeout: float = 5.0
     calls: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
     in_use: list[str] = field(default_factory=list)  # the groups getAllProcessInfo lists
+
+    def but(self, timeout: float) -> ApplyingEndpoint:  # as ``rpc.Endpoint.but``: one log of calls
+        return dataclasses.replace(self, timeout=timeout)
 
     def call(self, method: str, *params: object) -> object:
         self.calls.append((method, params))

@@ -1,0 +1,131 @@
+"""``siteboot status`` from the plan cache's digest, without loading the model.
+
+Monitoring runs ``status`` every minute on every node: most of its time went to importing the
+site model (its dataclasses) to learn where the sockets and keys are. The plan cache keeps,
+beside the plan, a digest of what status needs (``control.status_digest``); while the cache is
+trusted (``plan_cache``), ``report`` makes the report from it and the supervisords' answers with
+the same functions and types as the full status (``statusreport``).
+
+It answers only the plain case: every instance asked is the invoker's, placed here, without a
+healer, its socket there, its supervisord RUNNING and none of its processes failing (whose log
+tail and port holder the full status adds), no detached runner among them, no start record of
+the site that the site no longer describes (an orphan, maybe). Anything else, a corrupt digest
+included, returns None and the full status runs: it says what is wrong, as it always did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from siteboot.statusreport import (
+    RUNNING,
+    InstanceStatus,
+    StatusResult,
+    program_rows,
+    read_held,
+    venv_problems,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
+
+# Rows the full status adds to: a failing process's log tail and the holder of its port.
+_FAILING = frozenset({"BACKOFF", "FATAL", "EXITED"})
+_TIMEOUT = 5.0  # as ``rpc.connect``'s
+
+
+class _NotPlain(Exception):
+    """The full status must answer this one."""
+
+
+def report(site_path: Path, env: str, instances: Sequence[str] = ()) -> StatusResult | None:
+    """The status of ``instances`` (none: all) of the site at ``site_path`` in ``env``, or None
+    when the full status must make it."""
+    from siteboot.plan_cache import trusted_digest
+
+    digest = trusted_digest(site_path, env)
+    if digest is None:
+        return None
+    try:
+        return _report(digest, instances)
+    except (_NotPlain, KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
+    everything = digest["instances"]
+    chosen = [inst for inst in everything if not names or inst["name"] in names]
+    if any(name not in {inst["name"] for inst in everything} for name in names):
+        raise _NotPlain  # the full status says which name is wrong
+    if digest["detached_runner"] in [inst["name"] for inst in chosen]:
+        raise _NotPlain
+    if not all(inst["quick"] and os.path.lexists(inst["socket"]) for inst in chosen):
+        raise _NotPlain
+    if not names:
+        _check_no_orphans(digest)
+    rows = [_instance_row(inst) for inst in chosen]
+    return StatusResult(digest["site"], digest["env"], rows,
+                        venv_problems=venv_problems(inst["venvs"] for inst in chosen))
+
+
+def _instance_row(inst: dict[str, Any]) -> InstanceStatus:
+    from siteboot.errors import SitebootError
+    from siteboot.keys import read_key_file
+    from siteboot.rpc import Endpoint, Fault, RpcError
+
+    try:
+        key = read_key_file(inst["key"])
+        endpoint = Endpoint(inst["url"], key, _TIMEOUT, owner_uid=inst["uid"])
+        state, pid, infos, *log = endpoint.multicall(
+            [(name, tuple(params)) for name, params in inst["calls"]])
+    except (SitebootError, OSError, RpcError):
+        raise _NotPlain from None
+    if isinstance(state, Fault) or state.get("statename") != "RUNNING" \
+            or not isinstance(infos, list) or (log and not isinstance(log[0], str)):
+        raise _NotPlain
+    programs = program_rows(inst["processes"], infos, held=read_held(inst["stops"]),
+                            main_log=log[0] if log else None)
+    if any(row.state in _FAILING for row in programs):
+        raise _NotPlain
+    return InstanceStatus(inst["name"], inst["user"], RUNNING, inst["url"],
+                          pid=pid if isinstance(pid, int) else None, programs=programs,
+                          host=inst["host"])
+
+
+def _check_no_orphans(digest: dict[str, Any]) -> None:
+    """Every start record of this site and env by the invoker describes one of its instances
+    (``records.orphaned``); a record the full status might show as an orphan is not plain."""
+    folder = digest["records"]
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return
+    except OSError:
+        raise _NotPlain from None
+    described = [inst["started_as"] for inst in digest["instances"]]
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            continue  # as ``records.read_start``: not a record
+        if not isinstance(record, dict) or record.get("site") != digest["site"] \
+                or record.get("env") != digest["env"]:
+            continue
+        if record.get("host") and record.get("host") != digest["host"]:
+            raise _NotPlain  # another host's, or this one's under another name
+        if not any(_matches(record, *started_as) for started_as in described):
+            raise _NotPlain
+
+
+def _matches(record: dict[str, Any], runtime_dir: str, port: int | None, state_dir: str,
+             user: str) -> bool:
+    """``records.StartRecord.matches``, on the record's JSON (``port`` None: not allocated)."""
+    return (record.get("runtime_dir") == runtime_dir
+            and (port is None or record.get("port") == port)
+            and record.get("state_dir") == state_dir and record.get("user") == user)
