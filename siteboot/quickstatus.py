@@ -66,7 +66,10 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
         raise _NotPlain
     if not names:
         _check_no_orphans(digest)
-    rows = [_instance_row(inst) for inst in chosen]
+    from siteboot.concurrency import concurrently
+
+    # read at once: a supervisord whose answer nobody reads stops sending it
+    rows = concurrently(_instance_row, chosen)
     return StatusResult(digest["site"], digest["env"], rows,
                         venv_problems=venv_problems(inst["venvs"] for inst in chosen))
 

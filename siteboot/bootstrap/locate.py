@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from siteboot import proc
 from siteboot.errors import BootstrapError
 
 if TYPE_CHECKING:
@@ -119,6 +118,8 @@ def reexec(python: Path, args: Sequence[str]) -> None:
 
     ``-I``: the current directory is not on sys.path, so a ``siteboot`` package there cannot run
     instead of the checkout's (which the venv's ``siteboot.pth`` still puts on sys.path)."""
+    from siteboot import proc  # not at the top: a run inside the tool venv never re-executes
+
     env = dict(os.environ)
     env[ENV_BOOTSTRAPPED] = "1"
     try:

@@ -1,0 +1,139 @@
+"""The quick status (``siteboot.quickstatus``, from the plan cache's digest) against real
+supervisords: it prints exactly what the full status prints, and leaves to the full status
+whatever is not plain."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.helpers import supervisords, wait_until
+
+pytestmark = pytest.mark.slow
+
+# The site file was written a moment ago: cache its plan anyway. ``FULL`` turns the quick
+# status off, to compare with.
+CACHE_AT_ONCE = "import siteboot.plan_cache\nsiteboot.plan_cache.SETTLE_NS = 0\n"
+FULL = "import siteboot.quickstatus\nsiteboot.quickstatus.report = lambda *args: None\n"
+
+
+def status(site: Any, *args: str, full: bool = False) -> tuple[int, str, bool]:
+    """(exit code, output, whether the site model was loaded) of ``siteboot status ARGS``."""
+    code = (CACHE_AT_ONCE + (FULL if full else "")
+            + f"import sys\nsys.argv = ['siteboot', 'status', *{list(args)!r}]\n"
+            "from siteboot.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "print('model loaded:', any(m in sys.modules for m in ('siteboot.plan', 'dataclasses')), "
+            "file=sys.stderr)\n"
+            "sys.exit(code)\n")
+    result = subprocess.run([sys.executable, "-c", code], env=site.env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    loaded = result.stderr.strip().splitlines()[-1]
+    assert loaded in ("model loaded: True", "model loaded: False"), result.stderr
+    return result.returncode, result.stdout, loaded.endswith("True")
+
+
+def timeless(output: str) -> str:
+    """The output without what moves between two runs (uptimes, seconds ago)."""
+    if output.startswith("{"):
+        data = json.loads(output)
+        for report in [data]:
+            for inst in report["instances"]:
+                for program in inst["programs"]:
+                    program["uptime_s"] = None
+                    if program["last_exit"]:
+                        program["last_exit"]["ago_s"] = None
+        return json.dumps(data, indent=1)
+    return re.sub(r"\b\d+s\b", "Ns", output)
+
+
+def same_as_full(site: Any, *args: str) -> tuple[int, str]:
+    """``status ARGS`` answered quickly, and exactly as the full status answers it."""
+    code, output, loaded = status(site, *args)
+    assert not loaded, output
+    full_code, full_output, full_loaded = status(site, *args, full=True)
+    assert full_loaded
+    assert (code, timeless(output)) == (full_code, timeless(full_output))
+    return code, output
+
+
+def started(site_factory: Any, programs: str | None = None) -> Any:
+    site = site_factory() if programs is None else site_factory(programs)
+    site.run("up", check=True)
+    status(site)  # caches the plan
+    return site
+
+
+def test_a_running_site_is_answered_quickly_and_as_fully(site_factory):
+    site = started(site_factory)
+    site.wait_status(0)
+    code, output = same_as_full(site)
+    assert code == 0
+    assert "worker_01" in output
+    assert "web" in output
+    code, output = same_as_full(site, "--json")
+    data = json.loads(output)
+    assert data["ok"]
+    assert [i["name"] for i in data["instances"]] == ["alpha", "beta"]
+    assert [p["name"] for p in data["instances"][1]["programs"]] == ["worker_00", "worker_01"]
+    code, output = same_as_full(site, "-i", "beta", "--json")
+    assert [i["name"] for i in json.loads(output)["instances"]] == ["beta"]
+
+
+def test_an_operator_stop_is_no_alarm_in_the_quick_status_either(site_factory):
+    site = started(site_factory)
+    site.wait_status(0)
+    site.run("stop", "web", check=True)
+    code, output = same_as_full(site)
+    assert code == 0
+    assert re.search(r"web +STOPPED", output), output
+
+
+FAILING = """
+[programs.web]
+instance = "alpha"
+command = "{python} -c 'import sys; sys.exit(\\"no config at /etc/web.conf\\")'"
+startsecs = 1
+startretries = 0
+
+[programs.worker]
+instance = "beta"
+command = "{python} -m siteboot.demo work --interval 0.5"
+startsecs = 1
+"""
+
+
+def test_what_is_not_plain_is_left_to_the_full_status(site_factory):
+    site = started(site_factory, FAILING)
+    site.wait_status(2)
+    code, output, loaded = status(site)
+    assert loaded  # a FATAL process: its log tail is the full status's to add
+    assert code == 2
+    assert "no config at /etc/web.conf" in output, output
+    site.wait_status(0, "-i", "beta")
+    code, output, loaded = status(site, "-i", "beta")
+    assert not loaded
+    assert code == 0, output
+
+    beta_pid = int(site.runtime("beta").joinpath("supervisord.pid").read_text())
+    assert beta_pid in supervisords(site.base)
+    os.kill(beta_pid, signal.SIGKILL)
+    wait_until(lambda: beta_pid not in supervisords(site.base))
+    code, output, loaded = status(site, "-i", "beta")
+    assert loaded  # its socket file is left, nobody answers there
+    assert code == 2, output
+    assert "nothing is listening" in output or "not running" in output, output
+
+
+def test_an_unknown_instance_is_the_full_status_s_error(site_factory):
+    site = started(site_factory)
+    code, _output, loaded = status(site, "-i", "gamma")
+    assert loaded
+    assert code == 3
