@@ -39,7 +39,7 @@ from siteboot.rpc import (
     status_calls,
     url_to,
 )
-from siteboot.statusreport import (  # the result types live there; imported from here too
+from siteboot.statusreport import (
     _PROGRAM_WARNING,
     ELSEWHERE,
     ERROR,
@@ -56,6 +56,7 @@ from siteboot.statusreport import (  # the result types live there; imported fro
     StatusResult,
     VenvProblem,
     program_rows,
+    unreachable,
 )
 
 # supervisor.xmlrpc.Faults
@@ -112,12 +113,8 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
         if log and isinstance(log[0], Fault):
             log = [_read_main_log_again(endpoint, log[0])]
     except RpcError as exc:
-        result.state, result.error = exc.reason, str(exc)
-        if exc.reason == NOT_RUNNING and socket_lost:
-            result.error = (f"no socket at {inst.socket_path} and nothing answers at {url}; "
-                            f"run `{command('revive', env=plan.env)}`")
-        elif exc.reason == NOT_RUNNING and owned:
-            result.error = f"nothing is listening at {url}; run `{command('up', env=plan.env)}`"
+        unreachable(result, exc.reason, str(exc), plan.env, owned,
+                    lost_socket=str(inst.socket_path) if socket_lost else None)
         return result
     if socket_lost:  # it serves, but its runtime files are gone (a /tmp cleaner)
         if os.path.isdir(inst.runtime_dir):

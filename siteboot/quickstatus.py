@@ -20,11 +20,14 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from siteboot.statusreport import (
+    NOT_ANSWERING,
+    NOT_RUNNING,
     RUNNING,
     InstanceStatus,
     StatusResult,
     program_rows,
     read_held,
+    unreachable,
     venv_problems,
 )
 
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 # Rows the full status adds to: a failing process's log tail and the holder of its port.
 _FAILING = frozenset({"BACKOFF", "FATAL", "EXITED"})
 _TIMEOUT = 5.0  # as ``rpc.connect``'s
+# How a supervisord of the invoker's, its socket there, may fail to answer: said alike by both
+_UNREACHABLE = frozenset({NOT_RUNNING, NOT_ANSWERING})
 
 
 class _NotPlain(Exception):
@@ -69,23 +74,31 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
     from siteboot.concurrency import concurrently
 
     # read at once: a supervisord whose answer nobody reads stops sending it
-    rows = concurrently(_instance_row, chosen)
+    rows = concurrently(lambda inst: _instance_row(inst, digest["env"]), chosen)
     return StatusResult(digest["site"], digest["env"], rows,
                         venv_problems=venv_problems(inst["venvs"] for inst in chosen))
 
 
-def _instance_row(inst: dict[str, Any]) -> InstanceStatus:
+def _instance_row(inst: dict[str, Any], env: str) -> InstanceStatus:
     from siteboot.errors import SitebootError
     from siteboot.keys import read_key_file
     from siteboot.rpc import Endpoint, Fault, RpcError
 
     try:
         key = read_key_file(inst["key"])
-        endpoint = Endpoint(inst["url"], key, _TIMEOUT, owner_uid=inst["uid"])
+    except (SitebootError, OSError):
+        raise _NotPlain from None
+    endpoint = Endpoint(inst["url"], key, _TIMEOUT, owner_uid=inst["uid"])
+    try:
         state, pid, infos, *log = endpoint.multicall(
             [(name, tuple(params)) for name, params in inst["calls"]])
-    except (SitebootError, OSError, RpcError):
-        raise _NotPlain from None
+    except RpcError as exc:
+        if exc.reason not in _UNREACHABLE:
+            raise _NotPlain from None  # an impostor, a refused key: the full status says more
+        # as the full status says it, without making the operator wait for a hung one twice
+        row = InstanceStatus(inst["name"], inst["user"], RUNNING, inst["url"], host=inst["host"])
+        unreachable(row, exc.reason, str(exc), env, owned=True)
+        return row
     if isinstance(state, Fault) or state.get("statename") != "RUNNING" \
             or not isinstance(infos, list) or (log and not isinstance(log[0], str)):
         raise _NotPlain

@@ -264,6 +264,21 @@ class SiteStatus(_Record):
                 "envs": [r.as_json() for r in self.reports]}
 
 
+def unreachable(row: InstanceStatus, reason: str, message: str, env: str, owned: bool,
+                lost_socket: str | None = None) -> None:
+    """Say in ``row`` why its supervisord could not be asked (``reason``: an ``RpcError``'s),
+    with the command that helps; ``lost_socket``: the socket path was gone, ``row.url`` is its
+    port."""
+    from siteboot.hints import command
+
+    row.state, row.error = reason, message
+    if reason == NOT_RUNNING and lost_socket is not None:
+        row.error = (f"no socket at {lost_socket} and nothing answers at {row.url}; "
+                     f"run `{command('revive', env=env)}`")
+    elif reason == NOT_RUNNING and owned:
+        row.error = f"nothing is listening at {row.url}; run `{command('up', env=env)}`"
+
+
 # ------------------------------------------------------------------------------------------
 # rows from supervisord's answer
 

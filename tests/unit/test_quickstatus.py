@@ -1,0 +1,131 @@
+"""The quick status: what it leaves to the full status, decided on the plan cache's digest alone
+(the answers of real supervisords: tests/integration/test_quick_status.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from siteboot import plan_cache, quickstatus
+from siteboot.control import status_digest
+from siteboot.plan_cache import load_or_build, trusted_digest
+from siteboot.quickstatus import _check_no_orphans, _NotPlain, _report
+from tests.helpers import plan_from
+
+SITE = """
+[site]
+name = "q"
+envs = ["dev"]
+runtime_dir = "{short}/rt"
+state_dir = "{short}/st"
+
+[instances.alpha]
+port = {{ dev = 45101 }}
+
+[instances.beta]
+port = {{ dev = 45102 }}
+
+[programs.web]
+instance = "alpha"
+command = "serve"
+
+[programs.worker]
+instance = "beta"
+command = "work"
+numprocs = 2
+"""
+
+
+@pytest.fixture
+def digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SITEBOOT_HOST", raising=False)
+    plan = plan_from(SITE.format(short=tmp_path), tmp_path)
+    return json.loads(json.dumps(status_digest(plan)))  # as the cache keeps it
+
+
+def record(digest: dict[str, Any], instance: str, **changes: Any) -> dict[str, Any]:
+    """A start record of ``instance`` as ``records.write_start`` writes it."""
+    inst = next(i for i in digest["instances"] if i["name"] == instance)
+    runtime_dir, port, state_dir, user = inst["started_as"]
+    return {"site": digest["site"], "env": digest["env"], "instance": instance, "user": user,
+            "port": port, "runtime_dir": runtime_dir, "state_dir": state_dir, "pid": 1,
+            "host": digest["host"], **changes}
+
+
+def write_records(digest: dict[str, Any], *records: dict[str, Any]) -> None:
+    folder = Path(digest["records"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for n, data in enumerate(records):
+        (folder / f"r{n}.json").write_text(json.dumps(data))
+
+
+def test_the_digest_lists_each_process_and_the_request_to_send(digest):
+    alpha, beta = digest["instances"]
+    assert [entry[:3] for entry in beta["processes"]] == [["worker_00", "worker", True],
+                                                          ["worker_01", "worker", True]]
+    assert alpha["quick"]
+    assert alpha["url"] == f"unix://{alpha['socket']}"
+    assert [call[0] for call in alpha["calls"]][:3] == [
+        "supervisor.getState", "supervisor.getPID", "supervisor.getAllProcessInfo"]
+
+
+def test_records_of_the_instances_as_they_are_are_plain(digest):
+    _check_no_orphans(digest)  # no records at all
+    write_records(digest, record(digest, "alpha"), record(digest, "beta"),
+                  record(digest, "alpha", site="other"), record(digest, "beta", env="prod"))
+    (Path(digest["records"]) / "junk.json").write_text("{not json")
+    _check_no_orphans(digest)
+
+
+@pytest.mark.parametrize("changes", [{"port": 1}, {"runtime_dir": "/tmp/elsewhere"},
+                                     {"state_dir": "/x"}, {"user": "someone"},
+                                     {"host": "another-host"}])
+def test_a_record_the_site_no_longer_describes_is_not_plain(digest, changes):
+    """It may be an orphan (if its supervisord still runs): the full status finds out."""
+    write_records(digest, record(digest, "alpha"), record(digest, "beta", **changes))
+    with pytest.raises(_NotPlain):
+        _check_no_orphans(digest)
+
+
+def test_instances_not_plain_are_left_to_the_full_status(digest):
+    with pytest.raises(_NotPlain):  # no socket: never started, or its runtime dir was wiped
+        _report(digest, [])
+    with pytest.raises(_NotPlain):  # the full status says which name is wrong, and how
+        _report(digest, ["alpha", "gamma"])
+    digest["detached_runner"] = "beta"
+    with pytest.raises(_NotPlain):
+        _report(digest, ["beta"])
+
+
+def test_a_listening_socket_of_an_instance_not_quick_is_still_left_alone(digest, tmp_path):
+    alpha = digest["instances"][0]
+    Path(alpha["socket"]).parent.mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(alpha["socket"])
+        alpha["quick"] = False  # another account's, another host's, or healed
+        with pytest.raises(_NotPlain):
+            _report(digest, ["alpha"])
+
+
+def test_the_digest_comes_only_from_a_trusted_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SITEBOOT_HOST", raising=False)
+    monkeypatch.setattr(plan_cache, "SETTLE_NS", 0)
+    path = tmp_path / "q.toml"
+    path.write_text(SITE.format(short=tmp_path))
+    assert trusted_digest(path, "dev") is None  # nothing cached yet
+    plan_cache._TRUSTED.clear()
+    load_or_build(path, "dev")
+    plan_cache._TRUSTED.clear()
+    found = trusted_digest(path, "dev")
+    assert found is not None
+    assert found["site"] == "q"
+    assert quickstatus.report(path, "dev") is None  # not running: the full status says so
+    path.write_text(SITE.format(short=tmp_path) + "\n# changed\n")
+    plan_cache._TRUSTED.clear()
+    assert trusted_digest(path, "dev") is None
