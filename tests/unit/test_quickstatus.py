@@ -45,7 +45,8 @@ def digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("SITEBOOT_HOST", raising=False)
     plan = plan_from(SITE.format(short=tmp_path), tmp_path)
-    return json.loads(json.dumps(status_digest(plan)))  # as the cache keeps it
+    kept: dict[str, Any] = json.loads(json.dumps(status_digest(plan)))  # as the cache keeps it
+    return kept
 
 
 def record(digest: dict[str, Any], instance: str, **changes: Any) -> dict[str, Any]:
