@@ -55,6 +55,7 @@ from siteboot.statusreport import (
     ProgramStatus,
     StatusResult,
     VenvProblem,
+    add_health,
     program_rows,
     unreachable,
 )
@@ -155,15 +156,13 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
 def _add_health(inst: InstancePlan, rows: list[ProgramStatus]) -> None:
     """Probe results and restart attempts, as the instance's healer recorded them (``status``
     probes nothing itself: one request per instance stays all it costs)."""
-    from siteboot.health import health_of, read
+    add_health(rows, str(inst.health_path), probe_table(inst))
 
-    records = read(inst.health_path)  # not the owner: unreadable, so health is unknown
-    now = time.time()
-    for row in rows:
-        program = _program_of(inst, row.name)
-        if program is not None:
-            row.health = health_of(program.probe is not None, row.state, row.pid,
-                                   records.get(row.name), now)
+
+def probe_table(inst: InstancePlan) -> dict[str, bool]:
+    """Whether each process of ``inst`` has a ready probe (``statusreport.add_health``)."""
+    return {process: program.probe is not None
+            for program in inst.programs for process in program.process_names()}
 
 
 def _program_of(inst: InstancePlan, process: str) -> ProgramPlan | None:
@@ -299,7 +298,7 @@ def instance_venvs(plan: Plan, inst: InstancePlan) -> list[tuple[str, list[str]]
 def status_digest(plan: Plan) -> dict[str, Any]:
     """What ``quickstatus`` needs to make ``status``'s report of ``plan`` without the model, as
     plain values (the plan cache keeps it beside the plan). An instance is ``quick`` when its
-    report comes from its supervisord's answer alone: the invoker's, here, without a healer."""
+    report comes from its supervisord's answer and the invoker's own files: the invoker's, here."""
     from siteboot.accounts import uid_of
     from siteboot.plan import UNALLOCATED
     from siteboot.records import STOPS_FILE, records_dir
@@ -312,7 +311,9 @@ def status_digest(plan: Plan) -> dict[str, Any]:
         else None,
         "instances": [{
             "name": inst.name, "user": inst.user, "host": inst.host,
-            "quick": plan.owns(inst) and inst.here and not inst.heals,
+            "quick": plan.owns(inst) and inst.here,
+            "health": str(inst.health_path) if inst.heals else None,
+            "probed": probe_table(inst),
             "uid": uid_of(inst.user) if plan.owns(inst) else None,
             "url": plan.url_for(inst), "socket": str(inst.socket_path), "key": str(inst.key_path),
             "calls": status_calls(inst), "stops": str(inst.state_dir / STOPS_FILE),

@@ -6,8 +6,8 @@ beside the plan, a digest of what status needs (``control.status_digest``); whil
 trusted (``plan_cache``), ``report`` makes the report from it and the supervisords' answers with
 the same functions and types as the full status (``statusreport``).
 
-It answers only the plain case: every instance asked is the invoker's, placed here, without a
-healer, its socket there, its supervisord RUNNING and none of its processes failing (whose log
+It answers only the plain case: every instance asked is the invoker's, placed here, its socket
+there, its supervisord RUNNING and none of its processes failing (whose log
 tail and port holder the full status adds), no detached runner among them, no start record of
 the site that the site no longer describes (an orphan, maybe). Anything else, a corrupt digest
 included, returns None and the full status runs: it says what is wrong, as it always did.
@@ -25,6 +25,7 @@ from siteboot.statusreport import (
     RUNNING,
     InstanceStatus,
     StatusResult,
+    add_health,
     program_rows,
     read_held,
     unreachable,
@@ -106,6 +107,8 @@ def _instance_row(inst: dict[str, Any], env: str) -> InstanceStatus:
                             main_log=log[0] if log else None)
     if any(row.state in _FAILING for row in programs):
         raise _NotPlain
+    if inst["health"] is not None:
+        add_health(programs, inst["health"], inst["probed"])
     return InstanceStatus(inst["name"], inst["user"], RUNNING, inst["url"],
                           pid=pid if isinstance(pid, int) else None, programs=programs,
                           host=inst["host"])

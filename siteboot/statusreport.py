@@ -321,6 +321,23 @@ def program_rows(processes: Sequence[Sequence[Any]], infos: list[dict[str, Any]]
     return rows
 
 
+def add_health(rows: Iterable[ProgramStatus], health_path: str, probed: dict[str, bool]) -> None:
+    """Probe results and restart attempts of the processes in ``probed`` (process -> whether it
+    has a ready probe), as the instance's healer recorded them at ``health_path`` (``status``
+    probes nothing itself: one request per instance stays all it costs)."""
+    import time
+    from pathlib import Path
+
+    from siteboot.health import health_of, read
+
+    records = read(Path(health_path))  # not the owner: unreadable, so health is unknown
+    now = time.time()
+    for row in rows:
+        if row.name in probed:
+            row.health = health_of(probed[row.name], row.state, row.pid, records.get(row.name),
+                                   now)
+
+
 def read_held(path: str | os.PathLike[str]) -> set[str]:
     """The processes an operator stopped on purpose, as ``records.mark_stopped`` wrote them to
     ``path`` (none when it is missing or unreadable)."""

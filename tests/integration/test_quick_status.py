@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import supervisords, wait_until
+from tests.integration.test_readiness import FAILING_WEB
 
 pytestmark = pytest.mark.slow
 
@@ -48,6 +49,7 @@ def timeless(output: str) -> str:
             for inst in report["instances"]:
                 for program in inst["programs"]:
                     program["uptime_s"] = None
+                    program["backoff"] = None  # the healer's tries go on between two runs
                     if program["last_exit"]:
                         program["last_exit"]["ago_s"] = None
         return json.dumps(data, indent=1)
@@ -143,3 +145,22 @@ def test_an_unknown_instance_is_the_full_status_s_error(site_factory):
     code, _output, loaded = status(site, "-i", "gamma")
     assert loaded
     assert code == 3
+
+
+def test_health_from_the_healer_s_records_is_in_the_quick_status_too(site_factory):
+    site = site_factory(FAILING_WEB)
+    site.run("up")  # exits 1: web is not ready
+
+    def unhealthy() -> bool:
+        code, output, _loaded = status(site, "--json")
+        web = json.loads(output)["instances"][0]["programs"][0]
+        return (code, web["health"]) == (1, "not ready")
+
+    wait_until(unhealthy, timeout=60)
+    code, output = same_as_full(site, "--json")
+    web = json.loads(output)["instances"][0]["programs"][0]
+    assert web["health_detail"] == "HTTP 500 (want 200)"
+    code, output, loaded = status(site)
+    assert not loaded
+    assert code == 1
+    assert re.search(r"web\s+RUNNING\s+not ready", output), output

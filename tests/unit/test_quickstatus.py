@@ -75,6 +75,18 @@ def test_the_digest_lists_each_process_and_the_request_to_send(digest):
         "supervisor.getState", "supervisor.getPID", "supervisor.getAllProcessInfo"]
 
 
+def test_a_healed_instance_is_quick_with_its_healer_s_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    plan = plan_from(SITE.format(short=tmp_path).replace(
+        'command = "serve"', 'command = "serve {port}"\nport = { dev = 45103 }\n'
+        'ready = { tcp = "{port}" }'), tmp_path)
+    alpha, beta = status_digest(plan)["instances"]
+    assert alpha["quick"]
+    assert alpha["health"] == str(plan.instances["alpha"].health_path)
+    assert alpha["probed"] == {"web": True}
+    assert beta["health"] is None
+
+
 def test_records_of_the_instances_as_they_are_are_plain(digest):
     _check_no_orphans(digest)  # no records at all
     write_records(digest, record(digest, "alpha"), record(digest, "beta"),
