@@ -147,18 +147,23 @@ def test_an_unknown_instance_is_the_full_status_s_error(site_factory):
     assert code == 3
 
 
+def program(data: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(p for i in data["instances"] for p in i["programs"] if p["name"] == name)
+
+
 def test_health_from_the_healer_s_records_is_in_the_quick_status_too(site_factory):
     site = site_factory(FAILING_WEB)
     site.run("up")  # exits 1: web is not ready
 
     def unhealthy() -> bool:
         code, output, _loaded = status(site, "--json")
-        web = json.loads(output)["instances"][0]["programs"][0]
-        return (code, web["health"]) == (1, "not ready")
+        web = program(json.loads(output), "web")
+        return (code, web["health"], web["health_detail"]) == (1, "not ready",
+                                                               "HTTP 500 (want 200)")
 
     wait_until(unhealthy, timeout=60)
     code, output = same_as_full(site, "--json")
-    web = json.loads(output)["instances"][0]["programs"][0]
+    web = program(json.loads(output), "web")
     assert web["health_detail"] == "HTTP 500 (want 200)"
     code, output, loaded = status(site)
     assert not loaded
