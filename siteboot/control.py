@@ -300,8 +300,7 @@ def status_digest(plan: Plan) -> dict[str, Any]:
     plain values (the plan cache keeps it beside the plan). An instance is ``quick`` when its
     report comes from its supervisord's answer and the invoker's own files: the invoker's, here."""
     from siteboot.accounts import uid_of
-    from siteboot.plan import UNALLOCATED
-    from siteboot.records import STOPS_FILE, records_dir
+    from siteboot.records import STOPS_FILE, records_dir, started_as
 
     runner = plan.runner
     return {
@@ -317,8 +316,7 @@ def status_digest(plan: Plan) -> dict[str, Any]:
             "uid": uid_of(inst.user) if plan.owns(inst) else None,
             "url": plan.url_for(inst), "socket": str(inst.socket_path), "key": str(inst.key_path),
             "calls": status_calls(inst), "stops": str(inst.state_dir / STOPS_FILE),
-            "started_as": [str(inst.runtime_dir), None if inst.port == UNALLOCATED else inst.port,
-                           str(inst.state_dir), inst.user],
+            "started_as": started_as(inst),
             "processes": process_table(inst), "venvs": instance_venvs(plan, inst),
         } for inst in plan.instances.values()],
     }

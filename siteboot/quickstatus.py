@@ -26,6 +26,7 @@ from siteboot.statusreport import (
     InstanceStatus,
     StatusResult,
     add_health,
+    describes,
     program_rows,
     read_held,
     unreachable,
@@ -138,13 +139,5 @@ def _check_no_orphans(digest: dict[str, Any]) -> None:
             continue
         if record.get("host") and record.get("host") != digest["host"]:
             raise _NotPlain  # another host's, or this one's under another name
-        if not any(_matches(record, *started_as) for started_as in described):
+        if not any(describes(started_as, record) for started_as in described):
             raise _NotPlain
-
-
-def _matches(record: dict[str, Any], runtime_dir: str, port: int | None, state_dir: str,
-             user: str) -> bool:
-    """``records.StartRecord.matches``, on the record's JSON (``port`` None: not allocated)."""
-    return (record.get("runtime_dir") == runtime_dir
-            and (port is None or record.get("port") == port)
-            and record.get("state_dir") == state_dir and record.get("user") == user)

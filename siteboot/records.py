@@ -27,6 +27,7 @@ from siteboot.fsutil import atomic_write, ensure_private_dir
 from siteboot.plan import UNALLOCATED, InstancePlan, Plan, ProgramPlan
 from siteboot.proc import is_supervisord
 from siteboot.site import same_host
+from siteboot.statusreport import describes
 
 RECORDS_DIR = "~/.local/state/siteboot/started"
 STOPS_FILE = "operator-stops.json"
@@ -75,11 +76,15 @@ class StartRecord:
             programs=programs, env=self.env)
 
     def matches(self, inst: InstancePlan) -> bool:
-        """Does the site, as it reads now, still describe this supervisord (same files, port)?
-        An auto port not known here (its port record lost) is no reason to think otherwise."""
-        return (str(inst.runtime_dir) == self.runtime_dir
-                and inst.port in (self.port, UNALLOCATED)
-                and str(inst.state_dir) == self.state_dir and inst.user == self.user)
+        """Does the site, as it reads now, still describe this supervisord (same files, port)?"""
+        return describes(started_as(inst), self.as_json())
+
+
+def started_as(inst: InstancePlan) -> list[Any]:
+    """What a start record of ``inst`` must say for the site to describe it
+    (``statusreport.describes``): an auto port not known here (its port record lost) is None."""
+    return [str(inst.runtime_dir), None if inst.port == UNALLOCATED else inst.port,
+            str(inst.state_dir), inst.user]
 
 
 def records_dir(user: str) -> Path:

@@ -338,6 +338,15 @@ def add_health(rows: Iterable[ProgramStatus], health_path: str, probed: dict[str
                                    now)
 
 
+def describes(started_as: Sequence[Any], record: dict[str, Any]) -> bool:
+    """Does an instance as the site describes it now (``records.started_as``: runtime dir,
+    port or None when unknown, state dir, user) match the start record ``record`` (its JSON)?"""
+    runtime_dir, port, state_dir, user = started_as
+    return bool(record.get("runtime_dir") == runtime_dir
+                and (port is None or record.get("port") == port)
+                and record.get("state_dir") == state_dir and record.get("user") == user)
+
+
 def read_held(path: str | os.PathLike[str]) -> set[str]:
     """The processes an operator stopped on purpose, as ``records.mark_stopped`` wrote them to
     ``path`` (none when it is missing or unreadable)."""
