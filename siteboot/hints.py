@@ -14,18 +14,22 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
+from siteboot.plain import Plain
 from siteboot.resources import DEFAULT_ENV
 
 
-class Invocation(NamedTuple):  # not a dataclass: stage 0 does not pay for importing those
+class Invocation(Plain):  # stage 0 and every command make one: no dataclass, no NamedTuple
     """What the operator gave; None (or no instances) where they gave nothing."""
 
-    site: str | None = None
-    env: str | None = None
-    root: str | None = None
-    instances: tuple[str, ...] = ()
+    __slots__ = ("env", "instances", "root", "site")
+
+    def __init__(self, site: str | None = None, env: str | None = None, root: str | None = None,
+                 instances: tuple[str, ...] = ()) -> None:
+        self.site = site
+        self.env = env
+        self.root = root
+        self.instances = instances
 
 
 # The options every command that works on a site takes, and where ``Invocation`` keeps them.

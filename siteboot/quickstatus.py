@@ -7,9 +7,9 @@ trusted (``plan_cache``), ``report`` makes the report from it and the supervisor
 the same functions and types as the full status (``statusreport``).
 
 It answers only the plain case: every instance asked is the invoker's, placed here, its socket
-there, its supervisord RUNNING and none of its processes failing (whose log
-tail and port holder the full status adds), no detached runner among them, no start record of
-the site that the site no longer describes (an orphan, maybe). Anything else, a corrupt digest
+there, its supervisord RUNNING and none of its processes failing (whose log tail and port
+holder the full status adds), no detached runner among them, no start record of the site that
+the site no longer describes (an orphan, maybe). Anything else, a corrupt digest
 included, returns None and the full status runs: it says what is wrong, as it always did.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import TYPE_CHECKING, Any
 
 from siteboot.statusreport import (
@@ -40,6 +41,10 @@ if TYPE_CHECKING:
 # Rows the full status adds to: a failing process's log tail and the holder of its port.
 _FAILING = frozenset({"BACKOFF", "FATAL", "EXITED"})
 _TIMEOUT = 5.0  # as ``rpc.connect``'s
+# What a supervisord read after another timed out still gets: its answer, sent early, is here
+_AFTER_THE_DEADLINE = 1.0
+# Processes whose answer fits in a unix socket's send buffer (~200 KB; ~1.3 KB a process)
+_FITS_A_BUFFER = 100
 # How a supervisord of the invoker's, its socket there, may fail to answer: said alike by both
 _UNREACHABLE = frozenset({NOT_RUNNING, NOT_ANSWERING})
 
@@ -73,15 +78,21 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
         raise _NotPlain
     if not names:
         _check_no_orphans(digest)
-    from siteboot.concurrency import concurrently
+    # All were asked at once (``wire.send_early``): each has until the same moment to answer,
+    # as if read in parallel, so that two hung supervisords do not cost twice the timeout.
+    deadline = time.monotonic() + _TIMEOUT
+    if len(chosen) > 1 and any(len(inst["processes"]) > _FITS_A_BUFFER for inst in chosen):
+        from siteboot.concurrency import concurrently
 
-    # read at once: a supervisord whose answer nobody reads stops sending it
-    rows = concurrently(lambda inst: _instance_row(inst, digest["env"]), chosen)
+        # read at once: a supervisord whose answer nobody reads stops sending it
+        rows = concurrently(lambda inst: _instance_row(inst, digest["env"], deadline), chosen)
+    else:  # every answer fits in its socket's buffer: read one after the other, no threads
+        rows = [_instance_row(inst, digest["env"], deadline) for inst in chosen]
     return StatusResult(digest["site"], digest["env"], rows,
                         venv_problems=venv_problems(inst["venvs"] for inst in chosen))
 
 
-def _instance_row(inst: dict[str, Any], env: str) -> InstanceStatus:
+def _instance_row(inst: dict[str, Any], env: str, deadline: float) -> InstanceStatus:
     from siteboot.errors import SitebootError
     from siteboot.keys import read_key_file
     from siteboot.rpc import Endpoint, Fault, RpcError
@@ -90,7 +101,8 @@ def _instance_row(inst: dict[str, Any], env: str) -> InstanceStatus:
         key = read_key_file(inst["key"])
     except (SitebootError, OSError):
         raise _NotPlain from None
-    endpoint = Endpoint(inst["url"], key, _TIMEOUT, owner_uid=inst["uid"])
+    timeout = max(deadline - time.monotonic(), _AFTER_THE_DEADLINE)
+    endpoint = Endpoint(inst["url"], key, timeout, owner_uid=inst["uid"])
     try:
         state, pid, infos, *log = endpoint.multicall(
             [(name, tuple(params)) for name, params in inst["calls"]])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from siteboot.errors import STATUS_CRITICAL, STATUS_OK, STATUS_UNKNOWN, STATUS_WARNING
 from siteboot.history import History, clock_offset, history, parse_events
+from siteboot.plain import Plain
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -46,25 +47,7 @@ _NO_EXIT_STATUS = {"RUNNING", "STARTING", "STOPPING", "STOPPED"}
 _UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR, ELSEWHERE}
 
 
-class _Record:
-    """Equality and repr over ``__slots__``, as a dataclass has them (tests compare rows)."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._values() == self._values()  # type: ignore[attr-defined]
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass is
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-
-class LogTail(_Record):
+class LogTail(Plain):
     """The last lines a failing process wrote where its errors go."""
 
     __slots__ = ("lines", "stream")
@@ -77,7 +60,7 @@ class LogTail(_Record):
         return {"stream": self.stream, "lines": self.lines}
 
 
-class ProgramStatus(_Record):
+class ProgramStatus(Plain):
     """One process as its supervisord reports it, with what siteboot adds (expected, history,
     health)."""
 
@@ -159,7 +142,7 @@ class ProgramStatus(_Record):
                 "backoff": self.health.backoff_json() if self.health is not None else None}
 
 
-class InstanceStatus(_Record):
+class InstanceStatus(Plain):
     """One instance: whether it answers, and its processes."""
 
     __slots__ = ("error", "host", "name", "pid", "programs", "state", "url", "user")
@@ -196,7 +179,7 @@ def worst(severities: Iterable[int]) -> int:
     return STATUS_OK
 
 
-class VenvProblem(_Record):
+class VenvProblem(Plain):
     """A venv whose interpreter moved or vanished: what runs on it will not start again."""
 
     __slots__ = ("problem", "programs", "venv")
@@ -210,7 +193,7 @@ class VenvProblem(_Record):
         return {"venv": self.venv, "programs": self.programs, "problem": self.problem}
 
 
-class StatusResult(_Record):
+class StatusResult(Plain):
     """``status`` of one env: every instance asked, and the venvs whose interpreter moved."""
 
     __slots__ = ("env", "instances", "runner", "site", "venv_problems")
@@ -246,7 +229,7 @@ def in_use(report: StatusResult) -> bool:
     return any(row.state not in _UNUSED for row in report.instances)
 
 
-class SiteStatus(_Record):
+class SiteStatus(Plain):
     """``status --all-envs``: one report per env that is in use."""
 
     __slots__ = ("reports", "site")

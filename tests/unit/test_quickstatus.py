@@ -142,3 +142,33 @@ def test_the_digest_comes_only_from_a_trusted_cache(tmp_path, monkeypatch):
     path.write_text(SITE.format(short=tmp_path) + "\n# changed\n")
     plan_cache._TRUSTED.clear()
     assert trusted_digest(path, "dev") is None
+
+
+def test_hung_supervisords_share_one_timeout(digest, monkeypatch):
+    """Asked at once, read one after the other: the second gets what is left of the first's
+    wait (at least a second, its answer sent early is there), not a whole timeout again."""
+    from siteboot import rpc
+    from siteboot.statusreport import NOT_ANSWERING
+
+    clock = [1000.0]
+    timeouts = []
+
+    class HungEndpoint:
+        def __init__(self, url: str, key: str, timeout: float, owner_uid: int | None) -> None:
+            timeouts.append(timeout)
+            self.url = url
+
+        def multicall(self, calls: object) -> list[object]:
+            clock[0] += timeouts[-1]
+            raise rpc.RpcError(NOT_ANSWERING, f"{self.url} did not answer in time")
+
+    for inst in digest["instances"]:
+        Path(inst["socket"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(inst["socket"]).touch()
+    monkeypatch.setattr("siteboot.quickstatus.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("siteboot.keys.read_key_file", lambda path: "k")
+    monkeypatch.setattr(rpc, "Endpoint", HungEndpoint)
+    result = _report(digest, [])
+    assert timeouts == [quickstatus._TIMEOUT, quickstatus._AFTER_THE_DEADLINE]
+    assert [row.state for row in result.instances] == [NOT_ANSWERING, NOT_ANSWERING]
+    assert result.exit_code == 2
