@@ -18,13 +18,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
 from siteboot.bootstrap import locate
 from siteboot.errors import SitebootError, UsageError, exit_code_for
 from siteboot.hints import remember
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
+    from typing import Callable
+
     from siteboot.cli.progress import TerminalProgress
 
 BOOTSTRAP = "bootstrap"

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Callable, TypeVar
 
-T = TypeVar("T")
-R = TypeVar("R")
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Callable, TypeVar
+
+    T = TypeVar("T")
+    R = TypeVar("R")
 
 
 def concurrently(func: Callable[[T], R], items: Sequence[T]) -> list[R]:

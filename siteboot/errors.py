@@ -7,7 +7,10 @@ message (what, where, what to do) and exits with its ``exit_code``; nothing else
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Callable
+
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Callable
 
 # Exit codes of ordinary commands.
 EXIT_OK = 0

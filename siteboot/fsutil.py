@@ -10,9 +10,12 @@ import stat
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Callable
 
 from siteboot.errors import OwnershipError, SitebootError
+
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 def atomic_write(path: Path, data: str | bytes, mode: int = 0o600,

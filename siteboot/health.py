@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Any
 
 READY = "ready"
 NOT_READY = "not ready"

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Any
 
 # Bytes of the main log's end that `status` reads (supervisor.readLog with a negative offset):
 # a restart writes about 260 bytes, so this covers some 60 restarts of the whole instance, far

@@ -17,7 +17,10 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Any
 
 RECORD_KEY = "interpreter"  # where a stamp keeps ``built_with``
 APP_VENV_STAMP = ".siteboot-venv.json"  # an app venv's stamp (``venvs``)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from siteboot.accounts import uid_of
 from siteboot.errors import KeyAccessError, SitebootError
 from siteboot.hints import command
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
     from siteboot.plan import InstancePlan, Plan
 

@@ -7,7 +7,10 @@ equality and repr of a dataclass (tests compare values).
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Any
+
 
 
 class Plain:

@@ -31,9 +31,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
+    from typing import Any
+
     from siteboot.plan import Plan
 
 CACHE_DIR = "~/.local/state/siteboot/plans"

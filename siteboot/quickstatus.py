@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import TYPE_CHECKING, Any
 
 from siteboot.statusreport import (
     NOT_ANSWERING,
@@ -34,9 +33,11 @@ from siteboot.statusreport import (
     venv_problems,
 )
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
+    from typing import Any
 
 # Rows the full status adds to: a failing process's log tail and the holder of its port.
 _FAILING = frozenset({"BACKOFF", "FATAL", "EXITED"})

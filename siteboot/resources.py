@@ -16,9 +16,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable
 
 from siteboot.errors import UsageError
+
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from typing import Callable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_SITE = "local"

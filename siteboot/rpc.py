@@ -11,7 +11,6 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
 
 from siteboot.accounts import HOST_ENV, uid_of
 from siteboot.errors import InstanceError, UsageError
@@ -20,7 +19,10 @@ from siteboot.probes import TCP_TABLES, server_uid
 from siteboot.statusreport import NOT_ANSWERING, NOT_RUNNING
 from siteboot.wire import peer_uid, request_head, take_early
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
+    from typing import Any, Callable
+
     from siteboot.plan import InstancePlan, Plan
 
 DEFAULT_TIMEOUT = 10.0

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-from typing import TYPE_CHECKING, Any
 
 from siteboot.errors import STATUS_CRITICAL, STATUS_OK, STATUS_UNKNOWN, STATUS_WARNING
 from siteboot.history import History, clock_offset, history, parse_events
 from siteboot.plain import Plain
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
+    from typing import Any
 
 # How supervisord cannot be reached (``rpc.RpcError.reason``)
 NOT_RUNNING = "not running"

@@ -11,10 +11,10 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from siteboot.errors import BootstrapError
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
     import configparser
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from siteboot.cli.context import Ctx
 from siteboot.errors import STATUS_UNKNOWN, SitebootError, silence_output
 from siteboot.resources import DEFAULT_ENV
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
 
     from siteboot.statusreport import SiteStatus, StatusResult
 

@@ -26,12 +26,13 @@ FULL = "import siteboot.quickstatus\nsiteboot.quickstatus.report = lambda *args:
 
 
 def status(site: Any, *args: str, full: bool = False) -> tuple[int, str, bool]:
-    """(exit code, output, whether the site model was loaded) of ``siteboot status ARGS``."""
+    """(exit code, output, whether the site model was loaded) of ``siteboot status ARGS``; the
+    quick status loads neither the model nor dataclasses nor typing."""
     code = (CACHE_AT_ONCE + (FULL if full else "")
             + f"import sys\nsys.argv = ['siteboot', 'status', *{list(args)!r}]\n"
             "from siteboot.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "print('model loaded:', any(m in sys.modules for m in ('siteboot.plan', 'dataclasses')), "
+            "print('model loaded:', any(m in sys.modules for m in ('siteboot.plan', 'dataclasses', 'typing')), "
             "file=sys.stderr)\n"
             "sys.exit(code)\n")
     result = subprocess.run([sys.executable, "-c", code], env=site.env, capture_output=True,
