@@ -32,8 +32,8 @@ def status(site: Any, *args: str, full: bool = False) -> tuple[int, str, bool]:
             + f"import sys\nsys.argv = ['siteboot', 'status', *{list(args)!r}]\n"
             "from siteboot.cli import main\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "print('model loaded:', any(m in sys.modules for m in ('siteboot.plan', 'dataclasses', 'typing')), "
-            "file=sys.stderr)\n"
+            "heavy = ('siteboot.plan', 'dataclasses', 'typing')\n"
+            "print('model loaded:', any(m in sys.modules for m in heavy), file=sys.stderr)\n"
             "sys.exit(code)\n")
     result = subprocess.run([sys.executable, "-c", code], env=site.env, capture_output=True,
                             text=True, timeout=60, check=False)
