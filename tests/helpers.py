@@ -184,7 +184,8 @@ def free_ports(count: int) -> list[int]:
 
 
 def processes_under(base: Path) -> list[int]:
-    """Pids whose command line mentions ``base``: what a test may have left running."""
+    """Pids whose command line mentions ``base``, and their descendants (a supervisord's
+    programs, whose command lines need not): what a test may have left running."""
     import psutil
 
     found = []
@@ -192,9 +193,10 @@ def processes_under(base: Path) -> list[int]:
         try:
             if any(str(base) in part for part in proc.info["cmdline"] or []):
                 found.append(proc.pid)
+                found += [child.pid for child in proc.children(recursive=True)]
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    return [p for p in found if p != os.getpid()]
+    return [p for p in dict.fromkeys(found) if p != os.getpid()]
 
 
 def kill_all(pids: list[int]) -> None:

@@ -111,12 +111,14 @@ def site_repo() -> Iterator[SiteRepo]:
     try:
         yield site
     finally:
+        said = ""
         if site.site_file.exists():
-            site.siteboot("down")
+            downed = site.siteboot("down")
+            said = f"`down` exited {downed.returncode}: {downed.stdout}{downed.stderr}"
         leftovers = processes_under(base)
         kill_all(leftovers)
         shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"processes left running under {base}: {leftovers}"
+        assert not leftovers, f"processes left running under {base}: {leftovers}; {said}"
 
 
 PROGRAMS = """
