@@ -88,9 +88,20 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
         # read at once: a supervisord whose answer nobody reads stops sending it
         rows = concurrently(lambda inst: _instance_row(inst, digest["env"], deadline), chosen)
     else:  # every answer fits in its socket's buffer: read one after the other, no threads
-        rows = [_instance_row(inst, digest["env"], deadline) for inst in chosen]
+        rows = _one_by_one(chosen, digest["env"], deadline)
     return StatusResult(digest["site"], digest["env"], rows,
                         venv_problems=venv_problems(inst["venvs"] for inst in chosen))
+
+
+def _one_by_one(chosen: list[dict[str, Any]], env: str, deadline: float) -> list[InstanceStatus]:
+    """The rows of ``chosen``, each read as its answer arrives: what is not plain is found
+    before a hung supervisord is waited for (the full status waits for it again)."""
+    from siteboot.wire import as_answered
+
+    by_url = {inst["url"]: inst for inst in chosen}
+    rows = {url: _instance_row(by_url[url], env, deadline)
+            for url in as_answered(list(by_url), deadline)}
+    return [rows[inst["url"]] for inst in chosen]
 
 
 def _instance_row(inst: dict[str, Any], env: str, deadline: float) -> InstanceStatus:

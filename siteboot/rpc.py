@@ -377,6 +377,8 @@ class Endpoint:
         """The answer to one XML-RPC request body (HTTP errors raised as ``HttpStatusError``);
         read from the connection ``wire.send_early`` sent it on, when it did."""
         sock = take_early(self.url, self.key, body)
+        if sock is not None:  # waited for as this call says, not as the early send did
+            sock.settimeout(self.timeout)
         with sock or self.send_request("POST", "/RPC2", body) as sock:
             return read_answer(sock)
 

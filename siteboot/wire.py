@@ -14,6 +14,10 @@ import socket
 
 from siteboot.accounts import RPC_USERNAME
 
+TYPE_CHECKING = False  # no typing at run time: every command pays for its import
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
 # (url, key, body) -> the connection the request went out on, its answer not read yet
 _SENT_EARLY: dict[tuple[str, str, bytes], socket.socket] = {}
 
@@ -68,3 +72,32 @@ def send_early(socket_path: str, key: str, body: bytes, timeout: float) -> None:
 def take_early(url: str, key: str, body: bytes) -> socket.socket | None:
     """The connection ``send_early`` sent this very request on, once."""
     return _SENT_EARLY.pop((url, key, body), None)
+
+
+def as_answered(urls: Sequence[str], deadline: float) -> Iterator[str]:
+    """``urls`` as the answers to the requests ``send_early`` sent them arrive, waiting until
+    ``deadline`` (``time.monotonic``) at most: those it sent nothing to first, those with no
+    answer by then last, in the order given."""
+    import select
+    import time
+
+    waiting: dict[int, str] = {}
+    for url in urls:
+        sock = next((sock for (sent_to, _key, _body), sock in _SENT_EARLY.items()
+                     if sent_to == url), None)
+        if sock is None:
+            yield url
+        else:
+            waiting[sock.fileno()] = url
+    poller = select.poll()
+    for fd in waiting:
+        poller.register(fd, select.POLLIN)
+    while waiting:
+        left = deadline - time.monotonic()
+        ready = poller.poll(left * 1000) if left > 0 else []
+        if not ready:
+            break
+        for fd, _event in ready:
+            poller.unregister(fd)
+            yield waiting.pop(fd)
+    yield from list(waiting.values())

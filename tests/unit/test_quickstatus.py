@@ -172,3 +172,50 @@ def test_hung_supervisords_share_one_timeout(digest, monkeypatch):
     assert timeouts == [quickstatus._TIMEOUT, quickstatus._AFTER_THE_DEADLINE]
     assert [row.state for row in result.instances] == [NOT_ANSWERING, NOT_ANSWERING]
     assert result.exit_code == 2
+
+
+def test_an_answer_that_is_not_plain_is_found_before_a_hung_supervisord_is_waited_for(
+        digest, monkeypatch):
+    """alpha hangs, beta has a FATAL process: the full status must answer, and it waits for
+    alpha once more; the quick status must not have waited for alpha first (twice the timeout,
+    more than a monitor gives a check)."""
+    from siteboot import rpc, wire
+    from siteboot.statusreport import NOT_ANSWERING
+
+    asked = []
+
+    class Endpoint:
+        def __init__(self, url: str, key: str, timeout: float, owner_uid: int | None) -> None:
+            self.url = url
+
+        def multicall(self, calls: object) -> list[object]:
+            asked.append(self.url)
+            if self.url == beta["url"]:
+                return [{"statename": "RUNNING"}, 7, [dict(
+                    name="worker_00", group="worker", statename="FATAL", pid=0, start=0, now=1,
+                    exitstatus=1, spawnerr="")]]
+            raise rpc.RpcError(NOT_ANSWERING, f"{self.url} did not answer in time")
+
+    alpha, beta = digest["instances"]
+    listeners = []
+    try:
+        for inst in (alpha, beta):
+            Path(inst["socket"]).parent.mkdir(parents=True, exist_ok=True)
+            listener = socket.socket(socket.AF_UNIX)
+            listener.bind(inst["socket"])
+            listener.listen(1)
+            listeners.append(listener)
+            wire.send_early(inst["socket"], "k", b"request", 5.0)
+        served, _ = listeners[1].accept()  # beta answers; alpha never does
+        listeners.append(served)
+        served.sendall(b"HTTP/1.0 200 OK\r\n")
+        monkeypatch.setattr("siteboot.keys.read_key_file", lambda path: "k")
+        monkeypatch.setattr(rpc, "Endpoint", Endpoint)
+        with pytest.raises(_NotPlain):
+            _report(digest, [])
+        assert asked == [beta["url"]]
+    finally:
+        for key in list(wire._SENT_EARLY):
+            wire._SENT_EARLY.pop(key).close()
+        for listener in listeners:
+            listener.close()

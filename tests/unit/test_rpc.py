@@ -481,6 +481,30 @@ def test_an_early_request_of_another_body_or_key_is_not_taken(serve, short_dir):
     early.close()
 
 
+def test_an_early_request_is_waited_for_as_long_as_the_call_says(short_dir, monkeypatch):
+    """The quick status reads its supervisords one after the other against one deadline: a
+    hung one's answer, sent early, must not be waited for with the early send's timeout."""
+    from siteboot import rpc, wire
+
+    path = short_dir / "mute.sock"
+    waits = []
+
+    def read_answer(sock: socket.socket) -> bytes:
+        waits.append(sock.gettimeout())
+        raise socket.timeout("timed out")
+
+    monkeypatch.setattr(rpc, "read_answer", read_answer)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as mute:
+        mute.bind(str(path))
+        mute.listen(1)  # connections queue up, nobody reads them
+        body = request_body("supervisor.getState", ())
+        wire.send_early(str(path), "k", body, 5.0)
+        with pytest.raises(RpcError) as info:
+            Endpoint(f"unix://{path}", "k", timeout=1.0).call("supervisor.getState")
+    assert info.value.reason == NOT_ANSWERING
+    assert waits == [1.0]
+
+
 def test_nothing_is_sent_early_where_nothing_listens(short_dir):
     from siteboot import wire
 
