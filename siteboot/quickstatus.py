@@ -85,8 +85,10 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
     if len(chosen) > 1 and any(len(inst["processes"]) > _FITS_A_BUFFER for inst in chosen):
         from siteboot.concurrency import concurrently
 
-        # read at once: a supervisord whose answer nobody reads stops sending it
-        rows = concurrently(lambda inst: _instance_row(inst, digest["env"], deadline), chosen)
+        # read at once: a supervisord whose answer nobody reads stops sending it; what is not
+        # plain is given up on at once, not after a hung one (the full status waits for it)
+        rows = concurrently(lambda inst: _instance_row(inst, digest["env"], deadline), chosen,
+                            give_up_on=_NotPlain)
     else:  # every answer fits in its socket's buffer: read one after the other, no threads
         rows = _one_by_one(chosen, digest["env"], deadline)
     return StatusResult(digest["site"], digest["env"], rows,

@@ -195,6 +195,29 @@ def test_concurrently_keeps_order_and_raises_the_first_error():
         concurrently(lambda n: n if n != 3 else int("x3"[1:] + "y"), [1, 3])
 
 
+def test_concurrently_gives_up_at_once_on_what_it_is_told():
+    """A hung item does not hold up the caller once another raised one of ``give_up_on``."""
+    import threading
+
+    from siteboot.concurrency import concurrently
+
+    release = threading.Event()
+    hung_finished = threading.Event()
+
+    def work(n: int) -> int:
+        if n == 1:
+            release.wait(60)
+            hung_finished.set()
+            return n
+        raise LookupError(n)
+
+    with pytest.raises(LookupError):
+        concurrently(work, [1, 2], give_up_on=LookupError)
+    assert not hung_finished.is_set()  # raised while the first was still waiting
+    release.set()
+    assert hung_finished.wait(60)
+
+
 def test_run_foreground_leaves_ctrl_c_to_the_child_and_passes_sigterm_on(tmp_path: Path):
     """As a shell's foreground job: Ctrl-C is the child's to handle (supervisorctl ends a
     `tail -f` with it and carries on), and whoever terminates us terminates the child first."""

@@ -219,3 +219,42 @@ def test_an_answer_that_is_not_plain_is_found_before_a_hung_supervisord_is_waite
             wire._SENT_EARLY.pop(key).close()
         for listener in listeners:
             listener.close()
+
+
+def test_read_in_threads_what_is_not_plain_is_given_up_on_before_a_hung_one_answers(
+        digest, monkeypatch):
+    """The same with answers too big for one by one (alpha has more processes than fit a
+    socket's buffer): beta's FATAL process ends the quick status while alpha still hangs."""
+    import threading
+
+    from siteboot import rpc
+
+    alpha, beta = digest["instances"]
+    alpha["processes"] = [[f"p{n:03d}", f"p{n:03d}", True, 0, 0]
+                          for n in range(quickstatus._FITS_A_BUFFER + 1)]
+    release, alpha_answered = threading.Event(), threading.Event()
+
+    class Endpoint:
+        def __init__(self, url: str, key: str, timeout: float, owner_uid: int | None) -> None:
+            self.url = url
+
+        def multicall(self, calls: object) -> list[object]:
+            if self.url == alpha["url"]:
+                release.wait(10)  # hung until the test is done
+                alpha_answered.set()
+                return [{"statename": "RUNNING"}, 7, []]
+            return [{"statename": "RUNNING"}, 8, [dict(
+                name="worker_00", group="worker", statename="FATAL", pid=0, start=0, now=1,
+                exitstatus=1, spawnerr="")]]
+
+    for inst in (alpha, beta):
+        Path(inst["socket"]).parent.mkdir(parents=True, exist_ok=True)
+        Path(inst["socket"]).touch()
+    monkeypatch.setattr("siteboot.keys.read_key_file", lambda path: "k")
+    monkeypatch.setattr(rpc, "Endpoint", Endpoint)
+    try:
+        with pytest.raises(_NotPlain):
+            _report(digest, [])
+        assert not alpha_answered.is_set()
+    finally:
+        release.set()
