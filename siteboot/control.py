@@ -298,7 +298,8 @@ def instance_venvs(plan: Plan, inst: InstancePlan) -> list[tuple[str, list[str]]
 def status_digest(plan: Plan) -> dict[str, Any]:
     """What ``quickstatus`` needs to make ``status``'s report of ``plan`` without the model, as
     plain values (the plan cache keeps it beside the plan). An instance is ``quick`` when its
-    report comes from its supervisord's answer and the invoker's own files: the invoker's, here."""
+    report comes from its supervisord's answer and the invoker's own files: the invoker's, here.
+    One placed on another host is listed, not asked (``instance_status``)."""
     from siteboot.accounts import uid_of
     from siteboot.records import STOPS_FILE, records_dir, started_as
 
@@ -310,7 +311,8 @@ def status_digest(plan: Plan) -> dict[str, Any]:
         else None,
         "instances": [{
             "name": inst.name, "user": inst.user, "host": inst.host,
-            "quick": plan.owns(inst) and inst.here,
+            "quick": plan.owns(inst) and inst.here, "here": inst.here,
+            "http_url": inst.http_url,
             "health": str(inst.health_path) if inst.heals else None,
             "probed": probe_table(inst),
             "uid": uid_of(inst.user) if plan.owns(inst) else None,

@@ -6,11 +6,12 @@ beside the plan, a digest of what status needs (``control.status_digest``); whil
 trusted (``plan_cache``), ``report`` makes the report from it and the supervisords' answers with
 the same functions and types as the full status (``statusreport``).
 
-It answers only the plain case: every instance asked is the invoker's, placed here, its socket
-there, its supervisord RUNNING and none of its processes failing (whose log tail and port
-holder the full status adds), no detached runner among them, no start record of the site that
-the site no longer describes (an orphan, maybe). Anything else, a corrupt digest
-included, returns None and the full status runs: it says what is wrong, as it always did.
+It answers only the plain case: every instance asked is the invoker's (one placed on another
+host is listed, not asked, as by the full status), its socket there, its supervisord RUNNING
+and none of its processes failing (whose log tail and port holder the full status adds), no
+detached runner among them, no start record of the site that the site no longer describes (an
+orphan, maybe). Anything else, a corrupt digest included, returns None and the full status
+runs: it says what is wrong, as it always did.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import os
 import time
 
 from siteboot.statusreport import (
+    ELSEWHERE,
     NOT_ANSWERING,
     NOT_RUNNING,
     RUNNING,
@@ -75,24 +77,33 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
         raise _NotPlain  # the full status says which name is wrong
     if digest["detached_runner"] in [inst["name"] for inst in chosen]:
         raise _NotPlain
-    if not all(inst["quick"] and os.path.lexists(inst["socket"]) for inst in chosen):
+    asked = [inst for inst in chosen if inst["here"]]
+    if not all(inst["quick"] and os.path.lexists(inst["socket"]) for inst in asked):
         raise _NotPlain
     if not names:
         _check_no_orphans(digest)
     # All were asked at once (``wire.send_early``): each has until the same moment to answer,
     # as if read in parallel, so that two hung supervisords do not cost twice the timeout.
     deadline = time.monotonic() + _TIMEOUT
-    if len(chosen) > 1 and any(len(inst["processes"]) > _FITS_A_BUFFER for inst in chosen):
+    if len(asked) > 1 and any(len(inst["processes"]) > _FITS_A_BUFFER for inst in asked):
         from siteboot.concurrency import concurrently
 
         # read at once: a supervisord whose answer nobody reads stops sending it; what is not
         # plain is given up on at once, not after a hung one (the full status waits for it)
-        rows = concurrently(lambda inst: _instance_row(inst, digest["env"], deadline), chosen,
+        rows = concurrently(lambda inst: _instance_row(inst, digest["env"], deadline), asked,
                             give_up_on=_NotPlain)
     else:  # every answer fits in its socket's buffer: read one after the other, no threads
-        rows = _one_by_one(chosen, digest["env"], deadline)
-    return StatusResult(digest["site"], digest["env"], rows,
+        rows = _one_by_one(asked, digest["env"], deadline)
+    answers = {inst["name"]: row for inst, row in zip(asked, rows)}
+    # one placed on another host is listed, not asked: its port here is not its port
+    return StatusResult(digest["site"], digest["env"],
+                        [answers.get(inst["name"]) or _elsewhere(inst) for inst in chosen],
                         venv_problems=venv_problems(inst["venvs"] for inst in chosen))
+
+
+def _elsewhere(inst: dict[str, Any]) -> InstanceStatus:
+    return InstanceStatus(inst["name"], inst["user"], ELSEWHERE, inst["http_url"],
+                          host=inst["host"])
 
 
 def _one_by_one(chosen: list[dict[str, Any]], env: str, deadline: float) -> list[InstanceStatus]:

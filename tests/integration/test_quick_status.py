@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import supervisords, wait_until
+from tests.integration.conftest import DEFAULT_PROGRAMS
 from tests.integration.test_readiness import FAILING_WEB
 
 pytestmark = pytest.mark.slow
@@ -176,3 +177,19 @@ def test_health_from_the_healer_s_records_is_in_the_quick_status_too(site_factor
     assert not loaded
     assert code == 1
     assert re.search(r"web\s+RUNNING\s+not ready", output), output
+
+
+def test_an_instance_placed_on_another_host_is_listed_quickly_too(site_factory):
+    site = started(site_factory, DEFAULT_PROGRAMS + """
+[instances.gamma]
+port = { dev = PORT_SPARE }
+host = "elsewhere.example"
+""")
+    site.wait_status(0)
+    code, output = same_as_full(site)
+    assert code == 0
+    assert "gamma (root) on elsewhere.example" in output, output
+    code, output = same_as_full(site, "--json")
+    gamma = json.loads(output)["instances"][2]
+    assert (gamma["name"], gamma["state"], gamma["host"]) == ("gamma", "elsewhere",
+                                                              "elsewhere.example")

@@ -258,3 +258,16 @@ def test_read_in_threads_what_is_not_plain_is_given_up_on_before_a_hung_one_answ
         assert not alpha_answered.is_set()
     finally:
         release.set()
+
+
+def test_an_instance_on_another_host_is_listed_not_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SITEBOOT_HOST", "here.example")
+    plan = plan_from(SITE.format(short=tmp_path).replace(
+        "[instances.beta]\n", '[instances.beta]\nhost = "there.example"\n'), tmp_path)
+    found = json.loads(json.dumps(status_digest(plan)))
+    result = _report(found, ["beta"])  # no socket, no key, nothing asked
+    [beta] = result.instances
+    assert (beta.state, beta.host, beta.url) == ("elsewhere", "there.example",
+                                                 "http://127.0.0.1:45102")
+    assert result.exit_code == 0
