@@ -298,9 +298,9 @@ def instance_venvs(plan: Plan, inst: InstancePlan) -> list[tuple[str, list[str]]
 def status_digest(plan: Plan) -> dict[str, Any]:
     """What ``quickstatus`` needs to make ``status``'s report of ``plan`` without the model, as
     plain values (the plan cache keeps it beside the plan). An instance is ``quick`` when its
-    report comes from its supervisord's answer and the invoker's own files: the invoker's, here.
-    One placed on another host is listed, not asked (``instance_status``)."""
-    from siteboot.accounts import uid_of
+    report comes from its supervisord's answer and files it may read: here, and the invoker's or
+    granted to a group (its key in ``shared_key``). One placed on another host is listed, not
+    asked (``instance_status``)."""
     from siteboot.records import STOPS_FILE, records_dir, started_as
 
     runner = plan.runner
@@ -311,17 +311,25 @@ def status_digest(plan: Plan) -> dict[str, Any]:
         else None,
         "instances": [{
             "name": inst.name, "user": inst.user, "host": inst.host,
-            "quick": plan.owns(inst) and inst.here, "here": inst.here,
-            "http_url": inst.http_url,
+            **_reached_as(plan, inst), "here": inst.here, "http_url": inst.http_url,
             "health": str(inst.health_path) if inst.heals else None,
             "probed": probe_table(inst),
-            "uid": uid_of(inst.user) if plan.owns(inst) else None,
             "url": plan.url_for(inst), "socket": str(inst.socket_path), "key": str(inst.key_path),
-            "calls": status_calls(inst), "stops": str(inst.state_dir / STOPS_FILE),
+            "calls": status_calls(inst),
+            "stops": str(inst.state_dir / STOPS_FILE) if plan.owns(inst) else None,
             "started_as": started_as(inst),
             "processes": process_table(inst), "venvs": instance_venvs(plan, inst),
         } for inst in plan.instances.values()],
     }
+
+
+def _reached_as(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
+    """How the quick status reaches ``inst`` (``status_digest``): whether it may (``quick``), as
+    its owner or with the key granted to its group (anyone else's is the full status's to say)."""
+    owned = plan.owns(inst)
+    granted = bool(inst.group and inst.shared_key_path)
+    return {"quick": inst.here and (owned or granted), "owned": owned, "group": inst.group,
+            "shared_key": str(inst.shared_key_path) if granted else None}
 
 
 def orphaned_rows(plan: Plan) -> list[InstanceStatus]:

@@ -106,41 +106,50 @@ def verify_shared_dir(inst: InstancePlan) -> Path:
     """``shared_dir`` may hold a granted key only if nobody but root and the instance's user can
     change it or widen who reads it: theirs, unswappable all the way down, no extended ACL.
     (An account that made it first with a default ACL for itself would read every key.)"""
+    assert inst.shared_key_path
+    return verify_shared_folder(inst.shared_key_path.parent, inst.user, inst.env, inst.name)
+
+
+def verify_shared_folder(folder: Path, user: str, env: str, instance: str) -> Path:
+    """``verify_shared_dir`` of the shared dir ``folder`` of ``user``'s ``instance`` in ``env``."""
     from siteboot.errors import OwnershipError
     from siteboot.fsutil import owner_name, verify_unswappable
 
-    assert inst.shared_key_path
-    folder = inst.shared_key_path.parent
-    owner = uid_of(inst.user)
+    owner = uid_of(user)
     verify_unswappable(folder, owner)
     info = os.lstat(folder)
     problem = None
     if not stat.S_ISDIR(info.st_mode):
         problem = "is not a directory (a symlink?)"
     elif info.st_uid not in (0, owner):
-        problem = f"belongs to {owner_name(info.st_uid)}, not {inst.user} or root"
+        problem = f"belongs to {owner_name(info.st_uid)}, not {user} or root"
     elif info.st_mode & (stat.S_IWOTH | stat.S_IWGRP):
         problem = "is writable by " + ("everyone" if info.st_mode & stat.S_IWOTH else "its group")
     else:
         problem = _acl(folder)
     if problem:
         raise OwnershipError(f"shared_dir {folder} {problem}: no key is published or read there",
-                             f"as {inst.user}: remove it (or its ACL: `setfacl -bk {folder}`) and "
-                             f"run `{command('up', env=inst.env, instance=inst.name)}`, which "
+                             f"as {user}: remove it (or its ACL: `setfacl -bk {folder}`) and "
+                             f"run `{command('up', env=env, instance=instance)}`, which "
                              "makes it 0755; then "
-                             f"`{command('rotate-key', env=inst.env, instance=inst.name)}` if a "
+                             f"`{command('rotate-key', env=env, instance=instance)}` if a "
                              "key was ever published there")
     return folder
 
 
 def _group_gid(inst: InstancePlan) -> int:
+    assert inst.group
+    return group_gid(inst.group, inst.name)
+
+
+def group_gid(group: str, instance: str) -> int:
+    """The gid of the group ``instance`` grants."""
     import grp
 
-    assert inst.group
     try:
-        return grp.getgrnam(inst.group).gr_gid
+        return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise KeyAccessError(f"instance {inst.name} grants group '{inst.group}', "
+        raise KeyAccessError(f"instance {instance} grants group '{group}', "
                              "which does not exist on this host") from None
 
 
@@ -220,6 +229,14 @@ def read_own_key(inst: InstancePlan) -> str:
                              "state dir)") from None
 
 
+def read_shared_key(path: Path, user: str, group: str, env: str, instance: str) -> str:
+    """The key of ``user``'s ``instance`` granted to ``group``, published at ``path``: only from a
+    shared dir and a file nobody else could have swapped or widened (``read_key`` says what a
+    failure means)."""
+    verify_shared_folder(path.parent, user, env, instance)
+    return _read(path, uid_of(user), group_gid(group, instance))
+
+
 def read_key(plan: Plan, inst: InstancePlan) -> str:
     """The key the invoking user may use for ``inst``: its own, or one granted to its group."""
     if plan.owns(inst):
@@ -231,8 +248,7 @@ def read_key(plan: Plan, inst: InstancePlan) -> str:
     from siteboot.errors import OwnershipError
 
     try:
-        verify_shared_dir(inst)
-        return _read(inst.shared_key_path, uid_of(inst.user), _group_gid(inst))
+        return read_shared_key(inst.shared_key_path, inst.user, inst.group, inst.env, inst.name)
     except OwnershipError as exc:  # a shared_dir nobody should trust holds no usable key
         raise KeyAccessError(exc.message, exc.hint) from None
     except FileNotFoundError:

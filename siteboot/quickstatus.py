@@ -6,12 +6,13 @@ beside the plan, a digest of what status needs (``control.status_digest``); whil
 trusted (``plan_cache``), ``report`` makes the report from it and the supervisords' answers with
 the same functions and types as the full status (``statusreport``).
 
-It answers only the plain case: every instance asked is the invoker's (one placed on another
-host is listed, not asked, as by the full status), its socket there, its supervisord RUNNING
-and none of its processes failing (whose log tail and port holder the full status adds), no
-detached runner among them, no start record of the site that the site no longer describes (an
-orphan, maybe). Anything else, a corrupt digest included, returns None and the full status
-runs: it says what is wrong, as it always did.
+It answers only the plain case: every instance asked is here and either the invoker's (its
+socket there) or granted to a group (its key published; asked over TCP, as the full status
+asks), its supervisord RUNNING and none of its processes failing (whose log tail and port
+holder the full status adds), no detached runner among them, no start record of the site that
+the site no longer describes (an orphan, maybe); one placed on another host is listed, not
+asked. Anything else, a corrupt digest included, returns None and the full status runs: it
+says what is wrong, as it always did.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
     if digest["detached_runner"] in [inst["name"] for inst in chosen]:
         raise _NotPlain
     asked = [inst for inst in chosen if inst["here"]]
-    if not all(inst["quick"] and os.path.lexists(inst["socket"]) for inst in asked):
+    if not all(inst["quick"] and (not inst["owned"] or os.path.lexists(inst["socket"]))
+               for inst in asked):
         raise _NotPlain
     if not names:
         _check_no_orphans(digest)
@@ -118,16 +120,21 @@ def _one_by_one(chosen: list[dict[str, Any]], env: str, deadline: float) -> list
 
 
 def _instance_row(inst: dict[str, Any], env: str, deadline: float) -> InstanceStatus:
+    from pathlib import Path
+
+    from siteboot.accounts import uid_of
     from siteboot.errors import SitebootError
-    from siteboot.keys import read_key_file
+    from siteboot.keys import read_key_file, read_shared_key
     from siteboot.rpc import Endpoint, Fault, RpcError
 
     try:
-        key = read_key_file(inst["key"])
+        key = read_key_file(inst["key"]) if inst["owned"] else read_shared_key(
+            Path(inst["shared_key"]), inst["user"], inst["group"], env, inst["name"])
+        owner_uid = uid_of(inst["user"])  # now, as the full status asks: not as it was cached
     except (SitebootError, OSError):
         raise _NotPlain from None
     timeout = max(deadline - time.monotonic(), _AFTER_THE_DEADLINE)
-    endpoint = Endpoint(inst["url"], key, timeout, owner_uid=inst["uid"])
+    endpoint = Endpoint(inst["url"], key, timeout, owner_uid=owner_uid)
     try:
         state, pid, infos, *log = endpoint.multicall(
             [(name, tuple(params)) for name, params in inst["calls"]])
@@ -136,12 +143,13 @@ def _instance_row(inst: dict[str, Any], env: str, deadline: float) -> InstanceSt
             raise _NotPlain from None  # an impostor, a refused key: the full status says more
         # as the full status says it, without making the operator wait for a hung one twice
         row = InstanceStatus(inst["name"], inst["user"], RUNNING, inst["url"], host=inst["host"])
-        unreachable(row, exc.reason, str(exc), env, owned=True)
+        unreachable(row, exc.reason, str(exc), env, owned=inst["owned"])
         return row
     if isinstance(state, Fault) or state.get("statename") != "RUNNING" \
             or not isinstance(infos, list) or (log and not isinstance(log[0], str)):
         raise _NotPlain
-    programs = program_rows(inst["processes"], infos, held=read_held(inst["stops"]),
+    held = read_held(inst["stops"]) if inst["stops"] else set()  # a member's: none
+    programs = program_rows(inst["processes"], infos, held=held,
                             main_log=log[0] if log else None)
     if any(row.state in _FAILING for row in programs):
         raise _NotPlain

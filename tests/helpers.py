@@ -543,3 +543,31 @@ def make_accounts(group: str, members: Sequence[str], others: Sequence[str] = ()
         extra = ["-G", group] if user in members else []
         subprocess.run(["useradd", "-m", "-U", "-s", "/bin/sh", *extra, user], check=True,
                        capture_output=True)
+
+
+# The site file was written a moment ago: cache its plan anyway. ``full`` turns the quick status
+# off, to compare with.
+_CACHE_AT_ONCE = "import siteboot.plan_cache\nsiteboot.plan_cache.SETTLE_NS = 0\n"
+_FULL = "import siteboot.quickstatus\nsiteboot.quickstatus.report = lambda *args: None\n"
+
+
+def status_code(args: Sequence[str], full: bool = False, environ: dict[str, str] | None = None
+                ) -> str:
+    """Python code that runs ``siteboot status ARGS`` (with ``environ`` set first) and says on
+    its last stderr line whether it loaded the site model (the quick status loads neither the
+    model nor dataclasses nor typing): read it with ``status_verdict``."""
+    return (f"import os\nos.environ.update({dict(environ or {})!r})\n"
+            + _CACHE_AT_ONCE + (_FULL if full else "")
+            + f"import sys\nsys.argv = ['siteboot', 'status', *{list(args)!r}]\n"
+            "from siteboot.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
+            "heavy = ('siteboot.plan', 'dataclasses', 'typing')\n"
+            "print('model loaded:', any(m in sys.modules for m in heavy), file=sys.stderr)\n"
+            "sys.exit(code)\n")
+
+
+def status_verdict(result: subprocess.CompletedProcess[str]) -> tuple[int, str, bool]:
+    """(exit code, output, whether the site model was loaded) of a run of ``status_code``."""
+    loaded = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+    assert loaded in ("model loaded: True", "model loaded: False"), result.stderr
+    return result.returncode, result.stdout, loaded.endswith("True")

@@ -14,33 +14,17 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import supervisords, wait_until
+from tests.helpers import status_code, status_verdict, supervisords, wait_until
 from tests.integration.conftest import DEFAULT_PROGRAMS
 from tests.integration.test_readiness import FAILING_WEB
 
 pytestmark = pytest.mark.slow
 
-# The site file was written a moment ago: cache its plan anyway. ``FULL`` turns the quick
-# status off, to compare with.
-CACHE_AT_ONCE = "import siteboot.plan_cache\nsiteboot.plan_cache.SETTLE_NS = 0\n"
-FULL = "import siteboot.quickstatus\nsiteboot.quickstatus.report = lambda *args: None\n"
-
-
 def status(site: Any, *args: str, full: bool = False) -> tuple[int, str, bool]:
-    """(exit code, output, whether the site model was loaded) of ``siteboot status ARGS``; the
-    quick status loads neither the model nor dataclasses nor typing."""
-    code = (CACHE_AT_ONCE + (FULL if full else "")
-            + f"import sys\nsys.argv = ['siteboot', 'status', *{list(args)!r}]\n"
-            "from siteboot.cli import main\n"
-            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\n"
-            "heavy = ('siteboot.plan', 'dataclasses', 'typing')\n"
-            "print('model loaded:', any(m in sys.modules for m in heavy), file=sys.stderr)\n"
-            "sys.exit(code)\n")
-    result = subprocess.run([sys.executable, "-c", code], env=site.env, capture_output=True,
-                            text=True, timeout=60, check=False)
-    loaded = result.stderr.strip().splitlines()[-1]
-    assert loaded in ("model loaded: True", "model loaded: False"), result.stderr
-    return result.returncode, result.stdout, loaded.endswith("True")
+    """(exit code, output, whether the site model was loaded) of ``siteboot status ARGS``."""
+    result = subprocess.run([sys.executable, "-c", status_code(args, full)], env=site.env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    return status_verdict(result)
 
 
 def timeless(output: str) -> str:

@@ -11,6 +11,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +35,8 @@ from tests.helpers import (
     install_for_all,
     kill_all,
     processes_under,
+    status_code,
+    status_verdict,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.users]
@@ -694,6 +697,32 @@ def test_an_unreadable_own_key_leaves_the_rest_of_the_report(two_users):
     finally:
         os.chmod(key, 0o600)
     _wait_ok(env, JAWS)
+
+
+def test_a_granted_member_s_status_is_quick_and_says_what_the_full_one_says(two_users):
+    """sbt_jaws asks its own svc over its socket and sbt_jtm's jtm over TCP with the key granted
+    to its group, from the plan cache's digest without loading the model."""
+    env = two_users
+    for user in (JTM, JAWS):
+        assert env.run(user, "up").returncode == 0
+    _wait_ok(env, JAWS)
+    environ = {"HOME": pwd.getpwnam(JAWS).pw_dir, "NO_COLOR": "1", "SITEBOOT_SITE": str(env.site)}
+
+    def status(*args: str, full: bool = False) -> tuple[int, str, bool]:
+        return status_verdict(subprocess.run(  # from the site's dir, as `env.run`: its siteboot
+            ["runuser", "-u", JAWS, "--", str(env.python), "-c", status_code(args, full, environ)],
+            capture_output=True, text=True, timeout=60, check=False, cwd=str(env.base)))
+
+    status()  # caches the plan
+    for args in ((), ("--json",), ("-i", "jtm")):
+        code, output, loaded = status(*args)
+        assert not loaded, output
+        full_code, full_output, _loaded = status(*args, full=True)
+        assert (code, re.sub(r"\b\d+s\b|\"uptime_s\": \d+", "N", output)) == \
+            (full_code, re.sub(r"\b\d+s\b|\"uptime_s\": \d+", "N", full_output))
+        assert code == 0, output
+    assert f"jtm ({JTM}) running" in output
+    assert f"http://127.0.0.1:{env.ports['jtm']}" in output
 
 
 def test_a_granted_member_follows_a_log_over_rpc(two_users):
