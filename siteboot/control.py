@@ -41,8 +41,8 @@ from siteboot.rpc import (
 )
 from siteboot.statusreport import (
     _PROGRAM_WARNING,
-    ELSEWHERE,
     ERROR,
+    FAILING,
     NO_KEY,
     NOT_RUNNING,
     NOT_YOURS,
@@ -56,6 +56,7 @@ from siteboot.statusreport import (
     StatusResult,
     VenvProblem,
     add_health,
+    elsewhere,
     program_rows,
     unreachable,
 )
@@ -83,7 +84,7 @@ def instance_status(plan: Plan, inst: InstancePlan) -> InstanceStatus:
     whole report's (a monitor must get a document for the others). One placed on another host
     is listed, not asked: its port here is not its port."""
     if not inst.here:
-        return InstanceStatus(inst.name, inst.user, ELSEWHERE, inst.http_url, host=inst.host)
+        return elsewhere(inst.name, inst.user, inst.http_url, inst.host)
     try:
         report = _query(plan, inst)
     except (SitebootError, OSError) as exc:
@@ -141,7 +142,7 @@ def _query(plan: Plan, inst: InstancePlan) -> InstanceStatus:
                                 held=operator_stops(inst) if owned else set(),
                                 main_log=log[0] if log and isinstance(log[0], str) else None)
     for row in result.programs:
-        if row.state in _FAILING:
+        if row.state in FAILING:
             row.spawnerr = _with_port_holder(inst, row.name, row.spawnerr)
     failing = [row.name for row in result.programs if row.state in FAILING_TO_START]
     if failing:  # only then: a healthy status reads no log
@@ -230,9 +231,6 @@ def _read_main_log_again(endpoint: Endpoint, fault: Fault) -> str | Fault:
     return fault
 
 
-_FAILING = {"BACKOFF", "FATAL", "EXITED"}
-
-
 def _with_port_holder(inst: InstancePlan, process: str, message: str) -> str:
     """``message``, plus who holds the process's port when a process outside the site does."""
     program = _program_of(inst, process)
@@ -301,7 +299,7 @@ def status_digest(plan: Plan) -> dict[str, Any]:
     report comes from its supervisord's answer and files it may read: here, and the invoker's or
     granted to a group (its key in ``shared_key``). One placed on another host is listed, not
     asked (``instance_status``)."""
-    from siteboot.records import STOPS_FILE, records_dir, started_as
+    from siteboot.records import records_dir, started_as, stops_path
 
     runner = plan.runner
     return {
@@ -316,7 +314,7 @@ def status_digest(plan: Plan) -> dict[str, Any]:
             "probed": probe_table(inst),
             "url": plan.url_for(inst), "socket": str(inst.socket_path), "key": str(inst.key_path),
             "calls": status_calls(inst),
-            "stops": str(inst.state_dir / STOPS_FILE) if plan.owns(inst) else None,
+            "stops": str(stops_path(inst)) if plan.owns(inst) else None,
             "started_as": started_as(inst),
             "processes": process_table(inst), "venvs": instance_venvs(plan, inst),
         } for inst in plan.instances.values()],

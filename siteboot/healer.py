@@ -53,7 +53,7 @@ _ALREADY_STARTED = 60
 
 def spec_for(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
     """Everything the listener of ``inst`` needs, paths and probes resolved."""
-    from siteboot.records import STOPS_FILE
+    from siteboot.records import stops_path
 
     owner = {p.name: i for i in plan.instances.values() for p in i.programs}
     programs: dict[str, Any] = {}
@@ -72,7 +72,7 @@ def spec_for(plan: Plan, inst: InstancePlan) -> dict[str, Any]:
             "start_when_ready": program.autostart and bool(program.depends_on), "depends_on": deps}
     return {"instance": inst.name, "unix_url": inst.unix_url, "http_url": inst.http_url,
             "socket": str(inst.socket_path), "key_path": str(inst.key_path),
-            "health_path": str(inst.health_path), "stops_path": str(inst.state_dir / STOPS_FILE),
+            "health_path": str(inst.health_path), "stops_path": str(stops_path(inst)),
             "programs": programs}
 
 

@@ -44,7 +44,6 @@ _TAG = "\u0000"  # no key of a site file or of the model is this
 SETTLE_NS = 3_000_000_000  # younger inputs are not cached (coarse or racing timestamps)
 _MODEL_MODULES = ("siteboot.site", "siteboot.plan", "siteboot.login", "siteboot.rpc",
                   "siteboot.history", "siteboot.control", "siteboot.records", __name__)
-_RPC_TIMEOUT = 5.0  # as ``rpc.connect`` asks: the request must be the one status makes
 
 
 def load_or_build(site_path: Path, env: str) -> Plan:
@@ -143,7 +142,7 @@ def send_status_requests(site_path: Path, env: str, instances: Sequence[str] = (
         return
     from siteboot.errors import SitebootError
     from siteboot.keys import read_key_file
-    from siteboot.wire import send_early
+    from siteboot.wire import ANSWER_TIMEOUT, send_early
 
     for instance, socket_path, key_path, body in header[0]["early"]:
         if instances and instance not in instances:
@@ -152,7 +151,7 @@ def send_status_requests(site_path: Path, env: str, instances: Sequence[str] = (
             key = read_key_file(Path(key_path))
         except (OSError, SitebootError):  # the status says why
             continue
-        send_early(socket_path, key, body.encode(), _RPC_TIMEOUT)
+        send_early(socket_path, key, body.encode(), ANSWER_TIMEOUT)
 
 
 def trusted_digest(site_path: Path, env: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ import os
 import time
 
 from siteboot.statusreport import (
-    ELSEWHERE,
+    FAILING,
     NOT_ANSWERING,
     NOT_RUNNING,
     RUNNING,
@@ -30,6 +30,7 @@ from siteboot.statusreport import (
     StatusResult,
     add_health,
     describes,
+    elsewhere,
     program_rows,
     read_held,
     unreachable,
@@ -42,9 +43,6 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-# Rows the full status adds to: a failing process's log tail and the holder of its port.
-_FAILING = frozenset({"BACKOFF", "FATAL", "EXITED"})
-_TIMEOUT = 5.0  # as ``rpc.connect``'s
 # What a supervisord read after another timed out still gets: its answer, sent early, is here
 _AFTER_THE_DEADLINE = 1.0
 # Processes whose answer fits in a unix socket's send buffer (~200 KB; ~1.3 KB a process)
@@ -86,7 +84,9 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
         _check_no_orphans(digest)
     # All were asked at once (``wire.send_early``): each has until the same moment to answer,
     # as if read in parallel, so that two hung supervisords do not cost twice the timeout.
-    deadline = time.monotonic() + _TIMEOUT
+    from siteboot.wire import ANSWER_TIMEOUT
+
+    deadline = time.monotonic() + ANSWER_TIMEOUT
     if len(asked) > 1 and any(len(inst["processes"]) > _FITS_A_BUFFER for inst in asked):
         from siteboot.concurrency import concurrently
 
@@ -97,15 +97,11 @@ def _report(digest: dict[str, Any], names: Sequence[str]) -> StatusResult:
     else:  # every answer fits in its socket's buffer: read one after the other, no threads
         rows = _one_by_one(asked, digest["env"], deadline)
     answers = {inst["name"]: row for inst, row in zip(asked, rows)}
-    # one placed on another host is listed, not asked: its port here is not its port
-    return StatusResult(digest["site"], digest["env"],
-                        [answers.get(inst["name"]) or _elsewhere(inst) for inst in chosen],
+    rows = [answers.get(inst["name"])
+            or elsewhere(inst["name"], inst["user"], inst["http_url"], inst["host"])
+            for inst in chosen]
+    return StatusResult(digest["site"], digest["env"], rows,
                         venv_problems=venv_problems(inst["venvs"] for inst in chosen))
-
-
-def _elsewhere(inst: dict[str, Any]) -> InstanceStatus:
-    return InstanceStatus(inst["name"], inst["user"], ELSEWHERE, inst["http_url"],
-                          host=inst["host"])
 
 
 def _one_by_one(chosen: list[dict[str, Any]], env: str, deadline: float) -> list[InstanceStatus]:
@@ -151,7 +147,7 @@ def _instance_row(inst: dict[str, Any], env: str, deadline: float) -> InstanceSt
     held = read_held(inst["stops"]) if inst["stops"] else set()  # a member's: none
     programs = program_rows(inst["processes"], infos, held=held,
                             main_log=log[0] if log else None)
-    if any(row.state in _FAILING for row in programs):
+    if any(row.state in FAILING for row in programs):  # the full status adds to those
         raise _NotPlain
     if inst["health"] is not None:
         add_health(programs, inst["health"], inst["probed"])

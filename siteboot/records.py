@@ -196,7 +196,7 @@ def orphaned(plan: Plan) -> list[StartRecord]:
 # Operator stops
 
 
-def _stops_path(inst: InstancePlan) -> Path:
+def stops_path(inst: InstancePlan) -> Path:
     return inst.state_dir / STOPS_FILE
 
 
@@ -204,7 +204,7 @@ def operator_stops(inst: InstancePlan) -> set[str]:
     """Processes of ``inst`` an operator stopped on purpose (and nobody started since)."""
     from siteboot.statusreport import read_held
 
-    return read_held(_stops_path(inst))
+    return read_held(stops_path(inst))
 
 
 def mark_stopped(inst: InstancePlan, processes: Iterable[str], stopped: bool) -> None:
@@ -214,4 +214,4 @@ def mark_stopped(inst: InstancePlan, processes: Iterable[str], stopped: bool) ->
     if wanted == current:
         return
     ensure_private_dir(inst.state_dir)
-    atomic_write(_stops_path(inst), json.dumps(sorted(wanted)) + "\n", mode=0o600)
+    atomic_write(stops_path(inst), json.dumps(sorted(wanted)) + "\n", mode=0o600)

@@ -17,7 +17,7 @@ from siteboot.errors import InstanceError, UsageError
 from siteboot.hints import command
 from siteboot.probes import TCP_TABLES, server_uid
 from siteboot.statusreport import NOT_ANSWERING, NOT_RUNNING
-from siteboot.wire import peer_uid, request_head, take_early
+from siteboot.wire import ANSWER_TIMEOUT, peer_uid, request_head, take_early
 
 TYPE_CHECKING = False  # no typing at run time: every command pays for its import
 if TYPE_CHECKING:
@@ -462,7 +462,8 @@ def url_to(plan: Plan, inst: InstancePlan) -> str:
     return plan.url_for(inst)
 
 
-def connect(plan: Plan, inst: InstancePlan, timeout: float = 5.0, key: str | None = None) -> Endpoint:
+def connect(plan: Plan, inst: InstancePlan, timeout: float = ANSWER_TIMEOUT,
+            key: str | None = None) -> Endpoint:
     """The one way to reach an instance: its owner over the unix socket, a granted member over
     127.0.0.1; either way the key only goes to a server running as the instance's user."""
     elsewhere = plan.elsewhere(inst)

@@ -44,6 +44,9 @@ _PROGRAM_WARNING = {"STARTING", "BACKOFF"}
 _PROGRAM_BAD = {"FATAL", "EXITED", "STOPPED", "STOPPING", "UNKNOWN", "NOT LOADED"}
 # No exit to show: running, or stopped on request (supervisord's -1 is its stop signal).
 _NO_EXIT_STATUS = {"RUNNING", "STARTING", "STOPPING", "STOPPED"}
+# A process in these states may be failing because something else holds its port: the full
+# status adds its port holder (and, FATAL or BACKOFF, its log tail) to its row.
+FAILING = frozenset({"BACKOFF", "FATAL", "EXITED"})
 # An instance in one of these states was never started here (or cannot be seen to run).
 _UNUSED = {NOT_RUNNING, NO_KEY, NOT_YOURS, ERROR, ELSEWHERE}
 
@@ -169,6 +172,12 @@ class InstanceStatus(Plain):
         return {"name": self.name, "user": self.user, "state": self.state, "pid": self.pid,
                 "url": self.url, "error": self.error, "host": self.host,
                 "programs": [p.as_json() for p in self.programs]}
+
+
+def elsewhere(name: str, user: str, http_url: str, host: str | None) -> InstanceStatus:
+    """The row of an instance placed on another host: listed, not asked (its port here is not
+    its port)."""
+    return InstanceStatus(name, user, ELSEWHERE, http_url, host=host)
 
 
 def worst(severities: Iterable[int]) -> int:

@@ -18,6 +18,10 @@ TYPE_CHECKING = False  # no typing at run time: every command pays for its impor
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+# How long a supervisord has to answer ``status`` (``rpc.connect``'s default): a hung one is
+# said to be hung after that
+ANSWER_TIMEOUT = 5.0
+
 # (url, key, body) -> the connection the request went out on, its answer not read yet
 _SENT_EARLY: dict[tuple[str, str, bytes], socket.socket] = {}
 

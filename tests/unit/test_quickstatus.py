@@ -14,6 +14,7 @@ from siteboot import plan_cache, quickstatus
 from siteboot.control import status_digest
 from siteboot.plan_cache import load_or_build, trusted_digest
 from siteboot.quickstatus import _check_no_orphans, _NotPlain, _report
+from siteboot.wire import ANSWER_TIMEOUT
 from tests.helpers import plan_from
 
 SITE = """
@@ -169,7 +170,7 @@ def test_hung_supervisords_share_one_timeout(digest, monkeypatch):
     monkeypatch.setattr("siteboot.keys.read_key_file", lambda path: "k")
     monkeypatch.setattr(rpc, "Endpoint", HungEndpoint)
     result = _report(digest, [])
-    assert timeouts == [quickstatus._TIMEOUT, quickstatus._AFTER_THE_DEADLINE]
+    assert timeouts == [ANSWER_TIMEOUT, quickstatus._AFTER_THE_DEADLINE]
     assert [row.state for row in result.instances] == [NOT_ANSWERING, NOT_ANSWERING]
     assert result.exit_code == 2
 
