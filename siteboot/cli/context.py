@@ -36,6 +36,7 @@ class Ctx:
         self.root_arg = root
         self._root: object = _UNSET
         self._site: Site | None = None
+        self._site_path: Path | None = None
         # status only: the plan from the invoker's cache while the site file is unchanged
         self.cached_plans = cached_plans
         self._noted = False
@@ -52,9 +53,13 @@ class Ctx:
         return self._root
 
     def site_path(self) -> Path:
-        from siteboot.resources import resolve_site_path
+        """The site file, resolved once (status asks for it thrice: its early requests, the
+        quick status, the plan)."""
+        if self._site_path is None:
+            from siteboot.resources import resolve_site_path
 
-        return resolve_site_path(self.site_arg, self.root)
+            self._site_path = resolve_site_path(self.site_arg, self.root)
+        return self._site_path
 
     def site(self) -> Site:
         from siteboot.site import load_site
